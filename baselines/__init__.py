@@ -1,0 +1,1 @@
+"""Baselines from the seed study: cell classification and coordinate regression."""

@@ -1,0 +1,98 @@
+"""The `geoloc` command line: parses arguments and dispatches; the work lives in the modules."""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from retrieval import GeolocError
+
+app = typer.Typer(help="Locate street-level photos within a city.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Import, check and split geotagged photo manifests.", no_args_is_help=True)
+synth_app = typer.Typer(help="Render street-level views from OpenStreetMap (demo city or a real .osm).",
+                        no_args_is_help=True)
+train_app = typer.Typer(help="Train a model: cells, regression or embedding.", no_args_is_help=True)
+index_app = typer.Typer(help="Build and inspect FAISS indexes of training photos.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(synth_app, name="synth")
+app.add_typer(train_app, name="train")
+app.add_typer(index_app, name="index")
+
+SetOption = typer.Option(None, "--set", help="Override a config value: section.key=value (repeatable).")
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+@data_app.command("import")
+def data_import(
+    src: Path = typer.Argument(..., help="Folder (searched recursively) or single image."),
+    fmt: str = typer.Option(..., "--format", help="seed (<lat>_<lon>.jpg) | vpr (@utm...@lat@lon@...) | exif"),
+    out: Path = typer.Option(..., "--out", help="Manifest CSV to write."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Warn about and skip unreadable photos."),
+):
+    """Make a manifest (path,lat,lon[,heading]) from photos in a known naming or EXIF convention."""
+    from retrieval.data import import_photos, write_manifest
+
+    m = import_photos(src, fmt, skip_bad=skip_bad)
+    write_manifest(out, m)
+    typer.echo(f"wrote {out}: {len(m)} photos" + (f", skipped {m.skipped}" if m.skipped else ""))
+
+
+@data_app.command("check")
+def data_check(
+    manifest: Path,
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad rows as warnings and count them."),
+):
+    """Check every row of a manifest: coordinates, duplicates, files, and that each image decodes."""
+    from retrieval.data import read_manifest
+
+    m = read_manifest(manifest, skip_bad=skip_bad, check_images=True)
+    typer.echo(f"{manifest}: {len(m)} good photos" + (f", {m.skipped} bad rows skipped" if m.skipped else ""))
+
+
+@data_app.command("split")
+def data_split(
+    manifest: Path,
+    out: Path = typer.Option(..., "--out", help="Manifest CSV to write, with a split column."),
+    val: float = typer.Option(0.1, help="Fraction of photos for validation."),
+    test: float = typer.Option(0.1, help="Fraction of photos for test."),
+    gap_m: float = typer.Option(25.0, help="No held-out photo within this distance of a training photo."),
+    block_m: float = typer.Option(250.0, help="Side of the blocks assigned whole to one split."),
+    seed: int = typer.Option(0),
+):
+    """Split a manifest into train/val/test by spatial blocks, dropping held-out photos too close to train."""
+    from retrieval.data import read_manifest, spatial_split, write_manifest
+
+    m = read_manifest(manifest)
+    split = spatial_split(m.lat, m.lon, val, test, gap_m, block_m, seed)
+    keep = [i for i, s in enumerate(split) if s]
+    m.split = list(split)
+    write_manifest(out, m.subset(keep))
+    counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
+    typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+               + f", dropped {int((split == '').sum())} within {gap_m:g} m of train")
+
+
+def _format_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main() -> None:
+    """Console entry point: user mistakes become one line on stderr and exit status 2."""
+    warnings.showwarning = _format_warning
+    try:
+        app()
+    except GeolocError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

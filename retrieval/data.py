@@ -1,0 +1,410 @@
+"""Geotagged photo manifests: reading and checking them, importers, the image Dataset, spatial splits.
+
+A manifest is a CSV with columns path,lat,lon and optional heading,split. Relative paths are relative
+to the manifest's own folder, so a data folder can be moved as a whole.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from retrieval import GeolocError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Manifest:
+    paths: list[Path]  # absolute
+    lat: np.ndarray
+    lon: np.ndarray
+    heading: np.ndarray | None = None  # degrees clockwise from north, NaN where unknown
+    split: list[str] | None = None
+    source: Path | None = None
+    rows: list[int] = field(default_factory=list)  # CSV row number of each photo, for messages
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, idx) -> "Manifest":
+        idx = np.asarray(idx, dtype=np.int64)
+        return Manifest(
+            paths=[self.paths[i] for i in idx], lat=self.lat[idx], lon=self.lon[idx],
+            heading=None if self.heading is None else self.heading[idx],
+            split=None if self.split is None else [self.split[i] for i in idx],
+            source=self.source, rows=[self.rows[i] for i in idx] if self.rows else [],
+        )
+
+    def where_split(self, name: str) -> "Manifest":
+        if self.split is None:
+            raise GeolocError(f"{self.source}: no 'split' column; cannot select split '{name}'")
+        return self.subset([i for i, s in enumerate(self.split) if s == name])
+
+    def describe(self, i: int) -> str:
+        row = f"row {self.rows[i]}: " if self.rows else ""
+        return f"{self.source}: {row}{self.paths[i]}"
+
+
+def _check_image(path: Path) -> str | None:
+    """Fully decode the image; returns the problem, or None when it is readable."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"corrupt or truncated image ({exc})"
+    return None
+
+
+def read_manifest(path: str | Path, skip_bad: bool = False, check_files: bool = True,
+                  check_images: bool = False) -> Manifest:
+    """Read and check a manifest. A bad row raises GeolocError naming file, row and problem;
+    with skip_bad it is skipped with a warning and counted in Manifest.skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise GeolocError(f"{path}: manifest not found")
+    base = path.parent
+    paths: list[Path] = []
+    lats: list[float] = []
+    lons: list[float] = []
+    headings: list[float] = []
+    splits: list[str] = []
+    rows: list[int] = []
+    seen: dict[Path, int] = {}
+    skipped = 0
+
+    def bad(row_no: int, problem: str) -> None:
+        nonlocal skipped
+        msg = f"{path}: row {row_no}: {problem}"
+        if not skip_bad:
+            raise GeolocError(msg)
+        warnings.warn(msg, stacklevel=3)
+        skipped += 1
+
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in ("path", "lat", "lon") if c not in cols]
+        if missing:
+            raise GeolocError(f"{path}: missing column(s) {', '.join(missing)} (header is {','.join(cols)})")
+        reader.fieldnames = cols
+        has_heading, has_split = "heading" in cols, "split" in cols
+        for row_no, row in enumerate(reader, start=2):
+            raw_path = (row.get("path") or "").strip()
+            if not raw_path:
+                bad(row_no, "empty path")
+                continue
+            p = Path(raw_path)
+            p = (p if p.is_absolute() else base / p).resolve()
+            values = {}
+            problem = None
+            for name, lo, hi in (("lat", -90.0, 90.0), ("lon", -180.0, 180.0)):
+                text = (row.get(name) or "").strip()
+                try:
+                    v = float(text)
+                except ValueError:
+                    problem = f"{name} {text!r} is not a number"
+                    break
+                if not math.isfinite(v) or not lo <= v <= hi:
+                    problem = f"{name} {text} is out of range [{lo:g}, {hi:g}]"
+                    break
+                values[name] = v
+            heading = math.nan
+            if problem is None and has_heading and (row.get("heading") or "").strip():
+                try:
+                    heading = float(row["heading"]) % 360.0
+                except ValueError:
+                    problem = f"heading {row['heading']!r} is not a number"
+            split = (row.get("split") or "").strip() if has_split else ""
+            if problem is None and split and split not in SPLITS:
+                problem = f"split {split!r} is not one of {', '.join(SPLITS)}"
+            if problem is None and p in seen:
+                problem = f"duplicate path {raw_path} (first on row {seen[p]})"
+            if problem is None and check_files and not p.is_file():
+                problem = f"image file not found: {raw_path}"
+            if problem is None and check_images:
+                problem = _check_image(p)
+                problem = problem and f"{raw_path}: {problem}"
+            if problem is not None:
+                bad(row_no, problem)
+                continue
+            seen[p] = row_no
+            paths.append(p)
+            lats.append(values["lat"])
+            lons.append(values["lon"])
+            headings.append(heading)
+            splits.append(split)
+            rows.append(row_no)
+    if not paths:
+        raise GeolocError(f"{path}: no usable rows")
+    if skipped:
+        warnings.warn(f"{path}: skipped {skipped} bad row(s)", stacklevel=2)
+    return Manifest(
+        paths=paths, lat=np.array(lats), lon=np.array(lons),
+        heading=np.array(headings) if has_heading else None,
+        split=splits if has_split else None, source=path, rows=rows, skipped=skipped,
+    )
+
+
+def write_manifest(path: str | Path, manifest: Manifest) -> Path:
+    """Write atomically, with paths relative to the manifest's folder where possible."""
+    from retrieval.util import atomic_write
+
+    path = Path(path)
+    base = path.parent.resolve()
+    cols = ["path", "lat", "lon"]
+    if manifest.heading is not None:
+        cols.append("heading")
+    if manifest.split is not None:
+        cols.append("split")
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(cols)
+            for i, p in enumerate(manifest.paths):
+                p = Path(p).resolve()
+                try:
+                    rel = os.path.relpath(p, base)
+                except ValueError:  # another drive on Windows
+                    rel = str(p)
+                row = [rel, f"{manifest.lat[i]:.7f}", f"{manifest.lon[i]:.7f}"]
+                if manifest.heading is not None:
+                    h = manifest.heading[i]
+                    row.append("" if math.isnan(h) else f"{h:.1f}")
+                if manifest.split is not None:
+                    row.append(manifest.split[i])
+                w.writerow(row)
+
+    return atomic_write(path, write)
+
+
+# --- importers -------------------------------------------------------------------------------------
+
+_NUM = r"[-+]?\d+(?:\.\d+)?"
+_SEED_RE = re.compile(rf"^({_NUM})_({_NUM})$")
+
+
+def _image_files(src: Path) -> list[Path]:
+    if src.is_file():
+        return [src]
+    if not src.is_dir():
+        raise GeolocError(f"{src}: no such file or folder")
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise GeolocError(f"{src}: no .jpg/.jpeg/.png files found")
+    return files
+
+
+def parse_seed_name(name: str) -> tuple[float, float]:
+    """The seed study's '<lat>_<lon>.jpg'."""
+    m = _SEED_RE.match(Path(name).stem)
+    if not m:
+        raise ValueError("file name is not <lat>_<lon>.jpg")
+    return float(m.group(1)), float(m.group(2))
+
+
+def parse_vpr_name(name: str) -> tuple[float, float, float]:
+    """The VPR convention '@utm_east@utm_north@zone@band@lat@lon@pano@tile@heading@...@.jpg'.
+
+    Returns lat, lon, heading (NaN if absent). Empty lat/lon fields are derived from the UTM fields.
+    """
+    fields = Path(name).name.split("@")
+    if len(fields) < 7 or fields[0] != "":
+        raise ValueError("file name is not @utm_east@utm_north@zone@band@lat@lon@...@.jpg")
+    east, north, zone, band, lat, lon = fields[1:7]
+    heading = math.nan
+    if len(fields) > 9 and fields[9].strip():
+        try:
+            heading = float(fields[9]) % 360.0
+        except ValueError:
+            pass
+    if lat.strip() and lon.strip():
+        return float(lat), float(lon), heading
+    from pyproj import CRS, Transformer
+
+    south = band.strip().upper() < "N"
+    crs = CRS.from_dict({"proj": "utm", "zone": int(zone), "south": south})
+    lon_v, lat_v = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(float(east), float(north))
+    return float(lat_v), float(lon_v), heading
+
+
+def _rational(v) -> float:
+    if isinstance(v, tuple):
+        return float(v[0]) / float(v[1])
+    return float(v)
+
+
+def read_exif_gps(path: str | Path) -> tuple[float, float, float]:
+    """lat, lon and heading (GPSImgDirection, NaN if absent) from a JPEG's EXIF GPS block."""
+    with Image.open(path) as im:
+        gps = im.getexif().get_ifd(0x8825)
+    if not gps or 2 not in gps or 4 not in gps:
+        raise ValueError("no GPS position in EXIF")
+
+    def dms(values, ref) -> float:
+        d, m, s = (_rational(v) for v in values)
+        deg = d + m / 60.0 + s / 3600.0
+        return -deg if str(ref).strip().upper() in ("S", "W") else deg
+
+    lat = dms(gps[2], gps.get(1, "N"))
+    lon = dms(gps[4], gps.get(3, "E"))
+    heading = _rational(gps[17]) % 360.0 if 17 in gps else math.nan
+    return lat, lon, heading
+
+
+def import_photos(src: str | Path, fmt: str, skip_bad: bool = False) -> Manifest:
+    """Build a manifest from a folder (or single file) of photos in one of the known conventions."""
+    src = Path(src)
+    parsers = {
+        "seed": lambda p: (*parse_seed_name(p.name), math.nan),
+        "vpr": lambda p: parse_vpr_name(p.name),
+        "exif": read_exif_gps,
+    }
+    if fmt not in parsers:
+        raise GeolocError(f"unknown import format {fmt!r} (choose seed, vpr or exif)")
+    paths, lats, lons, heads = [], [], [], []
+    skipped = 0
+    for p in _image_files(src):
+        try:
+            lat, lon, heading = parsers[fmt](p)
+            if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+                raise ValueError(f"coordinate out of range ({lat}, {lon})")
+        except (ValueError, OSError, UnidentifiedImageError, KeyError, ZeroDivisionError) as exc:
+            msg = f"{p}: {exc}"
+            if not skip_bad:
+                raise GeolocError(msg) from None
+            warnings.warn(msg, stacklevel=2)
+            skipped += 1
+            continue
+        paths.append(p.resolve())
+        lats.append(lat)
+        lons.append(lon)
+        heads.append(heading)
+    if not paths:
+        raise GeolocError(f"{src}: no photo could be imported as {fmt}")
+    heading = np.array(heads)
+    return Manifest(paths=paths, lat=np.array(lats), lon=np.array(lons),
+                    heading=None if np.isnan(heading).all() else heading, skipped=skipped)
+
+
+# --- images ----------------------------------------------------------------------------------------
+
+def load_rgb(path: str | Path, where: str | None = None) -> Image.Image:
+    """Decode an image upright (EXIF orientation applied) as RGB, whatever its mode."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("P", "LA", "PA") or (im.mode == "RGBA"):
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im)
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise GeolocError(f"{where or path}: cannot read image ({exc})") from None
+
+
+class PhotoDataset:
+    """torch Dataset over a manifest: (image tensor, index). Coordinates stay in the manifest."""
+
+    def __init__(self, manifest: Manifest, transform=None):
+        self.manifest = manifest
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, i: int):
+        im = load_rgb(self.manifest.paths[i], where=self.manifest.describe(i))
+        if self.transform is not None:
+            im = self.transform(im)
+        return im, i
+
+
+# --- spatial split ---------------------------------------------------------------------------------
+
+def spatial_split(lat, lon, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                  gap_m: float = 25.0, block_m: float = 250.0, seed: int = 0) -> np.ndarray:
+    """Assign each photo to 'train', 'val', 'test' or '' (dropped) without spatial leakage.
+
+    Square blocks of block_m are given whole to one split (deterministic for a seed); then any
+    held-out photo within gap_m of a training photo is dropped, so no test or validation photo has
+    a training photo closer than gap_m.
+    """
+    from scipy.spatial import cKDTree
+
+    from retrieval.geo import LocalProjection
+
+    lat, lon = np.asarray(lat, float), np.asarray(lon, float)
+    if not 0 <= val_fraction + test_fraction < 1:
+        raise GeolocError("split: val_fraction + test_fraction must be in [0, 1)")
+    x, y = LocalProjection.for_points(lat, lon).to_xy(lat, lon)
+    bx = np.floor((x - x.min()) / block_m).astype(np.int64)
+    by = np.floor((y - y.min()) / block_m).astype(np.int64)
+    blocks, block_of = np.unique(np.column_stack([bx, by]), axis=0, return_inverse=True)
+    block_of = block_of.ravel()
+    counts = np.bincount(block_of, minlength=len(blocks))
+    order = np.random.default_rng(seed).permutation(len(blocks))
+    # Fill test then val to their photo-count targets, in random block order; the rest is train.
+    block_split = np.full(len(blocks), "train", dtype=object)
+    targets = [("test", test_fraction * len(lat)), ("val", val_fraction * len(lat))]
+    filled = {"test": 0, "val": 0}
+    t = 0
+    for b in order:
+        while t < len(targets) and filled[targets[t][0]] >= targets[t][1]:
+            t += 1
+        if t == len(targets):
+            break
+        block_split[b] = targets[t][0]
+        filled[targets[t][0]] += counts[b]
+    split = block_split[block_of].astype(object)
+    train = split == "train"
+    if gap_m > 0 and train.any() and (~train).any():
+        d, _ = cKDTree(np.column_stack([x[train], y[train]])).query(np.column_stack([x[~train], y[~train]]))
+        held = np.flatnonzero(~train)
+        split[held[d < gap_m]] = ""
+    return split.astype(str)
+
+
+def load_splits(data: str | Path, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                gap_m: float = 25.0, block_m: float = 250.0, seed: int = 0,
+                skip_bad: bool = False) -> dict[str, Manifest]:
+    """train/val/test manifests from a data folder (train.csv [val.csv] [test.csv], as the renderer
+    writes) or from one manifest (its split column, else a spatial split). A missing val set is carved
+    out of train spatially, so model selection never sees test photos."""
+    data = Path(data)
+    out: dict[str, Manifest] = {}
+    if data.is_dir():
+        if not (data / "train.csv").is_file():
+            raise GeolocError(f"{data}: data folder has no train.csv")
+        for name in SPLITS:
+            if (data / f"{name}.csv").is_file():
+                out[name] = read_manifest(data / f"{name}.csv", skip_bad=skip_bad)
+        pool, carve_test = out.pop("train"), 0.0
+    else:
+        pool = read_manifest(data, skip_bad=skip_bad)
+        if pool.split is not None:
+            return {name: pool.where_split(name) for name in SPLITS if name in pool.split}
+        carve_test = test_fraction
+    want_val = "val" not in out and val_fraction > 0
+    if not want_val and carve_test == 0:
+        out["train"] = pool
+        return out
+    split = spatial_split(pool.lat, pool.lon, val_fraction if want_val else 0.0, carve_test,
+                          gap_m, block_m, seed)
+    for name in SPLITS:
+        idx = np.flatnonzero(split == name)
+        if len(idx):
+            out[name] = pool.subset(idx)
+    if "train" not in out:
+        raise GeolocError(f"{data}: the split left no training photos")
+    return out

@@ -1,0 +1,37 @@
+"""Localisation metrics as pure functions: distances in, numbers out."""
+from __future__ import annotations
+
+import numpy as np
+
+from retrieval.geo import haversine_m
+
+ACCURACY_THRESHOLDS_M = (25.0, 100.0, 250.0, 1000.0, 5000.0)
+RECALL_NS = (1, 5, 10)
+
+
+def errors_m(pred_lat, pred_lon, true_lat, true_lon) -> np.ndarray:
+    return haversine_m(pred_lat, pred_lon, true_lat, true_lon)
+
+
+def error_metrics(errors, thresholds=ACCURACY_THRESHOLDS_M) -> dict[str, float]:
+    """Mean and median error and the fraction of photos located within each threshold (metres)."""
+    e = np.asarray(errors, dtype=np.float64)
+    if e.size == 0:
+        raise ValueError("error_metrics: no errors given")
+    out = {"n": int(e.size), "mean_error_m": float(e.mean()), "median_error_m": float(np.median(e))}
+    for t in thresholds:
+        out[f"acc@{t:g}m"] = float(np.mean(e <= t))
+    return out
+
+
+def recall_at_n(neighbour_dists_m, ns=RECALL_NS, radius_m: float = 25.0) -> dict[str, float]:
+    """Retrieval recall@N: share of queries with at least one of their top N neighbours within radius.
+
+    neighbour_dists_m: (queries, k) distances from each query's true position to its ranked neighbours.
+    """
+    d = np.asarray(neighbour_dists_m, dtype=np.float64)
+    if d.ndim != 2 or d.shape[0] == 0:
+        raise ValueError("recall_at_n: expected a non-empty (queries, k) array")
+    hit = d <= radius_m
+    first_hit = np.where(hit.any(axis=1), hit.argmax(axis=1), np.inf)
+    return {f"recall@{n}_{radius_m:g}m": float(np.mean(first_hit < n)) for n in ns}
