@@ -1,0 +1,37 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent (only the developers' machines have ../shared)")
+    return SHARED_DATA
+
+
+def write_image(path: Path, size=(32, 32), color=(120, 60, 30), mode="RGB", **save_kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.new("RGB", size, color)
+    if mode != "RGB":
+        im = im.convert(mode)
+    im.save(path, **save_kw)
+    return path
+
+
+@pytest.fixture
+def photo_dir(tmp_path):
+    """Twelve small JPEGs around St Paul's with a manifest."""
+    rng = np.random.default_rng(0)
+    rows = ["path,lat,lon,heading"]
+    for i in range(12):
+        lat, lon = 51.5138 + rng.uniform(-0.003, 0.003), -0.0984 + rng.uniform(-0.004, 0.004)
+        write_image(tmp_path / "images" / f"{i:02d}.jpg", color=(20 * i, 100, 200 - 10 * i))
+        rows.append(f"images/{i:02d}.jpg,{lat:.6f},{lon:.6f},{i * 30}")
+    (tmp_path / "photos.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path

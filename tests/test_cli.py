@@ -1,0 +1,50 @@
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, write_image
+
+
+def geoloc(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "retrieval.cli", *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_command_groups():
+    out = geoloc("--help")
+    assert out.returncode == 0
+    for group in ("data", "synth", "train", "index", "query", "evaluate", "benchmark", "demo"):
+        assert f" {group} " in out.stdout, group
+
+
+def test_import_then_split_then_check(tmp_path):
+    for i in range(30):
+        write_image(tmp_path / "src" / f"{51.51 + 0.0004 * (i % 6):.5f}_{-0.10 + 0.0006 * (i // 6):.5f}.jpg")
+    out = geoloc("data", "import", tmp_path / "src", "--format", "seed", "--out", tmp_path / "m.csv")
+    assert out.returncode == 0, out.stderr
+    assert "30 photos" in out.stdout
+    assert (tmp_path / "m.csv").read_text().count("\n") == 31
+    out = geoloc("data", "split", tmp_path / "m.csv", "--out", tmp_path / "s.csv", "--block-m", "60")
+    assert out.returncode == 0, out.stderr
+    assert "train" in out.stdout and "dropped" in out.stdout
+    out = geoloc("data", "check", tmp_path / "s.csv")
+    assert out.returncode == 0 and "good photos" in out.stdout
+
+
+def test_user_mistake_is_one_line_without_traceback(tmp_path):
+    (tmp_path / "m.csv").write_text("path,lat,lon\na.jpg,91,0\n")
+    out = geoloc("data", "check", tmp_path / "m.csv")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: ") and "row 2: lat 91 is out of range" in out.stderr
+
+
+def test_skip_bad_reports_count(tmp_path):
+    (tmp_path / "m.csv").write_text("path,lat,lon\na.jpg,51,0\nb.jpg,51,0\n")
+    write_image(tmp_path / "a.jpg")
+    out = geoloc("data", "check", tmp_path / "m.csv", "--skip-bad")
+    assert out.returncode == 0
+    assert "1 good photos, 1 bad rows skipped" in out.stdout
+    assert "warning:" in out.stderr and "b.jpg" in out.stderr

@@ -1,0 +1,67 @@
+import pytest
+import yaml
+
+from retrieval import GeolocError
+from retrieval.config import load_config, load_run_config, parse_override, prepare_run_dir
+
+
+def test_yaml_and_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("name: exp\ntrain:\n  epochs: 7\n  lr: 0.01\nmodel:\n  weights: none\n")
+    cfg = load_config(tmp_path / "c.yaml", ["train.epochs=3", "data.image_size=128", "train.precision=fp32"])
+    assert cfg.name == "exp" and cfg.train.epochs == 3 and cfg.train.lr == 0.01
+    assert cfg.data.image_size == 128 and cfg.train.precision == "fp32" and cfg.model.weights == "none"
+    assert cfg.train.momentum == 0.9  # untouched defaults stay
+    assert isinstance(load_config(None, ["train.lr=1"]).train.lr, float)
+
+
+def test_base_defaults_are_overridden_by_file(tmp_path):
+    (tmp_path / "c.yaml").write_text("train:\n  epochs: 2\n")
+    cfg = load_config(tmp_path / "c.yaml", base={"train": {"epochs": 9, "batch_size": 4}})
+    assert cfg.train.epochs == 2 and cfg.train.batch_size == 4
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epoch=3", r"config\.train: unknown key 'epoch'"),
+    ("train.epochs=three", r"config\.train\.epochs: expected a number, got 'three'"),
+    ("train.epochs=2.5", r"config\.train\.epochs: expected an integer"),
+    ("augment.hflip=maybe", r"config\.augment\.hflip: expected true or false"),
+    ("train", r"expected section\.key=value"),
+])
+def test_bad_overrides(override, message):
+    with pytest.raises(GeolocError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(GeolocError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(GeolocError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "typo.yaml").write_text("trian:\n  epochs: 1\n")
+    with pytest.raises(GeolocError, match=r"typo\.yaml: unknown key 'trian'"):
+        load_config(tmp_path / "typo.yaml")
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("a.b=[1, 2]") == {"a": {"b": [1, 2]}}
+    assert parse_override("name=x=y") == {"name": "x=y"}
+
+
+def test_run_dir_records_config_command_and_revision(tmp_path):
+    cfg = load_config(None, ["train.epochs=4"])
+    run = prepare_run_dir(tmp_path / "run", cfg)
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 4
+    assert (run / "command.txt").read_text().strip()
+    git = yaml.safe_load((run / "git.json").read_text())
+    assert set(git) == {"revision", "dirty"}
+    assert load_run_config(run) == cfg
+    with pytest.raises(GeolocError, match="not a run directory"):
+        load_run_config(tmp_path)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        load_config(path)

@@ -1,0 +1,220 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pyproj import Transformer
+
+from retrieval import GeolocError
+from retrieval.data import (PhotoDataset, import_photos, load_rgb, load_splits, parse_vpr_name,
+                            read_exif_gps, read_manifest, spatial_split, write_manifest)
+from retrieval.geo import LocalProjection, haversine_m
+from tests.conftest import write_image
+
+
+# --- importers -------------------------------------------------------------------------------------
+
+def test_import_seed_names(tmp_path):
+    write_image(tmp_path / "src" / "51.5138_-0.0984.jpg")
+    write_image(tmp_path / "src" / "sub" / "-33.8688_151.2093.jpg")
+    m = import_photos(tmp_path / "src", "seed")
+    got = sorted(zip(m.lat.tolist(), m.lon.tolist()))
+    assert got == [(-33.8688, 151.2093), (51.5138, -0.0984)]
+    assert m.heading is None
+
+
+def test_import_seed_bad_name(tmp_path):
+    write_image(tmp_path / "src" / "51.5_-0.09.jpg")
+    write_image(tmp_path / "src" / "holiday.jpg")
+    with pytest.raises(GeolocError, match=r"holiday\.jpg: file name is not <lat>_<lon>\.jpg"):
+        import_photos(tmp_path / "src", "seed")
+    with pytest.warns(UserWarning, match="holiday.jpg"):
+        m = import_photos(tmp_path / "src", "seed", skip_bad=True)
+    assert len(m) == 1 and m.skipped == 1
+
+
+def test_import_vpr_names(tmp_path):
+    # Pittsburgh-style name with lat/lon and a heading field.
+    name = "@0584342.29@4477271.08@17@T@40.44237@-79.99866@pano123@0@90.00@@@@@@.jpg"
+    write_image(tmp_path / "src" / name)
+    m = import_photos(tmp_path / "src", "vpr")
+    assert (m.lat[0], m.lon[0], m.heading[0]) == (40.44237, -79.99866, 90.0)
+
+
+def test_vpr_name_without_latlon_uses_utm():
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32630", always_xy=True)
+    e, n = to_utm.transform(-0.0984, 51.5138)
+    lat, lon, heading = parse_vpr_name(f"@{e:.2f}@{n:.2f}@30@U@@@@.jpg")
+    assert haversine_m(lat, lon, 51.5138, -0.0984) < 0.05
+    assert math.isnan(heading)
+    # Southern hemisphere bands (C..M) use the southern UTM origin.
+    to_utm_s = Transformer.from_crs("EPSG:4326", "EPSG:32756", always_xy=True)
+    e, n = to_utm_s.transform(151.2093, -33.8688)
+    lat, lon, _ = parse_vpr_name(f"@{e:.2f}@{n:.2f}@56@H@@@.jpg")
+    assert haversine_m(lat, lon, -33.8688, 151.2093) < 0.05
+    with pytest.raises(ValueError):
+        parse_vpr_name("51.5_-0.09.jpg")
+
+
+def test_import_exif_written_by_us(tmp_path):
+    ex = Image.Exif()
+    gps = ex.get_ifd(0x8825)
+    gps.update({1: "S", 2: (33.0, 51.0, 54.0), 3: "W", 4: (151.0, 12.0, 36.0), 17: 270.5})
+    write_image(tmp_path / "a.jpg", exif=ex)
+    lat, lon, heading = read_exif_gps(tmp_path / "a.jpg")
+    assert (lat, lon, heading) == pytest.approx((-33.865, -151.21, 270.5))
+    write_image(tmp_path / "nogps.jpg")
+    with pytest.raises(GeolocError, match="nogps.jpg: no GPS position in EXIF"):
+        import_photos(tmp_path / "nogps.jpg", "exif")
+
+
+def test_import_exif_real_berlin_photos(shared_data, tmp_path):
+    m = import_photos(shared_data / "photos" / "berlin", "exif")
+    assert len(m) == 3
+    assert np.all(haversine_m(m.lat, m.lon, 52.5189, 13.4003) < 50)
+    out = write_manifest(tmp_path / "out" / "berlin.csv", m)
+    back = read_manifest(out, check_images=True)
+    assert [p.name for p in back.paths] == ["01.jpg", "02.jpg", "03.jpg"]
+    np.testing.assert_allclose(back.lat, m.lat, atol=1e-7)
+    # Real JPEGs decode upright and as RGB through the dataset.
+    im = load_rgb(back.paths[0])
+    assert im.mode == "RGB" and min(im.size) > 100
+
+
+def test_unknown_format(tmp_path):
+    with pytest.raises(GeolocError, match="unknown import format"):
+        import_photos(tmp_path, "gpx")
+
+
+# --- manifests and bad input -----------------------------------------------------------------------
+
+def test_manifest_round_trip(photo_dir, tmp_path):
+    m = read_manifest(photo_dir / "photos.csv")
+    assert len(m) == 12 and m.heading is not None and m.split is None
+    out = write_manifest(tmp_path / "elsewhere" / "copy.csv", m)
+    m2 = read_manifest(out)
+    assert m2.paths == m.paths
+    np.testing.assert_allclose(m2.lat, m.lat, atol=1e-7)
+    np.testing.assert_allclose(m2.heading, m.heading)
+
+
+@pytest.mark.parametrize("row,message", [
+    ("images/missing.jpg,51.5,-0.1", r"row 3: image file not found: images/missing\.jpg"),
+    ("images/01.jpg,fifty,-0.1", r"row 3: lat 'fifty' is not a number"),
+    ("images/01.jpg,51.5,-190", r"row 3: lon -190 is out of range \[-180, 180\]"),
+    ("images/00.jpg,51.5,-0.1", r"row 3: duplicate path images/00\.jpg \(first on row 2\)"),
+    ("images/01.jpg,nan,-0.1", r"row 3: lat nan is out of range"),
+    (",51.5,-0.1", r"row 3: empty path"),
+])
+def test_bad_rows_name_file_row_and_problem(photo_dir, row, message):
+    path = photo_dir / "bad.csv"
+    path.write_text(f"path,lat,lon\nimages/00.jpg,51.5,-0.1\n{row}\n")
+    with pytest.raises(GeolocError, match=message) as exc:
+        read_manifest(path)
+    assert str(exc.value).startswith(str(path)) and "\n" not in str(exc.value)
+
+
+def test_missing_columns(tmp_path):
+    (tmp_path / "m.csv").write_text("file,latitude,lon\n")
+    with pytest.raises(GeolocError, match="missing column"):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_corrupt_and_truncated_images(photo_dir):
+    (photo_dir / "images" / "junk.jpg").write_bytes(b"not a jpeg at all")
+    full = (photo_dir / "images" / "00.jpg").read_bytes()
+    big = write_image(photo_dir / "images" / "big.jpg", size=(256, 256), color=(1, 2, 3))
+    (photo_dir / "images" / "cut.jpg").write_bytes(big.read_bytes()[: len(big.read_bytes()) // 2])
+    assert full  # the good image stays readable
+    path = photo_dir / "m.csv"
+    path.write_text("path,lat,lon\nimages/00.jpg,51.5,-0.1\nimages/junk.jpg,51.5,-0.1\n"
+                    "images/cut.jpg,51.5,-0.1\n")
+    with pytest.raises(GeolocError, match=r"row 3: images/junk\.jpg: corrupt or truncated image"):
+        read_manifest(path, check_images=True)
+    with pytest.warns(UserWarning):
+        m = read_manifest(path, check_images=True, skip_bad=True)
+    assert len(m) == 1 and m.skipped == 2
+    # Without the up-front check, the dataset names the photo when it fails to decode.
+    ds = PhotoDataset(read_manifest(path))
+    with pytest.raises(GeolocError, match=r"row 3: .*junk\.jpg: cannot read image"):
+        ds[1]
+
+
+def test_skip_bad_counts_rows(photo_dir):
+    path = photo_dir / "m.csv"
+    path.write_text("path,lat,lon\nimages/00.jpg,51.5,-0.1\nimages/zz.jpg,51.5,-0.1\nimages/01.jpg,x,1\n")
+    with pytest.warns(UserWarning, match="skipped 2 bad row"):
+        m = read_manifest(path, skip_bad=True)
+    assert len(m) == 1 and m.skipped == 2
+
+
+# --- images ----------------------------------------------------------------------------------------
+
+def test_exif_orientation_is_applied(tmp_path):
+    ex = Image.Exif()
+    ex[0x0112] = 6  # stored sideways, displayed rotated 90 degrees clockwise
+    im = Image.new("RGB", (40, 20), (0, 0, 0))
+    im.paste((255, 0, 0), (0, 0, 20, 20))  # left half red as stored
+    im.save(tmp_path / "rot.jpg", exif=ex, quality=95)
+    up = load_rgb(tmp_path / "rot.jpg")
+    assert up.size == (20, 40)
+    top, bottom = np.asarray(up)[5, 10], np.asarray(up)[35, 10]
+    assert top[0] > 200 and bottom[0] < 50  # stored-left is displayed on top
+
+
+@pytest.mark.parametrize("mode,suffix", [("L", ".png"), ("RGBA", ".png"), ("CMYK", ".jpg"), ("P", ".png")])
+def test_any_mode_becomes_rgb(tmp_path, mode, suffix):
+    p = write_image(tmp_path / f"x{suffix}", color=(200, 100, 50), mode=mode)
+    im = load_rgb(p)
+    assert im.mode == "RGB" and im.size == (32, 32)
+
+
+def test_dataset_applies_transform(photo_dir):
+    import torchvision.transforms.v2 as T
+
+    ds = PhotoDataset(read_manifest(photo_dir / "photos.csv"),
+                      T.Compose([T.PILToTensor(), T.Resize((16, 16))]))
+    x, i = ds[3]
+    assert i == 3 and x.shape == (3, 16, 16) and x.dtype == torch.uint8
+    assert tuple(x[:, 8, 8].tolist()) == pytest.approx((60, 100, 170), abs=6)
+
+
+# --- spatial split ---------------------------------------------------------------------------------
+
+def _grid_photos(n_side=40, step_m=10.0):
+    proj = LocalProjection(51.515, -0.10)
+    x0, y0 = proj.to_xy(51.515, -0.10)
+    gx, gy = np.meshgrid(np.arange(n_side) * step_m, np.arange(n_side) * step_m)
+    return proj.to_latlon(x0 + gx.ravel(), y0 + gy.ravel())
+
+
+def test_split_has_no_leakage_and_is_deterministic():
+    lat, lon = _grid_photos()
+    split = spatial_split(lat, lon, val_fraction=0.15, test_fraction=0.15, gap_m=25, block_m=100, seed=3)
+    assert set(split) <= {"train", "val", "test", ""}
+    train = split == "train"
+    for held in ("val", "test"):
+        idx = np.flatnonzero(split == held)
+        assert len(idx) > 0
+        d = haversine_m(lat[idx][:, None], lon[idx][:, None], lat[train][None], lon[train][None])
+        assert d.min() >= 25.0
+    assert np.array_equal(split, spatial_split(lat, lon, 0.15, 0.15, 25, 100, seed=3))
+    assert not np.array_equal(split, spatial_split(lat, lon, 0.15, 0.15, 25, 100, seed=4))
+    # Roughly the requested shares before the gap is cut out.
+    assert 0.6 < train.mean() < 0.8
+
+
+def test_load_splits_from_folder_and_manifest(photo_dir, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("other")
+    m = read_manifest(photo_dir / "photos.csv")
+    write_manifest(photo_dir / "train.csv", m.subset(range(10)))
+    write_manifest(photo_dir / "test.csv", m.subset([10, 11]))
+    s = load_splits(photo_dir, val_fraction=0.0)
+    assert len(s["train"]) == 10 and len(s["test"]) == 2 and "val" not in s
+    m.split = ["train"] * 8 + ["val"] * 2 + ["test"] * 2
+    write_manifest(tmp_path / "all.csv", m)
+    s = load_splits(tmp_path / "all.csv")
+    assert {k: len(v) for k, v in s.items()} == {"train": 8, "val": 2, "test": 2}
+    with pytest.raises(GeolocError, match="no train.csv"):
+        load_splits(tmp_path)

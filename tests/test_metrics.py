@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from retrieval.metrics import error_metrics, errors_m, recall_at_n
+
+
+def test_error_metrics_hand_computed():
+    m = error_metrics([10.0, 30.0, 90.0, 300.0, 2000.0, 6000.0])
+    assert m["n"] == 6
+    assert m["mean_error_m"] == pytest.approx(8430 / 6)
+    assert m["median_error_m"] == pytest.approx((90 + 300) / 2)
+    assert m["acc@25m"] == pytest.approx(1 / 6)
+    assert m["acc@100m"] == pytest.approx(3 / 6)
+    assert m["acc@250m"] == pytest.approx(3 / 6)
+    assert m["acc@1000m"] == pytest.approx(4 / 6)
+    assert m["acc@5000m"] == pytest.approx(5 / 6)
+
+
+def test_threshold_is_inclusive():
+    assert error_metrics([25.0])["acc@25m"] == 1.0
+
+
+def test_errors_from_coordinates():
+    e = errors_m([0.0, 0.0], [0.0, 0.0], [0.0, 0.001], [0.0, 0.0])
+    assert e[0] == 0 and e[1] == pytest.approx(111.195, rel=1e-4)
+
+
+def test_recall_at_n_hand_computed():
+    d = np.array([
+        [5.0, 100.0, 100.0, 100.0, 100.0, 100.0],   # hit at rank 1
+        [100.0, 100.0, 20.0, 100.0, 100.0, 100.0],  # hit at rank 3
+        [100.0, 100.0, 100.0, 100.0, 100.0, 24.0],  # hit at rank 6
+        [100.0] * 6,                                 # never
+    ])
+    r = recall_at_n(d, ns=(1, 5, 10))
+    assert r == {"recall@1_25m": 0.25, "recall@5_25m": 0.5, "recall@10_25m": 0.75}
+
+
+def test_empty_inputs_raise():
+    with pytest.raises(ValueError):
+        error_metrics([])
+    with pytest.raises(ValueError):
+        recall_at_n(np.zeros((0, 3)))
