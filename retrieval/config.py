@@ -95,6 +95,23 @@ class IndexConfig:
 
 
 @dataclass
+class BenchConfig:
+    """One comparison: a city, its rendered views, and the methods trained under the same budget."""
+    osm: str = "demo"  # an .osm/.osm.bz2 file, or "demo" for the procedural city
+    train_views: int = 600
+    test_views: int = 150
+    image_size: int = 128
+    test_condition_shift: bool = False
+    render_workers: int = 2
+    # method name -> its overrides on top of the shared config (same data, epochs, batch, precision)
+    methods: dict[str, list[str]] = field(default_factory=lambda: {
+        "cells_voronoi": ["cells.grid=voronoi"],
+        "regression": [],
+        "embedding_geodesic": ["embedding.positives=geodesic"],
+    })
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 0
@@ -105,6 +122,7 @@ class Config:
     cells: CellsConfig = field(default_factory=CellsConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -118,6 +136,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise GeolocError(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, where)
+    if origin is dict:
+        _, inner = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, dict):
+            raise GeolocError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, inner, f"{where}.{k}") for k, v in value.items()}
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(tp) or (Any,)
         if not isinstance(value, (list, tuple)):
