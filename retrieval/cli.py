@@ -77,6 +77,88 @@ def data_split(
                + f", dropped {int((split == '').sum())} within {gap_m:g} m of train")
 
 
+# --- train cells / regression, evaluate ------------------------------------------------------------
+
+def _train_setup(kind: str, data: Optional[Path], config: Optional[Path], out: Optional[Path],
+                 resume: bool, overrides: Optional[List[str]]):
+    """Resolved config and run directory; resuming reads the run's own config.yaml (--set still applies)."""
+    import time
+
+    from retrieval.config import load_config, prepare_run_dir
+    from retrieval.train import check_run_dir
+
+    if resume:
+        if out is None:
+            raise GeolocError("--resume needs --out RUN (the run directory to continue)")
+        cfg = load_config(out / "config.yaml", overrides)
+    else:
+        cfg = load_config(config, overrides, base={"name": kind})
+    if data is not None:
+        cfg.data.train = str(data)
+    run_dir = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_run_dir(run_dir, resume)
+    prepare_run_dir(run_dir, cfg)
+    typer.echo(f"run directory: {run_dir}")
+    return cfg, run_dir
+
+
+def _echo_summary(summary: dict) -> None:
+    typer.echo(f"done: {summary['epochs']} epoch(s), best {summary['metric']} {summary['best']:.4g} "
+               f"at epoch {summary['best_epoch']}, {summary['train_images_per_s']:.1f} img/s")
+
+
+DataOption = typer.Option(None, "--data", help="Data folder (train.csv [val.csv] [test.csv]) or a manifest CSV.")
+ConfigOption = typer.Option(None, "--config", help="YAML config (see configs/).")
+OutOption = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<time>).")
+ResumeOption = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
+
+
+@train_app.command("cells")
+def train_cells_cmd(
+    data: Optional[Path] = DataOption,
+    grid: Optional[str] = typer.Option(None, "--grid", help="voronoi | square (default: the config's)."),
+    config: Optional[Path] = ConfigOption,
+    out: Optional[Path] = OutOption,
+    resume: bool = ResumeOption,
+    overrides: Optional[List[str]] = SetOption,
+):
+    """Cell classification (the study): ResNet-50 over square or Voronoi cells."""
+    from baselines.cells import train_cells
+
+    extra = [f"cells.grid={grid}"] if grid else []
+    cfg, run_dir = _train_setup("cells", data, config, out, resume, [*(overrides or []), *extra])
+    _echo_summary(train_cells(cfg, run_dir, resume))
+
+
+@train_app.command("regression")
+def train_regression_cmd(
+    data: Optional[Path] = DataOption,
+    config: Optional[Path] = ConfigOption,
+    out: Optional[Path] = OutOption,
+    resume: bool = ResumeOption,
+    overrides: Optional[List[str]] = SetOption,
+):
+    """Coordinate regression (the study): ResNet-50 + 256-unit head on normalised lat/lon."""
+    from baselines.regression import train_regression
+
+    cfg, run_dir = _train_setup("regression", data, config, out, resume, overrides)
+    _echo_summary(train_regression(cfg, run_dir, resume))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Path = typer.Option(..., "--run", help="A trained run directory."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data folder or manifest (default: the run's)."),
+):
+    """Locate the test photos; writes RUN/metrics.json, predictions.csv (and predictions.npz)."""
+    from retrieval.evaluate import evaluate_run
+
+    m = evaluate_run(run, data)
+    extra = f", cell accuracy {m['cell_acc']:.1%}" if "cell_acc" in m else ""
+    typer.echo(f"{run}: {m['n']} test photos, median error {m['median_error_m']:.1f} m, "
+               f"acc@100m {m['acc@100m']:.1%}{extra}; wrote metrics.json, predictions.csv")
+
+
 def _format_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 

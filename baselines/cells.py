@@ -1,0 +1,169 @@
+"""Cell classification, as in the study: a ResNet-50 picks the photo's cell (square or Voronoi), and
+the photo is placed at the centroid of that cell's training photos (or of its polygon).
+
+Classes are the cells that hold at least one training photo; empty cells stay in the grid (and in
+grid.geojson, with n_train 0 and class null) but are never predicted. A test photo in an empty cell
+therefore always counts as misclassified.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from baselines.grids import Grid, build_grid
+from retrieval import GeolocError
+from retrieval.config import Config
+from retrieval.data import Manifest
+from retrieval.evaluate import Predictions, cell_accuracy, study_distance_m
+from retrieval.geo import bounding_polygon
+from retrieval.metrics import error_metrics, errors_m
+from retrieval.models import cell_classifier
+from retrieval.train import fit, infer, load_data, load_trained, resolve_precision, seed_everything
+from retrieval.transforms import decode_images, test_transform, train_loader
+
+GRID_FILE = "grid.geojson"
+
+
+def make_grid(cfg: Config, train: Manifest) -> Grid:
+    c = cfg.cells
+    boundary = bounding_polygon(c.boundary or None, train.lat, train.lon)
+    return build_grid(c.grid, boundary, c.cell_size_m, c.border_spacing_m, cfg.seed)
+
+
+def cell_table(grid: Grid, train: Manifest) -> dict[str, list]:
+    """Per cell: training-photo count, class index (None if empty), photo and polygon centroids."""
+    cells = grid.assign(train.lat, train.lon)
+    n = np.bincount(cells, minlength=len(grid))
+    x, y = grid.projection.to_xy(train.lat, train.lon)
+    sx, sy = np.bincount(cells, x, len(grid)), np.bincount(cells, y, len(grid))
+    full = n > 0
+    plat, plon = grid.projection.to_latlon(sx[full] / n[full], sy[full] / n[full])
+    photo_lat, photo_lon = np.full(len(grid), np.nan), np.full(len(grid), np.nan)
+    photo_lat[full], photo_lon[full] = plat, plon
+    poly_lat, poly_lon = grid.polygon_centroids()
+    cls = np.cumsum(full) - 1
+    return {
+        "n_train": [int(v) for v in n],
+        "class": [int(cls[c]) if full[c] else None for c in range(len(grid))],
+        "photo_lat": [float(v) if full[c] else None for c, v in enumerate(photo_lat)],
+        "photo_lon": [float(v) if full[c] else None for c, v in enumerate(photo_lon)],
+        "poly_lat": [float(v) for v in poly_lat],
+        "poly_lon": [float(v) for v in poly_lon],
+    }
+
+
+def _centroids(table: dict[str, list], which: str) -> tuple[np.ndarray, np.ndarray]:
+    """lat, lon per cell: photo centroid ('photos', the polygon's where a cell is empty) or 'polygon'."""
+    if which not in ("photos", "polygon"):
+        raise GeolocError(f"cells.centroid={which!r}: choose photos or polygon")
+    lat, lon = np.array(table["poly_lat"], float), np.array(table["poly_lon"], float)
+    if which == "photos":
+        has = np.array([v is not None for v in table["photo_lat"]])
+        lat[has] = [table["photo_lat"][c] for c in np.flatnonzero(has)]
+        lon[has] = [table["photo_lon"][c] for c in np.flatnonzero(has)]
+    return lat, lon
+
+
+def _cell_of_class(table: dict[str, list]) -> np.ndarray:
+    return np.array([c for c, k in enumerate(table["class"]) if k is not None], dtype=np.int64)
+
+
+def located(grid_cells_of_class: np.ndarray, logits: torch.Tensor) -> np.ndarray:
+    return grid_cells_of_class[logits.argmax(dim=1).numpy()]
+
+
+class CellsTask:
+    kind = "cells"
+    metric = "val_cell_acc"  # the study kept the epoch with the best validation accuracy
+    maximize = True
+
+    def __init__(self, cfg: Config, splits: dict[str, Manifest], grid: Grid):
+        train = splits["train"]
+        self.cfg, self.grid = cfg, grid
+        self.table = cell_table(grid, train)
+        self.cell_of_class = _cell_of_class(self.table)
+        class_of_cell = np.array([-1 if k is None else k for k in self.table["class"]])
+        labels = torch.from_numpy(class_of_cell[grid.assign(train.lat, train.lon)])
+        self.centroid_lat, self.centroid_lon = _centroids(self.table, cfg.cells.centroid)
+        images = decode_images(train, cfg.data.resize, "decode train")
+        self.train_loader = train_loader(images, labels, cfg.data, cfg.augment, cfg.train.batch_size)
+        self.model = cell_classifier(cfg.model.weights, len(self.cell_of_class), cfg.model.lock_factor)
+        self.val = splits.get("val")
+        if self.val is not None:
+            self.val_images = decode_images(self.val, cfg.data.resize, "decode val")
+            self.val_cells = grid.assign(self.val.lat, self.val.lon)
+            self.val_labels = torch.from_numpy(class_of_cell[self.val_cells])
+        self.precision = resolve_precision(cfg.train.precision)
+
+    def loss(self, model, batch) -> torch.Tensor:
+        images, labels, _ = batch
+        return F.cross_entropy(model(images).float(), labels)
+
+    def validate(self, model) -> dict[str, float]:
+        if self.val is None:
+            return {}
+        logits = infer(model, self.val_images, test_transform(self.cfg.data), self.cfg.train.batch_size,
+                       self.precision, desc="validate")
+        pred = located(self.cell_of_class, logits)
+        err = errors_m(self.centroid_lat[pred], self.centroid_lon[pred], self.val.lat, self.val.lon)
+        known = self.val_labels >= 0  # val photos in a cell without training photos have no class
+        out = {"val_cell_acc": cell_accuracy(self.val_cells, pred),
+               "val_median_error_m": float(np.median(err)), "val_mean_error_m": float(np.mean(err))}
+        if known.any():
+            out["val_loss"] = float(F.cross_entropy(logits[known], self.val_labels[known]))
+        return out
+
+    def info(self) -> dict:
+        n = np.array(self.table["n_train"])
+        return {"grid": self.grid.kind, "n_cells": len(self.grid), "n_classes": len(self.cell_of_class),
+                "empty_cells": int((n == 0).sum()),
+                "images_per_cell": {"min": int(n.min()), "median": float(np.median(n)), "max": int(n.max())}}
+
+
+def train_cells(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+    """Build (or, resuming, reload) the grid, write it as GeoJSON, and train the classifier."""
+    run_dir = Path(run_dir)
+    splits = load_data(cfg)
+    grid = Grid.load(run_dir / GRID_FILE)[0] if resume else make_grid(cfg, splits["train"])
+    seed_everything(cfg.seed)
+    task = CellsTask(cfg, splits, grid)
+    grid.save(run_dir / GRID_FILE, task.table)
+    info = task.info()
+    tqdm.write(f"{info['n_cells']} {grid.kind} cells, {info['empty_cells']} without training photos; "
+               f"images per cell min {info['images_per_cell']['min']}, median "
+               f"{info['images_per_cell']['median']:g}, max {info['images_per_cell']['max']}")
+    return fit(task, cfg, run_dir, resume)
+
+
+def predict(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
+    grid, props = Grid.load(run_dir / GRID_FILE)
+    table = {k: [p.get(k) for p in props] for k in ("n_train", "class", "photo_lat", "photo_lon",
+                                                     "poly_lat", "poly_lon")}
+    cell_of_class = _cell_of_class(table)
+    model = cell_classifier("none", len(cell_of_class))
+    load_trained(model, run_dir)
+    precision = resolve_precision(cfg.train.precision)
+    images = decode_images(test, cfg.data.resize, "decode test")
+    logits = infer(model, images, test_transform(cfg.data), cfg.train.batch_size, precision, desc="predict")
+    pred = located(cell_of_class, logits)
+    true = grid.assign(test.lat, test.lon)
+    lat, lon = _centroids(table, cfg.cells.centroid)
+    other = "polygon" if cfg.cells.centroid == "photos" else "photos"
+    o_lat, o_lon = _centroids(table, other)
+    metrics = {
+        "cell_acc": cell_accuracy(true, pred),
+        "study_distance_m": study_distance_m(true, pred, lat, lon),
+        "centroid": cfg.cells.centroid,
+        f"{other}_centroid": error_metrics(errors_m(o_lat[pred], o_lon[pred], test.lat, test.lon)),
+        "n_cells": len(grid), "n_classes": len(cell_of_class),
+        "test_in_empty_cells": int(sum(table["class"][c] is None for c in true)),
+    }
+    return Predictions(
+        lat=lat[pred], lon=lon[pred], metrics=metrics,
+        columns={"true_cell": true, "pred_cell": pred},
+        arrays={"probabilities": torch.softmax(logits, dim=1).numpy().astype(np.float32),
+                "class_cells": cell_of_class, "true_cell": true, "pred_cell": pred})

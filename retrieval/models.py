@@ -1,0 +1,165 @@
+"""ResNet-50 trunks with selectable weights, layer locking, and the three task models built on them.
+
+Every model is `nn.Sequential(trunk, head...)`: the trunk is torchvision's ResNet-50 whose `fc` is an
+identity (2048 features out), so checkpoints of all methods share the same `trunk.*` keys.
+"""
+from __future__ import annotations
+
+import types
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import ResNet, ResNet50_Weights, resnet50
+
+from retrieval import GeolocError
+
+FEATURES = 2048
+
+
+def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A state dict from a torch file, unwrapped from {'state_dict': ...}/{'model': ...} and 'module.'."""
+    if not path.is_file():
+        raise GeolocError(f"{path}: {what} file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unsafe pickles, corrupt or non-torch files all land here
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GeolocError(f"{path}: cannot load {what} as plain tensors (weights_only=True): {reason}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise GeolocError(f"{path}: {what} is not a state dict (a mapping of names to tensors)")
+    # DataParallel checkpoints (the CSAIL Places365 release among them) prefix every key.
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _load_trunk(model: ResNet, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy every trunk weight; the source's classifier (fc: 1000 or 365 classes) is not ours to keep."""
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        problem = (f"{len(missing)} ResNet-50 weight(s) missing, e.g. {missing[0]}" if missing
+                   else f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+        raise GeolocError(f"{source}: not a ResNet-50 state dict ({problem})")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise GeolocError(f"{source}: {k} has shape {tuple(v.shape)}, ResNet-50 needs {tuple(own[k].shape)}")
+    model.load_state_dict(state, strict=False)
+
+
+def _imagenet_state() -> dict[str, torch.Tensor]:
+    weights = ResNet50_Weights.IMAGENET1K_V2
+    try:
+        # torch.hub caches the file, so only the first use on a machine needs the network.
+        return torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GeolocError(
+            f"model.weights=imagenet: cannot download {weights.url} ({reason}); offline, use "
+            "model.weights=places365:<file>, a local state-dict file, or none") from None
+
+
+def build_resnet50(weights: str = "none") -> ResNet:
+    """torchvision ResNet-50 trunk (fc = identity, 2048 features) with weights from
+    `imagenet` (torchvision IMAGENET1K_V2), `places365:<file>` (CSAIL resnet50_places365.pth.tar),
+    a local state-dict file, or `none` (random init)."""
+    model = resnet50(weights=None)
+    spec = (weights or "none").strip()
+    if spec == "imagenet":
+        _load_trunk(model, _imagenet_state(), "imagenet weights")
+    elif spec.startswith("places365:"):
+        path = Path(spec.split(":", 1)[1]).expanduser()
+        _load_trunk(model, _read_state_dict(path, "Places365 checkpoint"), str(path))
+    elif spec != "none":
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise GeolocError(f"model.weights={spec!r}: not imagenet, places365:<file> or none, "
+                              "and no such state-dict file")
+        _load_trunk(model, _read_state_dict(path, "state-dict"), str(path))
+    model.fc = nn.Identity()
+    return model
+
+
+# --- layer locking ---------------------------------------------------------------------------------
+
+def parameterised_layers(model: nn.Module) -> list[nn.Module]:
+    """Modules holding parameters of their own, in registration order (forward order for ResNet)."""
+    return [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+
+
+def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    return nn.Module.train(self, False)
+
+
+def apply_lock_factor(model: nn.Module, lock_factor: float) -> int:
+    """Freeze the first floor(lock_factor * L) of the model's L parameterised layers; returns that count.
+
+    Frozen BatchNorm layers also keep their running statistics: model.train() leaves them in eval
+    mode, since updating the statistics of a frozen layer would still change what it computes.
+    """
+    if not 0.0 <= lock_factor <= 1.0:
+        raise GeolocError(f"model.lock_factor={lock_factor}: must be in [0, 1]")
+    layers = parameterised_layers(model)
+    n_frozen = int(lock_factor * len(layers) + 1e-9)
+    for i, layer in enumerate(layers):
+        frozen = i < n_frozen
+        for p in layer.parameters(recurse=False):
+            p.requires_grad_(not frozen)
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            if frozen:
+                layer.train = types.MethodType(_stay_in_eval, layer)
+                layer.eval()
+            else:
+                layer.__dict__.pop("train", None)
+                layer.train(model.training)
+    return n_frozen
+
+
+# --- task models -----------------------------------------------------------------------------------
+
+class GeM(nn.Module):
+    """Generalised-mean pooling (Radenovic et al.) with a learnable exponent p."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x^p overflows/underflows bf16 for large p, so pool in float32 (the map is only 2048 x h x w).
+        x = x.float().clamp(min=self.eps)
+        return F.adaptive_avg_pool2d(x.pow(self.p), 1).pow(1.0 / self.p)
+
+
+class L2Norm(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x.float(), dim=1)
+
+
+def cell_classifier(weights: str, n_classes: int, lock_factor: float = 0.0) -> nn.Sequential:
+    model = nn.Sequential(OrderedDict(trunk=build_resnet50(weights), head=nn.Linear(FEATURES, n_classes)))
+    apply_lock_factor(model, lock_factor)
+    return model
+
+
+def coordinate_regressor(weights: str, lock_factor: float = 0.0, hidden: int = 256) -> nn.Sequential:
+    model = nn.Sequential(OrderedDict(
+        trunk=build_resnet50(weights), hidden=nn.Linear(FEATURES, hidden), relu=nn.ReLU(inplace=True),
+        head=nn.Linear(hidden, 2)))
+    apply_lock_factor(model, lock_factor)
+    return model
+
+
+def embedding_net(weights: str, dim: int = 512, lock_factor: float = 0.0) -> nn.Sequential:
+    """ResNet-50 feature map -> GeM -> Linear(2048, dim) -> L2 normalisation."""
+    trunk = build_resnet50(weights)
+    trunk.avgpool = GeM()
+    model = nn.Sequential(OrderedDict(trunk=trunk, head=nn.Linear(FEATURES, dim), norm=L2Norm()))
+    apply_lock_factor(model, lock_factor)
+    return model

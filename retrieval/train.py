@@ -1,0 +1,285 @@
+"""The one training loop every method shares: SGD + exponential decay, bf16/fp32, per-epoch log,
+atomic last/best checkpoints with RNG state so a killed run resumes exactly.
+
+A method supplies a `Task` (model, train batches, loss, validation); the loop owns the rest.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from retrieval import GeolocError
+from retrieval.config import Config
+from retrieval.data import Manifest, load_splits, read_manifest
+from retrieval.util import atomic_write, atomic_write_json, load_checkpoint, save_checkpoint
+
+
+class Task(Protocol):
+    kind: str  # "cells" | "regression" | "embedding": recorded in run.json for `geoloc evaluate`
+    metric: str  # key of validate()'s dict that selects best.pt
+    maximize: bool
+    model: nn.Module
+    train_loader: Iterable  # re-iterated every epoch; each batch is (images, *rest)
+
+    def loss(self, model: nn.Module, batch: tuple) -> torch.Tensor: ...
+
+    def validate(self, model: nn.Module) -> dict[str, float]: ...  # {} when there is no val set
+
+    def info(self) -> dict: ...  # extra run.json entries (e.g. number of cells)
+
+
+# --- precision and inference -----------------------------------------------------------------------
+
+def bf16_supported() -> bool:
+    """Native bf16 matmul on this CPU (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def resolve_precision(precision: str) -> str:
+    if precision not in ("bf16", "fp32"):
+        raise GeolocError(f"train.precision={precision!r}: choose bf16 or fp32")
+    if precision == "bf16" and not bf16_supported():
+        warnings.warn("train.precision=bf16: this CPU has no native bf16, using fp32", stacklevel=2)
+        return "fp32"
+    return precision
+
+
+def autocast(precision: str):
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: nn.Module, precision: str) -> nn.Module:
+    # oneDNN's bf16 convolutions are fastest on NHWC tensors.
+    return model.to(memory_format=torch.channels_last) if precision == "bf16" else model
+
+
+def prepare_images(images: torch.Tensor, precision: str) -> torch.Tensor:
+    return images.contiguous(memory_format=torch.channels_last) if precision == "bf16" else images
+
+
+def infer(model: nn.Module, images: list[torch.Tensor], transform, batch_size: int, precision: str,
+          desc: str = "infer") -> torch.Tensor:
+    """Model outputs (float32, N x out) for cached uint8 images, in eval mode."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    with torch.inference_mode(), autocast(precision):
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
+            x = torch.stack([transform(im) for im in images[start:start + batch_size]])
+            outs.append(model(prepare_images(x, precision)).float())
+    model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+# --- data and seeds --------------------------------------------------------------------------------
+
+def load_data(cfg: Config) -> dict[str, Manifest]:
+    """train/val[/test] manifests from data.train (a data folder or one manifest) and data.test."""
+    d = cfg.data
+    if not d.train:
+        raise GeolocError("data.train is empty: pass --data DIR (a data folder or a manifest CSV)")
+    splits = load_splits(d.train, d.val_fraction, 0.0 if d.test else d.test_fraction, d.split_gap_m,
+                         d.split_block_m, cfg.seed, d.skip_bad)
+    if d.test:
+        splits["test"] = read_manifest(d.test, skip_bad=d.skip_bad)
+    return splits
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """RNG states as tensors and plain values, so a checkpoint loads with weights_only=True."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": gauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, lambda p: p.write_text(buf.getvalue(), encoding="utf-8"))
+
+
+def _read_log(path: Path, upto_epoch: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return [r for r in csv.DictReader(f) if int(r["epoch"]) <= upto_epoch]
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: the CSV log is the record
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def check_run_dir(run_dir: str | Path, resume: bool) -> None:
+    """Refuse to start over a trained run (its checkpoints would be overwritten) or to resume nothing."""
+    last = Path(run_dir) / "last.pt"
+    if resume and not last.is_file():
+        raise GeolocError(f"{run_dir}: nothing to resume (no last.pt)")
+    if not resume and last.exists():
+        raise GeolocError(f"{run_dir}: already has a checkpoint; pass --resume or choose another run directory")
+
+
+def _better(value: float, best: float | None, maximize: bool) -> bool:
+    return best is None or (value > best if maximize else value < best)
+
+
+def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+    """Train task.model for cfg.train.epochs; writes log.csv, last.pt, best.pt and run.json in run_dir.
+
+    Returns the summary also stored in run.json["train"]: best metric/epoch, epochs, time, images/s.
+    """
+    t = cfg.train
+    run_dir = Path(run_dir)
+    precision = resolve_precision(t.precision)
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    model = prepare_model(task.model, precision)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise GeolocError("nothing to train: model.lock_factor froze every layer")
+    opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=t.lr_decay)
+
+    last_path, best_path, log_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "log.csv"
+    start, best, best_epoch, rows = 0, None, 0, []
+    if resume:
+        state = load_checkpoint(last_path)
+        if state.get("kind") != task.kind:
+            raise GeolocError(f"{last_path}: a {state.get('kind')} checkpoint, cannot resume a {task.kind} run")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, best, best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        set_rng_state(state["rng"])
+        rows = _read_log(log_path, start)
+    else:
+        check_run_dir(run_dir, resume)
+        seed_everything(cfg.seed)
+
+    metric, maximize = task.metric, task.maximize
+    info = {"kind": task.kind, "metric": metric, "maximize": maximize, "precision": precision, **task.info()}
+    atomic_write_json(run_dir / "run.json", info)
+    tb = _tensorboard(run_dir)
+    steps_total = len(task.train_loader) if hasattr(task.train_loader, "__len__") else None
+    steps = min(steps_total, t.max_steps_per_epoch) if steps_total and t.max_steps_per_epoch else (
+        steps_total or t.max_steps_per_epoch or None)
+
+    for epoch in range(start + 1, t.epochs + 1):
+        model.train()
+        lr = opt.param_groups[0]["lr"]
+        loss_sum, n_images, n_steps = 0.0, 0, 0
+        t0 = time.perf_counter()
+        bar = tqdm(total=steps, desc=f"{task.kind} epoch {epoch}/{t.epochs}", unit="step", leave=False)
+        for batch in task.train_loader:
+            if t.max_steps_per_epoch and n_steps >= t.max_steps_per_epoch:
+                break
+            images = prepare_images(batch[0], precision)
+            with autocast(precision):
+                loss = task.loss(model, (images, *batch[1:]))
+            if not torch.isfinite(loss):
+                raise GeolocError(f"epoch {epoch} step {n_steps + 1}: loss is {loss.item()} "
+                                  "(lower train.lr or check the data)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(images)
+            n_images += len(images)
+            n_steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.close()
+        if n_images == 0:
+            raise GeolocError("the training set yields no batch (fewer photos than train.batch_size?)")
+        train_s = time.perf_counter() - t0
+        with autocast(precision), torch.no_grad():
+            val = task.validate(model)
+        val_s = time.perf_counter() - t0 - train_s
+        sched.step()
+        row = {"epoch": epoch, "train_loss": loss_sum / n_images, **val, "lr": lr,
+               "train_seconds": round(train_s, 3), "val_seconds": round(val_s, 3),
+               "images_per_s": round(n_images / train_s, 3)}
+        if metric not in row:  # no validation set: fall back to the training loss
+            metric, maximize = "train_loss", False
+        improved = _better(float(row[metric]), best, maximize)
+        if improved:
+            best, best_epoch = float(row[metric]), epoch
+        rows.append(row)
+        _write_log(log_path, rows)
+        if tb is not None:
+            for k, v in row.items():
+                if k != "epoch":
+                    tb.add_scalar(k, float(v), epoch)
+        state = {"kind": task.kind, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                 "metric": metric, "rng": rng_state()}
+        if improved:
+            save_checkpoint(best_path, state)
+        save_checkpoint(last_path, state)
+        tqdm.write(f"epoch {epoch}/{t.epochs}: train_loss {row['train_loss']:.4f}"
+                   + "".join(f", {k} {v:.4g}" for k, v in val.items())
+                   + f", {row['images_per_s']:.1f} img/s" + (" *" if improved else ""))
+    if tb is not None:
+        tb.close()
+
+    train_s = sum(float(r["train_seconds"]) for r in rows)
+    summary = {"epochs": len(rows), "metric": metric, "maximize": maximize, "best": best,
+               "best_epoch": best_epoch, "train_seconds": round(train_s, 3),
+               "train_images_per_s": round(float(np.mean([float(r["images_per_s"]) for r in rows])), 3)
+               if rows else None}
+    atomic_write_json(run_dir / "run.json", {**info, "train": summary})
+    return summary
+
+
+def load_trained(model: nn.Module, run_dir: str | Path) -> dict:
+    """Load best.pt (else last.pt) of a run into model; returns the checkpoint."""
+    run_dir = Path(run_dir)
+    path = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
+    state = load_checkpoint(path)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise GeolocError(f"{path}: does not fit this model ({str(exc).splitlines()[0]})") from None
+    return state
