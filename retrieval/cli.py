@@ -159,6 +159,39 @@ def evaluate_cmd(
                f"acc@100m {m['acc@100m']:.1%}{extra}; wrote metrics.json, predictions.csv")
 
 
+# --- the main job ----------------------------------------------------------------------------------
+
+@app.command("benchmark")
+def benchmark_cmd(
+    config: Path = typer.Option(..., "--config", help="Benchmark config, e.g. configs/bench_london.yaml."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<name>)."),
+    overrides: Optional[List[str]] = SetOption,
+):
+    """Render a city, train every method of bench.methods under one budget, evaluate, report.
+    Run it again with the same --out to resume after a kill."""
+    from retrieval.config import load_config
+    from retrieval.pipeline import run_benchmark
+
+    cfg = load_config(config, overrides)
+    report = run_benchmark(cfg, out or Path("runs") / cfg.name)
+    typer.echo(f"report: {report / 'report.md'}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory."),
+    overrides: Optional[List[str]] = SetOption,
+):
+    """The whole job on the embedded procedural demo city: no data files needed."""
+    from retrieval.config import load_config
+    from retrieval.pipeline import DEMO, demo_query_hint, run_benchmark
+
+    cfg = load_config(None, overrides, base=DEMO)
+    report = run_benchmark(cfg, out)
+    typer.echo(f"report: {report / 'report.md'}")
+    typer.echo(demo_query_hint(out))
+
+
 def _format_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 

@@ -1,0 +1,235 @@
+"""The main job: a city -> rendered views -> every method trained under the same budget -> evaluated
+-> one report. `geoloc demo` runs it on the procedural city, `geoloc benchmark` on any config.
+
+Each step leaves its outputs in the run directory and is skipped when they are already there, and
+training resumes from its last checkpoint, so a killed run continues where it stopped.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import shlex
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from retrieval import GeolocError
+from retrieval.config import Config, dump_yaml, load_config, prepare_run_dir, to_dict
+from retrieval.util import atomic_write_text
+
+# The first word of a method's name says what it trains; the rest tells variants apart.
+TRAINERS = {
+    "cells": "baselines.cells:train_cells",
+    "regression": "baselines.regression:train_regression",
+    "embedding": "retrieval.embedding:train_embedding",
+}
+
+BUDGET_RULES = ("Every method trains on the same rendered training views with the same backbone "
+                "(ResNet-50, same weights and lock_factor), input size, batch size, epochs, optimiser "
+                "(SGD, lr, momentum, decay) and precision; the best epoch is chosen on the same "
+                "validation split; all are scored on the same test views.")
+
+
+def _call(target: str, *args, **kwargs):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+
+def method_kind(name: str) -> str:
+    kind = name.split("_", 1)[0]
+    if kind not in TRAINERS:
+        raise GeolocError(f"bench.methods: {name!r} must start with one of {', '.join(TRAINERS)}")
+    return kind
+
+
+def method_config(cfg: Config, overrides: list[str], data_dir: Path) -> Config:
+    mcfg = load_config(None, overrides, base=to_dict(cfg))
+    mcfg.data.train, mcfg.data.test = str(data_dir), ""
+    mcfg.data.image_size = cfg.bench.image_size
+    mcfg.data.resize = max(cfg.bench.image_size, round(cfg.bench.image_size * 256 / 224))
+    return mcfg
+
+
+def resolve_weights(cfg: Config) -> str:
+    """ImageNet weights need the network once; offline the job still runs, from random weights, and
+    says so in the report (and trains every layer: freezing random layers would only cripple it)."""
+    if cfg.model.weights != "imagenet":
+        return ""
+    from retrieval.models import build_resnet50
+
+    try:
+        build_resnet50("imagenet")
+        return ""
+    except GeolocError as exc:
+        cfg.model.weights, cfg.model.lock_factor = "none", 0.0
+        note = f"ImageNet weights unavailable, trained from random weights with every layer free ({exc})"
+        warnings.warn(note, stacklevel=2)
+        return note
+
+
+def make_city(cfg: Config, out: Path) -> Path:
+    if cfg.bench.osm != "demo":
+        osm = Path(cfg.bench.osm).expanduser()
+        if not osm.is_file():
+            raise GeolocError(f"bench.osm: {osm} not found (an .osm/.osm.bz2 file, or 'demo')")
+        return osm
+    from retrieval.synth.city import write_demo_city
+
+    osm = out / "city.osm"
+    if not osm.is_file():
+        write_demo_city(osm, seed=cfg.seed)
+    return osm
+
+
+def render(cfg: Config, osm: Path, out: Path) -> Path:
+    from retrieval.synth.cameras import render_dataset
+
+    data = out / "data"
+    b = cfg.bench
+    if not ((data / "train.csv").is_file() and (data / "test.csv").is_file()):
+        info = render_dataset(osm, data, n_train=b.train_views, n_test=b.test_views, size=b.image_size,
+                              seed=cfg.seed, test_condition_shift=b.test_condition_shift,
+                              workers=b.render_workers)
+        tqdm.write(f"rendered {info['train']} training and {info['test']} test views "
+                   f"({info['images_per_s']} img/s)")
+    return data
+
+
+def train_method(name: str, mcfg: Config, run: Path) -> None:
+    info_path = run / "run.json"
+    if info_path.is_file() and "train" in json.loads(info_path.read_text(encoding="utf-8")):
+        return
+    resume = (run / "last.pt").is_file()
+    prepare_run_dir(run, mcfg)
+    tqdm.write(f"== {name}: {'resuming' if resume else 'training'} in {run}")
+    _call(TRAINERS[method_kind(name)], mcfg, run, resume)
+
+
+def evaluate_method(run: Path, data: Path) -> dict:
+    from retrieval.evaluate import evaluate_run
+
+    path = run / "metrics.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return evaluate_run(run, data)
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+def street_lines(data: Path) -> list[np.ndarray]:
+    """Street centre lines in lon/lat from the graph the renderer saved beside the views."""
+    import osmnx as ox
+
+    path = data / "streets.graphml"
+    if not path.is_file():
+        return []
+    G = ox.load_graphml(path)
+    edges = ox.graph_to_gdfs(G, nodes=False, fill_edge_geometry=True)
+    if edges.crs is not None and not edges.crs.is_geographic:
+        edges = edges.to_crs("EPSG:4326")
+    return [np.asarray(g.coords) for g in edges.geometry]
+
+
+def _predictions(run: Path) -> dict[str, np.ndarray]:
+    import csv
+
+    with (run / "predictions.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) for r in rows]) for k in
+            ("true_lat", "true_lon", "pred_lat", "pred_lon", "error_m")}
+
+
+def _cells_page(run: Path, lines: list[np.ndarray], out: Path, attribution: str) -> Path | None:
+    """The study's neighbourhood plot from a cells run: its grid and per-photo class probabilities."""
+    from baselines.cells import GRID_FILE
+    from retrieval.report import neighbourhoods_html
+
+    if not (run / GRID_FILE).is_file() or not (run / "predictions.npz").is_file():
+        return None
+    grid = json.loads((run / GRID_FILE).read_text(encoding="utf-8"))
+    polygons = []
+    for f in grid["features"]:
+        g = f["geometry"]
+        ring = g["coordinates"][0] if g["type"] == "Polygon" else max(
+            (p[0] for p in g["coordinates"]), key=len)
+        polygons.append(np.asarray(ring))
+    with np.load(run / "predictions.npz") as z:
+        probs_class, class_cells, true_cell = z["probabilities"], z["class_cells"], z["true_cell"]
+    probs = np.zeros((len(probs_class), len(polygons)), dtype=np.float32)
+    probs[:, class_cells] = probs_class
+    return neighbourhoods_html(polygons, lines, true_cell, probs, out / "neighbourhoods.html",
+                               title=f"Neighbourhood similarity ({run.name})", attribution=attribution)
+
+
+def write_report(cfg: Config, out: Path, rows: list[dict], runs: dict[str, Path], data: Path,
+                 commands: list[str], notes: list[str]) -> Path:
+    from retrieval.report import error_cdf_png, map_png, report_md, terminal_table
+
+    rep = out / "report"
+    rep.mkdir(parents=True, exist_ok=True)
+    preds = {name: _predictions(run) for name, run in runs.items()}
+    error_cdf_png({n: p["error_m"] for n, p in preds.items()}, rep / "error_cdf.png")
+    lines = street_lines(data)
+    best = min(rows, key=lambda r: r["median_error_m"])["method"]
+    p = preds[best]
+    map_png(lines, np.column_stack([p["true_lon"], p["true_lat"]]), np.column_stack([p["pred_lon"], p["pred_lat"]]),
+            p["error_m"], rep / "map.png", title=f"{best}: test cameras coloured by error; arrows truth -> prediction")
+    attribution = ""
+    if (data / "ATTRIBUTION.txt").is_file():
+        attribution = (data / "ATTRIBUTION.txt").read_text(encoding="utf-8").strip()
+    cells_runs = [r for n, r in runs.items() if method_kind(n) == "cells"]
+    page = _cells_page(cells_runs[0], lines, rep, attribution) if cells_runs else None
+    text = report_md(rows, commands, dump_yaml(cfg),
+                     notes="\n\n".join([f"Budget: {BUDGET_RULES}", *notes, attribution] if attribution
+                                       else [f"Budget: {BUDGET_RULES}", *notes]))
+    if page is None:
+        text = text.replace("[Neighbourhood similarity (interactive)](neighbourhoods.html)\n", "")
+    atomic_write_text(rep / "report.md", text)
+    tqdm.write("\n" + terminal_table(rows) + "\n")
+    return rep
+
+
+def run_benchmark(cfg: Config, out: str | Path) -> Path:
+    """Run every step of the comparison in `out`; returns the report folder."""
+    from retrieval.util import command_line
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    note = resolve_weights(cfg)
+    prepare_run_dir(out, cfg)
+    osm = make_city(cfg, out)
+    data = render(cfg, osm, out)
+    rows, runs = [], {}
+    for name, overrides in cfg.bench.methods.items():
+        run = out / "methods" / name
+        mcfg = method_config(cfg, overrides, data)
+        train_method(name, mcfg, run)
+        metrics = evaluate_method(run, data)
+        rows.append({"method": name, **metrics})
+        runs[name] = run
+    commands = [command_line()] + [f"geoloc evaluate --run {shlex.quote(str(r))} --data {shlex.quote(str(data))}"
+                                   for r in runs.values()]
+    notes = [note] if note else []
+    notes.append(f"Total wall time of this job: {time.perf_counter() - t0:.0f} s "
+                 "(steps already done in an earlier, interrupted run are not counted).")
+    return write_report(cfg, out, rows, runs, data, commands, notes)
+
+
+# The demo's budget: small enough for 15 minutes on a 2-core CPU, the same for every method.
+DEMO = {
+    "name": "demo",
+    "train": {"epochs": 6, "batch_size": 32},
+    "bench": {"osm": "demo", "train_views": 600, "test_views": 150, "image_size": 128},
+}
+
+
+def demo_query_hint(out: Path) -> str:
+    runs = sorted((out / "methods").glob("embedding*"))
+    if not runs:
+        return ""
+    test = out / "data" / "test.csv"
+    first = test.read_text(encoding="utf-8").splitlines()[1].split(",")[0] if test.is_file() else "IMAGE.jpg"
+    return f"locate a photo:  geoloc query --run {runs[0]} {out / 'data' / first}"
