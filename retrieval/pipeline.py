@@ -128,6 +128,8 @@ def street_lines(data: Path) -> list[np.ndarray]:
         return []
     G = ox.load_graphml(path)
     edges = ox.graph_to_gdfs(G, nodes=False, fill_edge_geometry=True)
+    if "highway" in edges:  # an OSM XML graph also holds the ways of buildings and parks
+        edges = edges[edges["highway"].notna()]
     if edges.crs is not None and not edges.crs.is_geographic:
         edges = edges.to_crs("EPSG:4326")
     return [np.asarray(g.coords) for g in edges.geometry]

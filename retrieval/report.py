@@ -107,6 +107,7 @@ def map_png(street_lines: list[np.ndarray], true_lonlat: np.ndarray, pred_lonlat
                         arrowprops=dict(arrowstyle="->", color="tab:blue", lw=1.0))
     ax.set_aspect(1 / np.cos(np.radians(np.mean(true_lonlat[:, 1]))))
     ax.ticklabel_format(useOffset=False)
+    ax.locator_params(axis="x", nbins=5)
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
     ax.set_title(title or "Test cameras coloured by error; arrows: truth -> prediction")
