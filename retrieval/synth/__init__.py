@@ -1,0 +1,1 @@
+"""Street-level views rendered from OpenStreetMap: reader, procedural demo city, ray caster, datasets."""

@@ -1,0 +1,262 @@
+"""Camera sampling on the street network and the rendered-dataset writer (images + manifests)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrieval import GeolocError
+from retrieval.synth.render import BUS, CAR, VAN, Camera, Look, Renderer, sample_look
+from retrieval.synth.scene import CAMERA_HIGHWAYS, PAVED_AS_STREET, World
+
+CLEARANCE_M = 0.8  # a camera keeps this far from any wall
+CAR_COLOURS = [(0.75, 0.75, 0.76), (0.08, 0.08, 0.09), (0.93, 0.93, 0.92), (0.55, 0.06, 0.06),
+               (0.10, 0.20, 0.45), (0.35, 0.36, 0.38), (0.60, 0.62, 0.64), (0.15, 0.30, 0.18)]
+
+
+@dataclass
+class View:
+    """One image to render: where, which way, and its light/vehicles."""
+
+    name: str
+    camera: Camera
+    look: Look
+    street: int
+
+
+class Streets:
+    """The camera-eligible streets laid end to end, so positions can be drawn by arc length."""
+
+    def __init__(self, world: World):
+        self.items = [(line, hw, w) for line, hw, w in world.streets
+                      if hw in CAMERA_HIGHWAYS and line.length > 1.0]
+        if not self.items:
+            raise GeolocError("no drivable or pedestrian streets to place cameras on")
+        self.cum = np.concatenate([[0.0], np.cumsum([line.length for line, _, _ in self.items])])
+
+    @property
+    def length(self) -> float:
+        return float(self.cum[-1])
+
+    def locate(self, a: float) -> tuple[int, float]:
+        k = int(np.clip(np.searchsorted(self.cum, a, side="right") - 1, 0, len(self.items) - 1))
+        return k, float(a - self.cum[k])
+
+
+def _tangent(line, d: float) -> tuple[float, float, float, float]:
+    p = line.interpolate(d)
+    q = line.interpolate(min(d + 0.5, line.length))
+    r = line.interpolate(max(d - 0.5, 0.0))
+    tx, ty = q.x - r.x, q.y - r.y
+    n = math.hypot(tx, ty) or 1.0
+    return p.x, p.y, tx / n, ty / n
+
+
+def _clear(world: World, x: float, y: float, radius: float) -> bool:
+    from shapely.geometry import Point
+
+    if not (radius < x < world.size[0] - radius and radius < y < world.size[1] - radius):
+        return False
+    return len(world.footprints.query(Point(x, y).buffer(radius, 8), predicate="intersects")) == 0
+
+
+def _vehicles(world: World, line, hw: str, width: float, d_cam: float, cx: float, cy: float,
+              rng: np.random.Generator) -> np.ndarray:
+    """Cars, vans and the odd bus parked or driving on the camera's own street."""
+    if hw in PAVED_AS_STREET or width < 5.0:
+        return np.zeros((0, 11))
+    from shapely.geometry import Polygon
+
+    rows = []
+    for _ in range(rng.poisson(4.0)):
+        d = d_cam + rng.choice([-1, 1]) * rng.uniform(5.0, 45.0)
+        if not 0 < d < line.length:
+            continue
+        x, y, tx, ty = _tangent(line, d)
+        kind = rng.choice([CAR, VAN, BUS], p=[0.82, 0.13, 0.05])
+        hl, hwid, h = {CAR: (rng.uniform(2.0, 2.4), 0.9, rng.uniform(1.4, 1.6)),
+                       VAN: (2.7, 1.0, 2.2), BUS: (5.5, 1.25, 4.3)}[kind]
+        side = rng.choice([-1, 1])
+        lateral = side * (width / 2 - hwid - 0.3 if rng.random() < 0.6 else width / 4)
+        x, y = x + ty * lateral, y - tx * lateral
+        if rng.random() < 0.5:
+            tx, ty = -tx, -ty
+        if math.hypot(x - cx, y - cy) < hl + 2.5:
+            continue
+        corners = [(x + sa * hl * tx - sb * hwid * ty, y + sa * hl * ty + sb * hwid * tx)
+                   for sa, sb in ((1, 1), (1, -1), (-1, -1), (-1, 1))]
+        if len(world.footprints.query(Polygon(corners), predicate="intersects")):
+            continue
+        colour = (0.62, 0.05, 0.05) if kind == BUS else CAR_COLOURS[rng.integers(len(CAR_COLOURS))]
+        if kind == VAN and rng.random() < 0.6:
+            colour = (0.92, 0.92, 0.9)
+        rows.append([x, y, tx, ty, hl, hwid, h, *np.array(colour) * rng.uniform(0.9, 1.05), kind])
+    return np.array(rows, dtype=np.float64).reshape(-1, 11)
+
+
+def sample_views(world: World, split: str, n: int | None, spacing_m: float | None, seed: int,
+                 condition: str = "day", size: int = 224, fov: float = 90.0, eye: float = 2.5) -> list[View]:
+    """Training cameras ('train'): about one per spacing_m metres along all streets (or n in total);
+    test cameras: n independent uniform positions. Random heading; lateral offset inside the
+    carriageway; never inside or against a building."""
+    streets = Streets(world)
+    rng = np.random.default_rng([seed, {"train": 1, "test": 2}.get(split, 3)])
+    if split == "train":
+        if n is not None:
+            spacing_m = streets.length / max(n, 1)
+        if not spacing_m or spacing_m <= 0:
+            raise GeolocError("train cameras: give a positive count or spacing")
+        anchors = np.arange(rng.uniform(0, spacing_m), streets.length, spacing_m)
+        anchors = anchors + rng.uniform(-0.3, 0.3, len(anchors)) * spacing_m
+        anchors = anchors[: n] if n is not None else anchors
+    else:
+        anchors = None
+    views: list[View] = []
+    attempts = 0
+    while len(views) < (len(anchors) if anchors is not None else n):
+        attempts += 1
+        if attempts > 50 * (len(anchors) if anchors is not None else n) + 100:
+            raise GeolocError(f"{split} cameras: could not find free street positions (buildings cover the streets?)")
+        a = anchors[len(views)] if anchors is not None else rng.uniform(0, streets.length)
+        k, d = streets.locate(a % streets.length)
+        line, hw, width = streets.items[k]
+        x, y, tx, ty = _tangent(line, d)
+        half = max(width / 2 - (0.5 if hw in PAVED_AS_STREET else 1.0), 0.0)
+        for lateral in (rng.uniform(-half, half), 0.0):
+            cx, cy = x + ty * lateral, y - tx * lateral
+            if _clear(world, cx, cy, CLEARANCE_M):
+                break
+        else:
+            if anchors is not None:
+                anchors[len(views)] += rng.uniform(1.0, 5.0)  # nudge along the street and retry
+            continue
+        cam = Camera(x=cx, y=cy, heading=float(rng.uniform(0, 360)), pitch=float(np.clip(rng.normal(0, 1.5), -4, 4)),
+                     roll=float(np.clip(rng.normal(0, 1.0), -3, 3)), eye=eye, fov=fov, width=size, height=size)
+        look = sample_look(rng, condition)
+        look.vehicles = _vehicles(world, line, hw, width, d, cx, cy, rng)
+        views.append(View(name=f"{split}_{len(views):05d}", camera=cam, look=look, street=k))
+    return views
+
+
+# --- dataset writer ---------------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(world: World) -> None:
+    _WORKER["renderer"] = Renderer(world)
+
+
+def _render_one(job) -> str:
+    from PIL import Image
+
+    from retrieval.util import atomic_write
+
+    view, path = job
+    img = _WORKER["renderer"].render(view.camera, view.look)
+    atomic_write(path, lambda p: Image.fromarray(img).save(p, format="JPEG", quality=view.look.jpeg_quality))
+    return view.name
+
+
+def render_views(world: World, views: list[View], image_dir: Path, workers: int = 2, desc: str = "render") -> int:
+    """Render every view not already on disk (so a killed run resumes); returns how many were rendered."""
+    from tqdm import tqdm
+
+    image_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(v, image_dir / f"{v.name}.jpg") for v in views if not (image_dir / f"{v.name}.jpg").is_file()]
+    if not jobs:
+        return 0
+    _init_worker(world)
+    _WORKER["renderer"].render(Camera(x=world.size[0] / 2, y=world.size[1] / 2, heading=0, width=8, height=8),
+                               sample_look(np.random.default_rng(0)))  # compile once, before forking
+    bar = tqdm(total=len(jobs), desc=desc, unit="img")
+    if workers <= 1 or len(jobs) < 8:
+        for job in jobs:
+            _render_one(job)
+            bar.update()
+    else:
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        initargs = () if ctx.get_start_method() == "fork" else (world,)
+        with ctx.Pool(workers, initializer=_init_worker if initargs else None, initargs=initargs) as pool:
+            for _ in pool.imap_unordered(_render_one, jobs, chunksize=8):
+                bar.update()
+    bar.close()
+    return len(jobs)
+
+
+def _plan_digest(args: dict) -> str:
+    return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | None = None, n_test: int = 100,
+                   size: int = 224, seed: int = 0, test_condition_shift: bool = False, workers: int = 2,
+                   spacing_m: float | None = None, fov: float = 90.0, eye: float = 2.5,
+                   write_graph: bool = True) -> dict:
+    """Render a street-view data set of an OSM extract into out_dir: images/*.jpg, train.csv and
+    test.csv (path,lat,lon,heading), dataset.json (source, attribution, settings), ATTRIBUTION.txt and
+    streets.graphml. Same arguments, same bytes; a killed run picks up where it stopped."""
+    from retrieval.data import Manifest, write_manifest
+    from retrieval.synth.osm import load_city
+    from retrieval.synth.scene import world_from_city
+    from retrieval.util import atomic_write, atomic_write_json, atomic_write_text, command_line, git_revision
+
+    t0 = time.perf_counter()
+    osm_path, out_dir = Path(osm_path), Path(out_dir)
+    if n_train is None and spacing_m is None:
+        spacing_m = 10.0
+    if (n_train is not None and n_train < 1) or n_test < 0 or size < 8:
+        raise GeolocError("render: need at least 1 training view, a non-negative test count and size >= 8")
+    args = {"osm": osm_path.name, "osm_sha256": hashlib.sha256(osm_path.read_bytes()).hexdigest()
+            if osm_path.is_file() else None, "n_train": n_train, "n_test": n_test, "size": size, "seed": seed,
+            "test_condition_shift": test_condition_shift, "spacing_m": spacing_m, "fov": fov, "eye": eye}
+    plan_path = out_dir / "plan.json"
+    if plan_path.is_file():
+        old = json.loads(plan_path.read_text(encoding="utf-8"))
+        if old.get("digest") != _plan_digest(args):
+            raise GeolocError(f"{out_dir}: holds a render with other settings ({plan_path}); choose another --out")
+    city = load_city(osm_path)
+    world = world_from_city(city)
+    atomic_write_json(plan_path, {"digest": _plan_digest(args), "args": args})
+    t_load = time.perf_counter() - t0
+    train = sample_views(world, "train", n_train, spacing_m, seed, "day", size, fov, eye)
+    test = sample_views(world, "test", n_test, None, seed, "dusk" if test_condition_shift else "day",
+                        size, fov, eye) if n_test else []
+    t1 = time.perf_counter()
+    rendered = render_views(world, train + test, out_dir / "images", workers)
+    t_render = time.perf_counter() - t1
+    for split, views in (("train", train), ("test", test)):
+        if not views:
+            continue
+        xs = np.array([v.camera.x for v in views]) + world.origin[0]
+        ys = np.array([v.camera.y for v in views]) + world.origin[1]
+        lat, lon = city.projection.to_latlon(xs, ys)
+        write_manifest(out_dir / f"{split}.csv", Manifest(
+            paths=[(out_dir / "images" / f"{v.name}.jpg").resolve() for v in views], lat=lat, lon=lon,
+            heading=np.array([v.camera.heading for v in views])))
+    if write_graph:
+        import osmnx as ox
+
+        atomic_write(out_dir / "streets.graphml", lambda p: ox.save_graphml(city.graph, p))
+    info = {
+        "source": str(osm_path.resolve()), "attribution": city.attribution, "settings": args,
+        "command": command_line(), "git": git_revision(),
+        "crs": city.projection.crs.to_string(), "scene_origin_xy": list(world.origin),
+        "counts": {"train": len(train), "test": len(test), "buildings": int(len(world.buildings)),
+                   "walls": int(len(world.walls)), "trees": int(len(world.trees))},
+        "street_length_m": round(Streets(world).length, 1),
+        "train_spacing_m": round(Streets(world).length / max(len(train), 1), 2),
+        "test_condition": "dusk" if test_condition_shift else "day",
+        "cameras": {v.name: {**asdict(v.camera), "vehicles": int(len(v.look.vehicles))} for v in train + test},
+    }
+    atomic_write_json(out_dir / "dataset.json", info)
+    atomic_write_text(out_dir / "ATTRIBUTION.txt", f"Rendered from {osm_path.name}. {city.attribution}\n")
+    return {"out": str(out_dir), "train": len(train), "test": len(test), "rendered": rendered,
+            "load_s": round(t_load, 2), "render_s": round(t_render, 2),
+            "images_per_s": round(rendered / t_render, 1) if rendered else None,
+            "total_s": round(time.perf_counter() - t0, 2)}

@@ -1,0 +1,744 @@
+"""Ray caster: one perspective street-level view of a World.
+
+Walls are vertical, so every ray's horizontal path through the plan decides what it can hit. Each
+image casts 2 x width horizontal rays through a uniform grid, collects the ordered wall, tree and
+vehicle crossings, then every pixel walks its ray's list with its own slope (this also gives pitch and
+roll for free). numba compiles the loops; everything is seeded, so the same inputs give the same bytes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+from retrieval.synth.scene import (
+    B_AB, B_AG, B_AR, B_B, B_FLOOR, B_G, B_GROUND, B_HEIGHT, B_MINH, B_R, B_SEED, B_SHOP, B_SPACING,
+    B_STYLE, B_TB, B_TG, B_TR, B_WINH, B_WINW, CLASSICAL, CURTAIN, FOOTPRINT, GRASS, HOUSE, INDUSTRIAL,
+    MARKING, PAVEMENT, PAVING, ROAD, T_CB, T_CG, T_CR, T_R, T_RZ, T_SEED, T_TRUNK, T_X, T_Y, T_Z, W_BLD, W_LEN, W_NX,
+    W_NY, W_U0, W_X0, W_X1, W_Y0, W_Y1, WATER, World,
+)
+
+MAX_WALL_HITS = 40
+MAX_TREE_HITS = 16
+MAX_VEHICLES = 12
+
+# Look parameters (one float64 vector per image).
+(L_SUN_AZ, L_SUN_EL, L_SUN_R, L_SUN_G, L_SUN_B, L_AMB_R, L_AMB_G, L_AMB_B, L_ZEN_R, L_ZEN_G, L_ZEN_B,
+ L_HOR_R, L_HOR_G, L_HOR_B, L_HAZE_D, L_CLOUDS, L_LIT, L_EXPOSURE, L_WB_R, L_WB_B, L_NOISE, L_SEED,
+ L_MAXDIST, L_VIGNETTE) = range(24)
+N_LOOK = 24
+# Vehicle columns.
+V_X, V_Y, V_AX, V_AY, V_HL, V_HW, V_H, V_R, V_G, V_B, V_KIND = range(11)
+CAR, VAN, BUS = range(3)
+# What a pixel shows.
+K_SKY, K_GROUND, K_WALL, K_ROOF, K_TREE, K_TRUNK, K_VEHICLE, K_VTOP = range(8)
+KERB = 100  # a ground material only the shader uses
+
+
+@dataclass
+class Camera:
+    x: float  # scene metres
+    y: float
+    heading: float  # degrees clockwise from north
+    pitch: float = 0.0  # degrees, up positive
+    roll: float = 0.0
+    eye: float = 2.5
+    fov: float = 90.0  # horizontal, degrees
+    width: int = 224
+    height: int = 224
+
+
+@dataclass
+class Look:
+    """Light and sensor for one image."""
+
+    params: np.ndarray
+    vehicles: np.ndarray = field(default_factory=lambda: np.zeros((0, 11)))
+    jpeg_quality: int = 90
+
+
+CONDITIONS = ("day", "dusk")
+
+
+def sample_look(rng: np.random.Generator, condition: str = "day") -> Look:
+    """Time of day, weather, haze and sensor settings. 'day': sun 20-65 degrees up, mostly clear;
+    'dusk': low warm sun or overcast, lit windows, denser haze (a condition shift for testing)."""
+    p = np.zeros(N_LOOK)
+    p[L_SUN_AZ] = rng.uniform(0, 2 * math.pi)
+    overcast = rng.random() < (0.25 if condition == "day" else 0.4)
+    if condition == "day":
+        el = rng.uniform(20, 65)
+        warmth = rng.uniform(0.0, 0.15)
+        p[L_LIT] = 0.02
+        p[L_HAZE_D] = rng.uniform(350, 900)
+    elif condition == "dusk":
+        el = rng.uniform(3, 14)
+        warmth = rng.uniform(0.35, 0.6)
+        p[L_LIT] = rng.uniform(0.25, 0.5)
+        p[L_HAZE_D] = rng.uniform(180, 450)
+    else:
+        raise ValueError(f"unknown condition {condition!r} (choose {', '.join(CONDITIONS)})")
+    p[L_SUN_EL] = math.radians(el)
+    sun = np.array([1.0, 1.0 - 0.25 * warmth, 1.0 - 0.55 * warmth]) * rng.uniform(0.65, 0.8)
+    zen = np.array([0.28, 0.46, 0.80]) * rng.uniform(0.85, 1.1)
+    hor = np.array([0.70, 0.80, 0.90]) * rng.uniform(0.9, 1.05)
+    if condition == "dusk":
+        zen = np.array([0.20, 0.26, 0.45]) * rng.uniform(0.8, 1.1)
+        hor = np.array([0.95, 0.70, 0.48]) * rng.uniform(0.85, 1.05)
+    amb = 0.22 * zen + 0.28 * hor
+    if overcast:
+        grey = rng.uniform(0.62, 0.8)
+        zen = hor = np.array([grey, grey, grey * 1.03]) * (0.75 if condition == "dusk" else 1.0)
+        sun *= 0.12
+        amb = np.array([0.60, 0.61, 0.64]) * (0.6 if condition == "dusk" else 1.0)
+        p[L_CLOUDS] = 0.0
+    else:
+        p[L_CLOUDS] = rng.uniform(0.0, 0.6)
+    if condition == "dusk" and not overcast:
+        sun *= 0.75
+        amb *= 0.7
+    p[L_SUN_R:L_SUN_B + 1] = sun
+    p[L_AMB_R:L_AMB_B + 1] = amb
+    p[L_ZEN_R:L_ZEN_B + 1] = zen
+    p[L_HOR_R:L_HOR_B + 1] = hor
+    p[L_EXPOSURE] = rng.uniform(0.9, 1.12)
+    p[L_WB_R], p[L_WB_B] = rng.uniform(0.93, 1.07, 2)
+    p[L_NOISE] = rng.uniform(0.005, 0.025)
+    p[L_SEED] = rng.integers(1 << 30)
+    p[L_MAXDIST] = 450.0
+    p[L_VIGNETTE] = rng.uniform(0.0, 0.25)
+    return Look(params=p, jpeg_quality=int(rng.integers(72, 95)))
+
+
+# --- numba kernels ---------------------------------------------------------------------------------
+
+@njit(cache=True, inline="always")
+def _hash(a, b, c):
+    h = (np.int64(a) * 374761393 + np.int64(b) * 668265263 + np.int64(c) * 1274126177) & 0xFFFFFFFF
+    h = ((h ^ (h >> 13)) * 1103515245) & 0xFFFFFFFF
+    h = h ^ (h >> 16)
+    return h / 4294967296.0
+
+
+@njit(cache=True, inline="always")
+def _noise(x, y, seed):
+    """Value noise in [0, 1)."""
+    ix, iy = math.floor(x), math.floor(y)
+    fx, fy = x - ix, y - iy
+    sx, sy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
+    a = _hash(ix, iy, seed)
+    b = _hash(ix + 1, iy, seed)
+    c = _hash(ix, iy + 1, seed)
+    d = _hash(ix + 1, iy + 1, seed)
+    return (a + (b - a) * sx) * (1 - sy) + (c + (d - c) * sx) * sy
+
+
+@njit(cache=True, inline="always")
+def _frac(x):
+    return x - math.floor(x)
+
+
+@njit(cache=True)
+def _sky(dx, dy, dz, look, out, disk=1.0):
+    """Sky colour seen along unit direction (dx, dy, dz): gradient, sun glow, clouds. disk=0 leaves out
+    the sun's disc (reflections in glass would otherwise show it as a blinding blob)."""
+    norm = math.sqrt(dx * dx + dy * dy + dz * dz)
+    dx, dy, dz = dx / norm, dy / norm, dz / norm
+    up = max(dz, 0.0)
+    g = 1.0 - (1.0 - up) ** 3
+    sa, se = look[L_SUN_AZ], look[L_SUN_EL]
+    sx, sy, sz = math.sin(sa) * math.cos(se), math.cos(sa) * math.cos(se), math.sin(se)
+    cosang = dx * sx + dy * sy + dz * sz
+    glow = max(cosang, 0.0) ** 24 * 0.45 * disk + max(cosang, 0.0) ** 600 * 2.0 * disk
+    for c in range(3):
+        out[c] = look[L_HOR_R + c] * (1 - g) + look[L_ZEN_R + c] * g + glow * look[L_SUN_R + c]
+    cover = look[L_CLOUDS]
+    if cover > 0 and dz > 0.02:
+        px, py = dx / dz * 2.0, dy / dz * 2.0
+        seed = np.int64(look[L_SEED])
+        n = 0.55 * _noise(px, py, seed) + 0.3 * _noise(px * 2.3, py * 2.3, seed + 1) \
+            + 0.15 * _noise(px * 5.1, py * 5.1, seed + 2)
+        a = min(max((n - (1.0 - cover)) * 3.0, 0.0), 1.0) * min(dz * 4.0, 1.0)
+        shade = 0.92 + 0.1 * _noise(px * 3.0, py * 3.0, seed + 3)
+        for c in range(3):
+            out[c] = out[c] * (1 - a) + a * shade * (0.55 * look[L_SUN_R + c] + 0.45 * look[L_HOR_R + c])
+
+
+@njit(cache=True)
+def _trace_ray(ox, oy, dx, dy, smax, tmax, eye, walls, bld, wstart, witems, trees, tstart, titems,
+               cell, nx, ny, hs, hw, hfront, ts, tidx):
+    """Walk the grid cells along one horizontal ray; fill the ordered wall crossings (hs, hw, hfront)
+    and tree candidates (ts, tidx). Stops once a wall hides everything this ray's pixels look at."""
+    nh = 0
+    nt = 0
+    i = int(math.floor(ox / cell))
+    j = int(math.floor(oy / cell))
+    step_i = 1 if dx > 0 else -1
+    step_j = 1 if dy > 0 else -1
+    big = 1e30
+    tdx = abs(cell / dx) if dx != 0 else big
+    tdy = abs(cell / dy) if dy != 0 else big
+    tmx = (((i + 1) * cell - ox) / dx if dx > 0 else (i * cell - ox) / dx) if dx != 0 else big
+    tmy = (((j + 1) * cell - oy) / dy if dy > 0 else (j * cell - oy) / dy) if dy != 0 else big
+    s_in = 0.0
+    done = False
+    while not done and s_in < smax and 0 <= i < nx and 0 <= j < ny:
+        s_out = min(tmx, tmy)
+        c = j * nx + i
+        first_new = nh
+        for q in range(wstart[c], wstart[c + 1]):
+            w = witems[q]
+            ex = walls[w, W_X1] - walls[w, W_X0]
+            ey = walls[w, W_Y1] - walls[w, W_Y0]
+            den = dx * ey - dy * ex
+            if abs(den) < 1e-12:
+                continue
+            wx = walls[w, W_X0] - ox
+            wy = walls[w, W_Y0] - oy
+            s = (wx * ey - wy * ex) / den
+            if s < s_in or s >= s_out or s < 0.05:
+                continue  # each crossing is taken in the cell that contains it, so once, in order
+            v = (wx * dy - wy * dx) / den
+            if v < 0.0 or v > 1.0 or nh >= MAX_WALL_HITS:
+                continue
+            k = nh
+            while k > first_new and hs[k - 1] > s:
+                hs[k] = hs[k - 1]
+                hw[k] = hw[k - 1]
+                hfront[k] = hfront[k - 1]
+                k -= 1
+            hs[k] = s
+            hw[k] = w
+            hfront[k] = 1 if dx * walls[w, W_NX] + dy * walls[w, W_NY] < 0 else 0
+            nh += 1
+        for k in range(first_new, nh):
+            b = int(walls[hw[k], W_BLD])
+            if hfront[k] == 1 and bld[b, B_MINH] <= 0.0 and (bld[b, B_HEIGHT] - eye) >= tmax * hs[k]:
+                done = True  # this wall covers the ray's topmost pixel: nothing behind it shows
+                break
+        if nh >= MAX_WALL_HITS:
+            done = True
+        for q in range(tstart[c], tstart[c + 1]):
+            t = titems[q]
+            cx = trees[t, T_X] - ox
+            cy = trees[t, T_Y] - oy
+            s0 = cx * dx + cy * dy
+            p = abs(cx * dy - cy * dx)
+            r = trees[t, T_R]
+            if p >= r or s0 + r < 0.05 or nt >= MAX_TREE_HITS:
+                continue
+            seen = False
+            for k in range(nt):
+                if tidx[k] == t:
+                    seen = True
+            if seen:
+                continue
+            e = s0 - math.sqrt(r * r - p * p)
+            k = nt
+            while k > 0 and ts[k - 1] > e:
+                ts[k] = ts[k - 1]
+                tidx[k] = tidx[k - 1]
+                k -= 1
+            ts[k] = e
+            tidx[k] = t
+            nt += 1
+        s_in = s_out
+        if tmx < tmy:
+            tmx += tdx
+            i += step_i
+        else:
+            tmy += tdy
+            j += step_j
+    return nh, nt
+
+
+@njit(cache=True)
+def _shade_wall(bld, b, u, z, fp, look, sky):
+    """Facade colour at (u metres along the building's perimeter, z metres up), before lighting."""
+    style = int(bld[b, B_STYLE])
+    height = bld[b, B_HEIGHT]
+    bseed = np.int64(bld[b, B_SEED])
+    br, bg, bb = bld[b, B_R], bld[b, B_G], bld[b, B_B]
+    weather = 0.88 + 0.16 * _noise(u * 0.35, z * 0.35, bseed) - 0.08 * max(0.0, 1.0 - z / 3.0)
+    br, bg, bb = br * weather, bg * weather, bb * weather
+    floor_h = bld[b, B_FLOOR]
+    spacing = bld[b, B_SPACING]
+    ww, wh = bld[b, B_WINW], bld[b, B_WINH]
+    ground = bld[b, B_GROUND]
+    tr, tg, tb = bld[b, B_TR], bld[b, B_TG], bld[b, B_TB]
+    refl = 0.3 if style == CURTAIN else 0.18
+    # Average facade colour, used when windows are smaller than a pixel (anti-aliasing).
+    wf = ww * wh
+    ar = br * (1 - wf) + (tr * 0.6 + refl * sky[0]) * wf
+    ag = bg * (1 - wf) + (tg * 0.6 + refl * sky[1]) * wf
+    ab = bb * (1 - wf) + (tb * 0.6 + refl * sky[2]) * wf
+    r, g, bl = br, bg, bb
+    if bld[b, B_SHOP] > 0 and z < ground and height > ground + 1.0:
+        if z > ground - 0.85:
+            letter = _hash(math.floor(u * 2.5), math.floor(z * 4.0), bseed) > 0.55 and z < ground - 0.2 \
+                and _frac(u / 9.0) < 0.6
+            r, g, bl = bld[b, B_AR], bld[b, B_AG], bld[b, B_AB]
+            if letter:
+                r, g, bl = 0.95 - r * 0.5, 0.95 - g * 0.5, 0.92 - bl * 0.5
+        elif z < 0.3:
+            r, g, bl = br * 0.55, bg * 0.55, bb * 0.55
+        else:
+            pane = _frac(u / 2.7)
+            if pane < 0.07 or z > ground - 1.05:
+                r, g, bl = bld[b, B_AR] * 0.6, bld[b, B_AG] * 0.6, bld[b, B_AB] * 0.6
+            else:
+                inside = 0.08 + 0.12 * _hash(math.floor(u / 2.7), 7, bseed)
+                lit = 0.25 * look[L_LIT] * 2
+                r = inside + lit + 0.28 * sky[0] * (1.0 - z / ground)
+                g = inside + lit * 0.85 + 0.28 * sky[1] * (1.0 - z / ground)
+                bl = inside + lit * 0.6 + 0.28 * sky[2] * (1.0 - z / ground)
+        return r, g, bl, 1.0
+    if z > height - 0.45 and style != CURTAIN:
+        return br * 1.12, bg * 1.12, bb * 1.1, 1.0
+    zz = z - ground if z >= ground else z
+    fh = floor_h if z >= ground else ground
+    fl = math.floor(zz / fh)
+    zf = zz / fh - fl
+    col = math.floor(u / spacing)
+    uf = u / spacing - col
+    glass = 0.0
+    if style == CURTAIN:
+        if uf < 0.07 or zf < 0.1:
+            r, g, bl = br * 0.9, bg * 0.9, bb * 0.9
+        else:
+            glass = 1.0
+    elif style == INDUSTRIAL:
+        if abs(uf - 0.5) < ww * 0.5 and abs(zf - 0.72) < wh * 0.5 and z > 2.0:
+            glass = 1.0
+        elif _frac(u / 0.7) < 0.12:
+            r, g, bl = br * 0.82, bg * 0.82, bb * 0.82
+    else:
+        inw = abs(uf - 0.5) < ww * 0.5 and abs(zf - 0.55) < wh * 0.5
+        if style == HOUSE and z < ground and _frac(u / 11.0) < 0.09 and z < 2.2:
+            r, g, bl = bld[b, B_AR] * 0.8, bld[b, B_AG] * 0.8, bld[b, B_AB] * 0.8  # front doors
+        elif inw:
+            edge = min(ww * 0.5 - abs(uf - 0.5), (wh * 0.5 - abs(zf - 0.55)) * fh / spacing) * spacing
+            if edge < 0.09:
+                r, g, bl = 0.85, 0.84, 0.8
+                if style == CLASSICAL:
+                    r, g, bl = br * 0.8, bg * 0.8, bb * 0.8
+            else:
+                glass = 1.0
+        elif zf < 0.06 and style == CLASSICAL:
+            r, g, bl = br * 1.15, bg * 1.15, bb * 1.12
+        elif style == CLASSICAL and zf > 0.55 + wh * 0.5 and zf < 0.62 + wh * 0.5 \
+                and abs(uf - 0.5) < ww * 0.65:
+            r, g, bl = br * 1.2, bg * 1.2, bb * 1.15  # window pediments
+    if glass > 0:
+        h = _hash(col, fl, bseed)
+        lit = _hash(col, fl, bseed + 5) < look[L_LIT]
+        dark = 0.35 + 0.5 * h if style != CURTAIN else 0.8 + 0.25 * h
+        vert = 0.75 + 0.5 * zf if style == CURTAIN else 1.0
+        r = tr * dark + refl * sky[0] * vert
+        g = tg * dark + refl * sky[1] * vert
+        bl = tb * dark + refl * sky[2] * vert
+        if lit:
+            r, g, bl = 1.0, 0.82, 0.55
+            return r, g, bl, 0.0
+    # Blend to the average as windows shrink below a pixel.
+    period = min(spacing, fh)
+    a = min(max((fp / period - 0.3) * 1.6, 0.0), 1.0)
+    if a > 0:
+        r, g, bl = r * (1 - a) + ar * a, g * (1 - a) + ag * a, bl * (1 - a) + ab * a
+    return r, g, bl, 1.0
+
+
+@njit(cache=True)
+def _on_mark(x, y, marks, mstart, mitems, cell, nx, ny, half_width):
+    i, j = int(x / cell), int(y / cell)
+    if not (0 <= i < nx and 0 <= j < ny):
+        return False
+    c = j * nx + i
+    for q in range(mstart[c], mstart[c + 1]):
+        m = mitems[q]
+        ex, ey = marks[m, 2] - marks[m, 0], marks[m, 3] - marks[m, 1]
+        ll = ex * ex + ey * ey
+        a = ((x - marks[m, 0]) * ex + (y - marks[m, 1]) * ey) / ll
+        if 0.0 <= a <= 1.0:
+            px, py = marks[m, 0] + a * ex - x, marks[m, 1] + a * ey - y
+            if px * px + py * py < half_width * half_width:
+                return True
+    return False
+
+
+@njit(cache=True)
+def _shade_ground(m, x, y, fp):
+    if m == ROAD:
+        n = 0.85 + 0.15 * _noise(x * 0.8, y * 0.8, 11) + 0.05 * _hash(math.floor(x * 8), math.floor(y * 8), 3)
+        return 0.30 * n, 0.30 * n, 0.32 * n
+    if m == MARKING:
+        return 0.82, 0.82, 0.78
+    if m == KERB:
+        return 0.55, 0.55, 0.53
+    if m == GRASS:
+        n = 0.7 + 0.45 * _noise(x * 0.6, y * 0.6, 12) + 0.15 * _hash(math.floor(x * 6), math.floor(y * 6), 4)
+        return 0.22 * n, 0.38 * n, 0.13 * n
+    if m == PAVING:
+        n = 0.9 + 0.1 * _noise(x, y, 13)
+        joint = 1.0
+        if fp < 0.15 and (_frac(x * 3.3) < 0.08 or _frac(y * 1.65) < 0.08):
+            joint = 0.85
+        return 0.62 * n * joint, 0.56 * n * joint, 0.48 * n * joint
+    # Pavement slabs (also what shows of footprints through gaps).
+    n = 0.9 + 0.12 * _noise(x * 0.5, y * 0.5, 14)
+    joint = 1.0
+    if fp < 0.25 and (_frac(x / 1.2) < 0.05 or _frac(y / 1.2) < 0.05):
+        joint = 0.88
+    return 0.58 * n * joint, 0.57 * n * joint, 0.55 * n * joint
+
+
+@njit(cache=True)
+def render_kernel(cam, look, walls, bld, wstart, witems, trees, tstart, titems, cell, nx, ny,
+                  ground, road_soft, marks, mstart, mitems, gres, vehicles, img, depth):
+    """Fill img (H, W, 3 float32, linear 0..1) and depth (H, W float32, metres along the ray; inf = sky)."""
+    H, W = img.shape[0], img.shape[1]
+    ox, oy, eye = cam[0], cam[1], cam[2]
+    yaw, pitch, roll, fov = cam[3], cam[4], cam[5], cam[6]
+    seed = np.int64(look[L_SEED])
+    # Camera basis: x east, y north, z up.
+    fx, fy, fz = math.sin(yaw) * math.cos(pitch), math.cos(yaw) * math.cos(pitch), math.sin(pitch)
+    rx0, ry0 = math.cos(yaw), -math.sin(yaw)
+    ux0, uy0, uz0 = -math.sin(yaw) * math.sin(pitch), -math.cos(yaw) * math.sin(pitch), math.cos(pitch)
+    cr, sr = math.cos(roll), math.sin(roll)
+    rx, ry, rz = cr * rx0 + sr * ux0, cr * ry0 + sr * uy0, sr * uz0
+    ux, uy, uz = -sr * rx0 + cr * ux0, -sr * ry0 + cr * uy0, cr * uz0
+    tanh = math.tan(fov * 0.5)
+    pa = 2 * tanh / W  # radians per pixel at the centre
+    az = np.empty((H, W))
+    slope = np.empty((H, W))
+    hlen = np.empty((H, W))
+    amin, amax = 1e9, -1e9
+    for i in range(H):
+        for j in range(W):
+            px = ((j + 0.5) / W * 2 - 1) * tanh
+            py = (1 - (i + 0.5) / H * 2) * tanh * H / W
+            dx = fx + px * rx + py * ux
+            dy = fy + px * ry + py * uy
+            dz = fz + px * rz + py * uz
+            hl = math.sqrt(dx * dx + dy * dy)
+            a = math.atan2(dx * rx0 + dy * ry0, dx * math.sin(yaw) + dy * math.cos(yaw))
+            az[i, j] = a
+            slope[i, j] = dz / hl
+            hlen[i, j] = math.sqrt(1 + (dz / hl) ** 2)
+            amin = min(amin, a)
+            amax = max(amax, a)
+    NR = 2 * W
+    da = (amax - amin) / NR + 1e-12
+    ray = np.empty((H, W), np.int64)
+    tmax = np.full(NR, -1e9)
+    for i in range(H):
+        for j in range(W):
+            k = min(int((az[i, j] - amin) / da), NR - 1)
+            ray[i, j] = k
+            tmax[k] = max(tmax[k], slope[i, j])
+    hs = np.empty((NR, MAX_WALL_HITS))
+    hw = np.empty((NR, MAX_WALL_HITS), np.int64)
+    hf = np.empty((NR, MAX_WALL_HITS), np.int64)
+    nh = np.zeros(NR, np.int64)
+    ts = np.empty((NR, MAX_TREE_HITS))
+    tid = np.empty((NR, MAX_TREE_HITS), np.int64)
+    nt = np.zeros(NR, np.int64)
+    nv = min(vehicles.shape[0], MAX_VEHICLES)
+    vin = np.full((NR, MAX_VEHICLES), 1e30)
+    vout = np.empty((NR, MAX_VEHICLES))
+    vu = np.empty((NR, MAX_VEHICLES))
+    vface = np.empty((NR, MAX_VEHICLES), np.int64)  # 0..3: +a, -a, +b, -b
+    rdx = np.empty(NR)
+    rdy = np.empty(NR)
+    smax = look[L_MAXDIST]
+    for k in range(NR):
+        a = yaw + amin + (k + 0.5) * da
+        dx, dy = math.sin(a), math.cos(a)
+        rdx[k], rdy[k] = dx, dy
+        lim = smax
+        if tmax[k] < 0:
+            lim = min(smax, eye / -tmax[k] + 1.0)
+        nh[k], nt[k] = _trace_ray(ox, oy, dx, dy, lim, tmax[k], eye, walls, bld, wstart, witems, trees,
+                                  tstart, titems, cell, nx, ny, hs[k], hw[k], hf[k], ts[k], tid[k])
+        for v in range(nv):
+            ax, ay = vehicles[v, V_AX], vehicles[v, V_AY]
+            lx = (ox - vehicles[v, V_X]) * ax + (oy - vehicles[v, V_Y]) * ay
+            ly = -(ox - vehicles[v, V_X]) * ay + (oy - vehicles[v, V_Y]) * ax
+            ddx = dx * ax + dy * ay
+            ddy = -dx * ay + dy * ax
+            hl, hwd = vehicles[v, V_HL], vehicles[v, V_HW]
+            t0, t1, f = -1e30, 1e30, -1
+            if abs(ddx) > 1e-12:
+                a1, a2 = (-hl - lx) / ddx, (hl - lx) / ddx
+                if min(a1, a2) > t0:
+                    t0 = min(a1, a2)
+                    f = 1 if ddx > 0 else 0
+                t1 = min(t1, max(a1, a2))
+            elif abs(lx) > hl:
+                continue
+            if abs(ddy) > 1e-12:
+                b1, b2 = (-hwd - ly) / ddy, (hwd - ly) / ddy
+                if min(b1, b2) > t0:
+                    t0 = min(b1, b2)
+                    f = 3 if ddy > 0 else 2
+                t1 = min(t1, max(b1, b2))
+            elif abs(ly) > hwd:
+                continue
+            if t0 < t1 and t0 > 0.05:
+                vin[k, v], vout[k, v], vface[k, v] = t0, t1, f
+                vu[k, v] = (ly + t0 * ddy) if f < 2 else (lx + t0 * ddx)
+    sa, se = look[L_SUN_AZ], look[L_SUN_EL]
+    sunx, suny = math.sin(sa), math.cos(sa)
+    sun_up = math.sin(se)
+    sun_h = math.cos(se)
+    sky = np.empty(3)
+    skyup = np.empty(3)
+    _sky(0.0, 0.0, 1.0, look, skyup)
+    for i in range(H):
+        for j in range(W):
+            k = ray[i, j]
+            t = slope[i, j]
+            dx, dy = rdx[k], rdy[k]
+            best = 1e30
+            kind = K_SKY
+            hit = -1
+            hz = 0.0
+            if t < 0:
+                best = eye / -t
+                kind = K_GROUND
+            for q in range(nh[k]):
+                s = hs[k, q]
+                if s >= best:
+                    break
+                w = hw[k, q]
+                b = int(walls[w, W_BLD])
+                z = eye + t * s
+                if z <= bld[b, B_HEIGHT] and z >= bld[b, B_MINH]:
+                    best, hit, hz = s, w, z
+                    kind = K_WALL if hf[k, q] == 1 else K_ROOF
+                    break
+            for q in range(nt[k]):
+                if ts[k, q] >= best:
+                    break
+                tr_ = tid[k, q]
+                cx, cy = trees[tr_, T_X] - ox, trees[tr_, T_Y] - oy
+                s0 = cx * dx + cy * dy
+                p2 = (cx * dy - cy * dx) ** 2
+                r, rz_, cz = trees[tr_, T_R], trees[tr_, T_RZ], trees[tr_, T_Z]
+                qa = 1 / (r * r) + t * t / (rz_ * rz_)
+                qb = -2 * s0 / (r * r) + 2 * t * (eye - cz) / (rz_ * rz_)
+                qc = (s0 * s0 + p2) / (r * r) + (eye - cz) ** 2 / (rz_ * rz_) - 1
+                disc = qb * qb - 4 * qa * qc
+                if disc >= 0:
+                    s = (-qb - math.sqrt(disc)) / (2 * qa)
+                    if 0.05 < s < best:
+                        # Leaves are not a solid shell: let some rays through the crown's edge.
+                        zc = eye + t * s
+                        edge = ((s - s0) ** 2 + p2) / (r * r) + (zc - cz) ** 2 / (rz_ * rz_)
+                        hole = edge > 0.55 and _noise((ox + dx * s + oy + dy * s) * 1.7, zc * 1.7, tr_) < 0.3
+                        if not hole:
+                            best, hit, hz, kind = s, tr_, zc, K_TREE
+                rt = trees[tr_, T_TRUNK]
+                if p2 < rt * rt:
+                    s = s0 - math.sqrt(rt * rt - p2)
+                    zt = eye + t * s
+                    if 0.05 < s < best and 0 <= zt <= cz - rz_ * 0.5:
+                        best, hit, hz, kind = s, tr_, zt, K_TRUNK
+            for v in range(nv):
+                s = vin[k, v]
+                if s >= best:
+                    continue
+                z = eye + t * s
+                hv = vehicles[v, V_H]
+                if 0.0 <= z <= hv:
+                    best, hit, hz, kind = s, v, z, K_VEHICLE
+                elif z > hv and t < 0:
+                    st = (hv - eye) / t
+                    if st <= vout[k, v] and st < best:
+                        best, hit, hz, kind = st, v, hv, K_VTOP
+            dist = best * hlen[i, j]
+            # 3D unit view direction of this pixel.
+            dzn = t / hlen[i, j]
+            dxn, dyn = dx / hlen[i, j], dy / hlen[i, j]
+            fp = dist * pa
+            if kind == K_SKY:
+                _sky(dxn, dyn, dzn, look, sky)
+                r, g, bl = sky[0], sky[1], sky[2]
+                # A far skyline on the horizon, the same from everywhere (like distant hills or towers).
+                azd = math.atan2(dxn, dyn) * 40.0
+                sil = 0.012 + 0.03 * _noise(azd * 0.15, 0.5, 99) * (_hash(math.floor(azd), 1, 98) > 0.35) \
+                    + 0.02 * _noise(azd * 0.03, 0.5, 97)
+                if dzn < sil:
+                    a = 0.55 + 0.15 * (dzn / sil)
+                    r = r * a + (1 - a) * look[L_ZEN_R] * 0.5
+                    g = g * a + (1 - a) * look[L_ZEN_G] * 0.5
+                    bl = bl * a + (1 - a) * look[L_ZEN_B] * 0.55
+                depth[i, j] = np.inf
+                img[i, j, 0], img[i, j, 1], img[i, j, 2] = r, g, bl
+                continue
+            if kind == K_WALL or kind == K_ROOF:
+                b = int(walls[hit, W_BLD])
+                if kind == K_ROOF:
+                    r, g, bl = 0.3, 0.29, 0.28
+                    light = 0.6
+                else:
+                    ex = walls[hit, W_X1] - walls[hit, W_X0]
+                    ey = walls[hit, W_Y1] - walls[hit, W_Y0]
+                    along = ((ox + dx * best - walls[hit, W_X0]) * ex + (oy + dy * best - walls[hit, W_Y0]) * ey) \
+                        / walls[hit, W_LEN]
+                    u = walls[hit, W_U0] + along
+                    # Reflection of the sky in glass: mirrored view direction about the wall normal.
+                    nxw, nyw = walls[hit, W_NX], walls[hit, W_NY]
+                    dn = dxn * nxw + dyn * nyw
+                    _sky(dxn - 2 * dn * nxw, dyn - 2 * dn * nyw, abs(dzn) + 0.15, look, sky, 0.2)
+                    r, g, bl, light = _shade_wall(bld, b, u, hz, fp, look, sky)
+                    if light > 0:
+                        diff = max(0.0, nxw * sunx + nyw * suny) * sun_h
+                        ao = 0.72 + 0.28 * min(1.0, hz / 1.8)
+                        r *= (look[L_AMB_R] + look[L_SUN_R] * diff) * ao
+                        g *= (look[L_AMB_G] + look[L_SUN_G] * diff) * ao
+                        bl *= (look[L_AMB_B] + look[L_SUN_B] * diff) * ao
+                    light = 0.0
+                if light > 0:
+                    r, g, bl = r * light, g * light, bl * light
+            elif kind == K_GROUND:
+                x, y = ox + dx * best, oy + dy * best
+                gi, gj = int(y / gres), int(x / gres)
+                m = FOOTPRINT
+                if 0 <= gi < ground.shape[0] - 1 and 0 <= gj < ground.shape[1] - 1:
+                    m = ground[gi, gj]
+                    # Kerbs follow the bilinear 50% contour of the blurred road mask, not the raster's steps.
+                    fy_, fx_ = y / gres - 0.5 - gi, x / gres - 0.5 - gj
+                    if fy_ < 0:
+                        fy_ += 1
+                        gi -= 1
+                    if fx_ < 0:
+                        fx_ += 1
+                        gj -= 1
+                    if gi >= 0 and gj >= 0:
+                        rs = (road_soft[gi, gj] * (1 - fx_) + road_soft[gi, gj + 1] * fx_) * (1 - fy_) \
+                            + (road_soft[gi + 1, gj] * (1 - fx_) + road_soft[gi + 1, gj + 1] * fx_) * fy_
+                        if rs > 140:
+                            m = ROAD
+                            if _on_mark(x, y, marks, mstart, mitems, cell, nx, ny, max(0.08, fp * 0.5)):
+                                m = MARKING
+                        elif rs > 100:
+                            m = KERB
+                        elif m == ROAD:
+                            m = PAVEMENT
+                if m == WATER:
+                    _sky(dxn, dyn, -dzn, look, sky, 0.3)
+                    wv = 0.85 + 0.2 * _noise(x * 1.5, y * 0.4, seed)
+                    r, g, bl = sky[0] * 0.55 * wv + 0.03, sky[1] * 0.6 * wv + 0.06, sky[2] * 0.6 * wv + 0.07
+                else:
+                    r, g, bl = _shade_ground(m, x, y, fp)
+                    r *= look[L_AMB_R] + look[L_SUN_R] * sun_up
+                    g *= look[L_AMB_G] + look[L_SUN_G] * sun_up
+                    bl *= look[L_AMB_B] + look[L_SUN_B] * sun_up
+            elif kind == K_TREE:
+                x, y = ox + dx * best, oy + dy * best
+                cx, cy, cz = trees[hit, T_X], trees[hit, T_Y], trees[hit, T_Z]
+                nxv, nyv, nzv = (x - cx) / trees[hit, T_R], (y - cy) / trees[hit, T_R], (hz - cz) / trees[hit, T_RZ]
+                nn = math.sqrt(nxv * nxv + nyv * nyv + nzv * nzv) + 1e-9
+                diff = max(0.0, (nxv * sunx * sun_h + nyv * suny * sun_h + nzv * sun_up) / nn)
+                leaf = 0.55 + 0.45 * _noise((x + y) * 2.2, hz * 2.2, hit) + 0.3 * _noise((x - y) * 6.0, hz * 6.0, hit + 1)
+                r = trees[hit, T_CR] * leaf * (look[L_AMB_R] * 1.3 + look[L_SUN_R] * diff * 1.2)
+                g = trees[hit, T_CG] * leaf * (look[L_AMB_G] * 1.3 + look[L_SUN_G] * diff * 1.2)
+                bl = trees[hit, T_CB] * leaf * (look[L_AMB_B] * 1.3 + look[L_SUN_B] * diff * 1.2)
+            elif kind == K_TRUNK:
+                r, g, bl = 0.2, 0.16, 0.12
+            else:
+                vr, vg, vb = vehicles[hit, V_R], vehicles[hit, V_G], vehicles[hit, V_B]
+                hv = vehicles[hit, V_H]
+                vk = int(vehicles[hit, V_KIND])
+                if kind == K_VTOP:
+                    r, g, bl = vr * 1.1, vg * 1.1, vb * 1.1
+                    if vk == CAR:
+                        r, g, bl = 0.12, 0.14, 0.17
+                else:
+                    f = vface[k, hit]
+                    u = vu[k, hit]
+                    hl = vehicles[hit, V_HL] if f >= 2 else vehicles[hit, V_HW]
+                    r, g, bl = vr, vg, vb
+                    if vk == BUS:
+                        band = (1.4 < hz < 2.1) or (2.7 < hz < 3.6)
+                    elif vk == VAN:
+                        band = hv - 0.85 < hz < hv - 0.25 and (f < 2 or u > hl - 2.0 or u < -hl + 2.0)
+                    else:
+                        band = hv - 0.55 < hz < hv - 0.08 and abs(u) < hl - 0.35
+                    if band:
+                        _sky(dxn, dyn, abs(dzn) + 0.2, look, sky, 0.0)
+                        r, g, bl = 0.05 + 0.3 * sky[0], 0.06 + 0.3 * sky[1], 0.07 + 0.3 * sky[2]
+                    elif hz < 0.7 and f >= 2 and (abs(u - (hl - 0.9)) < 0.36 or abs(u + hl - 0.9) < 0.36):
+                        r, g, bl = 0.04, 0.04, 0.045
+                    elif hz < 0.28:
+                        r, g, bl = 0.08, 0.08, 0.08
+                    elif f < 2 and hz < 0.9 and abs(abs(u) - hl + 0.35) < 0.2:
+                        # Lamps: white at the front (+a face), red at the back.
+                        r, g, bl = (0.95, 0.92, 0.8) if f == 0 else (0.7, 0.05, 0.04)
+                    nxv = 0.0
+                    nyv = 0.0
+                    if f == 0:
+                        nxv, nyv = vehicles[hit, V_AX], vehicles[hit, V_AY]
+                    elif f == 1:
+                        nxv, nyv = -vehicles[hit, V_AX], -vehicles[hit, V_AY]
+                    elif f == 2:
+                        nxv, nyv = -vehicles[hit, V_AY], vehicles[hit, V_AX]
+                    else:
+                        nxv, nyv = vehicles[hit, V_AY], -vehicles[hit, V_AX]
+                    diff = max(0.0, nxv * sunx + nyv * suny) * sun_h
+                    r *= (look[L_AMB_R] + look[L_SUN_R] * diff) * 1.2
+                    g *= (look[L_AMB_G] + look[L_SUN_G] * diff) * 1.2
+                    bl *= (look[L_AMB_B] + look[L_SUN_B] * diff) * 1.2
+            # Haze: fade towards the horizon colour with distance.
+            hz_a = 1.0 - math.exp(-dist / look[L_HAZE_D])
+            r = r * (1 - hz_a) + look[L_HOR_R] * hz_a
+            g = g * (1 - hz_a) + look[L_HOR_G] * hz_a
+            bl = bl * (1 - hz_a) + look[L_HOR_B] * hz_a
+            depth[i, j] = dist
+            img[i, j, 0], img[i, j, 1], img[i, j, 2] = r, g, bl
+
+
+@njit(cache=True)
+def finish_kernel(img, look, out):
+    """Exposure, white balance, vignetting, sensor noise; to 8 bits."""
+    H, W = img.shape[0], img.shape[1]
+    seed = np.int64(look[L_SEED])
+    sigma = look[L_NOISE]
+    gains = (look[L_EXPOSURE] * look[L_WB_R], look[L_EXPOSURE], look[L_EXPOSURE] * look[L_WB_B])
+    for i in range(H):
+        for j in range(W):
+            yy = (i + 0.5) / H * 2 - 1
+            xx = (j + 0.5) / W * 2 - 1
+            v = 1.0 - look[L_VIGNETTE] * (xx * xx + yy * yy) * 0.5
+            n = (_hash(i, j, seed) + _hash(j, i, seed + 1) - 1.0) * sigma * 2.45
+            for c in range(3):
+                x = img[i, j, c] * gains[c] * v + n
+                x = min(max(x, 0.0), 1.0) ** (1 / 1.15)
+                out[i, j, c] = np.uint8(x * 255.0 + 0.5)
+
+
+class Renderer:
+    """Holds one World's arrays and renders views of it."""
+
+    def __init__(self, world: World):
+        self.world = world
+        g, tg = world.wall_grid, world.tree_grid
+        self._args = (world.walls, world.buildings, g.start, g.items, world.trees, tg.start, tg.items,
+                      float(g.cell), int(g.nx), int(g.ny), world.ground, world.road_soft, world.marks,
+                      world.mark_grid.start, world.mark_grid.items,
+                      float(world.ground_res))
+
+    def render(self, cam: Camera, look: Look, with_depth: bool = False):
+        """uint8 (H, W, 3) image; with_depth also returns float32 depth in metres (inf for sky)."""
+        img = np.empty((cam.height, cam.width, 3), np.float64)
+        depth = np.empty((cam.height, cam.width), np.float32)
+        c = np.array([cam.x, cam.y, cam.eye, math.radians(cam.heading), math.radians(cam.pitch),
+                      math.radians(cam.roll), math.radians(cam.fov)])
+        veh = np.ascontiguousarray(look.vehicles, dtype=np.float64).reshape(-1, 11)
+        render_kernel(c, look.params, *self._args, veh, img, depth)
+        out = np.empty((cam.height, cam.width, 3), np.uint8)
+        finish_kernel(img, look.params, out)
+        return (out, depth) if with_depth else out
