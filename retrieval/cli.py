@@ -77,6 +77,67 @@ def data_split(
                + f", dropped {int((split == '').sum())} within {gap_m:g} m of train")
 
 
+# --- synth -----------------------------------------------------------------------------------------
+
+@synth_app.command("city")
+def synth_city(
+    out: Path = typer.Option(..., "--out", help="OSM XML file to write (.osm or .osm.bz2)."),
+    seed: int = typer.Option(0),
+    size_m: float = typer.Option(1500.0, "--size-m", help="Side of the square city in metres."),
+):
+    """Write the procedural demo city (districts, river, bridges, parks) as an OSM XML file."""
+    from retrieval.synth.city import write_demo_city
+
+    if not 400 <= size_m <= 5000:
+        raise GeolocError(f"--size-m {size_m:g}: choose 400 to 5000 m")
+    write_demo_city(out, seed=seed, size_m=size_m)
+    typer.echo(f"wrote {out}")
+
+
+@synth_app.command("render")
+def synth_render(
+    out: Path = typer.Option(..., "--out", help="Data folder: images/, train.csv, test.csv, dataset.json."),
+    osm: Optional[Path] = typer.Option(None, "--osm", help="OSM extract (.osm/.osm.bz2); default: the demo city."),
+    train: Optional[int] = typer.Option(None, "--train", help="Training views in total (default: one per --spacing-m)."),
+    spacing_m: float = typer.Option(10.0, "--spacing-m", help="Metres of street per training view (without --train)."),
+    test: int = typer.Option(100, "--test", help="Test views at independent random positions."),
+    size: int = typer.Option(224, "--size", help="Image side in pixels."),
+    seed: int = typer.Option(0),
+    shift: bool = typer.Option(False, "--shift", help="Render test views at dusk (a condition shift)."),
+    workers: int = typer.Option(2, "--workers", help="Rendering processes."),
+    fov: float = typer.Option(90.0, "--fov", help="Horizontal field of view in degrees."),
+):
+    """Render street-level views of an OSM extract (or the demo city) with train/test manifests."""
+    from retrieval.synth.cameras import render_dataset
+    from retrieval.synth.city import write_demo_city
+
+    if osm is None:
+        osm = out / "city.osm"
+        if not osm.is_file():
+            write_demo_city(osm, seed=seed)
+    info = render_dataset(osm, out, n_train=train, n_test=test, size=size, seed=seed,
+                          test_condition_shift=shift, workers=workers,
+                          spacing_m=None if train is not None else spacing_m, fov=fov)
+    typer.echo(f"wrote {out}: {info['train']} train, {info['test']} test views"
+               + (f" ({info['images_per_s']} img/s)" if info["images_per_s"] else " (all already rendered)"))
+
+
+@synth_app.command("sheet")
+def synth_sheet(
+    data: Path = typer.Argument(..., help="A rendered data folder."),
+    out: Path = typer.Option(..., "--out", help="PNG to write."),
+    n: int = typer.Option(24, "--n", help="Number of views."),
+    cols: int = typer.Option(6, "--cols"),
+    split: str = typer.Option("train", "--split", help="train or test"),
+    order: str = typer.Option("spread", "--order", help="spread | neighbours (pairs of nearby cameras)"),
+):
+    """A contact sheet of rendered views, each labelled with its coordinates and heading."""
+    from retrieval.synth.sheet import contact_sheet
+
+    contact_sheet(data, out, n=n, cols=cols, split=split, order=order)
+    typer.echo(f"wrote {out}")
+
+
 # --- train cells / regression, evaluate ------------------------------------------------------------
 
 def _train_setup(kind: str, data: Optional[Path], config: Optional[Path], out: Optional[Path],
