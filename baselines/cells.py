@@ -119,7 +119,8 @@ class CellsTask:
 
     def info(self) -> dict:
         n = np.array(self.table["n_train"])
-        return {"grid": self.grid.kind, "n_cells": len(self.grid), "n_classes": len(self.cell_of_class),
+        return {"grid": self.grid.kind, "n_train": int(n.sum()), "n_cells": len(self.grid),
+                "n_classes": len(self.cell_of_class),
                 "empty_cells": int((n == 0).sum()),
                 "images_per_cell": {"min": int(n.min()), "median": float(np.median(n)), "max": int(n.max())}}
 

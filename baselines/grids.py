@@ -16,7 +16,6 @@ import shapely
 from scipy.spatial import Voronoi, cKDTree
 from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import transform as shapely_transform
 from tqdm import tqdm
 
 from retrieval import GeolocError
@@ -24,6 +23,11 @@ from retrieval.geo import LocalProjection
 from retrieval.util import atomic_write_json
 
 KINDS = ("square", "voronoi")
+
+
+def _map_coords(geom: BaseGeometry, fn) -> BaseGeometry:
+    """Apply fn(a, b) -> (c, d) (coordinate arrays) to every vertex of geom."""
+    return shapely.transform(geom, lambda xy: np.column_stack(fn(xy[:, 0], xy[:, 1])))
 
 
 @dataclass
@@ -74,7 +78,7 @@ class Grid:
     def to_geojson(self, properties: dict[str, list] | None = None) -> dict:
         """FeatureCollection in lon/lat; `grid` keeps the exact metre parameters for from_geojson."""
         def lonlat(g):
-            return shapely_transform(lambda x, y: self.projection.to_latlon(x, y)[::-1], g)
+            return _map_coords(g, lambda x, y: self.projection.to_latlon(x, y)[::-1])
 
         features = []
         for c, g in enumerate(self.cells):
@@ -107,7 +111,7 @@ class Grid:
             proj = LocalProjection(g["ref_lat"], g["ref_lon"])
 
             def metres(geom):
-                return shapely_transform(lambda lon, lat: proj.to_xy(lat, lon), shape(geom))
+                return _map_coords(shape(geom), lambda lon, lat: proj.to_xy(lat, lon))
 
             feats = sorted(obj["features"], key=lambda f: f["properties"]["cell"])
             props = [f["properties"] for f in feats]
@@ -126,7 +130,7 @@ class Grid:
 def _projected(boundary_lonlat: BaseGeometry) -> tuple[LocalProjection, tuple[float, float], BaseGeometry]:
     c = boundary_lonlat.centroid
     proj = LocalProjection(c.y, c.x)
-    poly = shapely_transform(lambda lon, lat: proj.to_xy(lat, lon), boundary_lonlat)
+    poly = _map_coords(boundary_lonlat, lambda lon, lat: proj.to_xy(lat, lon))
     if poly.area <= 0:
         raise GeolocError("grid: the boundary has no area (photos on a line?)")
     return proj, (c.y, c.x), poly

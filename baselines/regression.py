@@ -47,7 +47,7 @@ class RegressionTask:
     def __init__(self, cfg: Config, splits: dict[str, Manifest]):
         train = splits["train"]
         self.cfg = cfg
-        self.box = bbox_of(train.lat, train.lon)
+        self.box, self.n_train = bbox_of(train.lat, train.lon), len(train)
         targets = torch.from_numpy(scale(train.lat, train.lon, self.box)).float()
         images = decode_images(train, cfg.data.resize, "decode train")
         self.train_loader = train_loader(images, targets, cfg.data, cfg.augment, cfg.train.batch_size)
@@ -73,7 +73,7 @@ class RegressionTask:
                 "val_median_error_m": float(np.median(err)), "val_mean_error_m": float(np.mean(err))}
 
     def info(self) -> dict:
-        return {"bbox": self.box}
+        return {"bbox": self.box, "n_train": self.n_train}
 
 
 def train_regression(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:

@@ -185,6 +185,7 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
 
     last_path, best_path, log_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "log.csv"
     start, best, best_epoch, rows = 0, None, 0, []
+    check_run_dir(run_dir, resume)
     if resume:
         state = load_checkpoint(last_path)
         if state.get("kind") != task.kind:
@@ -196,7 +197,6 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
         set_rng_state(state["rng"])
         rows = _read_log(log_path, start)
     else:
-        check_run_dir(run_dir, resume)
         seed_everything(cfg.seed)
 
     metric, maximize = task.metric, task.maximize

@@ -1,0 +1,142 @@
+"""Both baselines trained and evaluated from the CLI on a tiny generated city (ResNet-50 at 32 px)."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from baselines.grids import Grid
+from baselines.regression import scale, unscale
+from retrieval import GeolocError
+from retrieval.cli import app
+from retrieval.config import load_run_config
+from retrieval.geo import haversine_m
+from retrieval.train import load_data
+
+FAST = ["--set", "model.weights=none", "--set", "data.image_size=32", "--set", "data.resize=36",
+        "--set", "train.batch_size=8", "--set", "train.max_steps_per_epoch=2", "--set", "train.precision=fp32",
+        "--set", "data.num_workers=0", "--set", "model.lock_factor=0.7"]
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory):
+    """A 900 x 900 m toy city: each photo's colours encode where it was taken."""
+    root = tmp_path_factory.mktemp("city")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 72), ("test", 16)):
+        rows = ["path,lat,lon"]
+        for i in range(n):
+            u, v = rng.uniform(0, 1, 2)
+            im = np.zeros((40, 48, 3), np.uint8)
+            im[..., 0], im[..., 1] = int(255 * u), int(255 * v)
+            im[:20, :, 2] = 255 * (u > 0.5)
+            im = np.clip(im + rng.normal(0, 6, im.shape), 0, 255).astype(np.uint8)
+            (root / split).mkdir(exist_ok=True)
+            Image.fromarray(im).save(root / split / f"{i:03d}.png")
+            rows.append(f"{split}/{i:03d}.png,{51.510 + 0.008 * u:.7f},{-0.110 + 0.013 * v:.7f}")
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def manifest(path):
+    rows = read_csv(path)
+    return np.array([float(r["lat"]) for r in rows]), np.array([float(r["lon"]) for r in rows])
+
+
+def test_cells_voronoi_train_and_evaluate(city, tmp_path):
+    run = tmp_path / "cells"
+    out = run_cli("train", "cells", "--data", city, "--grid", "voronoi", "--out", run, *FAST,
+                  "--set", "cells.cell_size_m=250", "--set", "cells.border_spacing_m=60",
+                  "--set", "train.epochs=1")
+    assert "voronoi cells" in out and "done: 1 epoch(s)" in out
+    for name in ("config.yaml", "git.json", "grid.geojson", "log.csv", "last.pt", "best.pt", "run.json"):
+        assert (run / name).is_file(), name
+    info = json.loads((run / "run.json").read_text())
+    assert info["kind"] == "cells" and info["grid"] == "voronoi" and info["n_cells"] >= 4
+
+    grid, props = Grid.load(run / "grid.geojson")
+    train = load_data(load_run_config(run))["train"]  # train.csv less the spatially carved val set
+    cells = grid.assign(train.lat, train.lon)
+    assert [p["n_train"] for p in props] == list(np.bincount(cells, minlength=len(grid)))
+    for c, p in enumerate(props):
+        if p["n_train"]:
+            assert p["photo_lat"] == pytest.approx(train.lat[cells == c].mean(), abs=1e-6)
+            assert p["photo_lon"] == pytest.approx(train.lon[cells == c].mean(), abs=1e-6)
+
+    out = run_cli("evaluate", "--run", run)
+    assert "cell accuracy" in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    rows = read_csv(run / "predictions.csv")
+    assert metrics["n"] == len(rows) == 16
+    true_lat, true_lon = (np.array([float(r[k]) for r in rows]) for k in ("true_lat", "true_lon"))
+    pred_lat, pred_lon = (np.array([float(r[k]) for r in rows]) for k in ("pred_lat", "pred_lon"))
+    err = haversine_m(true_lat, true_lon, pred_lat, pred_lon)
+    assert np.allclose(err, [float(r["error_m"]) for r in rows], atol=0.02)
+    assert metrics["median_error_m"] == pytest.approx(np.median(err), abs=0.02)
+    pred_cell = np.array([int(r["pred_cell"]) for r in rows])
+    assert metrics["cell_acc"] == pytest.approx(np.mean(pred_cell == grid.assign(true_lat, true_lon)))
+    # Each prediction is the centroid of its cell's training photos (the study's choice).
+    for r, c in zip(rows, pred_cell):
+        assert float(r["pred_lat"]) == pytest.approx(props[c]["photo_lat"], abs=1e-6)
+    assert {"study_distance_m", "polygon_centroid"} <= set(metrics)
+    npz = np.load(run / "predictions.npz")
+    assert npz["probabilities"].shape == (16, info["n_classes"])
+    assert np.allclose(npz["probabilities"].sum(axis=1), 1, atol=1e-5)
+    assert np.array_equal(npz["class_cells"][npz["probabilities"].argmax(1)], pred_cell)
+
+
+def test_square_cells_from_a_config_file(city, tmp_path):
+    run = tmp_path / "square"
+    config = tmp_path / "square.yaml"
+    config.write_text("cells:\n  grid: square\n  cell_size_m: 450\naugment:\n  enabled: false\n")
+    run_cli("train", "cells", "--data", city, "--config", config, "--out", run, *FAST,
+            "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=1")
+    info = json.loads((run / "run.json").read_text())
+    assert info["grid"] == "square" and info["n_cells"] == 4  # 900 m square in 450 m cells
+    assert sum(f["properties"]["n_train"] for f in json.loads((run / "grid.geojson").read_text())["features"]) \
+        == info["n_train"]
+
+
+def test_regression_train_resume_and_evaluate(city, tmp_path):
+    run = tmp_path / "reg"
+    run_cli("train", "regression", "--data", city, "--out", run, *FAST, "--set", "train.epochs=1")
+    with pytest.raises(GeolocError, match="already has a checkpoint"):
+        run_cli("train", "regression", "--data", city, "--out", run, *FAST)
+    out = run_cli("train", "regression", "--out", run, "--resume", "--set", "train.epochs=2")
+    assert "epoch 2/2" in out
+    assert [r["epoch"] for r in read_csv(run / "log.csv")] == ["1", "2"]
+    info = json.loads((run / "run.json").read_text())
+    assert info["kind"] == "regression" and info["train"]["epochs"] == 2
+
+    run_cli("evaluate", "--run", run, "--data", city)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["kind"] == "regression" and metrics["n"] == 16
+    assert not (run / "predictions.npz").exists()
+    box = info["bbox"]
+    lat, lon = manifest(city / "train.csv")
+    assert box["lat_min"] >= lat.min() and box["lat_max"] <= lat.max()
+    y = scale(lat, lon, box)
+    assert np.allclose(np.stack(unscale(y, box), 1), np.stack([lat, lon], 1))
+
+
+def test_cli_errors_are_one_line(tmp_path, city):
+    result = CliRunner().invoke(app, ["train", "regression", "--resume"])
+    assert isinstance(result.exception, GeolocError) and "--resume needs --out" in str(result.exception)
+    result = CliRunner().invoke(app, ["train", "cells", "--data", city, "--grid", "hexagon", "--out",
+                                      tmp_path / "x", *FAST])
+    assert isinstance(result.exception, GeolocError) and "hexagon" in str(result.exception)

@@ -1,0 +1,181 @@
+import csv
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retrieval import GeolocError
+from retrieval.config import Config
+from retrieval.train import bf16_supported, fit, infer, rng_state, set_rng_state
+from retrieval.transforms import test_transform as eval_transform
+from retrieval.transforms import train_loader
+from retrieval.util import load_checkpoint
+
+N_CLASSES = 4
+
+
+def toy_images(n: int, seed: int = 0):
+    """16 px images whose colour says the class: a set a small CNN learns in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % N_CLASSES
+    palette = torch.tensor([[220, 40, 40], [40, 220, 40], [40, 40, 220], [220, 220, 40]], dtype=torch.float32)
+    images = []
+    for y in labels:
+        im = palette[y][:, None, None] + 30 * torch.randn(3, 20, 20, generator=g)
+        images.append(im.clamp(0, 255).to(torch.uint8))
+    return images, labels
+
+
+def toy_config(**train) -> Config:
+    cfg = Config()
+    cfg.data.image_size, cfg.data.resize, cfg.data.num_workers = 16, 20, 0
+    cfg.augment.perspective = 0.2  # augmentation stays on: it draws from the RNG that resume restores
+    cfg.train.precision = "fp32"
+    cfg.train.batch_size = 8
+    cfg.train.lr = 0.05
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+class ToyTask:
+    kind = "toy"
+    metric = "val_acc"
+    maximize = True
+
+    def __init__(self, cfg: Config, seed: int = 0, kill_at_call: int | None = None, val: bool = True):
+        torch.manual_seed(seed)
+        self.cfg = cfg
+        self.model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                   nn.Flatten(), nn.Linear(8, N_CLASSES))
+        images, labels = toy_images(48)
+        self.train_loader = train_loader(images, labels, cfg.data, cfg.augment, cfg.train.batch_size)
+        self.val_images, self.val_labels = toy_images(16, seed=1) if val else (None, None)
+        self.kill_at_call, self.calls = kill_at_call, 0
+
+    def loss(self, model, batch):
+        self.calls += 1
+        if self.calls == self.kill_at_call:
+            raise KeyboardInterrupt  # a kill in the middle of an epoch
+        images, labels, _ = batch
+        return F.cross_entropy(model(images).float(), labels)
+
+    def validate(self, model):
+        if self.val_images is None:
+            return {}
+        logits = infer(model, self.val_images, eval_transform(self.cfg.data), 8, "fp32")
+        return {"val_loss": float(F.cross_entropy(logits, self.val_labels)),
+                "val_acc": float((logits.argmax(1) == self.val_labels).float().mean())}
+
+    def info(self):
+        return {"classes": N_CLASSES}
+
+
+def read_log(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_one_epoch_reduces_the_loss(tmp_path):
+    cfg = toy_config(epochs=1)
+    task = ToyTask(cfg)
+    images, labels = toy_images(48)
+
+    def train_set_loss():
+        return float(F.cross_entropy(infer(task.model, images, eval_transform(cfg.data), 16, "fp32"), labels))
+
+    before = train_set_loss()
+    summary = fit(task, cfg, tmp_path)
+    after = train_set_loss()
+    assert after < 0.7 * before, (before, after)
+    assert summary["epochs"] == 1 and summary["metric"] == "val_acc"
+    rows = read_log(tmp_path / "log.csv")
+    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "train_seconds",
+                             "val_seconds", "images_per_s"]
+    assert int(rows[0]["epoch"]) == 1 and float(rows[0]["images_per_s"]) > 0
+
+
+def test_lr_decay_log_checkpoints_and_run_json(tmp_path):
+    cfg = toy_config(epochs=3, lr=0.02, lr_decay=0.5, max_steps_per_epoch=2)
+    task = ToyTask(cfg)
+    summary = fit(task, cfg, tmp_path)
+    rows = read_log(tmp_path / "log.csv")
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.02, 0.01, 0.005])
+    last = load_checkpoint(tmp_path / "last.pt")  # weights_only=True
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert last["epoch"] == 3 and last["kind"] == "toy"
+    assert set(last) >= {"model", "optimizer", "scheduler", "epoch", "best", "best_epoch", "rng"}
+    accs = [float(r["val_acc"]) for r in rows]
+    assert best["epoch"] == summary["best_epoch"] == 1 + int(np.argmax(accs))
+    assert summary["best"] == pytest.approx(max(accs))
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["kind"] == "toy" and info["classes"] == N_CLASSES and info["train"]["epochs"] == 3
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
+    cfg = toy_config(epochs=3, max_steps_per_epoch=4)
+    fit(ToyTask(cfg), cfg, tmp_path / "whole")
+
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        fit(ToyTask(cfg, kill_at_call=6), cfg, killed)  # step 2 of epoch 2
+    assert load_checkpoint(killed / "last.pt")["epoch"] == 1
+    # Disturb every RNG and start from different weights: resume must restore all of it.
+    random.random(), np.random.rand(), torch.rand(3)
+    fit(ToyTask(cfg, seed=99), cfg, killed, resume=True)
+
+    a, b = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(killed / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for s in a["optimizer"]["state"]:
+        assert torch.equal(a["optimizer"]["state"][s]["momentum_buffer"], b["optimizer"]["state"][s]["momentum_buffer"])
+    assert a["scheduler"] == b["scheduler"]
+    timing = {"train_seconds", "val_seconds", "images_per_s"}
+
+    def untimed(rows):
+        return [{k: v for k, v in r.items() if k not in timing} for r in rows]
+
+    assert untimed(read_log(tmp_path / "whole" / "log.csv")) == untimed(read_log(killed / "log.csv"))
+
+
+def test_refuses_to_overwrite_or_resume_nothing(tmp_path):
+    cfg = toy_config(epochs=1, max_steps_per_epoch=1)
+    fit(ToyTask(cfg), cfg, tmp_path / "run")
+    with pytest.raises(GeolocError, match="already has a checkpoint"):
+        fit(ToyTask(cfg), cfg, tmp_path / "run")
+    with pytest.raises(GeolocError, match="nothing to resume"):
+        fit(ToyTask(cfg), cfg, tmp_path / "other", resume=True)
+
+
+def test_without_validation_the_training_loss_selects(tmp_path):
+    cfg = toy_config(epochs=2, max_steps_per_epoch=2)
+    summary = fit(ToyTask(cfg, val=False), cfg, tmp_path)
+    rows = read_log(tmp_path / "log.csv")
+    losses = [float(r["train_loss"]) for r in rows]
+    assert summary["metric"] == "train_loss" and summary["best"] == pytest.approx(min(losses))
+
+
+def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    np.random.randn()  # leaves a cached Gaussian in numpy's state
+    path = tmp_path / "rng.pt"
+    torch.save(rng_state(), path)
+    expected = (random.random(), np.random.randn(), np.random.rand(), torch.rand(2))
+    set_rng_state(torch.load(path, weights_only=True))
+    got = (random.random(), np.random.randn(), np.random.rand(), torch.rand(2))
+    assert expected[:3] == got[:3] and torch.equal(expected[3], got[3])
+
+
+@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no native bf16 (the loop falls back to fp32)")
+def test_bf16_trains_channels_last(tmp_path):
+    cfg = toy_config(epochs=1, precision="bf16")
+    task = ToyTask(cfg)
+    fit(task, cfg, tmp_path)
+    assert task.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert json.loads((tmp_path / "run.json").read_text())["precision"] == "bf16"
+    assert float(read_log(tmp_path / "log.csv")[0]["val_acc"]) > 0.5
