@@ -558,6 +558,20 @@ def render_kernel(cam, look, walls, bld, wstart, witems, trees, tstart, titems, 
                     st = (hv - eye) / t
                     if st <= vout[k, v] and st < best:
                         best, hit, hz, kind = st, v, hv, K_VTOP
+            if kind == K_WALL or kind == K_ROOF or kind == K_GROUND:
+                # The grid walk used the nearest of the sampled azimuths; redo the winning intersection
+                # with this pixel's exact direction so depth and texture coordinates are exact.
+                pdx, pdy = math.sin(yaw + az[i, j]), math.cos(yaw + az[i, j])
+                if kind != K_GROUND:
+                    ex = walls[hit, W_X1] - walls[hit, W_X0]
+                    ey = walls[hit, W_Y1] - walls[hit, W_Y0]
+                    den = pdx * ey - pdy * ex
+                    if abs(den) > 1e-12:
+                        se = ((walls[hit, W_X0] - ox) * ey - (walls[hit, W_Y0] - oy) * ex) / den
+                        if se > 0.05 and abs(se - best) < 0.05 * best + 0.5:
+                            best = se
+                            hz = eye + t * se
+                dx, dy = pdx, pdy
             dist = best * hlen[i, j]
             # 3D unit view direction of this pixel.
             dzn = t / hlen[i, j]
