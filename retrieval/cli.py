@@ -220,6 +220,68 @@ def evaluate_cmd(
                f"acc@100m {m['acc@100m']:.1%}{extra}; wrote metrics.json, predictions.csv")
 
 
+# --- embedding, index, query -----------------------------------------------------------------------
+
+@train_app.command("embedding")
+def train_embedding_cmd(
+    data: Optional[Path] = DataOption,
+    positives: Optional[str] = typer.Option(None, "--positives", help="geodesic | euclidean (the ablation)."),
+    streets: Optional[str] = typer.Option(None, "--streets", help="Street graph: .osm/.osm.bz2/.graphml, "
+                                          "bbox:W,S,E,N or place:NAME (default: DATA/streets.graphml)."),
+    config: Optional[Path] = ConfigOption,
+    out: Optional[Path] = OutOption,
+    resume: bool = ResumeOption,
+    overrides: Optional[List[str]] = SetOption,
+):
+    """Geodesic metric learning: triplets by walking distance along the street graph."""
+    from retrieval.embedding import train_embedding
+
+    extra = [f"embedding.positives={positives}"] if positives else []
+    extra += [f"embedding.streets={streets}"] if streets else []
+    cfg, run_dir = _train_setup("embedding", data, config, out, resume, [*(overrides or []), *extra])
+    _echo_summary(train_embedding(cfg, run_dir, resume))
+
+
+@index_app.command("build")
+def index_build_cmd(
+    run: Path = typer.Option(..., "--run", help="A trained embedding run."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Photos to index (default: the run's data)."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="flat (exact) | ivfpq | hnsw."),
+    overrides: Optional[List[str]] = SetOption,
+):
+    """Embed the training photos and save a FAISS index with its sidecar in RUN/index."""
+    from retrieval.config import load_config
+    from retrieval.embedding import build_run_index
+
+    cfg = load_config(run / "config.yaml", [*(overrides or []), *([f"index.kind={kind}"] if kind else [])])
+    if data is not None:
+        cfg.data.train, cfg.data.test = str(data), ""
+    s = build_run_index(run, cfg)
+    typer.echo(f"indexed {s['photos']} photos ({s['kind']}, {s['dim']}-d) in {s['seconds']:.1f} s, "
+               f"{s['embed_images_per_s']:.1f} img/s: {run / 'index'}")
+
+
+@app.command("query")
+def query_cmd(
+    images: List[Path] = typer.Argument(..., help="Images or folders of images."),
+    run: Path = typer.Option(..., "--run", help="A trained embedding run with an index."),
+    k: Optional[int] = typer.Option(None, "--k", help="Neighbours that vote (default: the run's index.k)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+):
+    """Where was this photo taken? Prints lat, lon, confidence and the neighbours that voted."""
+    import json
+
+    from retrieval.query import format_answer, query, summary
+
+    answers = query(run, images, k)
+    if as_json:
+        typer.echo(json.dumps(answers, indent=2))
+    else:
+        for a in answers:
+            typer.echo(format_answer(a))
+        typer.echo(summary(answers))
+
+
 # --- the main job ----------------------------------------------------------------------------------
 
 @app.command("benchmark")

@@ -55,6 +55,18 @@ class Manifest:
         return f"{self.source}: {row}{self.paths[i]}"
 
 
+def concat_manifests(parts: list[Manifest]) -> Manifest:
+    """One manifest of several (e.g. train + val); headings are kept only if every part has them."""
+    if not parts:
+        raise ValueError("concat_manifests: nothing to concatenate")
+    heading = None
+    if all(p.heading is not None for p in parts):
+        heading = np.concatenate([p.heading for p in parts])
+    return Manifest(paths=[x for p in parts for x in p.paths], lat=np.concatenate([p.lat for p in parts]),
+                    lon=np.concatenate([p.lon for p in parts]), heading=heading, source=parts[0].source,
+                    rows=[r for p in parts for r in p.rows] if all(p.rows for p in parts) else [])
+
+
 def _check_image(path: Path) -> str | None:
     """Fully decode the image; returns the problem, or None when it is readable."""
     try:

@@ -59,6 +59,7 @@ class Predictions:
 PREDICTORS: dict[str, str | Callable] = {
     "cells": "baselines.cells:predict",
     "regression": "baselines.regression:predict",
+    "embedding": "retrieval.embedding:predict",
 }
 
 

@@ -1,0 +1,196 @@
+"""The main method: a ResNet-50 + GeM embedding trained with triplets whose positives and negatives are
+chosen by distance on the ground (walking distance along the streets, or straight-line for the ablation),
+then a FAISS index of the training photos and a k-NN vote to place a query.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from retrieval import GeolocError
+from retrieval.config import Config
+from retrieval.data import Manifest
+from retrieval.metrics import errors_m
+from retrieval.mining import PlaceBatchSampler, kept_photos, make_loss, make_miner
+from retrieval.models import embedding_net
+from retrieval.streets import photo_distances
+from retrieval.train import fit, infer, load_data, resolve_precision, seed_everything
+from retrieval.transforms import CachedImages, decode_images, test_transform, train_transform
+
+
+def street_source(cfg: Config) -> str:
+    """embedding.streets, else the street graph the renderer saved beside the data."""
+    if cfg.embedding.streets:
+        return cfg.embedding.streets
+    data = Path(cfg.data.train)
+    folder = data if data.is_dir() else data.parent
+    graph = folder / "streets.graphml"
+    return str(graph) if graph.is_file() else ""
+
+
+def ground_distances(cfg: Config, train: Manifest):
+    """Sparse distances between training photos up to neg_radius_m, by embedding.positives."""
+    e = cfg.embedding
+    if not e.pos_radius_m < e.neg_radius_m:
+        raise GeolocError(f"embedding.pos_radius_m ({e.pos_radius_m:g}) must be below neg_radius_m ({e.neg_radius_m:g})")
+    return photo_distances(train.lat, train.lon, e.neg_radius_m, e.positives, street_source(cfg), e.max_snap_m)
+
+
+def embed(model, images: list[torch.Tensor], cfg: Config, desc: str = "embed") -> np.ndarray:
+    precision = resolve_precision(cfg.train.precision)
+    return infer(model, images, test_transform(cfg.data), cfg.train.batch_size, precision, desc=desc).numpy()
+
+
+class EmbeddingTask:
+    kind = "embedding"
+    metric = "val_median_error_m"
+    maximize = False
+
+    def __init__(self, cfg: Config, splits: dict[str, Manifest]):
+        e = cfg.embedding
+        self.cfg, self.train = cfg, splits["train"]
+        self.dist = ground_distances(cfg, self.train)
+        self.excluded = int((~kept_photos(self.dist)).sum())
+        images = decode_images(self.train, cfg.data.resize, "decode train")
+        self.sampler = PlaceBatchSampler(self.dist, e.places_per_batch, e.photos_per_place, e.pos_radius_m,
+                                         e.neg_radius_m, seed=cfg.seed)
+        ds = CachedImages(images, torch.arange(len(images)), train_transform(cfg.data, cfg.augment))
+        self.train_loader = DataLoader(ds, batch_sampler=self.sampler, num_workers=cfg.data.num_workers,
+                                       persistent_workers=cfg.data.num_workers > 0)
+        self.images = images
+        self.model = embedding_net(cfg.model.weights, cfg.model.embed_dim,
+                                   cfg.model.lock_factor)
+        self.loss_fn, self.miner = make_loss(e), make_miner(e, self.dist)
+        self.val = splits.get("val")
+        if self.val is not None:
+            self.val_images = decode_images(self.val, cfg.data.resize, "decode val")
+
+    def loss(self, model, batch) -> torch.Tensor:
+        images, _, idx = batch
+        emb = model(images).float()
+        return self.loss_fn(emb, indices_tuple=self.miner(emb, idx))
+
+    def validate(self, model) -> dict[str, float]:
+        from retrieval.vote import locate
+
+        if self.val is None:
+            return {}
+        db = embed(model, self.images, self.cfg, "validate: database")
+        q = embed(model, self.val_images, self.cfg, "validate: queries")
+        sims = q @ db.T
+        k = min(self.cfg.index.k, len(db))
+        ids = np.argsort(-sims, axis=1)[:, :k]
+        lat, lon, _ = locate(self.train.lat[ids], self.train.lon[ids], np.take_along_axis(sims, ids, 1),
+                             self.cfg.index.vote, self.cfg.index.vote_radius_m)
+        err = errors_m(lat, lon, self.val.lat, self.val.lon)
+        return {"val_median_error_m": float(np.median(err)), "val_mean_error_m": float(np.mean(err))}
+
+    def info(self) -> dict:
+        e = self.cfg.embedding
+        return {"positives": e.positives, "streets": street_source(self.cfg), "loss": e.loss, "miner": e.miner,
+                "excluded_from_mining": self.excluded, "pairs_within_neg_radius": int(self.dist.nnz),
+                "batches_per_epoch": len(self.sampler)}
+
+
+def train_embedding(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+    splits = load_data(cfg)
+    seed_everything(cfg.seed)
+    t0 = time.perf_counter()
+    task = EmbeddingTask(cfg, splits)
+    info = task.info()
+    from tqdm import tqdm
+
+    tqdm.write(f"{info['positives']} distances in {time.perf_counter() - t0:.1f} s; "
+               f"{info['excluded_from_mining']} photos excluded from mining (too far from a street); "
+               f"{info['batches_per_epoch']} batches of {cfg.embedding.places_per_batch} places x "
+               f"{cfg.embedding.photos_per_place} photos per epoch")
+    return fit(task, cfg, run_dir, resume)
+
+
+# --- index and prediction --------------------------------------------------------------------------
+
+INDEX_DIR = "index"
+VOTE_MODES = ("pool", "top1", "weighted_mean")
+
+
+def load_model(run_dir: Path, cfg: Config):
+    """The run's embedding model (best.pt, else last.pt) and that checkpoint's sha256."""
+    from retrieval.index import sha256_file
+    from retrieval.train import load_trained
+
+    run_dir = Path(run_dir)
+    path = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
+    model = embedding_net("none", cfg.model.embed_dim)
+    load_trained(model, run_dir)
+    return model.eval(), sha256_file(path)
+
+
+def database(cfg: Config) -> Manifest:
+    """Every photo the model may learn from (train and validation) is a candidate neighbour."""
+    from retrieval.data import concat_manifests
+
+    splits = load_data(cfg)
+    return concat_manifests([splits[s] for s in ("train", "val") if s in splits])
+
+
+def build_run_index(run_dir: str | Path, cfg: Config, db: Manifest | None = None) -> dict:
+    """Embed the database photos with the run's model and save a FAISS index in RUN/index."""
+    from retrieval.index import Sidecar, build_index, save_index
+
+    run_dir = Path(run_dir)
+    db = db if db is not None else database(cfg)
+    model, sha = load_model(run_dir, cfg)
+    images = decode_images(db, cfg.data.resize, "decode database")
+    t0 = time.perf_counter()
+    emb = embed(model, images, cfg, "embed database")
+    embed_s = time.perf_counter() - t0
+    ix = cfg.index
+    index = build_index(emb, kind=ix.kind, nlist=ix.nlist, pq_m=ix.pq_m, hnsw_m=ix.hnsw_m, seed=cfg.seed,
+                        **({"nprobe": ix.nprobe} if ix.kind == "ivfpq" else {}))
+    save_index(run_dir / INDEX_DIR, index, Sidecar(paths=[str(p) for p in db.paths], lat=db.lat, lon=db.lon,
+                                                   dim=emb.shape[1], checkpoint_sha256=sha, kind=ix.kind))
+    return {"photos": len(db), "dim": int(emb.shape[1]), "kind": ix.kind,
+            "embed_images_per_s": round(len(db) / embed_s, 2), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def open_index(run_dir: Path, cfg: Config):
+    """Model, index and sidecar of a run, checked to belong together."""
+    from retrieval.index import load_index
+
+    model, sha = load_model(run_dir, cfg)
+    index, side = load_index(Path(run_dir) / INDEX_DIR, expected_checkpoint_hash=sha,
+                             expected_dim=cfg.model.embed_dim)
+    return model, index, side
+
+
+def predict(run_dir: Path, cfg: Config, test: Manifest):
+    """Test-photo locations by each vote mode (cfg.index.vote is the headline), plus recall@N within 25 m."""
+    from retrieval.evaluate import Predictions
+    from retrieval.index import search
+    from retrieval.metrics import error_metrics, recall_at_n
+    from retrieval.vote import locate
+
+    run_dir = Path(run_dir)
+    if not (run_dir / INDEX_DIR / "index.json").is_file():
+        build_run_index(run_dir, cfg)
+    model, index, side = open_index(run_dir, cfg)
+    q = embed(model, decode_images(test, cfg.data.resize, "decode test"), cfg, "embed test")
+    sims, ids = search(index, q, max(cfg.index.k, 10))
+    nb_lat, nb_lon = side.lat[ids], side.lon[ids]
+    nb_dist = errors_m(nb_lat, nb_lon, test.lat[:, None], test.lon[:, None])
+    nb_dist[ids < 0] = np.inf
+    k = cfg.index.k
+    modes = {}
+    for mode in VOTE_MODES:
+        lat, lon, conf = locate(nb_lat[:, :k], nb_lon[:, :k], sims[:, :k], mode, cfg.index.vote_radius_m)
+        modes[mode] = (lat, lon, conf)
+    lat, lon, conf = modes[cfg.index.vote]
+    metrics = {**recall_at_n(nb_dist, (1, 5, 10), 25.0), "vote": cfg.index.vote,
+               "vote_modes": {m: error_metrics(errors_m(a, b, test.lat, test.lon)) for m, (a, b, _) in modes.items()},
+               "median_confidence": float(np.median(conf))}
+    return Predictions(lat=lat, lon=lon, metrics=metrics, columns={"confidence": np.round(conf, 4)},
+                       arrays={"neighbour_ids": ids, "similarities": sims, "confidence": conf})

@@ -1,0 +1,77 @@
+"""Locate photos with a trained embedding run: embed, search the run's FAISS index, vote."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from retrieval import GeolocError
+from retrieval.config import load_run_config
+from retrieval.data import IMAGE_SUFFIXES, load_rgb
+from retrieval.geo import haversine_m
+
+
+def image_files(inputs: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not found:
+                raise GeolocError(f"{p}: no .jpg/.jpeg/.png images in this folder")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise GeolocError(f"{p}: no such image or folder")
+    return files
+
+
+def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list[dict]:
+    """One answer per image: lat, lon, confidence, the neighbours that voted, and the time it took
+    (decode to answer; loading the model and index once is not counted)."""
+    import torch
+
+    from retrieval.embedding import embed, open_index
+    from retrieval.index import search
+    from retrieval.transforms import to_cached
+    from retrieval.vote import locate
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    files = image_files(inputs)
+    k = k or cfg.index.k
+    model, index, side = open_index(run_dir, cfg)
+    torch.set_grad_enabled(False)
+    answers = []
+    for path in files:
+        t0 = time.perf_counter()
+        q = embed(model, [to_cached(load_rgb(path), cfg.data.resize)], cfg, "embed query")
+        sims, ids = search(index, q, k)
+        ok = ids[0] >= 0
+        sims, ids = sims[:, ok], ids[:, ok]
+        lat, lon, conf = locate(side.lat[ids], side.lon[ids], sims, cfg.index.vote, cfg.index.vote_radius_m)
+        ms = 1000 * (time.perf_counter() - t0)
+        dist = haversine_m(lat[0], lon[0], side.lat[ids[0]], side.lon[ids[0]])
+        answers.append({
+            "path": str(path), "lat": float(lat[0]), "lon": float(lon[0]), "confidence": float(conf[0]),
+            "vote": cfg.index.vote, "ms": round(ms, 1),
+            "neighbours": [{"path": side.paths[i], "lat": float(side.lat[i]), "lon": float(side.lon[i]),
+                            "similarity": float(s), "distance_m": float(d)}
+                           for i, s, d in zip(ids[0], sims[0], dist)],
+        })
+    return answers
+
+
+def format_answer(a: dict) -> str:
+    lines = [f"{a['path']}: {a['lat']:.6f}, {a['lon']:.6f}  confidence {a['confidence']:.2f}  "
+             f"({a['vote']} vote, {a['ms']:.0f} ms)"]
+    for n in a["neighbours"]:
+        lines.append(f"    {n['similarity']:.3f}  {n['lat']:.6f}, {n['lon']:.6f}  {n['distance_m']:7.0f} m  "
+                     f"{Path(n['path']).name}")
+    return "\n".join(lines)
+
+
+def summary(answers: list[dict]) -> str:
+    ms = np.array([a["ms"] for a in answers])
+    return f"{len(answers)} image(s), median {np.median(ms):.0f} ms per image"
