@@ -15,8 +15,8 @@ from retrieval import GeolocError
 
 @dataclass
 class DataConfig:
-    train: str = ""  # manifest CSV of training photos
-    test: str = ""  # manifest CSV of test photos (empty: split `train` spatially)
+    train: str = ""  # data folder (train.csv [val.csv] [test.csv]) or one manifest CSV (--data)
+    test: str = ""  # manifest CSV of test photos (empty: the folder's test.csv, or split `train` spatially)
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_gap_m: float = 25.0  # no held-out photo within this distance of a training photo
@@ -24,7 +24,7 @@ class DataConfig:
     skip_bad: bool = False
     image_size: int = 224
     resize: int = 256
-    num_workers: int = 2
+    num_workers: int = 0  # DataLoader processes; 0 measured as fast on 2 cores (benchmarks/RESULTS.md)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from retrieval import GeolocError
 from retrieval.config import Config
 from retrieval.data import Manifest, load_splits, read_manifest
+from retrieval.transforms import one_thread
 from retrieval.util import atomic_write, atomic_write_json, load_checkpoint, save_checkpoint
 
 
@@ -79,7 +80,8 @@ def infer(model: nn.Module, images: list[torch.Tensor], transform, batch_size: i
     outs = []
     with torch.inference_mode(), autocast(precision):
         for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-            x = torch.stack([transform(im) for im in images[start:start + batch_size]])
+            with one_thread():
+                x = torch.stack([transform(im) for im in images[start:start + batch_size]])
             outs.append(model(prepare_images(x, precision)).float())
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)

@@ -1,6 +1,7 @@
 """Both baselines trained and evaluated from the CLI on a tiny generated city (ResNet-50 at 32 px)."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from baselines.grids import Grid
 from baselines.regression import scale, unscale
 from retrieval import GeolocError
 from retrieval.cli import app
-from retrieval.config import load_run_config
+from retrieval.config import load_config, load_run_config
 from retrieval.geo import haversine_m
 from retrieval.train import load_data
 
@@ -140,3 +141,24 @@ def test_cli_errors_are_one_line(tmp_path, city):
     result = CliRunner().invoke(app, ["train", "cells", "--data", city, "--grid", "hexagon", "--out",
                                       tmp_path / "x", *FAST])
     assert isinstance(result.exception, GeolocError) and "hexagon" in str(result.exception)
+
+
+STUDY_CONFIGS = sorted(p for pattern in ("cells_*.yaml", "regression*.yaml")
+                       for p in (Path(__file__).resolve().parents[1] / "configs").glob(pattern))
+
+
+@pytest.mark.parametrize("path", STUDY_CONFIGS, ids=lambda p: p.stem)
+def test_study_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    assert cfg.data.image_size == 224 and cfg.train.epochs == 25 and cfg.train.lr == 0.001
+    assert cfg.train.lr_decay == 0.99 and cfg.train.momentum == 0.9
+    assert cfg.model.weights in ("imagenet", "places365:resnet50_places365.pth.tar")
+
+
+def test_study_configs_cover_the_experiments():
+    names = {p.stem for p in STUDY_CONFIGS}
+    assert {"cells_voronoi", "cells_square", "cells_voronoi_places365", "cells_voronoi_noaug",
+            "regression"} <= names
+    locks = {load_config(p).model.lock_factor for p in STUDY_CONFIGS}
+    assert {0.0, 0.3, 0.5, 0.7, 0.9} <= locks
