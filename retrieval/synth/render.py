@@ -141,21 +141,23 @@ def _frac(x):
 
 
 @njit(cache=True)
-def _sky(dx, dy, dz, look, out, disk=1.0):
+def _sky(dx, dy, dz, look, sun, out, disk=1.0):
     """Sky colour seen along unit direction (dx, dy, dz): gradient, sun glow, clouds. disk=0 leaves out
     the sun's disc (reflections in glass would otherwise show it as a blinding blob)."""
     norm = math.sqrt(dx * dx + dy * dy + dz * dz)
     dx, dy, dz = dx / norm, dy / norm, dz / norm
     up = max(dz, 0.0)
-    g = 1.0 - (1.0 - up) ** 3
-    sa, se = look[L_SUN_AZ], look[L_SUN_EL]
-    sx, sy, sz = math.sin(sa) * math.cos(se), math.cos(sa) * math.cos(se), math.sin(se)
-    cosang = dx * sx + dy * sy + dz * sz
-    glow = max(cosang, 0.0) ** 24 * 0.45 * disk + max(cosang, 0.0) ** 600 * 2.0 * disk
+    g = 1.0 - (1.0 - up) * (1.0 - up) * (1.0 - up)
+    cosang = dx * sun[0] + dy * sun[1] + dz * sun[2]
+    glow = 0.0
+    if cosang > 0.8:  # below, the glow is under half a percent
+        glow = cosang ** 24 * 0.45 * disk
+        if cosang > 0.99:
+            glow += cosang ** 600 * 2.0 * disk
     for c in range(3):
         out[c] = look[L_HOR_R + c] * (1 - g) + look[L_ZEN_R + c] * g + glow * look[L_SUN_R + c]
     cover = look[L_CLOUDS]
-    if cover > 0 and dz > 0.02:
+    if cover > 0 and dz > 0.02 and disk == 1.0:  # reflections show the sky's gradient, not its clouds
         px, py = dx / dz * 2.0, dy / dz * 2.0
         seed = np.int64(look[L_SEED])
         n = 0.55 * _noise(px, py, seed) + 0.3 * _noise(px * 2.3, py * 2.3, seed + 1) \
@@ -351,6 +353,58 @@ def _shade_wall(bld, b, u, z, fp, look, sky):
 
 
 @njit(cache=True)
+def _in_shadow(px, py, z0, sx, sy, tan_el, walls, bld, wstart, witems, cell, nx, ny, cell_hmax, hmax):
+    """Does a wall stand between the point (px, py, z0) and the sun? A 2D grid walk towards the sun,
+    skipping cells whose walls are all lower than the sun ray there."""
+    if tan_el <= 0:
+        return True
+    qmax = min((hmax - z0) / tan_el, 250.0)
+    if qmax <= 0:
+        return False
+    i = int(math.floor(px / cell))
+    j = int(math.floor(py / cell))
+    step_i = 1 if sx > 0 else -1
+    step_j = 1 if sy > 0 else -1
+    big = 1e30
+    tdx = abs(cell / sx) if sx != 0 else big
+    tdy = abs(cell / sy) if sy != 0 else big
+    tmx = (((i + 1) * cell - px) / sx if sx > 0 else (i * cell - px) / sx) if sx != 0 else big
+    tmy = (((j + 1) * cell - py) / sy if sy > 0 else (j * cell - py) / sy) if sy != 0 else big
+    q_in = 0.0
+    while q_in < qmax and 0 <= i < nx and 0 <= j < ny:
+        q_out = min(tmx, tmy)
+        c = j * nx + i
+        if cell_hmax[c] > z0 + q_in * tan_el:
+            for q in range(wstart[c], wstart[c + 1]):
+                w = witems[q]
+                ex = walls[w, W_X1] - walls[w, W_X0]
+                ey = walls[w, W_Y1] - walls[w, W_Y0]
+                den = sx * ey - sy * ex
+                if abs(den) < 1e-12:
+                    continue
+                wx = walls[w, W_X0] - px
+                wy = walls[w, W_Y0] - py
+                s = (wx * ey - wy * ex) / den
+                if s < 0.03 or s < q_in - 1e-9 or s > q_out + 1e-9:
+                    continue
+                v = (wx * sy - wy * sx) / den
+                if v < 0.0 or v > 1.0:
+                    continue
+                b = int(walls[w, W_BLD])
+                zq = z0 + s * tan_el
+                if bld[b, B_MINH] <= zq <= bld[b, B_HEIGHT]:
+                    return True
+        q_in = q_out
+        if tmx < tmy:
+            tmx += tdx
+            i += step_i
+        else:
+            tmy += tdy
+            j += step_j
+    return False
+
+
+@njit(cache=True)
 def _on_mark(x, y, marks, mstart, mitems, cell, nx, ny, half_width):
     i, j = int(x / cell), int(y / cell)
     if not (0 <= i < nx and 0 <= j < ny):
@@ -395,9 +449,11 @@ def _shade_ground(m, x, y, fp):
 
 
 @njit(cache=True)
-def render_kernel(cam, look, walls, bld, wstart, witems, trees, tstart, titems, cell, nx, ny,
-                  ground, road_soft, marks, mstart, mitems, gres, vehicles, img, depth):
-    """Fill img (H, W, 3 float32, linear 0..1) and depth (H, W float32, metres along the ray; inf = sky)."""
+def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstart, titems, cell, nx, ny,
+                  ground, road_soft, marks, mstart, mitems, gres, vehicles, img, depth, pix, ray, hs, hw, hf):
+    """Fill img (H, W, 3, linear 0..1) and depth (H, W, metres along the ray; inf = sky). pix (5, H, W),
+    ray (H, W) and hs/hw/hf (2W, MAX_WALL_HITS) are scratch buffers, reused between images: fresh
+    megabytes per image would cost more in page faults than some of the shading."""
     H, W = img.shape[0], img.shape[1]
     ox, oy, eye = cam[0], cam[1], cam[2]
     yaw, pitch, roll, fov = cam[3], cam[4], cam[5], cam[6]
@@ -411,36 +467,35 @@ def render_kernel(cam, look, walls, bld, wstart, witems, trees, tstart, titems, 
     ux, uy, uz = -sr * rx0 + cr * ux0, -sr * ry0 + cr * uy0, cr * uz0
     tanh = math.tan(fov * 0.5)
     pa = 2 * tanh / W  # radians per pixel at the centre
-    az = np.empty((H, W))
-    slope = np.empty((H, W))
-    hlen = np.empty((H, W))
+    # Rays are spaced evenly in tan(azimuth) relative to the heading: no trigonometry per pixel.
+    fhx, fhy = math.sin(yaw), math.cos(yaw)
+    taz, pdxs, pdys, slope, hlen = pix[0], pix[1], pix[2], pix[3], pix[4]
     amin, amax = 1e9, -1e9
     for i in range(H):
+        py = (1 - (i + 0.5) / H * 2) * tanh * H / W
         for j in range(W):
             px = ((j + 0.5) / W * 2 - 1) * tanh
-            py = (1 - (i + 0.5) / H * 2) * tanh * H / W
             dx = fx + px * rx + py * ux
             dy = fy + px * ry + py * uy
             dz = fz + px * rz + py * uz
             hl = math.sqrt(dx * dx + dy * dy)
-            a = math.atan2(dx * rx0 + dy * ry0, dx * math.sin(yaw) + dy * math.cos(yaw))
-            az[i, j] = a
-            slope[i, j] = dz / hl
-            hlen[i, j] = math.sqrt(1 + (dz / hl) ** 2)
+            a = (dx * rx0 + dy * ry0) / max(dx * fhx + dy * fhy, 1e-6)
+            taz[i, j] = a
+            pdxs[i, j] = dx / hl
+            pdys[i, j] = dy / hl
+            t = dz / hl
+            slope[i, j] = t
+            hlen[i, j] = math.sqrt(1 + t * t)
             amin = min(amin, a)
             amax = max(amax, a)
     NR = 2 * W
     da = (amax - amin) / NR + 1e-12
-    ray = np.empty((H, W), np.int64)
     tmax = np.full(NR, -1e9)
     for i in range(H):
         for j in range(W):
-            k = min(int((az[i, j] - amin) / da), NR - 1)
+            k = min(int((taz[i, j] - amin) / da), NR - 1)
             ray[i, j] = k
             tmax[k] = max(tmax[k], slope[i, j])
-    hs = np.empty((NR, MAX_WALL_HITS))
-    hw = np.empty((NR, MAX_WALL_HITS), np.int64)
-    hf = np.empty((NR, MAX_WALL_HITS), np.int64)
     nh = np.zeros(NR, np.int64)
     ts = np.empty((NR, MAX_TREE_HITS))
     tid = np.empty((NR, MAX_TREE_HITS), np.int64)
@@ -454,8 +509,10 @@ def render_kernel(cam, look, walls, bld, wstart, witems, trees, tstart, titems, 
     rdy = np.empty(NR)
     smax = look[L_MAXDIST]
     for k in range(NR):
-        a = yaw + amin + (k + 0.5) * da
-        dx, dy = math.sin(a), math.cos(a)
+        a = amin + (k + 0.5) * da
+        dx, dy = fhx + a * rx0, fhy + a * ry0
+        norm = math.sqrt(dx * dx + dy * dy)
+        dx, dy = dx / norm, dy / norm
         rdx[k], rdy[k] = dx, dy
         lim = smax
         if tmax[k] < 0:
@@ -493,9 +550,18 @@ def render_kernel(cam, look, walls, bld, wstart, witems, trees, tstart, titems, 
     sunx, suny = math.sin(sa), math.cos(sa)
     sun_up = math.sin(se)
     sun_h = math.cos(se)
+    tan_el = math.tan(se)
+    hmax = 0.0
+    for b in range(bld.shape[0]):
+        hmax = max(hmax, bld[b, B_HEIGHT])
     sky = np.empty(3)
-    skyup = np.empty(3)
-    _sky(0.0, 0.0, 1.0, look, skyup)
+    sunv = np.array([sunx * sun_h, suny * sun_h, sun_up])
+    # A far skyline on the horizon, the same from everywhere (like distant hills or towers).
+    sil = np.empty(NR)
+    for k in range(NR):
+        azd = ((yaw + math.atan(amin + (k + 0.5) * da)) % (2 * math.pi)) * 40.0
+        sil[k] = 0.012 + 0.03 * _noise(azd * 0.15, 0.5, 99) * (_hash(math.floor(azd), 1, 98) > 0.35) \
+            + 0.02 * _noise(azd * 0.03, 0.5, 97)
     for i in range(H):
         for j in range(W):
             k = ray[i, j]
@@ -561,7 +627,7 @@ def render_kernel(cam, look, walls, bld, wstart, witems, trees, tstart, titems, 
             if kind == K_WALL or kind == K_ROOF or kind == K_GROUND:
                 # The grid walk used the nearest of the sampled azimuths; redo the winning intersection
                 # with this pixel's exact direction so depth and texture coordinates are exact.
-                pdx, pdy = math.sin(yaw + az[i, j]), math.cos(yaw + az[i, j])
+                pdx, pdy = pdxs[i, j], pdys[i, j]
                 if kind != K_GROUND:
                     ex = walls[hit, W_X1] - walls[hit, W_X0]
                     ey = walls[hit, W_Y1] - walls[hit, W_Y0]
@@ -578,14 +644,10 @@ def render_kernel(cam, look, walls, bld, wstart, witems, trees, tstart, titems, 
             dxn, dyn = dx / hlen[i, j], dy / hlen[i, j]
             fp = dist * pa
             if kind == K_SKY:
-                _sky(dxn, dyn, dzn, look, sky)
+                _sky(dxn, dyn, dzn, look, sunv, sky)
                 r, g, bl = sky[0], sky[1], sky[2]
-                # A far skyline on the horizon, the same from everywhere (like distant hills or towers).
-                azd = math.atan2(dxn, dyn) * 40.0
-                sil = 0.012 + 0.03 * _noise(azd * 0.15, 0.5, 99) * (_hash(math.floor(azd), 1, 98) > 0.35) \
-                    + 0.02 * _noise(azd * 0.03, 0.5, 97)
-                if dzn < sil:
-                    a = 0.55 + 0.15 * (dzn / sil)
+                if dzn < sil[k]:
+                    a = 0.55 + 0.15 * (dzn / sil[k])
                     r = r * a + (1 - a) * look[L_ZEN_R] * 0.5
                     g = g * a + (1 - a) * look[L_ZEN_G] * 0.5
                     bl = bl * a + (1 - a) * look[L_ZEN_B] * 0.55
@@ -606,10 +668,14 @@ def render_kernel(cam, look, walls, bld, wstart, witems, trees, tstart, titems, 
                     # Reflection of the sky in glass: mirrored view direction about the wall normal.
                     nxw, nyw = walls[hit, W_NX], walls[hit, W_NY]
                     dn = dxn * nxw + dyn * nyw
-                    _sky(dxn - 2 * dn * nxw, dyn - 2 * dn * nyw, abs(dzn) + 0.15, look, sky, 0.2)
+                    _sky(dxn - 2 * dn * nxw, dyn - 2 * dn * nyw, abs(dzn) + 0.15, look, sunv, sky, 0.2)
                     r, g, bl, light = _shade_wall(bld, b, u, hz, fp, look, sky)
                     if light > 0:
                         diff = max(0.0, nxw * sunx + nyw * suny) * sun_h
+                        if diff > 0 and _in_shadow(ox + dx * best + nxw * 0.05, oy + dy * best + nyw * 0.05, hz,
+                                                   sunx, suny, tan_el, walls, bld, wstart, witems, cell, nx, ny,
+                                                   cell_hmax, hmax):
+                            diff = 0.0
                         ao = 0.72 + 0.28 * min(1.0, hz / 1.8)
                         r *= (look[L_AMB_R] + look[L_SUN_R] * diff) * ao
                         g *= (look[L_AMB_G] + look[L_SUN_G] * diff) * ao
@@ -643,14 +709,18 @@ def render_kernel(cam, look, walls, bld, wstart, witems, trees, tstart, titems, 
                         elif m == ROAD:
                             m = PAVEMENT
                 if m == WATER:
-                    _sky(dxn, dyn, -dzn, look, sky, 0.3)
+                    _sky(dxn, dyn, -dzn, look, sunv, sky, 0.3)
                     wv = 0.85 + 0.2 * _noise(x * 1.5, y * 0.4, seed)
                     r, g, bl = sky[0] * 0.55 * wv + 0.03, sky[1] * 0.6 * wv + 0.06, sky[2] * 0.6 * wv + 0.07
                 else:
                     r, g, bl = _shade_ground(m, x, y, fp)
-                    r *= look[L_AMB_R] + look[L_SUN_R] * sun_up
-                    g *= look[L_AMB_G] + look[L_SUN_G] * sun_up
-                    bl *= look[L_AMB_B] + look[L_SUN_B] * sun_up
+                    sun_k = sun_up
+                    if best < 160.0 and _in_shadow(x, y, 0.0, sunx, suny, tan_el, walls, bld, wstart, witems,
+                                                   cell, nx, ny, cell_hmax, hmax):
+                        sun_k = 0.0
+                    r *= look[L_AMB_R] + look[L_SUN_R] * sun_k
+                    g *= look[L_AMB_G] + look[L_SUN_G] * sun_k
+                    bl *= look[L_AMB_B] + look[L_SUN_B] * sun_k
             elif kind == K_TREE:
                 x, y = ox + dx * best, oy + dy * best
                 cx, cy, cz = trees[hit, T_X], trees[hit, T_Y], trees[hit, T_Z]
@@ -683,7 +753,7 @@ def render_kernel(cam, look, walls, bld, wstart, witems, trees, tstart, titems, 
                     else:
                         band = hv - 0.55 < hz < hv - 0.08 and abs(u) < hl - 0.35
                     if band:
-                        _sky(dxn, dyn, abs(dzn) + 0.2, look, sky, 0.0)
+                        _sky(dxn, dyn, abs(dzn) + 0.2, look, sunv, sky, 0.0)
                         r, g, bl = 0.05 + 0.3 * sky[0], 0.06 + 0.3 * sky[1], 0.07 + 0.3 * sky[2]
                     elif hz < 0.7 and f >= 2 and (abs(u - (hl - 0.9)) < 0.36 or abs(u + hl - 0.9) < 0.36):
                         r, g, bl = 0.04, 0.04, 0.045
@@ -715,23 +785,28 @@ def render_kernel(cam, look, walls, bld, wstart, witems, trees, tstart, titems, 
             img[i, j, 0], img[i, j, 1], img[i, j, 2] = r, g, bl
 
 
+GAMMA_LUT = np.round(np.linspace(0, 1, 4096) ** (1 / 1.15) * 255).astype(np.uint8)  # a mild tone curve
+
+
 @njit(cache=True)
-def finish_kernel(img, look, out):
-    """Exposure, white balance, vignetting, sensor noise; to 8 bits."""
+def finish_kernel(img, look, lut, out):
+    """Exposure, white balance, vignetting, sensor noise; to 8 bits through the tone curve."""
     H, W = img.shape[0], img.shape[1]
     seed = np.int64(look[L_SEED])
     sigma = look[L_NOISE]
-    gains = (look[L_EXPOSURE] * look[L_WB_R], look[L_EXPOSURE], look[L_EXPOSURE] * look[L_WB_B])
+    top = lut.shape[0] - 1
+    g0 = look[L_EXPOSURE] * look[L_WB_R] * top
+    g1 = look[L_EXPOSURE] * top
+    g2 = look[L_EXPOSURE] * look[L_WB_B] * top
     for i in range(H):
+        yy = (i + 0.5) / H * 2 - 1
         for j in range(W):
-            yy = (i + 0.5) / H * 2 - 1
             xx = (j + 0.5) / W * 2 - 1
             v = 1.0 - look[L_VIGNETTE] * (xx * xx + yy * yy) * 0.5
-            n = (_hash(i, j, seed) + _hash(j, i, seed + 1) - 1.0) * sigma * 2.45
-            for c in range(3):
-                x = img[i, j, c] * gains[c] * v + n
-                x = min(max(x, 0.0), 1.0) ** (1 / 1.15)
-                out[i, j, c] = np.uint8(x * 255.0 + 0.5)
+            n = (_hash(i, j, seed) + _hash(j, i, seed + 1) - 1.0) * sigma * 2.45 * top
+            out[i, j, 0] = lut[min(max(int(img[i, j, 0] * g0 * v + n + 0.5), 0), top)]
+            out[i, j, 1] = lut[min(max(int(img[i, j, 1] * g1 * v + n + 0.5), 0), top)]
+            out[i, j, 2] = lut[min(max(int(img[i, j, 2] * g2 * v + n + 0.5), 0), top)]
 
 
 class Renderer:
@@ -740,19 +815,25 @@ class Renderer:
     def __init__(self, world: World):
         self.world = world
         g, tg = world.wall_grid, world.tree_grid
-        self._args = (world.walls, world.buildings, g.start, g.items, world.trees, tg.start, tg.items,
+        self._args = (world.walls, world.buildings, g.start, g.items, world.cell_hmax, world.trees, tg.start, tg.items,
                       float(g.cell), int(g.nx), int(g.ny), world.ground, world.road_soft, world.marks,
                       world.mark_grid.start, world.mark_grid.items,
                       float(world.ground_res))
+        self._buffers: dict = {}
 
     def render(self, cam: Camera, look: Look, with_depth: bool = False):
         """uint8 (H, W, 3) image; with_depth also returns float32 depth in metres (inf for sky)."""
-        img = np.empty((cam.height, cam.width, 3), np.float64)
-        depth = np.empty((cam.height, cam.width), np.float32)
+        H, W = cam.height, cam.width
+        if (H, W) not in self._buffers:
+            self._buffers[(H, W)] = (
+                np.empty((H, W, 3)), np.empty((H, W), np.float32), np.empty((5, H, W)),
+                np.empty((H, W), np.int64), np.empty((2 * W, MAX_WALL_HITS)),
+                np.empty((2 * W, MAX_WALL_HITS), np.int64), np.empty((2 * W, MAX_WALL_HITS), np.int64))
+        img, depth, *scratch = self._buffers[(H, W)]
         c = np.array([cam.x, cam.y, cam.eye, math.radians(cam.heading), math.radians(cam.pitch),
                       math.radians(cam.roll), math.radians(cam.fov)])
         veh = np.ascontiguousarray(look.vehicles, dtype=np.float64).reshape(-1, 11)
-        render_kernel(c, look.params, *self._args, veh, img, depth)
-        out = np.empty((cam.height, cam.width, 3), np.uint8)
-        finish_kernel(img, look.params, out)
-        return (out, depth) if with_depth else out
+        render_kernel(c, look.params, *self._args, veh, img, depth, *scratch)
+        out = np.empty((H, W, 3), np.uint8)
+        finish_kernel(img, look.params, GAMMA_LUT, out)
+        return (out, depth.copy()) if with_depth else out

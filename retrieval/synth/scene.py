@@ -77,6 +77,7 @@ class World:
     buildings: np.ndarray
     trees: np.ndarray
     wall_grid: Grid
+    cell_hmax: np.ndarray  # tallest wall top in each grid cell: lets shadow rays skip low cells
     tree_grid: Grid
     ground: np.ndarray  # uint8 materials, row 0 at y = 0 (south)
     road_soft: np.ndarray  # uint8 blurred road mask: its bilinear 50% contour is a smooth kerb line
@@ -252,6 +253,10 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
                             np.maximum(walls[:, 0], walls[:, 2]), np.maximum(walls[:, 1], walls[:, 3]),
                             np.arange(len(walls)), GRID_CELL_M, nx, ny)
 
+    owner = np.repeat(np.arange(nx * ny), np.diff(wall_grid.start))
+    cell_hmax = np.zeros(nx * ny)
+    np.maximum.at(cell_hmax, owner, bld[walls[wall_grid.items, W_BLD].astype(np.int64), B_HEIGHT])
+
     # Ground raster, painted back to front: pavement, green, water, roads, markings, footprints.
     gw, gh = int(math.ceil(w / GROUND_RES_M)), int(math.ceil(h / GROUND_RES_M))
     img = Image.new("L", (gw, gh), PAVEMENT)
@@ -329,7 +334,7 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
     tree_grid = _build_grid(tr[:, T_X] - tr[:, T_R], tr[:, T_Y] - tr[:, T_R], tr[:, T_X] + tr[:, T_R],
                             tr[:, T_Y] + tr[:, T_R], np.arange(len(tr)), GRID_CELL_M, nx, ny)
     return World(origin=(float(xmin), float(ymin)), size=(float(w), float(h)), walls=walls, buildings=bld,
-                 trees=tr, wall_grid=wall_grid, tree_grid=tree_grid, ground=ground, road_soft=road_soft, marks=marks, mark_grid=mark_grid, ground_res=GROUND_RES_M,
+                 trees=tr, wall_grid=wall_grid, cell_hmax=cell_hmax, tree_grid=tree_grid, ground=ground, road_soft=road_soft, marks=marks, mark_grid=mark_grid, ground_res=GROUND_RES_M,
                  footprints=foot, footprint_polys=polys, streets=streets_local)
 
 
