@@ -16,6 +16,7 @@ from retrieval.synth.render import BUS, CAR, VAN, Camera, Look, Renderer, sample
 from retrieval.synth.scene import CAMERA_HIGHWAYS, PAVED_AS_STREET, World
 
 CLEARANCE_M = 0.8  # a camera keeps this far from any wall
+TREE_CLEARANCE_M = 1.5  # and this far from a tree's centre
 CAR_COLOURS = [(0.75, 0.75, 0.76), (0.08, 0.08, 0.09), (0.93, 0.93, 0.92), (0.55, 0.06, 0.06),
                (0.10, 0.20, 0.45), (0.35, 0.36, 0.38), (0.60, 0.62, 0.64), (0.15, 0.30, 0.18)]
 
@@ -58,10 +59,13 @@ def _tangent(line, d: float) -> tuple[float, float, float, float]:
     return p.x, p.y, tx / n, ty / n
 
 
-def _clear(world: World, x: float, y: float, radius: float) -> bool:
+def _clear(world: World, trunks, x: float, y: float, radius: float) -> bool:
+    """Inside the scene, `radius` from every building and not hugging a tree trunk."""
     from shapely.geometry import Point
 
     if not (radius < x < world.size[0] - radius and radius < y < world.size[1] - radius):
+        return False
+    if trunks is not None and trunks.query_ball_point((x, y), TREE_CLEARANCE_M):
         return False
     return len(world.footprints.query(Point(x, y).buffer(radius, 8), predicate="intersects")) == 0
 
@@ -105,7 +109,10 @@ def sample_views(world: World, split: str, n: int | None, spacing_m: float | Non
     """Training cameras ('train'): about one per spacing_m metres along all streets (or n in total);
     test cameras: n independent uniform positions. Random heading; lateral offset inside the
     carriageway; never inside or against a building."""
+    from scipy.spatial import cKDTree
+
     streets = Streets(world)
+    trunks = cKDTree(world.trees[:, :2]) if len(world.trees) else None
     rng = np.random.default_rng([seed, {"train": 1, "test": 2}.get(split, 3)])
     if split == "train":
         if n is not None:
@@ -130,7 +137,7 @@ def sample_views(world: World, split: str, n: int | None, spacing_m: float | Non
         half = max(width / 2 - (0.5 if hw in PAVED_AS_STREET else 1.0), 0.0)
         for lateral in (rng.uniform(-half, half), 0.0):
             cx, cy = x + ty * lateral, y - tx * lateral
-            if _clear(world, cx, cy, CLEARANCE_M):
+            if _clear(world, trunks, cx, cy, CLEARANCE_M):
                 break
         else:
             if anchors is not None:

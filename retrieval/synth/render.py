@@ -16,7 +16,7 @@ from numba import njit
 from retrieval.synth.scene import (
     B_AB, B_AG, B_AR, B_B, B_FLOOR, B_G, B_GROUND, B_HEIGHT, B_MINH, B_R, B_SEED, B_SHOP, B_SPACING,
     B_STYLE, B_TB, B_TG, B_TR, B_WINH, B_WINW, CLASSICAL, CURTAIN, FOOTPRINT, GRASS, HOUSE, INDUSTRIAL,
-    MARKING, PAVEMENT, PAVING, ROAD, T_CB, T_CG, T_CR, T_R, T_RZ, T_SEED, T_TRUNK, T_X, T_Y, T_Z, W_BLD, W_LEN, W_NX,
+    MARKING, OPEN, PAVEMENT, PAVING, ROAD, T_CB, T_CG, T_CR, T_R, T_RZ, T_SEED, T_TRUNK, T_X, T_Y, T_Z, W_BLD, W_LEN, W_NX,
     W_NY, W_U0, W_X0, W_X1, W_Y0, W_Y1, WATER, World,
 )
 
@@ -440,6 +440,12 @@ def _shade_ground(m, x, y, fp):
         if fp < 0.15 and (_frac(x * 3.3) < 0.08 or _frac(y * 1.65) < 0.08):
             joint = 0.85
         return 0.62 * n * joint, 0.56 * n * joint, 0.48 * n * joint
+    if m == OPEN:
+        # Unmapped ground between streets: worn gravel with patches of dry grass.
+        n = _noise(x * 0.15, y * 0.15, 15) * 0.7 + _noise(x * 0.9, y * 0.9, 16) * 0.3
+        k = 0.85 + 0.2 * _hash(math.floor(x * 5), math.floor(y * 5), 5)
+        a = min(max((n - 0.45) * 4.0, 0.0), 1.0)
+        return (0.46 * (1 - a) + 0.30 * a) * k, (0.43 * (1 - a) + 0.36 * a) * k, (0.37 * (1 - a) + 0.18 * a) * k
     # Pavement slabs (also what shows of footprints through gaps).
     n = 0.9 + 0.12 * _noise(x * 0.5, y * 0.5, 14)
     joint = 1.0

@@ -16,7 +16,8 @@ GRID_CELL_M = 10.0
 MAX_SCENE_SIDE_M = 12_000.0
 
 # Ground materials in the raster.
-PAVEMENT, ROAD, MARKING, GRASS, WATER, FOOTPRINT, PAVING = range(7)  # MARKING: shader only
+PAVEMENT, ROAD, MARKING, GRASS, WATER, FOOTPRINT, PAVING, OPEN = range(8)  # MARKING: shader only
+SIDEWALK_M = 3.0
 
 # Building columns (one row per building).
 B_HEIGHT, B_MINH, B_R, B_G, B_B, B_STYLE, B_FLOOR, B_SPACING, B_WINW, B_WINH, B_GROUND, B_AR, B_AG, B_AB, \
@@ -257,9 +258,10 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
     cell_hmax = np.zeros(nx * ny)
     np.maximum.at(cell_hmax, owner, bld[walls[wall_grid.items, W_BLD].astype(np.int64), B_HEIGHT])
 
-    # Ground raster, painted back to front: pavement, green, water, roads, markings, footprints.
+    # Ground raster, painted back to front: unmapped open ground, green, water, sidewalks, roads,
+    # footprints.
     gw, gh = int(math.ceil(w / GROUND_RES_M)), int(math.ceil(h / GROUND_RES_M))
-    img = Image.new("L", (gw, gh), PAVEMENT)
+    img = Image.new("L", (gw, gh), OPEN)
     draw = ImageDraw.Draw(img)
 
     def px(coords):
@@ -271,19 +273,20 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
             if g.geom_type == "Polygon" and not g.is_empty:
                 draw.polygon(px(g.exterior.coords), fill=value)
                 for hole in g.interiors:
-                    draw.polygon(px(hole.coords), fill=PAVEMENT)
+                    draw.polygon(px(hole.coords), fill=OPEN)
 
     green_local = [local(g) for g in green]
     for g in green_local:
         fill(g, GRASS)
     for g in water:
         fill(local(g), WATER)
-    streets_local = []
-    for line, hw, width, tunnel in sorted(streets, key=lambda s: s[2]):
-        line = local(line)
-        if tunnel:
-            continue
-        streets_local.append((line, hw, width))
+    streets_local = [(local(line), hw, width) for line, hw, width, tunnel in sorted(streets, key=lambda s: s[2])
+                     if not tunnel]
+    for line, hw, width in streets_local:
+        if hw not in PAVED_AS_STREET:
+            draw.line(px(line.coords), fill=PAVEMENT, width=int(round((width + 2 * SIDEWALK_M) / GROUND_RES_M)),
+                      joint="curve")
+    for line, hw, width in streets_local:
         draw.line(px(line.coords), fill=PAVING if hw in PAVED_AS_STREET else ROAD,
                   width=max(1, int(round(width / GROUND_RES_M))), joint="curve")
     dashes = []
