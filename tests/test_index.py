@@ -1,0 +1,149 @@
+import json
+
+import numpy as np
+import pytest
+
+from retrieval import GeolocError
+from retrieval.index import (ARRAYS_FILE, INDEX_FILE, META_FILE, Sidecar, build_index, load_index, save_index,
+                             search, sha256_file)
+
+D = 32
+
+
+def unit(n, seed=0, d=D):
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute(x, q, k):
+    sims = q.astype(np.float64) @ x.T.astype(np.float64)
+    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, ids, 1), ids
+
+
+def sidecar_for(x, ckpt="ab" * 32, kind="flat"):
+    n = len(x)
+    return Sidecar(paths=[f"images/{i:05d}.jpg" for i in range(n)], lat=51.5 + np.arange(n) * 1e-5,
+                   lon=-0.1 - np.arange(n) * 1e-5, dim=x.shape[1], checkpoint_sha256=ckpt, kind=kind)
+
+
+def test_flat_search_equals_numpy_brute_force():
+    x, q = unit(3000), unit(50, seed=1)
+    sims, ids = search(build_index(x, progress=False), q, k=10)
+    ref_sims, ref_ids = brute(x, q, 10)
+    assert ids.dtype == np.int64 and ids.shape == (50, 10)
+    assert np.array_equal(ids, ref_ids)
+    assert np.allclose(sims, ref_sims, atol=1e-5)
+    # k larger than the index: every photo, in order
+    sims, ids = search(build_index(x[:7], progress=False), q, k=10)
+    assert ids.shape == (50, 7) and np.array_equal(ids, brute(x[:7], q, 7)[1])
+
+
+@pytest.mark.parametrize("kind,params", [
+    ("ivfpq", dict(nlist=8, pq_m=8, refine="flat", nprobe=8, k_factor=300)),
+    ("ivfpq", dict(nlist=8, pq_m=8, refine="sq8", nprobe=8, k_factor=300)),
+    ("hnsw", dict(hnsw_m=16, ef_search=256)),
+])
+def test_approximate_indexes_find_the_exact_neighbours_when_searched_widely(kind, params):
+    # every list probed and enough candidates re-ranked: the approximate index must return the exact answer
+    x, q = unit(3000), unit(40, seed=1)
+    _, ids = search(build_index(x, kind, progress=False, **params), q, k=10)
+    _, ref = brute(x, q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ref)])
+    assert recall >= (1.0 if params.get("refine") == "flat" else 0.97)
+
+
+def test_pq_alone_ranks_worse_than_with_refinement():
+    x, q = unit(3000), unit(40, seed=1)
+    _, ref = brute(x, q, 10)
+
+    def recall(refine):
+        _, ids = search(build_index(x, "ivfpq", nlist=8, pq_m=8, refine=refine, nprobe=8, k_factor=16,
+                                    progress=False), q, 10)
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ref)])
+
+    assert recall("none") < 0.7 and recall("flat") > 0.98
+
+
+def test_round_trip_keeps_results_and_search_parameters(tmp_path):
+    x, q = unit(2000), unit(20, seed=2)
+    index = build_index(x, "ivfpq", nlist=16, pq_m=8, nprobe=5, k_factor=3, progress=False)
+    side = sidecar_for(x, kind="ivfpq")
+    save_index(tmp_path / "idx", index, side)
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == sorted([ARRAYS_FILE, INDEX_FILE, META_FILE])
+    loaded, got = load_index(tmp_path / "idx", expected_checkpoint_hash="ab" * 32, expected_dim=D)
+    assert got.search_params == {"nprobe": 5, "k_factor": 3.0}
+    assert got.paths == side.paths and got.kind == "ivfpq" and got.dim == D
+    assert np.array_equal(got.lat, side.lat) and np.array_equal(got.lon, side.lon)
+    s1, i1 = search(index, q, 10)
+    s2, i2 = search(loaded, q, 10)
+    assert np.array_equal(i1, i2) and np.allclose(s1, s2)
+
+
+def test_mismatched_model_or_format_is_refused(tmp_path):
+    x = unit(300)
+    folder = save_index(tmp_path / "idx", build_index(x, progress=False), sidecar_for(x, ckpt="ab" * 32))
+    with pytest.raises(GeolocError, match=r"built with model checkpoint sha256 abababababab, not this model's "
+                                          r"cdcdcdcdcdcd; rebuild it"):
+        load_index(folder, expected_checkpoint_hash="cd" * 32)
+    with pytest.raises(GeolocError, match="holds 32-d embeddings, the model makes 512-d"):
+        load_index(folder, expected_dim=512)
+    meta = json.loads((folder / META_FILE).read_text())
+    (folder / META_FILE).write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(GeolocError, match="index format version 99"):
+        load_index(folder)
+    (folder / META_FILE).write_text(json.dumps({**meta, "count": "300"}))
+    with pytest.raises(GeolocError, match="field 'count' missing or not int"):
+        load_index(folder)
+    (folder / META_FILE).write_text(json.dumps({**meta, "count": 299}))
+    with pytest.raises(GeolocError, match="holds 300 x 32 vectors but the sidecar describes 299 x 32"):
+        load_index(folder)
+
+
+def test_damaged_or_missing_files_are_reported(tmp_path):
+    x = unit(300)
+    folder = save_index(tmp_path / "idx", build_index(x, progress=False), sidecar_for(x))
+    meta_text = (folder / META_FILE).read_text()
+    (folder / META_FILE).write_text(meta_text[: len(meta_text) // 2])  # a torn write of the JSON
+    with pytest.raises(GeolocError, match=r"index.json: corrupt index sidecar"):
+        load_index(folder)
+    (folder / META_FILE).write_text(meta_text)
+    # an index for other photos dropped into the folder
+    save_index(tmp_path / "other", build_index(unit(300, seed=9), progress=False), sidecar_for(x))
+    (folder / INDEX_FILE).write_bytes((tmp_path / "other" / INDEX_FILE).read_bytes())
+    with pytest.raises(GeolocError, match=r"index.faiss: does not match index.json"):
+        load_index(folder)
+    (folder / INDEX_FILE).unlink()
+    with pytest.raises(GeolocError, match=r"index.faiss: missing"):
+        load_index(folder)
+    with pytest.raises(GeolocError, match=r"no index here \(index.json missing\)"):
+        load_index(tmp_path / "nowhere")
+
+
+def test_the_sidecar_hash_is_of_the_saved_file(tmp_path):
+    x = unit(100)
+    folder = save_index(tmp_path / "idx", build_index(x, progress=False), sidecar_for(x))
+    meta = json.loads((folder / META_FILE).read_text())
+    assert meta["index_sha256"] == sha256_file(folder / INDEX_FILE)
+    assert meta["checkpoint_sha256"] == "ab" * 32 and meta["count"] == 100 and meta["dim"] == D
+    assert not list(folder.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_bad_input_is_named():
+    x = unit(300)
+    bad = x.copy()
+    bad[7, 3] = np.nan
+    with pytest.raises(GeolocError, match="embeddings: row 7 is not finite"):
+        build_index(bad, progress=False)
+    with pytest.raises(GeolocError, match=r"queries: expected a non-empty \(n, 32\) array, got shape \(2, 16\)"):
+        search(build_index(x, progress=False), unit(2, d=16), 5)
+    with pytest.raises(GeolocError, match="index kind 'lsh'"):
+        build_index(x, "lsh", progress=False)
+    with pytest.raises(GeolocError, match="pq_m 5 must divide"):
+        build_index(x, "ivfpq", pq_m=5, progress=False)
+    with pytest.raises(GeolocError, match="too few for nlist 1024"):
+        build_index(x, "ivfpq", nlist=1024, pq_m=8, progress=False)
+    with pytest.raises(GeolocError, match="refine 'pq'"):
+        build_index(x, "ivfpq", nlist=4, pq_m=8, refine="pq", progress=False)
+    with pytest.raises(GeolocError, match="300 vectors but 299 paths"):
+        save_index("/nonexistent", build_index(x, progress=False), sidecar_for(x[:299]))

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+
+from retrieval import GeolocError
+from retrieval.geo import LocalProjection, haversine_m
+from retrieval.vote import vote, vote_weights, weighted_centre
+
+PROJ = LocalProjection(51.5138, -0.0984)
+X0, Y0 = PROJ.to_xy(51.5138, -0.0984)
+
+
+def at(*xy_m):
+    """lat, lon arrays (1, k) of points given in metres east/north of St Paul's."""
+    x, y = np.array(xy_m, dtype=float).T
+    lat, lon = PROJ.to_latlon(X0 + x, Y0 + y)
+    return lat[None], lon[None]
+
+
+def metres(lat, lon):
+    x, y = PROJ.to_xy(lat, lon)
+    return np.array([x - X0, y - Y0]).T
+
+
+def test_pool_beats_a_lone_best_match():
+    # three agreeing neighbours at ~(0, 0) outweigh the best two, which lie 1 km east
+    lat, lon = at((1000, 0), (1010, 0), (0, 0), (6, 0), (0, 9))
+    sim = np.array([[0.9, 0.8, 0.6, 0.6, 0.6]])
+    v = vote(lat, lon, sim, "pool", radius_m=50)
+    assert v.confidence[0] == pytest.approx(1.8 / 3.5)
+    assert v.support[0].tolist() == [False, False, True, True, True]
+    assert metres(v.lat, v.lon)[0] == pytest.approx([2.0, 3.0], abs=0.01)  # equal weights: the plain mean
+    t = vote(lat, lon, sim, "top1", radius_m=50)
+    assert metres(t.lat, t.lon)[0] == pytest.approx([1000, 0], abs=0.01)
+    assert t.confidence[0] == pytest.approx(1.7 / 3.5)
+    m = vote(lat, lon, sim, "weighted_mean", radius_m=50)
+    expect_x = (0.9 * 1000 + 0.8 * 1010 + 0.6 * 6) / 3.5
+    assert metres(m.lat, m.lon)[0] == pytest.approx([expect_x, 0.6 * 9 / 3.5], abs=0.05)
+    assert m.confidence[0] == 0.0  # nobody within 50 m of the average of two far places
+
+
+def test_pools_are_balls_and_ties_go_to_the_better_ranked():
+    # four neighbours 40 m apart on a line: balls of radius 50 hold 2, 3, 3, 2 of them
+    lat, lon = at((0, 0), (40, 0), (80, 0), (120, 0))
+    v = vote(lat, lon, np.ones((1, 4)), "pool", radius_m=50)
+    assert v.support[0].tolist() == [True, True, True, False]  # neighbour 1's ball, not 2's, and no chain
+    assert v.confidence[0] == pytest.approx(0.75)
+    assert metres(v.lat, v.lon)[0] == pytest.approx([40, 0], abs=0.01)
+
+
+def test_similarity_weights_pull_the_centre():
+    lat, lon = at((0, 0), (30, 0))
+    v = vote(lat, lon, [[0.75, 0.25]], "pool", radius_m=50)
+    assert metres(v.lat, v.lon)[0] == pytest.approx([7.5, 0], abs=0.01)
+    assert v.confidence[0] == 1.0
+
+
+def test_negative_and_missing_neighbours():
+    assert vote_weights([[0.5, -0.2, np.nan]]).tolist() == [[0.5, 0.0, 0.0]]
+    assert vote_weights([[-0.5, -0.2, np.nan]]).tolist() == [[1.0, 1.0, 0.0]]  # none positive: equal votes
+    lat, lon = at((0, 0), (500, 0), (0, 10))
+    lat[0, 2] = np.nan  # FAISS returned id -1 here
+    v = vote(lat, lon, [[0.2, 0.9, 0.95]], "pool", radius_m=50)
+    assert metres(v.lat, v.lon)[0] == pytest.approx([500, 0], abs=0.01)
+    assert v.confidence[0] == pytest.approx(0.9 / 1.1) and not v.support[0, 2]
+    empty = vote([[np.nan] * 3], [[np.nan] * 3], [[np.nan] * 3])
+    assert np.isnan(empty.lat[0]) and np.isnan(empty.lon[0]) and empty.confidence[0] == 0.0
+
+
+def test_vectorised_over_queries_matches_one_by_one():
+    rng = np.random.default_rng(0)
+    lat = 51.51 + rng.uniform(0, 0.002, (30, 10))
+    lon = -0.1 + rng.uniform(0, 0.003, (30, 10))
+    sim = rng.uniform(-0.1, 1.0, (30, 10))
+    for mode in ("pool", "top1", "weighted_mean"):
+        batch = vote(lat, lon, sim, mode, radius_m=60)
+        assert ((batch.confidence >= 0) & (batch.confidence <= 1)).all()
+        for q in range(30):
+            one = vote(lat[q], lon[q], sim[q], mode, radius_m=60)
+            assert one.lat[0] == batch.lat[q] and one.lon[0] == batch.lon[q]
+            assert one.confidence[0] == batch.confidence[q]
+        # the pool is the ball of one of its members, and the answer lies inside that ball
+        if mode == "pool":
+            for q in range(30):
+                sup = batch.support[q]
+                centres = [i for i in np.flatnonzero(sup)
+                           if (haversine_m(lat[q, i], lon[q, i], lat[q], lon[q]) <= 60).tolist() == sup.tolist()]
+                assert any(haversine_m(batch.lat[q], batch.lon[q], lat[q, i], lon[q, i]) <= 60 for i in centres)
+
+
+def test_weighted_centre_across_the_antimeridian():
+    lat, lon = weighted_centre(np.array([[10.0, 10.0]]), np.array([[179.9, -179.9]]), np.array([[1.0, 1.0]]))
+    assert abs(lon[0]) == pytest.approx(180.0) and lat[0] == pytest.approx(10.0, abs=1e-3)
+
+
+def test_unknown_mode():
+    with pytest.raises(GeolocError, match="vote mode 'median'"):
+        vote([[51.5]], [[-0.1]], [[1.0]], "median")
