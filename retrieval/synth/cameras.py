@@ -1,6 +1,7 @@
 """Camera sampling on the street network and the rendered-dataset writer (images + manifests)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -189,7 +190,9 @@ def render_views(world: World, views: list[View], image_dir: Path, workers: int 
             bar.update()
     else:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        initargs = () if ctx.get_start_method() == "fork" else (world,)
+        # Forked workers inherit the renderer; spawned ones get the arrays (not the shapely index).
+        initargs = () if ctx.get_start_method() == "fork" else (
+            dataclasses.replace(world, footprints=None, footprint_polys=[], streets=[]),)
         with ctx.Pool(workers, initializer=_init_worker if initargs else None, initargs=initargs) as pool:
             for _ in pool.imap_unordered(_render_one, jobs, chunksize=8):
                 bar.update()

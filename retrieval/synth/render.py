@@ -168,6 +168,14 @@ def _sky(dx, dy, dz, look, sun, out, disk=1.0):
             out[c] = out[c] * (1 - a) + a * shade * (0.55 * look[L_SUN_R + c] + 0.45 * look[L_HOR_R + c])
 
 
+@njit(cache=True, inline="always")
+def _sky_gradient(up, look, out):
+    up = min(up, 1.0)
+    g = 1.0 - (1.0 - up) * (1.0 - up) * (1.0 - up)
+    for c in range(3):
+        out[c] = look[L_HOR_R + c] * (1 - g) + look[L_ZEN_R + c] * g
+
+
 @njit(cache=True)
 def _trace_ray(ox, oy, dx, dy, smax, tmax, eye, walls, bld, wstart, witems, trees, tstart, titems,
                cell, nx, ny, hs, hw, hfront, ts, tidx):
@@ -609,7 +617,7 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                         # Leaves are not a solid shell: let some rays through the crown's edge.
                         zc = eye + t * s
                         edge = ((s - s0) ** 2 + p2) / (r * r) + (zc - cz) ** 2 / (rz_ * rz_)
-                        hole = edge > 0.55 and _noise((ox + dx * s + oy + dy * s) * 1.7, zc * 1.7, tr_) < 0.3
+                        hole = edge > 0.75 and _noise((ox + dx * s + oy + dy * s) * 1.7, zc * 1.7, tr_) < 0.25
                         if not hole:
                             best, hit, hz, kind = s, tr_, zc, K_TREE
                 rt = trees[tr_, T_TRUNK]
@@ -671,10 +679,9 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                     along = ((ox + dx * best - walls[hit, W_X0]) * ex + (oy + dy * best - walls[hit, W_Y0]) * ey) \
                         / walls[hit, W_LEN]
                     u = walls[hit, W_U0] + along
-                    # Reflection of the sky in glass: mirrored view direction about the wall normal.
+                    # What glass reflects: the sky's gradient at the mirrored elevation (no sun, no clouds).
                     nxw, nyw = walls[hit, W_NX], walls[hit, W_NY]
-                    dn = dxn * nxw + dyn * nyw
-                    _sky(dxn - 2 * dn * nxw, dyn - 2 * dn * nyw, abs(dzn) + 0.15, look, sunv, sky, 0.2)
+                    _sky_gradient(abs(dzn) + 0.15, look, sky)
                     r, g, bl, light = _shade_wall(bld, b, u, hz, fp, look, sky)
                     if light > 0:
                         diff = max(0.0, nxw * sunx + nyw * suny) * sun_h
@@ -721,7 +728,7 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                 else:
                     r, g, bl = _shade_ground(m, x, y, fp)
                     sun_k = sun_up
-                    if best < 160.0 and _in_shadow(x, y, 0.0, sunx, suny, tan_el, walls, bld, wstart, witems,
+                    if best < 120.0 and _in_shadow(x, y, 0.0, sunx, suny, tan_el, walls, bld, wstart, witems,
                                                    cell, nx, ny, cell_hmax, hmax):
                         sun_k = 0.0
                     r *= look[L_AMB_R] + look[L_SUN_R] * sun_k
@@ -759,7 +766,7 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                     else:
                         band = hv - 0.55 < hz < hv - 0.08 and abs(u) < hl - 0.35
                     if band:
-                        _sky(dxn, dyn, abs(dzn) + 0.2, look, sunv, sky, 0.0)
+                        _sky_gradient(abs(dzn) + 0.2, look, sky)
                         r, g, bl = 0.05 + 0.3 * sky[0], 0.06 + 0.3 * sky[1], 0.07 + 0.3 * sky[2]
                     elif hz < 0.7 and f >= 2 and (abs(u - (hl - 0.9)) < 0.36 or abs(u + hl - 0.9) < 0.36):
                         r, g, bl = 0.04, 0.04, 0.045
