@@ -75,7 +75,7 @@ class EmbeddingTask:
         return self.loss_fn(emb, indices_tuple=self.miner(emb, idx))
 
     def validate(self, model) -> dict[str, float]:
-        from retrieval.vote import locate
+        from retrieval.vote import vote
 
         if self.val is None:
             return {}
@@ -84,9 +84,9 @@ class EmbeddingTask:
         sims = q @ db.T
         k = min(self.cfg.index.k, len(db))
         ids = np.argsort(-sims, axis=1)[:, :k]
-        lat, lon, _ = locate(self.train.lat[ids], self.train.lon[ids], np.take_along_axis(sims, ids, 1),
-                             self.cfg.index.vote, self.cfg.index.vote_radius_m)
-        err = errors_m(lat, lon, self.val.lat, self.val.lon)
+        v = vote(self.train.lat[ids], self.train.lon[ids], np.take_along_axis(sims, ids, 1),
+                 self.cfg.index.vote, self.cfg.index.vote_radius_m)
+        err = errors_m(v.lat, v.lon, self.val.lat, self.val.lon)
         return {"val_median_error_m": float(np.median(err)), "val_mean_error_m": float(np.mean(err))}
 
     def info(self) -> dict:
@@ -114,7 +114,6 @@ def train_embedding(cfg: Config, run_dir: str | Path, resume: bool = False) -> d
 # --- index and prediction --------------------------------------------------------------------------
 
 INDEX_DIR = "index"
-VOTE_MODES = ("pool", "top1", "weighted_mean")
 
 
 def load_model(run_dir: Path, cfg: Config):
@@ -172,7 +171,7 @@ def predict(run_dir: Path, cfg: Config, test: Manifest):
     from retrieval.evaluate import Predictions
     from retrieval.index import search
     from retrieval.metrics import error_metrics, recall_at_n
-    from retrieval.vote import locate
+    from retrieval.vote import VOTE_MODES, vote
 
     run_dir = Path(run_dir)
     if not (run_dir / INDEX_DIR / "index.json").is_file():
@@ -180,14 +179,14 @@ def predict(run_dir: Path, cfg: Config, test: Manifest):
     model, index, side = open_index(run_dir, cfg)
     q = embed(model, decode_images(test, cfg.data.resize, "decode test"), cfg, "embed test")
     sims, ids = search(index, q, max(cfg.index.k, 10))
-    nb_lat, nb_lon = side.lat[ids], side.lon[ids]
-    nb_dist = errors_m(nb_lat, nb_lon, test.lat[:, None], test.lon[:, None])
-    nb_dist[ids < 0] = np.inf
+    missing = ids < 0  # an approximate index may find fewer than k
+    nb_lat, nb_lon = np.where(missing, np.nan, side.lat[ids]), np.where(missing, np.nan, side.lon[ids])
+    nb_dist = np.where(missing, np.inf, errors_m(nb_lat, nb_lon, test.lat[:, None], test.lon[:, None]))
     k = cfg.index.k
     modes = {}
     for mode in VOTE_MODES:
-        lat, lon, conf = locate(nb_lat[:, :k], nb_lon[:, :k], sims[:, :k], mode, cfg.index.vote_radius_m)
-        modes[mode] = (lat, lon, conf)
+        v = vote(nb_lat[:, :k], nb_lon[:, :k], sims[:, :k], mode, cfg.index.vote_radius_m)
+        modes[mode] = (v.lat, v.lon, v.confidence)
     lat, lon, conf = modes[cfg.index.vote]
     metrics = {**recall_at_n(nb_dist, (1, 5, 10), 25.0), "vote": cfg.index.vote,
                "vote_modes": {m: error_metrics(errors_m(a, b, test.lat, test.lon)) for m, (a, b, _) in modes.items()},

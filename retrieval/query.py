@@ -35,7 +35,7 @@ def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list
     from retrieval.embedding import embed, open_index
     from retrieval.index import search
     from retrieval.transforms import to_cached
-    from retrieval.vote import locate
+    from retrieval.vote import vote
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
@@ -50,11 +50,11 @@ def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list
         sims, ids = search(index, q, k)
         ok = ids[0] >= 0
         sims, ids = sims[:, ok], ids[:, ok]
-        lat, lon, conf = locate(side.lat[ids], side.lon[ids], sims, cfg.index.vote, cfg.index.vote_radius_m)
+        v = vote(side.lat[ids], side.lon[ids], sims, cfg.index.vote, cfg.index.vote_radius_m)
         ms = 1000 * (time.perf_counter() - t0)
-        dist = haversine_m(lat[0], lon[0], side.lat[ids[0]], side.lon[ids[0]])
+        dist = haversine_m(v.lat[0], v.lon[0], side.lat[ids[0]], side.lon[ids[0]])
         answers.append({
-            "path": str(path), "lat": float(lat[0]), "lon": float(lon[0]), "confidence": float(conf[0]),
+            "path": str(path), "lat": float(v.lat[0]), "lon": float(v.lon[0]), "confidence": float(v.confidence[0]),
             "vote": cfg.index.vote, "ms": round(ms, 1),
             "neighbours": [{"path": side.paths[i], "lat": float(side.lat[i]), "lon": float(side.lon[i]),
                             "similarity": float(s), "distance_m": float(d)}
