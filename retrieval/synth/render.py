@@ -366,7 +366,7 @@ def _in_shadow(px, py, z0, sx, sy, tan_el, walls, bld, wstart, witems, cell, nx,
     skipping cells whose walls are all lower than the sun ray there."""
     if tan_el <= 0:
         return True
-    qmax = min((hmax - z0) / tan_el, 250.0)
+    qmax = min((hmax - z0) / tan_el, 100.0)  # longer shadows are rare and far away
     if qmax <= 0:
         return False
     i = int(math.floor(px / cell))
@@ -577,6 +577,10 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
         sil[k] = 0.012 + 0.03 * _noise(azd * 0.15, 0.5, 99) * (_hash(math.floor(azd), 1, 98) > 0.35) \
             + 0.02 * _noise(azd * 0.03, 0.5, 97)
     for i in range(H):
+        # Shadow rays are the dearest part of shading: an odd column takes its left neighbour's answer
+        # when both see the same surface (shadow edges may shift by one pixel sideways).
+        prev_surface = -2
+        prev_shadow = False
         for j in range(W):
             k = ray[i, j]
             t = slope[i, j]
@@ -667,7 +671,10 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                     bl = bl * a + (1 - a) * look[L_ZEN_B] * 0.55
                 depth[i, j] = np.inf
                 img[i, j, 0], img[i, j, 1], img[i, j, 2] = r, g, bl
+                prev_surface = -2
                 continue
+            surface = hit if kind == K_WALL else (-1 if kind == K_GROUND else -2)
+            reuse = (j & 1) == 1 and surface == prev_surface and surface != -2
             if kind == K_WALL or kind == K_ROOF:
                 b = int(walls[hit, W_BLD])
                 if kind == K_ROOF:
@@ -685,10 +692,13 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                     r, g, bl, light = _shade_wall(bld, b, u, hz, fp, look, sky)
                     if light > 0:
                         diff = max(0.0, nxw * sunx + nyw * suny) * sun_h
-                        if diff > 0 and _in_shadow(ox + dx * best + nxw * 0.05, oy + dy * best + nyw * 0.05, hz,
-                                                   sunx, suny, tan_el, walls, bld, wstart, witems, cell, nx, ny,
-                                                   cell_hmax, hmax):
-                            diff = 0.0
+                        if diff > 0:
+                            if not reuse:
+                                prev_shadow = _in_shadow(ox + dx * best + nxw * 0.05, oy + dy * best + nyw * 0.05,
+                                                         hz, sunx, suny, tan_el, walls, bld, wstart, witems, cell,
+                                                         nx, ny, cell_hmax, hmax)
+                            if prev_shadow:
+                                diff = 0.0
                         ao = 0.72 + 0.28 * min(1.0, hz / 1.8)
                         r *= (look[L_AMB_R] + look[L_SUN_R] * diff) * ao
                         g *= (look[L_AMB_G] + look[L_SUN_G] * diff) * ao
@@ -714,22 +724,26 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                         rs = (road_soft[gi, gj] * (1 - fx_) + road_soft[gi, gj + 1] * fx_) * (1 - fy_) \
                             + (road_soft[gi + 1, gj] * (1 - fx_) + road_soft[gi + 1, gj + 1] * fx_) * fy_
                         if rs > 140:
+                            stencil = m == MARKING
                             m = ROAD
-                            if _on_mark(x, y, marks, mstart, mitems, cell, nx, ny, max(0.08, fp * 0.5)):
+                            if stencil and _on_mark(x, y, marks, mstart, mitems, cell, nx, ny, max(0.08, fp * 0.5)):
                                 m = MARKING
                         elif rs > 100:
                             m = KERB
-                        elif m == ROAD:
+                        elif m == ROAD or m == MARKING:
                             m = PAVEMENT
                 if m == WATER:
+                    surface = -2
                     _sky(dxn, dyn, -dzn, look, sunv, sky, 0.3)
                     wv = 0.85 + 0.2 * _noise(x * 1.5, y * 0.4, seed)
                     r, g, bl = sky[0] * 0.55 * wv + 0.03, sky[1] * 0.6 * wv + 0.06, sky[2] * 0.6 * wv + 0.07
                 else:
                     r, g, bl = _shade_ground(m, x, y, fp)
                     sun_k = sun_up
-                    if best < 120.0 and _in_shadow(x, y, 0.0, sunx, suny, tan_el, walls, bld, wstart, witems,
-                                                   cell, nx, ny, cell_hmax, hmax):
+                    if not reuse:
+                        prev_shadow = best < 120.0 and _in_shadow(x, y, 0.0, sunx, suny, tan_el, walls, bld,
+                                                                  wstart, witems, cell, nx, ny, cell_hmax, hmax)
+                    if prev_shadow:
                         sun_k = 0.0
                     r *= look[L_AMB_R] + look[L_SUN_R] * sun_k
                     g *= look[L_AMB_G] + look[L_SUN_G] * sun_k
@@ -796,6 +810,7 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
             bl = bl * (1 - hz_a) + look[L_HOR_B] * hz_a
             depth[i, j] = dist
             img[i, j, 0], img[i, j, 1], img[i, j, 2] = r, g, bl
+            prev_surface = surface
 
 
 GAMMA_LUT = np.round(np.linspace(0, 1, 4096) ** (1 / 1.15) * 255).astype(np.uint8)  # a mild tone curve

@@ -16,7 +16,7 @@ GRID_CELL_M = 10.0
 MAX_SCENE_SIDE_M = 12_000.0
 
 # Ground materials in the raster.
-PAVEMENT, ROAD, MARKING, GRASS, WATER, FOOTPRINT, PAVING, OPEN = range(8)  # MARKING: shader only
+PAVEMENT, ROAD, MARKING, GRASS, WATER, FOOTPRINT, PAVING, OPEN = range(8)  # MARKING: stencil round dashes
 SIDEWALK_M = 3.0
 
 # Building columns (one row per building).
@@ -298,6 +298,8 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
             p0, p1 = line.interpolate(a), line.interpolate(a + 3.0)
             dashes.append((p0.x, p0.y, p1.x, p1.y))
     marks = np.array(dashes, dtype=np.float64).reshape(-1, 4)
+    for x0, y0, x1, y1 in marks:  # a wide stencil, so the shader tests exact dashes only where needed
+        draw.line(px([(x0, y0), (x1, y1)]), fill=MARKING, width=3)
     mark_grid = _build_grid(np.minimum(marks[:, 0], marks[:, 2]), np.minimum(marks[:, 1], marks[:, 3]),
                             np.maximum(marks[:, 0], marks[:, 2]), np.maximum(marks[:, 1], marks[:, 3]),
                             np.arange(len(marks)), GRID_CELL_M, nx, ny)
@@ -306,7 +308,7 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
     ground = np.asarray(img, dtype=np.uint8)
     from PIL import ImageFilter
 
-    road = Image.fromarray((ground == ROAD).astype(np.uint8) * 255)
+    road = Image.fromarray(((ground == ROAD) | (ground == MARKING)).astype(np.uint8) * 255)
     road_soft = np.asarray(road.filter(ImageFilter.GaussianBlur(1.0)), dtype=np.uint8)
 
     # Trees: mapped ones plus a deterministic scatter in parks, never inside a building.
