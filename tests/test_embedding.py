@@ -1,0 +1,100 @@
+"""The main method end to end on a tiny rendered city: train -> index -> evaluate -> query."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval import GeolocError
+from retrieval.config import load_config, prepare_run_dir
+from retrieval.data import read_manifest
+from retrieval.embedding import build_run_index, train_embedding
+from retrieval.evaluate import evaluate_run
+from retrieval.geo import haversine_m
+from retrieval.query import query
+from tests.conftest import REPO
+
+TINY = ["model.weights=none", "model.lock_factor=0", "train.epochs=1", "train.max_steps_per_epoch=2",
+        "train.batch_size=8", "data.image_size=32", "data.resize=36", "data.num_workers=0",
+        "embedding.places_per_batch=2", "embedding.photos_per_place=2", "embedding.pos_radius_m=60",
+        "embedding.neg_radius_m=150", "model.embed_dim=64", "index.k=5"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from retrieval.synth.cameras import render_dataset
+    from retrieval.synth.city import write_demo_city
+
+    root = tmp_path_factory.mktemp("city")
+    osm = write_demo_city(root / "city.osm", seed=1, size_m=600)
+    render_dataset(osm, root / "data", n_train=90, n_test=10, size=36, seed=1, workers=1)
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "emb"
+    cfg = load_config(None, [*TINY, f"data.train={tiny_data}"])
+    prepare_run_dir(run, cfg)
+    summary = train_embedding(cfg, run)
+    assert summary["epochs"] == 1
+    info = json.loads((run / "run.json").read_text())
+    assert info["kind"] == "embedding" and info["positives"] == "geodesic"
+    assert info["streets"].endswith("streets.graphml")
+    build_run_index(run, cfg)
+    return run, cfg
+
+
+def test_index_holds_the_database_and_finds_itself(trained, tiny_data):
+    run, cfg = trained
+    side = json.loads((run / "index" / "index.json").read_text())
+    db = read_manifest(tiny_data / "train.csv")
+    assert side["count"] == len(db) and side["dim"] == 64
+    # A database photo's nearest neighbour is itself: similarity ~1, at distance 0.
+    a = query(run, [db.paths[7]], k=3)[0]
+    top = a["neighbours"][0]
+    assert top["path"] == str(db.paths[7]) and top["similarity"] == pytest.approx(1.0, abs=1e-2)
+    assert haversine_m(top["lat"], top["lon"], db.lat[7], db.lon[7]) < 0.01
+    assert 0.0 <= a["confidence"] <= 1.0 and len(a["neighbours"]) == 3
+
+
+def test_evaluate_writes_metrics_for_every_vote_mode(trained, tiny_data):
+    run, _ = trained
+    m = evaluate_run(run, tiny_data)
+    assert m["kind"] == "embedding" and m["n"] == 10
+    assert set(m["vote_modes"]) == {"pool", "top1", "weighted_mean"}
+    for key in ("recall@1_25m", "recall@5_25m", "recall@10_25m"):
+        assert 0.0 <= m[key] <= 1.0
+    assert m["recall@1_25m"] <= m["recall@5_25m"] <= m["recall@10_25m"]
+    # The headline numbers are those of the configured vote mode.
+    assert m["median_error_m"] == pytest.approx(m["vote_modes"]["pool"]["median_error_m"])
+    rows = (run / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("path,true_lat,true_lon,pred_lat,pred_lon,error_m") and len(rows) == 11
+
+
+def test_query_on_real_photos(trained, shared_data):
+    run, _ = trained
+    answers = query(run, [shared_data / "photos" / "berlin"])
+    assert len(answers) == 3
+    for a in answers:
+        assert np.isfinite([a["lat"], a["lon"]]).all() and 0 <= a["confidence"] <= 1
+
+
+def test_mismatched_index_is_refused(trained, tiny_data, tmp_path):
+    run, _ = trained
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    state = torch.load(other / "best.pt", weights_only=True)
+    state["model"]["head.bias"] += 1.0
+    torch.save(state, other / "best.pt")
+    image = read_manifest(tiny_data / "test.csv").paths[0]
+    with pytest.raises(GeolocError, match="index was built with model checkpoint"):
+        query(other, [image])
+    out = subprocess.run([sys.executable, "-m", "retrieval.cli", "query", "--run", str(other), str(image)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "rebuild it with `geoloc index build`" in last
