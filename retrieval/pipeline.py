@@ -80,7 +80,7 @@ def make_city(cfg: Config, out: Path) -> Path:
 
     osm = out / "city.osm"
     if not osm.is_file():
-        write_demo_city(osm, seed=cfg.seed)
+        write_demo_city(osm, seed=cfg.seed, size_m=cfg.bench.city_size_m)
     return osm
 
 
