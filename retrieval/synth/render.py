@@ -618,10 +618,12 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                 if disc >= 0:
                     s = (-qb - math.sqrt(disc)) / (2 * qa)
                     if 0.05 < s < best:
-                        # Leaves are not a solid shell: let some rays through the crown's edge.
                         zc = eye + t * s
-                        edge = ((s - s0) ** 2 + p2) / (r * r) + (zc - cz) ** 2 / (rz_ * rz_)
-                        hole = edge > 0.75 and _noise((ox + dx * s + oy + dy * s) * 1.7, zc * 1.7, tr_) < 0.25
+                        # Ragged outline: rays that only graze the crown may pass between leaves.
+                        graze = disc / (4 * qa)
+                        hx, hy = ox + dx * s, oy + dy * s
+                        hole = graze < 0.2 and \
+                            _noise(hx * 3.0, zc * 3.0, tr_) * _noise(hy * 3.0, zc * 3.0 + 17, tr_) < 0.15
                         if not hole:
                             best, hit, hz, kind = s, tr_, zc, K_TREE
                 rt = trees[tr_, T_TRUNK]
@@ -754,7 +756,9 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                 nxv, nyv, nzv = (x - cx) / trees[hit, T_R], (y - cy) / trees[hit, T_R], (hz - cz) / trees[hit, T_RZ]
                 nn = math.sqrt(nxv * nxv + nyv * nyv + nzv * nzv) + 1e-9
                 diff = max(0.0, (nxv * sunx * sun_h + nyv * suny * sun_h + nzv * sun_up) / nn)
-                leaf = 0.55 + 0.45 * _noise((x + y) * 2.2, hz * 2.2, hit) + 0.3 * _noise((x - y) * 6.0, hz * 6.0, hit + 1)
+                # Clumps of leaves: a product of two noises over the crown, plus fine flicker.
+                leaf = 0.45 + 1.1 * _noise(x * 1.8, hz * 1.8, hit) * _noise(y * 1.8, hz * 1.8 + 17, hit) \
+                    + 0.25 * _hash(math.floor(x * 9), math.floor(y * 9) + 31 * math.floor(hz * 9), hit)
                 r = trees[hit, T_CR] * leaf * (look[L_AMB_R] * 1.3 + look[L_SUN_R] * diff * 1.2)
                 g = trees[hit, T_CG] * leaf * (look[L_AMB_G] * 1.3 + look[L_SUN_G] * diff * 1.2)
                 bl = trees[hit, T_CB] * leaf * (look[L_AMB_B] * 1.3 + look[L_SUN_B] * diff * 1.2)
