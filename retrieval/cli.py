@@ -130,11 +130,12 @@ def synth_sheet(
     cols: int = typer.Option(6, "--cols"),
     split: str = typer.Option("train", "--split", help="train or test"),
     order: str = typer.Option("spread", "--order", help="spread | neighbours (pairs of nearby cameras)"),
+    thumb: int = typer.Option(160, "--thumb", help="Side of each view on the sheet, pixels."),
 ):
     """A contact sheet of rendered views, each labelled with its coordinates and heading."""
     from retrieval.synth.sheet import contact_sheet
 
-    contact_sheet(data, out, n=n, cols=cols, split=split, order=order)
+    contact_sheet(data, out, n=n, cols=cols, split=split, order=order, thumb=thumb)
     typer.echo(f"wrote {out}")
 
 
