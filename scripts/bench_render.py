@@ -3,13 +3,18 @@
     .venv/bin/python scripts/bench_render.py --osm ../shared/data/osm/london_city.osm.bz2 --views 1000
 
 Without --osm it renders the procedural demo city. Reports, from one run: scene build time, the
-median single-process time per image (ray casting + finishing, no JPEG), and the end-to-end rate of
-render_views (ray casting, JPEG encoding, atomic writes) with --workers processes.
+median single-process time per image (ray casting + finishing, no JPEG; wall clock and CPU time), and
+the end-to-end rate of render_views (ray casting, JPEG encoding, atomic writes) with --workers
+processes, by the wall clock and by the workers' CPU time (what the rate would be if each worker had
+a core to itself: the figure to compare when other jobs share the machine). Load averages are printed
+so a shared machine shows.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -45,23 +50,31 @@ def main() -> None:
         print(f"# {osm.name}: {len(world.buildings)} buildings, {len(world.walls)} wall segments, "
               f"{len(world.trees)} trees; OSM load {t1 - t0:.1f} s, scene build {t2 - t1:.1f} s")
         print(f"# {platform.processor() or platform.machine()}, python {platform.python_version()}")
-        print("| size | median ms/image, 1 process (no JPEG) | img/s, 1 process | "
-              f"img/s end to end, {args.workers} workers (JPEG + write) | views |")
-        print("|---|---|---|---|---|")
+        print(f"# load average before: {os.getloadavg()[0]:.2f}")
+        print("| size | median ms/image, 1 process (wall / CPU; no JPEG) | img/s, 1 process (wall) | "
+              f"img/s end to end, {args.workers} workers (wall) | same, by workers' CPU time | views |")
+        print("|---|---|---|---|---|---|")
         for size in args.sizes:
             views = sample_views(world, "test", args.views, None, args.seed, size=size)
             rend = Renderer(world)
             rend.render(views[0].camera, views[0].look)  # compile (or load numba's cache)
-            times = []
+            wall, cpu = [], []
             for v in views[: args.single]:
-                s = time.perf_counter()
+                s, c = time.perf_counter(), time.process_time()
                 rend.render(v.camera, v.look)
-                times.append(time.perf_counter() - s)
-            med = statistics.median(times)
+                wall.append(time.perf_counter() - s)
+                cpu.append(time.process_time() - c)
+            med, med_cpu = statistics.median(wall), statistics.median(cpu)
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             s = time.perf_counter()
             n = render_views(world, views, tmp / f"img{size}", workers=args.workers, desc=f"{size}px")
             rate = n / (time.perf_counter() - s)
-            print(f"| {size} | {med * 1000:.2f} | {1 / med:.0f} | {rate:.0f} | {n} |")
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_s = (after.ru_utime + after.ru_stime) - (usage.ru_utime + usage.ru_stime)
+            cpu_rate = n / (cpu_s / args.workers) if cpu_s > 0 else float("nan")
+            print(f"| {size} | {med * 1000:.2f} / {med_cpu * 1000:.2f} | {1 / med:.0f} | {rate:.0f} | "
+                  f"{cpu_rate:.0f} | {n} |")
+        print(f"# load average after: {os.getloadavg()[0]:.2f}")
         sizes = np.array([p.stat().st_size for p in (tmp / f"img{args.sizes[0]}").glob("*.jpg")])
         print(f"# mean JPEG size at {args.sizes[0]} px: {sizes.mean() / 1024:.1f} KiB")
 
