@@ -71,24 +71,31 @@ class CellsConfig:
 @dataclass
 class EmbeddingConfig:
     positives: str = "geodesic"  # geodesic | euclidean
-    pos_radius_m: float = 50.0
-    neg_radius_m: float = 250.0
+    pos_radius_m: float = 50.0  # photos this close (along the streets) show the same place
+    neg_radius_m: float = 250.0  # photos this far apart are negatives; in between, neither
     places_per_batch: int = 8  # P
     photos_per_place: int = 4  # K
-    loss: str = "triplet"
-    miner: str = "semihard"
+    loss: str = "triplet"  # triplet | multi_similarity | contrastive
+    miner: str = "semihard"  # semihard | hard | all | hardest (triplet loss; pair losses use every pair)
     margin: float = 0.1
-    streets: str = ""  # .osm/.osm.bz2/.graphml of the street graph
-    max_snap_m: float = 30.0
+    streets: str = ""  # .osm/.osm.bz2/.graphml file, or bbox:lon_min,lat_min,lon_max,lat_max / place:NAME (online)
+    network_type: str = "walk"  # walk | all, for downloaded graphs
+    max_snap_m: float = 30.0  # photos farther than this from any street are left out of mining
 
 
 @dataclass
 class IndexConfig:
-    kind: str = "flat"  # flat | ivfpq | hnsw
-    nlist: int = 1024
-    pq_m: int = 64
-    nprobe: int = 16
+    kind: str = "flat"  # flat (exact) | ivfpq | hnsw
+    nlist: int = 1024  # ivfpq: inverted lists
+    pq_m: int = 64  # ivfpq: PQ sub-vectors (divides the embedding dimension)
+    pq_nbits: int = 8
+    refine: str = "flat"  # ivfpq: re-rank candidates with flat | sq8 vectors, or none
+    k_factor: float = 16.0  # ivfpq with refine: candidates re-ranked per neighbour wanted
+    nprobe: int = 64  # ivfpq: lists searched per query
+    train_size: int = 0  # ivfpq: training vectors; 0: 64 per list
     hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 64
     k: int = 10
     vote: str = "pool"  # pool | top1 | weighted_mean
     vote_radius_m: float = 50.0

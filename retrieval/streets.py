@@ -35,7 +35,6 @@ class StreetGraph:
     graph: nx.MultiGraph  # projected, undirected; node ids are OSM ids
     projection: LocalProjection  # lat/lon <-> the graph's x/y metres
     nodes: np.ndarray  # (N,) OSM node id of each node index
-    xy: np.ndarray  # (N, 2) node coordinates, metres
     edge_u: np.ndarray  # (E,) node index where the edge geometry starts
     edge_v: np.ndarray  # (E,) node index where it ends
     edge_key: list  # (E,) (u, v, key) of each edge in `graph`
@@ -63,7 +62,6 @@ class StreetGraph:
 
         nodes = np.array(list(Gu.nodes), dtype=np.int64)
         pos = {n: i for i, n in enumerate(nodes.tolist())}
-        xy = np.array([[Gu.nodes[n]["x"], Gu.nodes[n]["y"]] for n in nodes.tolist()], dtype=np.float64)
         keys, us, vs, lengths, geoms = [], [], [], [], []
         for u, v, k, d in Gu.edges(keys=True, data=True):
             keys.append((u, v, k))
@@ -72,18 +70,13 @@ class StreetGraph:
             vs.append(pos[d["to"]])
             geoms.append(d["geometry"])
         geometry = np.array(geoms, dtype=object)
-        return cls(graph=Gu, projection=projection, nodes=nodes, xy=xy, edge_u=np.array(us, dtype=np.int64),
+        return cls(graph=Gu, projection=projection, nodes=nodes, edge_u=np.array(us, dtype=np.int64),
                    edge_v=np.array(vs, dtype=np.int64), edge_key=keys, length_m=shapely.length(geometry),
                    geometry=geometry)
 
     @property
     def crs(self) -> CRS:
         return self.projection.crs
-
-    def node_graph(self) -> sp.csr_matrix:
-        """(N, N) adjacency with the shortest of any parallel edges, for scipy's csgraph."""
-        keep = self.edge_u != self.edge_v  # self-loops never shorten a path
-        return _min_csr(self.edge_u[keep], self.edge_v[keep], self.length_m[keep], len(self.nodes))
 
 
 def _min_csr(rows, cols, weights, n: int) -> sp.csr_matrix:
@@ -115,7 +108,7 @@ def _download(source: str, network_type: str):
     except GeolocError:
         raise
     except Exception as exc:  # requests/OSMnx raise many types offline or for unknown places
-        msg = str(exc).splitlines()[0] if str(exc) else ""
+        msg = str(exc).split(" (Caused by")[0].splitlines()[0] if str(exc) else ""
         raise GeolocError(f"cannot download the street graph for {source!r} (no internet, or OpenStreetMap "
                           f"does not know it): {type(exc).__name__}: {msg}"[:300]) from exc
 
@@ -124,7 +117,8 @@ def load_graph(source: str | Path, network_type: str = "walk") -> StreetGraph:
     """The street graph from a local .osm/.osm.bz2/.xml/.graphml file, or downloaded (needs internet) for
     'bbox:lon_min,lat_min,lon_max,lat_max' or 'place:NAME'.
 
-    A local OSM file is used as it is: every highway way it holds; network_type applies to downloads.
+    From a local OSM file every highway way counts (not proposed or abandoned ones), whatever the
+    network_type, which applies to downloads.
     """
     import osmnx as ox
 

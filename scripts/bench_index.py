@@ -25,11 +25,19 @@ from tqdm import tqdm
 from retrieval.index import build_index, search, set_search_params
 
 
-def clustered(n: int, dim: int, rng: np.random.Generator, noise: float = 0.7, chunk: int = 100_000):
-    """n vectors in places of ~20, and a function making new photos of the same places."""
-    sizes = 1 + rng.poisson(19, n // 20 + 1)
+def clustered(n: int, dim: int, rng: np.random.Generator, latent_dim: int = 32, noise: float = 0.7,
+              chunk: int = 100_000):
+    """n photo-like vectors in places of ~20, and a function making new photos of the same places.
+
+    Place directions lie in a random latent_dim-dimensional subspace (0: independent random directions,
+    no structure at all); each photo adds isotropic noise of norm ~noise over all dim dimensions."""
+    sizes = 1 + rng.poisson(19, n // 20 + n // 100 + 10)  # 5% spare places so that they hold n photos
     place = np.repeat(np.arange(len(sizes)), sizes)[:n]
-    centres = rng.standard_normal((len(sizes), dim), dtype=np.float32)
+    if latent_dim:
+        basis = rng.standard_normal((latent_dim, dim), dtype=np.float32)
+        centres = rng.standard_normal((len(sizes), latent_dim), dtype=np.float32) @ basis
+    else:
+        centres = rng.standard_normal((len(sizes), dim), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
 
     def photos(which: np.ndarray) -> np.ndarray:
@@ -87,8 +95,19 @@ def median_time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
+def single_query_ms(index: faiss.Index, q: np.ndarray, k: int, repeats: int = 100) -> float:
+    """Median latency of one query at a time on one thread (a server answering one photo; OpenMP's
+    thread hand-offs would otherwise measure the scheduler of this shared machine)."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return median_time(lambda: [search(index, q[i:i + 1], k) for i in range(repeats)], 3) / repeats * 1e3
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
 def exact_check(args, rng) -> None:
-    x, new = clustered(args.small_n, args.dim, rng)
+    x, new = clustered(args.small_n, args.dim, rng, args.latent_dim)
     q = new(args.queries)
     index = build_index(x, "flat", progress=False)
     faiss_s, faiss_i = search(index, q, args.k)
@@ -105,38 +124,43 @@ def exact_check(args, rng) -> None:
 
 
 def scale(args, rng) -> None:
-    print(f"\n## ivfpq, {args.n:,} x {args.dim}, nlist {args.nlist}, PQ{args.pq_m}x8, "
+    print(f"\n## ivfpq, {args.n:,} x {args.dim} (latent dim {args.latent_dim}), nlist {args.nlist}, PQ{args.pq_m}x8, "
           f"train {args.train_size or 64 * args.nlist:,}, {args.queries} queries, k={args.k}")
     t = time.perf_counter()
-    x, new = clustered(args.n, args.dim, rng)
+    x, new = clustered(args.n, args.dim, rng, args.latent_dim)
     q = new(args.queries)
     print(f"data generated in {time.perf_counter() - t:.1f} s; raw vectors {x.nbytes / 2**30:.2f} GiB; "
           f"rss {rss_gib()[0]:.2f} GiB")
     t = time.perf_counter()
     _, exact = brute_force(x, q, args.k)
     t_exact = time.perf_counter() - t
-    print(f"exact top {args.k} by numpy brute force: {t_exact:.1f} s ({t_exact / args.queries * 1e3:.1f} ms/query)")
-
-    rss_before = rss_gib()[0]
     t = time.perf_counter()
-    index = build_index(x, "ivfpq", nlist=args.nlist, pq_m=args.pq_m, refine=True, train_size=args.train_size)
-    t_build = time.perf_counter() - t
-    base = faiss.downcast_index(index.base_index)
-    size_all, size_codes = index_bytes(index), index_bytes(base)
-    print(f"build (train + add): {t_build:.1f} s; index file {size_all / 2**30:.2f} GiB "
-          f"(PQ codes + lists alone {size_codes / 2**20:.0f} MiB, refine vectors the rest); "
-          f"rss +{rss_gib()[0] - rss_before:.2f} GiB, peak {rss_gib()[1]:.2f} GiB")
-    del x
+    _, exact_faiss = faiss.knn(q, x, args.k, metric=faiss.METRIC_INNER_PRODUCT)
+    t_knn = time.perf_counter() - t
+    print(f"exact top {args.k}: numpy brute force {t_exact:.1f} s ({t_exact / args.queries * 1e3:.1f} ms/query), "
+          f"faiss flat (faiss.knn) {t_knn:.1f} s ({t_knn / args.queries * 1e3:.1f} ms/query), "
+          f"same ids {np.mean(exact == exact_faiss):.4%}")
 
-    print("\n| nprobe | k_factor | recall@10 vs exact | batch ms/query | single-query median ms |")
-    print("|---:|---:|---:|---:|---:|")
-    for nprobe in args.nprobe:
-        for k_factor in args.k_factor:
-            set_search_params(index, nprobe=nprobe, k_factor=k_factor)
-            _, ids = search(index, q, args.k)
-            batch = median_time(lambda: search(index, q, args.k), 3) / args.queries
-            single = median_time(lambda: search(index, q[:1], args.k), 50)
-            print(f"| {nprobe} | {k_factor:g} | {recall_at(ids, exact):.4f} | {batch * 1e3:.3f} | {single * 1e3:.2f} |")
+    for refine in args.refine:
+        rss_before = rss_gib()[0]
+        t = time.perf_counter()
+        index = build_index(x, "ivfpq", nlist=args.nlist, pq_m=args.pq_m, refine=refine, train_size=args.train_size)
+        t_build = time.perf_counter() - t
+        size = index_bytes(index)
+        print(f"\nrefine {refine}: build (train + add) {t_build:.1f} s; index file {size / 2**20:,.0f} MiB "
+              f"({size / args.n:.0f} bytes/photo); rss +{rss_gib()[0] - rss_before:.2f} GiB, "
+              f"peak so far {rss_gib()[1]:.2f} GiB\n")
+        print("| refine | nprobe | k_factor | recall@10 vs exact | batch of queries, ms/query | one query, 1 thread, ms |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for nprobe in args.nprobe:
+            for k_factor in args.k_factor if refine != "none" else [1]:
+                set_search_params(index, nprobe=nprobe, k_factor=k_factor)
+                _, ids = search(index, q, args.k)
+                batch = median_time(lambda: search(index, q, args.k), 3) / args.queries
+                single = single_query_ms(index, q, args.k)
+                print(f"| {refine} | {nprobe} | {k_factor:g} | {recall_at(ids, exact):.4f} | {batch * 1e3:.3f} | "
+                      f"{single:.2f} |", flush=True)
+        del index
 
 
 def main() -> None:
@@ -146,11 +170,13 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--latent-dim", type=int, default=32, help="intrinsic dimension of places; 0: none")
     p.add_argument("--nlist", type=int, default=1024)
     p.add_argument("--pq-m", type=int, default=64)
     p.add_argument("--train-size", type=int, default=0, help="0: 64 per list")
-    p.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32])
-    p.add_argument("--k-factor", type=float, nargs="+", default=[1, 2, 4])
+    p.add_argument("--nprobe", type=int, nargs="+", default=[32, 64, 128, 256])
+    p.add_argument("--k-factor", type=float, nargs="+", default=[8, 16, 32])
+    p.add_argument("--refine", nargs="+", default=["flat", "sq8"], choices=["flat", "sq8", "none"])
     p.add_argument("--skip-scale", action="store_true")
     args = p.parse_args()
     rng = np.random.default_rng(0)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from retrieval import GeolocError
-from retrieval.index import (ARRAYS_FILE, INDEX_FILE, META_FILE, Sidecar, build_index, load_index, save_index,
-                             search, sha256_file)
+from retrieval.config import IndexConfig
+from retrieval.index import (ARRAYS_FILE, INDEX_FILE, META_FILE, Sidecar, build_index, index_params, load_index,
+                             save_index, search, set_search_params, sha256_file)
 
 D = 32
 
@@ -147,3 +148,12 @@ def test_bad_input_is_named():
         build_index(x, "ivfpq", nlist=4, pq_m=8, refine="pq", progress=False)
     with pytest.raises(GeolocError, match="300 vectors but 299 paths"):
         save_index("/nonexistent", build_index(x, progress=False), sidecar_for(x[:299]))
+
+
+def test_config_parameters_reach_the_index():
+    x = unit(2000)
+    cfg = IndexConfig(kind="ivfpq", nlist=16, pq_m=8, refine="sq8", nprobe=7, k_factor=2.5)
+    assert set_search_params(build_index(x, progress=False, **index_params(cfg))) == {"nprobe": 7, "k_factor": 2.5}
+    cfg = IndexConfig(kind="hnsw", hnsw_m=8, ef_search=21)
+    index = build_index(x, progress=False, **index_params(cfg))
+    assert set_search_params(index) == {"ef_search": 21} and index.hnsw.nb_neighbors(1) == 8

@@ -127,6 +127,29 @@ def test_bad_sources_fail_with_one_line(tmp_path, monkeypatch):
         photo_distances([51.5], [-0.1], 100, positives="geodesic")
 
 
+def test_osm_file_keeps_streets_only(tmp_path):
+    # an L-shaped street through a bend node, a building outline touching it and a proposed road
+    pts = {1: (0, 0), 2: (100, 0), 3: (100, 60), 4: (40, 5), 5: (60, 5), 6: (60, 20), 7: (0, 200)}
+    lat, lon = latlon(list(pts.values()))
+    nodes = "".join(f'<node id="{n}" lat="{a:.8f}" lon="{o:.8f}" version="1"/>' for n, a, o in zip(pts, lat, lon))
+    ways = ('<way id="10"><nd ref="1"/><nd ref="2"/><nd ref="3"/><tag k="highway" v="residential"/></way>'
+            '<way id="11"><nd ref="4"/><nd ref="5"/><nd ref="6"/><nd ref="4"/><tag k="building" v="yes"/></way>'
+            '<way id="12"><nd ref="3"/><nd ref="7"/><tag k="highway" v="proposed"/></way>')
+    path = tmp_path / "tiny.osm"
+    path.write_text(f'<?xml version="1.0"?><osm version="0.6">{nodes}{ways}</osm>')
+    g = load_graph(path)
+    assert len(g.length_m) == 1 and set(g.nodes.tolist()) == {1, 3}  # bend node 2 simplified away
+    assert g.length_m[0] == pytest.approx(160.0, abs=0.05)
+    plat, plon = latlon([(10, 3), (100, 50), (50, 150)])  # the last one is only near the proposed road
+    with pytest.warns(UserWarning, match="1 of 3 photos"):
+        geo = photo_distances(plat, plon, 300, "geodesic", streets=path, max_snap_m=20, progress=False)
+    with pytest.warns(UserWarning, match="1 of 3 photos"):
+        euc = photo_distances(plat, plon, 300, "euclidean", streets=path, max_snap_m=20)
+    assert geo[0, 1] == pytest.approx(90 + 50, abs=0.05)  # round the corner
+    assert euc[0, 1] == pytest.approx(np.hypot(90, 47), abs=0.05)
+    assert np.diff(geo.indptr).tolist() == np.diff(euc.indptr).tolist() == [2, 2, 0]  # same photos
+
+
 # --- a real city ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
