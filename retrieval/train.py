@@ -205,19 +205,22 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
     info = {"kind": task.kind, "metric": metric, "maximize": maximize, "precision": precision, **task.info()}
     atomic_write_json(run_dir / "run.json", info)
     tb = _tensorboard(run_dir)
-    steps_total = len(task.train_loader) if hasattr(task.train_loader, "__len__") else None
-    steps = min(steps_total, t.max_steps_per_epoch) if steps_total and t.max_steps_per_epoch else (
-        steps_total or t.max_steps_per_epoch or None)
+    steps = len(task.train_loader) if hasattr(task.train_loader, "__len__") else None  # for the bar
+    if t.max_steps_per_epoch:
+        steps = min(steps or t.max_steps_per_epoch, t.max_steps_per_epoch)
 
+    # A sampler that draws its batches from (seed, epoch) must hear the epoch, or every epoch repeats
+    # the first one's batches (and a resumed run would repeat them again).
+    set_epoch = getattr(getattr(task.train_loader, "batch_sampler", None), "set_epoch", None)
     for epoch in range(start + 1, t.epochs + 1):
         model.train()
+        if set_epoch is not None:
+            set_epoch(epoch)
         lr = opt.param_groups[0]["lr"]
         loss_sum, n_images, n_steps = 0.0, 0, 0
         t0 = time.perf_counter()
         bar = tqdm(total=steps, desc=f"{task.kind} epoch {epoch}/{t.epochs}", unit="step", leave=False)
         for batch in task.train_loader:
-            if t.max_steps_per_epoch and n_steps >= t.max_steps_per_epoch:
-                break
             images = prepare_images(batch[0], precision)
             with autocast(precision):
                 loss = task.loss(model, (images, *batch[1:]))
@@ -232,6 +235,8 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
             n_steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
+            if n_steps == t.max_steps_per_epoch:
+                break
         bar.close()
         if n_images == 0:
             raise GeolocError("the training set yields no batch (fewer photos than train.batch_size?)")
