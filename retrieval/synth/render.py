@@ -16,7 +16,7 @@ from numba import njit
 from retrieval.synth.scene import (
     B_AB, B_AG, B_AR, B_B, B_FLOOR, B_G, B_GROUND, B_HEIGHT, B_MINH, B_R, B_SEED, B_SHOP, B_SPACING,
     B_STYLE, B_TB, B_TG, B_TR, B_WINH, B_WINW, CLASSICAL, CURTAIN, FOOTPRINT, GRASS, HOUSE, INDUSTRIAL,
-    MARKING, OPEN, PAVEMENT, PAVING, ROAD, T_CB, T_CG, T_CR, T_R, T_RZ, T_SEED, T_TRUNK, T_X, T_Y, T_Z, W_BLD, W_LEN, W_NX,
+    MARKING, OPEN, PAVEMENT, PAVING, ROAD, T_CB, T_CG, T_CR, T_R, T_RZ, T_TRUNK, T_X, T_Y, T_Z, W_BLD, W_LEN, W_NX,
     W_NY, W_U0, W_X0, W_X1, W_Y0, W_Y1, WATER, World,
 )
 
@@ -266,7 +266,8 @@ def _trace_ray(ox, oy, dx, dy, smax, tmax, eye, walls, bld, wstart, witems, tree
 
 @njit(cache=True)
 def _shade_wall(bld, b, u, z, fp, look, sky):
-    """Facade colour at (u metres along the building's perimeter, z metres up), before lighting."""
+    """Facade colour at (u metres along the building's perimeter, z metres up), before lighting, and
+    1.0 if sunlight applies (0.0 for a lit window, which glows by itself)."""
     style = int(bld[b, B_STYLE])
     height = bld[b, B_HEIGHT]
     bseed = np.int64(bld[b, B_SEED])
@@ -677,37 +678,33 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                 continue
             surface = hit if kind == K_WALL else (-1 if kind == K_GROUND else -2)
             reuse = (j & 1) == 1 and surface == prev_surface and surface != -2
-            if kind == K_WALL or kind == K_ROOF:
+            if kind == K_ROOF:
+                # A wall seen from behind: the ray passed over a low building and comes down on its roof.
+                r, g, bl = 0.3 * look[L_AMB_R] * 2, 0.29 * look[L_AMB_G] * 2, 0.28 * look[L_AMB_B] * 2
+            elif kind == K_WALL:
                 b = int(walls[hit, W_BLD])
-                if kind == K_ROOF:
-                    r, g, bl = 0.3, 0.29, 0.28
-                    light = 0.6
-                else:
-                    ex = walls[hit, W_X1] - walls[hit, W_X0]
-                    ey = walls[hit, W_Y1] - walls[hit, W_Y0]
-                    along = ((ox + dx * best - walls[hit, W_X0]) * ex + (oy + dy * best - walls[hit, W_Y0]) * ey) \
-                        / walls[hit, W_LEN]
-                    u = walls[hit, W_U0] + along
-                    # What glass reflects: the sky's gradient at the mirrored elevation (no sun, no clouds).
+                ex = walls[hit, W_X1] - walls[hit, W_X0]
+                ey = walls[hit, W_Y1] - walls[hit, W_Y0]
+                along = ((ox + dx * best - walls[hit, W_X0]) * ex + (oy + dy * best - walls[hit, W_Y0]) * ey) \
+                    / walls[hit, W_LEN]
+                u = walls[hit, W_U0] + along
+                # What glass reflects: the sky's gradient at the mirrored elevation (no sun, no clouds).
+                _sky_gradient(abs(dzn) + 0.15, look, sky)
+                r, g, bl, lit_by_sun = _shade_wall(bld, b, u, hz, fp, look, sky)
+                if lit_by_sun > 0:  # (lit windows glow by themselves)
                     nxw, nyw = walls[hit, W_NX], walls[hit, W_NY]
-                    _sky_gradient(abs(dzn) + 0.15, look, sky)
-                    r, g, bl, light = _shade_wall(bld, b, u, hz, fp, look, sky)
-                    if light > 0:
-                        diff = max(0.0, nxw * sunx + nyw * suny) * sun_h
-                        if diff > 0:
-                            if not reuse:
-                                prev_shadow = _in_shadow(ox + dx * best + nxw * 0.05, oy + dy * best + nyw * 0.05,
-                                                         hz, sunx, suny, tan_el, walls, bld, wstart, witems, cell,
-                                                         nx, ny, cell_hmax, hmax)
-                            if prev_shadow:
-                                diff = 0.0
-                        ao = 0.72 + 0.28 * min(1.0, hz / 1.8)
-                        r *= (look[L_AMB_R] + look[L_SUN_R] * diff) * ao
-                        g *= (look[L_AMB_G] + look[L_SUN_G] * diff) * ao
-                        bl *= (look[L_AMB_B] + look[L_SUN_B] * diff) * ao
-                    light = 0.0
-                if light > 0:
-                    r, g, bl = r * light, g * light, bl * light
+                    diff = max(0.0, nxw * sunx + nyw * suny) * sun_h
+                    if diff > 0:
+                        if not reuse:
+                            prev_shadow = _in_shadow(ox + dx * best + nxw * 0.05, oy + dy * best + nyw * 0.05,
+                                                     hz, sunx, suny, tan_el, walls, bld, wstart, witems, cell,
+                                                     nx, ny, cell_hmax, hmax)
+                        if prev_shadow:
+                            diff = 0.0
+                    ao = 0.72 + 0.28 * min(1.0, hz / 1.8)  # darker at the foot of the wall
+                    r *= (look[L_AMB_R] + look[L_SUN_R] * diff) * ao
+                    g *= (look[L_AMB_G] + look[L_SUN_G] * diff) * ao
+                    bl *= (look[L_AMB_B] + look[L_SUN_B] * diff) * ao
             elif kind == K_GROUND:
                 x, y = ox + dx * best, oy + dy * best
                 gi, gj = int(y / gres), int(x / gres)
