@@ -138,7 +138,7 @@ def database(cfg: Config) -> Manifest:
 
 def build_run_index(run_dir: str | Path, cfg: Config, db: Manifest | None = None) -> dict:
     """Embed the database photos with the run's model and save a FAISS index in RUN/index."""
-    from retrieval.index import Sidecar, build_index, save_index
+    from retrieval.index import Sidecar, build_index, index_params, save_index
 
     run_dir = Path(run_dir)
     db = db if db is not None else database(cfg)
@@ -147,12 +147,10 @@ def build_run_index(run_dir: str | Path, cfg: Config, db: Manifest | None = None
     t0 = time.perf_counter()
     emb = embed(model, images, cfg, "embed database")
     embed_s = time.perf_counter() - t0
-    ix = cfg.index
-    index = build_index(emb, kind=ix.kind, nlist=ix.nlist, pq_m=ix.pq_m, hnsw_m=ix.hnsw_m, seed=cfg.seed,
-                        **({"nprobe": ix.nprobe} if ix.kind == "ivfpq" else {}))
+    index = build_index(emb, seed=cfg.seed, **index_params(cfg.index))
     save_index(run_dir / INDEX_DIR, index, Sidecar(paths=[str(p) for p in db.paths], lat=db.lat, lon=db.lon,
-                                                   dim=emb.shape[1], checkpoint_sha256=sha, kind=ix.kind))
-    return {"photos": len(db), "dim": int(emb.shape[1]), "kind": ix.kind,
+                                                   dim=emb.shape[1], checkpoint_sha256=sha, kind=cfg.index.kind))
+    return {"photos": len(db), "dim": int(emb.shape[1]), "kind": cfg.index.kind,
             "embed_images_per_s": round(len(db) / embed_s, 2), "seconds": round(time.perf_counter() - t0, 2)}
 
 
