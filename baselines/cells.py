@@ -72,8 +72,8 @@ def _cell_of_class(table: dict[str, list]) -> np.ndarray:
     return np.array([c for c, k in enumerate(table["class"]) if k is not None], dtype=np.int64)
 
 
-def located(grid_cells_of_class: np.ndarray, logits: torch.Tensor) -> np.ndarray:
-    return grid_cells_of_class[logits.argmax(dim=1).numpy()]
+def predicted_cells(cell_of_class: np.ndarray, logits: torch.Tensor) -> np.ndarray:
+    return cell_of_class[logits.argmax(dim=1).numpy()]
 
 
 class CellsTask:
@@ -108,7 +108,7 @@ class CellsTask:
             return {}
         logits = infer(model, self.val_images, test_transform(self.cfg.data), self.cfg.train.batch_size,
                        self.precision, desc="validate")
-        pred = located(self.cell_of_class, logits)
+        pred = predicted_cells(self.cell_of_class, logits)
         err = errors_m(self.centroid_lat[pred], self.centroid_lon[pred], self.val.lat, self.val.lon)
         known = self.val_labels >= 0  # val photos in a cell without training photos have no class
         out = {"val_cell_acc": cell_accuracy(self.val_cells, pred),
@@ -150,7 +150,7 @@ def predict(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
     precision = resolve_precision(cfg.train.precision)
     images = decode_images(test, cfg.data.resize, "decode test")
     logits = infer(model, images, test_transform(cfg.data), cfg.train.batch_size, precision, desc="predict")
-    pred = located(cell_of_class, logits)
+    pred = predicted_cells(cell_of_class, logits)
     true = grid.assign(test.lat, test.lon)
     lat, lon = _centroids(table, cfg.cells.centroid)
     other = "polygon" if cfg.cells.centroid == "photos" else "photos"

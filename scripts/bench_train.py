@@ -2,16 +2,19 @@
 
 Raw: the same model (cell classifier, same lock factor), batch size and precision, stepping on one
 batch already in memory: forward, cross-entropy, backward, SGD step. Loop: `retrieval.train.fit` on the
-cells task, images decoded once into the uint8 cache, augmentation per batch, DataLoader with
-`--workers` processes. Raw and loop measurements alternate, so a busy machine slows both alike; the
-first epoch / first steps (oneDNN warm-up) are left out of both.
+cells task (images decoded once into the uint8 cache, augmentation per batch, DataLoader with
+`--workers` processes); a loop step is the time between two consecutive loss calls (data loading,
+forward, backward, optimiser step, logging), and the batch fetch inside it is timed on its own.
 
-    .venv/bin/python scripts/bench_train.py --work /tmp/bench_train
+The machine may be shared, so raw and loop steps are interleaved: after every loop epoch (at its
+validation hook) a few raw steps run, bf16 and (with --fp32) fp32. Figures are medians of per-step
+times; warm-up (loop epoch 1, the first raw steps: oneDNN builds its kernels) is left out.
+
+    .venv/bin/python scripts/bench_train.py --work /tmp/bench_train --fp32
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import time
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 from baselines.cells import CellsTask, make_grid
 from retrieval.config import Config
 from retrieval.models import cell_classifier
-from retrieval.train import autocast, fit, load_data, prepare_images, prepare_model, seed_everything
+from retrieval.train import fit, load_data, prepare_images, prepare_model, seed_everything
 
 
 def demo_data(work: Path, n_train: int, size: int) -> Path:
@@ -39,29 +42,77 @@ def demo_data(work: Path, n_train: int, size: int) -> Path:
     return out
 
 
-def raw_images_per_s(n_classes: int, batch: torch.Tensor, labels: torch.Tensor, cfg: Config,
-                     precision: str, steps: int, warmup: int = 2) -> float:
-    torch.manual_seed(0)
-    model = prepare_model(cell_classifier("none", n_classes, cfg.model.lock_factor), precision).train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
-                          momentum=cfg.train.momentum)
-    x = prepare_images(batch, precision)
-    t0 = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
+class RawSteps:
+    """The model step alone, on one batch held in memory."""
+
+    def __init__(self, n_classes: int, batch: torch.Tensor, labels: torch.Tensor, cfg: Config,
+                 precision: str, warmup: int = 3):
+        torch.manual_seed(0)
+        self.model = prepare_model(cell_classifier("none", n_classes, cfg.model.lock_factor), precision).train()
+        self.opt = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], lr=cfg.train.lr,
+                                   momentum=cfg.train.momentum)
+        self.x, self.labels, self.precision = prepare_images(batch, precision), labels, precision
+        self.times: list[float] = []
+        self.run(warmup)
+        self.times.clear()
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
             t0 = time.perf_counter()
-        with autocast(precision):
-            loss = F.cross_entropy(model(x).float(), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return len(batch) * steps / (time.perf_counter() - t0)
+            # Also called from fit's validation hook, which runs under no_grad and the loop's autocast.
+            with torch.enable_grad(), torch.autocast("cpu", torch.bfloat16, enabled=self.precision == "bf16"):
+                loss = F.cross_entropy(self.model(self.x).float(), self.labels)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.times.append(time.perf_counter() - t0)
 
 
-def loop_images_per_s(task: CellsTask, cfg: Config, run_dir: Path) -> list[float]:
+class TimedLoader:
+    """Wraps the task's DataLoader to time each batch fetch."""
+
+    def __init__(self, loader):
+        self.loader, self.fetch = loader, []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.fetch.append(time.perf_counter() - t0)
+            yield batch
+
+
+def measure(task: CellsTask, cfg: Config, run_dir: Path, raws: list[RawSteps], raw_steps: int) -> dict:
+    stamps: list[tuple[int, float]] = []
+    epoch = [0]
+    loss, loader = task.loss, TimedLoader(task.train_loader)
+
+    def timed_loss(model, batch):
+        stamps.append((epoch[0], time.perf_counter()))
+        return loss(model, batch)
+
+    def between_epochs(model):  # fit calls this after every epoch: interleave the raw steps here
+        epoch[0] += 1
+        if epoch[0] > 1:
+            for r in raws:
+                r.run(raw_steps)
+        return {}
+
+    task.loss, task.validate, task.train_loader = timed_loss, between_epochs, loader
+    n_raw = [len(r.times) for r in raws]
+    for r in raws:
+        r.run(raw_steps)
     fit(task, cfg, run_dir)
-    with (run_dir / "log.csv").open(newline="") as f:
-        return [float(r["images_per_s"]) for r in csv.DictReader(f)][1:]  # epoch 1 is warm-up
+    steps = [b - a for (ea, a), (eb, b) in zip(stamps, stamps[1:]) if ea == eb and ea >= 1]
+    first = len(loader.fetch) // cfg.train.epochs  # fetches of epoch 1 (warm-up)
+    return {"steps": steps, "fetch": loader.fetch[first:], "raw": [r.times[n:] for r, n in zip(raws, n_raw)]}
 
 
 def main() -> None:
@@ -75,8 +126,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--lock", type=float, default=0.7)
-    ap.add_argument("--steps", type=int, default=8, help="steps per loop epoch and per raw measurement")
-    ap.add_argument("--epochs", type=int, default=3, help="loop epochs (the first is warm-up)")
+    ap.add_argument("--steps", type=int, default=6, help="loop steps per epoch")
+    ap.add_argument("--raw-steps", type=int, default=3, help="raw steps after each loop epoch")
+    ap.add_argument("--epochs", type=int, default=5, help="loop epochs (the first is warm-up)")
     ap.add_argument("--workers", default="0,2", help="DataLoader worker counts to compare")
     ap.add_argument("--fp32", action="store_true", help="also time raw fp32 steps (the bf16 speed-up)")
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
@@ -92,41 +144,51 @@ def main() -> None:
     splits = load_data(cfg)
     grid = make_grid(cfg, splits["train"])
 
-    raw, raw_fp32, loop, decode_s = [], [], {}, {}
-    batch = labels = n_classes = None
+    def ips(seconds: list[float]) -> float:
+        return round(args.batch / statistics.median(seconds), 2)
+
+    raws: list[RawSteps] = []
+    result: dict = {"data": str(data), "train_photos": len(splits["train"]), "image_size": args.image_size,
+                    "batch": args.batch, "precision": args.precision, "lock": args.lock,
+                    "threads": torch.get_num_threads(), "loop": {}}
+    raw_times: list[list[float]] = []
     for w in [int(v) for v in args.workers.split(",")]:
         cfg.data.num_workers = w
         seed_everything(cfg.seed)
         t0 = time.perf_counter()
         task = CellsTask(cfg, splits, grid)
-        decode_s[w] = time.perf_counter() - t0
-        if batch is None:
+        cache_s = time.perf_counter() - t0
+        if not raws:
             batch, labels, _ = next(iter(task.train_loader))
-            n_classes = len(task.cell_of_class)
-            raw.append(raw_images_per_s(n_classes, batch, labels, cfg, task.precision, args.steps))
-        run_dir = args.work / f"run-{args.precision}-w{w}-{time.strftime('%H%M%S')}"
-        loop[w] = loop_images_per_s(task, cfg, run_dir)
-        raw.append(raw_images_per_s(n_classes, batch, labels, cfg, task.precision, args.steps))
-        if args.fp32:
-            raw_fp32.append(raw_images_per_s(n_classes, batch, labels, cfg, "fp32", args.steps))
+            n = len(task.cell_of_class)
+            raws = [RawSteps(n, batch, labels, cfg, task.precision)]
+            if args.fp32:
+                raws.append(RawSteps(n, batch, labels, cfg, "fp32"))
+            raw_times = [[] for _ in raws]
+            result["classes"] = n
+        m = measure(task, cfg, args.work / f"run-w{w}-{time.strftime('%H%M%S')}", raws, args.raw_steps)
+        for acc, times in zip(raw_times, m["raw"]):
+            acc += times
+        result["loop"][str(w)] = {
+            "steps": len(m["steps"]), "images_per_s": ips(m["steps"]),
+            "fetch_ms_median": round(1000 * statistics.median(m["fetch"]), 1),
+            "fetch_share": round(sum(m["fetch"]) / sum(m["steps"]), 3),
+            "raw_images_per_s_same_run": ips(m["raw"][0]), "cache_seconds": round(cache_s, 2)}
+        result["loop"][str(w)]["ratio_to_raw"] = round(
+            result["loop"][str(w)]["images_per_s"] / result["loop"][str(w)]["raw_images_per_s_same_run"], 3)
 
-    raw_med = statistics.median(raw)
-    result = {
-        "data": str(data), "train_photos": len(splits["train"]), "classes": n_classes,
-        "image_size": args.image_size, "batch": args.batch, "precision": args.precision, "lock": args.lock,
-        "steps": args.steps, "threads": torch.get_num_threads(),
-        "raw_images_per_s": [round(v, 2) for v in raw], "raw_median": round(raw_med, 2),
-        "loop": {str(w): {"images_per_s": [round(v, 2) for v in vs], "median": round(statistics.median(vs), 2),
-                          "ratio_to_raw": round(statistics.median(vs) / raw_med, 3),
-                          "cache_seconds": round(decode_s[w], 2)} for w, vs in loop.items()},
-    }
-    if raw_fp32:
-        result["raw_fp32_images_per_s"] = [round(v, 2) for v in raw_fp32]
-        result["bf16_speedup"] = round(raw_med / statistics.median(raw_fp32), 2)
+    result["raw_steps"], result["raw_images_per_s"] = len(raw_times[0]), ips(raw_times[0])
+    if args.fp32:
+        result["raw_fp32_images_per_s"] = ips(raw_times[1])
+        result["bf16_speedup"] = round(ips(raw_times[0]) / ips(raw_times[1]), 2)
     print(json.dumps(result, indent=2))
-    print(f"\nraw model step: {raw_med:.2f} img/s (median of {len(raw)})")
+    print(f"\nraw model step: {result['raw_images_per_s']:.2f} img/s (median of {result['raw_steps']} steps)")
     for w, r in result["loop"].items():
-        print(f"training loop, {w} workers: {r['median']:.2f} img/s = {r['ratio_to_raw']:.0%} of raw")
+        print(f"training loop, {w} workers: {r['images_per_s']:.2f} img/s = {r['ratio_to_raw']:.0%} of raw "
+              f"({r['raw_images_per_s_same_run']:.2f}) interleaved with it; batch fetch {r['fetch_share']:.1%} "
+              "of loop time")
+    if args.fp32:
+        print(f"raw fp32: {result['raw_fp32_images_per_s']:.2f} img/s; bf16 speed-up {result['bf16_speedup']:.2f}x")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
