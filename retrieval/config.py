@@ -105,6 +105,7 @@ class IndexConfig:
 class BenchConfig:
     """One comparison: a city, its rendered views, and the methods trained under the same budget."""
     osm: str = "demo"  # an .osm/.osm.bz2 file, or "demo" for the procedural city
+    city_size_m: float = 1500.0  # side of the procedural city
     train_views: int = 600
     test_views: int = 150
     image_size: int = 128

@@ -223,8 +223,10 @@ def run_benchmark(cfg: Config, out: str | Path) -> Path:
 # The demo's budget: small enough for 15 minutes on a 2-core CPU, the same for every method.
 DEMO = {
     "name": "demo",
-    "train": {"epochs": 6, "batch_size": 32},
-    "bench": {"osm": "demo", "train_views": 600, "test_views": 150, "image_size": 128},
+    "train": {"epochs": 4, "batch_size": 32, "lr": 0.01},
+    "data": {"num_workers": 0},
+    "cells": {"cell_size_m": 120.0, "border_spacing_m": 30.0},
+    "bench": {"osm": "demo", "city_size_m": 800.0, "train_views": 1000, "test_views": 200, "image_size": 128},
 }
 
 
