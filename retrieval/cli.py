@@ -98,7 +98,7 @@ def synth_city(
 def synth_render(
     out: Path = typer.Option(..., "--out", help="Data folder: images/, train.csv, test.csv, dataset.json."),
     osm: Optional[Path] = typer.Option(None, "--osm", help="OSM extract (.osm/.osm.bz2); default: the demo city."),
-    train: Optional[int] = typer.Option(None, "--train", help="Training views in total (default: one per --spacing-m)."),
+    train: Optional[int] = typer.Option(None, "--train", help="Training views in all (default: one per --spacing-m)."),
     spacing_m: float = typer.Option(10.0, "--spacing-m", help="Metres of street per training view (without --train)."),
     test: int = typer.Option(100, "--test", help="Test views at independent random positions."),
     size: int = typer.Option(224, "--size", help="Image side in pixels."),

@@ -29,7 +29,6 @@ class View:
     name: str
     camera: Camera
     look: Look
-    street: int
 
 
 class Streets:
@@ -148,7 +147,7 @@ def sample_views(world: World, split: str, n: int | None, spacing_m: float | Non
                      roll=float(np.clip(rng.normal(0, 1.0), -3, 3)), eye=eye, fov=fov, width=size, height=size)
         look = sample_look(rng, condition)
         look.vehicles = _vehicles(world, line, hw, width, d, cx, cy, rng)
-        views.append(View(name=f"{split}_{len(views):05d}", camera=cam, look=look, street=k))
+        views.append(View(name=f"{split}_{len(views):05d}", camera=cam, look=look))
     return views
 
 

@@ -845,7 +845,8 @@ class Renderer:
     def __init__(self, world: World):
         self.world = world
         g, tg = world.wall_grid, world.tree_grid
-        self._args = (world.walls, world.buildings, g.start, g.items, world.cell_hmax, world.trees, tg.start, tg.items,
+        self._args = (world.walls, world.buildings, g.start, g.items, world.cell_hmax, world.trees, tg.start,
+                      tg.items,
                       float(g.cell), int(g.nx), int(g.ny), world.ground, world.road_soft, world.marks,
                       world.mark_grid.start, world.mark_grid.items,
                       float(world.ground_res))

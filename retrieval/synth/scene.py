@@ -339,7 +339,8 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
     tree_grid = _build_grid(tr[:, T_X] - tr[:, T_R], tr[:, T_Y] - tr[:, T_R], tr[:, T_X] + tr[:, T_R],
                             tr[:, T_Y] + tr[:, T_R], np.arange(len(tr)), GRID_CELL_M, nx, ny)
     return World(origin=(float(xmin), float(ymin)), size=(float(w), float(h)), walls=walls, buildings=bld,
-                 trees=tr, wall_grid=wall_grid, cell_hmax=cell_hmax, tree_grid=tree_grid, ground=ground, road_soft=road_soft, marks=marks, mark_grid=mark_grid, ground_res=GROUND_RES_M,
+                 trees=tr, wall_grid=wall_grid, cell_hmax=cell_hmax, tree_grid=tree_grid, ground=ground,
+                 road_soft=road_soft, marks=marks, mark_grid=mark_grid, ground_res=GROUND_RES_M,
                  footprints=foot, footprint_polys=polys, streets=streets_local)
 
 
