@@ -213,7 +213,10 @@ def load_city(path: str | Path) -> City:
     from shapely.geometry import MultiPolygon, Polygon
 
     path = Path(path)
+    from tqdm import tqdm
+
     info = check_osm_xml(path)
+    bar = tqdm(total=2, desc=f"read {path.name}", unit="step", leave=False)
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")
         streets_osm = Path(tmp) / "streets.osm"
@@ -221,10 +224,14 @@ def load_city(path: str | Path) -> City:
         try:
             # The largest connected piece: cameras on a stray fragment could not be reached along the streets.
             G = ox.graph_from_xml(streets_osm, bidirectional=False, simplify=True, retain_all=False)
+            bar.update()
             F = ox.features_from_xml(path, tags=FEATURE_TAGS)
+            bar.update()
         except Exception as exc:  # OSMnx raises many types on odd input; the user needs one line
             raise GeolocError(f"{path}: OSMnx could not read the extract ({type(exc).__name__}: {exc})"
                               .splitlines()[0]) from None
+        finally:
+            bar.close()
     if G.number_of_edges() == 0:
         raise GeolocError(f"{path}: no street graph could be built from the highway ways")
     lat = np.array([d["y"] for _, d in G.nodes(data=True)])
