@@ -165,6 +165,9 @@ def _train_setup(kind: str, data: Optional[Path], config: Optional[Path], out: O
 
 
 def _echo_summary(summary: dict) -> None:
+    if not summary["epochs"]:
+        typer.echo("done: no epoch to train (train.epochs is 0 or already reached)")
+        return
     typer.echo(f"done: {summary['epochs']} epoch(s), best {summary['metric']} {summary['best']:.4g} "
                f"at epoch {summary['best_epoch']}, {summary['train_images_per_s']:.1f} img/s")
 

@@ -246,7 +246,7 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
         val_s = time.perf_counter() - t0 - train_s
         sched.step()
         row = {"epoch": epoch, "train_loss": loss_sum / n_images, **val, "lr": lr,
-               "train_seconds": round(train_s, 3), "val_seconds": round(val_s, 3),
+               "images": n_images, "train_seconds": round(train_s, 3), "val_seconds": round(val_s, 3),
                "images_per_s": round(n_images / train_s, 3)}
         if metric not in row:  # no validation set: fall back to the training loss
             metric, maximize = "train_loss", False
@@ -272,10 +272,10 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
         tb.close()
 
     train_s = sum(float(r["train_seconds"]) for r in rows)
+    images = sum(int(r["images"]) for r in rows)
     summary = {"epochs": len(rows), "metric": metric, "maximize": maximize, "best": best,
-               "best_epoch": best_epoch, "train_seconds": round(train_s, 3),
-               "train_images_per_s": round(float(np.mean([float(r["images_per_s"]) for r in rows])), 3)
-               if rows else None}
+               "best_epoch": best_epoch, "train_seconds": round(train_s, 3), "train_images": images,
+               "train_images_per_s": round(images / train_s, 3) if train_s else None}
     atomic_write_json(run_dir / "run.json", {**info, "train": summary})
     return summary
 

@@ -94,9 +94,10 @@ def test_one_epoch_reduces_the_loss(tmp_path):
     assert after < 0.7 * before, (before, after)
     assert summary["epochs"] == 1 and summary["metric"] == "val_acc"
     rows = read_log(tmp_path / "log.csv")
-    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "train_seconds",
+    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "images", "train_seconds",
                              "val_seconds", "images_per_s"]
-    assert int(rows[0]["epoch"]) == 1 and float(rows[0]["images_per_s"]) > 0
+    assert int(rows[0]["epoch"]) == 1 and int(rows[0]["images"]) == 48  # 6 full batches of 8
+    assert summary["train_images"] == 48 and summary["train_images_per_s"] > 0
 
 
 def test_lr_decay_log_checkpoints_and_run_json(tmp_path):
