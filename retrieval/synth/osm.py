@@ -44,7 +44,7 @@ class City:
     """Everything the renderer and the camera sampler need, in metres of a local UTM projection."""
 
     source: Path
-    graph: object  # networkx.MultiDiGraph in lat/lon, as OSMnx read it
+    graph: object  # networkx.MultiDiGraph in lat/lon: the highway ways only, largest connected part
     streets: object  # GeoDataFrame of the graph's edges, one row per street piece (not per direction), projected
     projection: LocalProjection
     buildings: object  # GeoDataFrame of Polygons (projected) with columns osm_id, height, min_height, tags...
