@@ -221,6 +221,9 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
         spacing_m = 10.0
     if (n_train is not None and n_train < 1) or n_test < 0 or size < 8:
         raise GeolocError("render: need at least 1 training view, a non-negative test count and size >= 8")
+    if not 10.0 <= fov <= 150.0 or not 0.3 <= eye <= 20.0:
+        raise GeolocError(f"render: field of view {fov:g} (10 to 150 degrees) or eye height {eye:g} m "
+                          "(0.3 to 20 m) out of range")
     args = {"osm": osm_path.name, "osm_sha256": hashlib.sha256(osm_path.read_bytes()).hexdigest()
             if osm_path.is_file() else None, "n_train": n_train, "n_test": n_test, "size": size, "seed": seed,
             "test_condition_shift": test_condition_shift, "spacing_m": spacing_m, "fov": fov, "eye": eye}
