@@ -16,7 +16,7 @@ from numba import njit
 from retrieval.synth.scene import (
     B_AB, B_AG, B_AR, B_B, B_FLOOR, B_G, B_GROUND, B_HEIGHT, B_MINH, B_R, B_SEED, B_SHOP, B_SPACING,
     B_STYLE, B_TB, B_TG, B_TR, B_WINH, B_WINW, CLASSICAL, CURTAIN, FOOTPRINT, GRASS, HOUSE, INDUSTRIAL,
-    MARKING, OPEN, PAVEMENT, PAVING, ROAD, T_CB, T_CG, T_CR, T_R, T_RZ, T_TRUNK, T_X, T_Y, T_Z, W_BLD, W_LEN, W_NX,
+    MARKING, OPEN, PAVEMENT, PAVING, ROAD, T_CB, T_CG, T_CR, T_LAMP, T_R, T_RZ, T_TRUNK, T_X, T_Y, T_Z, W_BLD, W_LEN, W_NX,
     W_NY, W_U0, W_X0, W_X1, W_Y0, W_Y1, WATER, World,
 )
 
@@ -623,7 +623,7 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                         # Ragged outline: rays that only graze the crown may pass between leaves.
                         graze = disc / (4 * qa)
                         hx, hy = ox + dx * s, oy + dy * s
-                        hole = graze < 0.2 and \
+                        hole = graze < 0.2 and trees[tr_, T_LAMP] == 0.0 and \
                             _noise(hx * 3.0, zc * 3.0, tr_) * _noise(hy * 3.0, zc * 3.0 + 17, tr_) < 0.15
                         if not hole:
                             best, hit, hz, kind = s, tr_, zc, K_TREE
@@ -747,6 +747,11 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                     r *= look[L_AMB_R] + look[L_SUN_R] * sun_k
                     g *= look[L_AMB_G] + look[L_SUN_G] * sun_k
                     bl *= look[L_AMB_B] + look[L_SUN_B] * sun_k
+            elif kind == K_TREE and trees[hit, T_LAMP] > 0:
+                if hz < trees[hit, T_Z] - 0.03 and look[L_LIT] > 0.1:
+                    r, g, bl = 1.0, 0.86, 0.6  # lit at dusk
+                else:
+                    r, g, bl = 0.22 * look[L_AMB_R] * 2.5, 0.23 * look[L_AMB_G] * 2.5, 0.25 * look[L_AMB_B] * 2.5
             elif kind == K_TREE:
                 x, y = ox + dx * best, oy + dy * best
                 cx, cy, cz = trees[hit, T_X], trees[hit, T_Y], trees[hit, T_Z]
@@ -760,7 +765,7 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                 g = trees[hit, T_CG] * leaf * (look[L_AMB_G] * 1.3 + look[L_SUN_G] * diff * 1.2)
                 bl = trees[hit, T_CB] * leaf * (look[L_AMB_B] * 1.3 + look[L_SUN_B] * diff * 1.2)
             elif kind == K_TRUNK:
-                r, g, bl = 0.2, 0.16, 0.12
+                r, g, bl = (0.14, 0.15, 0.16) if trees[hit, T_LAMP] > 0 else (0.2, 0.16, 0.12)
             else:
                 vr, vg, vb = vehicles[hit, V_R], vehicles[hit, V_G], vehicles[hit, V_B]
                 hv = vehicles[hit, V_H]

@@ -27,7 +27,7 @@ PUNCHED, CURTAIN, CLASSICAL, INDUSTRIAL, HOUSE = range(5)
 # Wall columns.
 W_X0, W_Y0, W_X1, W_Y1, W_NX, W_NY, W_U0, W_LEN, W_BLD = range(9)
 # Tree columns.
-T_X, T_Y, T_R, T_Z, T_RZ, T_TRUNK, T_CR, T_CG, T_CB, T_SEED = range(10)
+T_X, T_Y, T_R, T_Z, T_RZ, T_TRUNK, T_CR, T_CG, T_CB, T_LAMP = range(10)  # T_LAMP: 1 for a street lamp
 
 ROAD_WIDTH_M = {"motorway": 14.0, "trunk": 12.0, "primary": 11.0, "secondary": 10.0, "tertiary": 9.0,
                 "motorway_link": 7.0, "trunk_link": 7.0, "primary_link": 7.0, "secondary_link": 7.0,
@@ -311,7 +311,7 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
     road = Image.fromarray(((ground == ROAD) | (ground == MARKING)).astype(np.uint8) * 255)
     road_soft = np.asarray(road.filter(ImageFilter.GaussianBlur(1.0)), dtype=np.uint8)
 
-    # Trees: mapped ones plus a deterministic scatter in parks, never inside a building.
+    # Trees: mapped ones plus a deterministic scatter in parks; lamps; none inside a building.
     tree_xy = [np.asarray(trees, float).reshape(-1, 2) - [xmin, ymin]] if trees is not None else []
     for g in green_local:
         gx0, gy0, gx1, gy1 = g.bounds
@@ -321,21 +321,33 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
             cand = rng.uniform([gx0, gy0], [gx1, gy1], size=(min(n * 2, 4000), 2))
             inside = shapely.contains_xy(g, cand[:, 0], cand[:, 1])
             tree_xy.append(cand[inside][: n // 2 + 1])
+    n_trees = sum(len(t) for t in tree_xy)
+    # Street lamps on both sidewalks of every road, one per 30 m.
+    for line, hw, width in streets_local:
+        if hw in PAVED_AS_STREET or width < 6.0 or line.length < 15.0:
+            continue
+        for side in (-1, 1):
+            edge = line.offset_curve(side * (width / 2 + 0.6))
+            if edge.geom_type == "LineString" and not edge.is_empty:
+                tree_xy.append(np.array([edge.interpolate(a).coords[0] for a in np.arange(7.0, edge.length, 30.0)])
+                               .reshape(-1, 2))
+    is_lamp = np.concatenate([np.zeros(n_trees, bool), np.ones(sum(len(t) for t in tree_xy) - n_trees, bool)])
     tree_xy = np.concatenate(tree_xy) if tree_xy else np.zeros((0, 2))
-    tree_xy = tree_xy[(tree_xy[:, 0] > 0) & (tree_xy[:, 1] > 0) & (tree_xy[:, 0] < w) & (tree_xy[:, 1] < h)]
+    keep = (tree_xy[:, 0] > 0) & (tree_xy[:, 1] > 0) & (tree_xy[:, 0] < w) & (tree_xy[:, 1] < h)
     foot = STRtree(polys)
     if len(tree_xy):
-        hit = foot.query(shapely.points(tree_xy), predicate="within")
-        keep = np.ones(len(tree_xy), bool)
-        keep[hit[0]] = False
-        tree_xy = tree_xy[keep]
+        keep[foot.query(shapely.points(tree_xy), predicate="within")[0]] = False
+    tree_xy, is_lamp = tree_xy[keep], is_lamp[keep]
     tr = np.zeros((len(tree_xy), 10))
     for i, (x, y) in enumerate(tree_xy):
+        if is_lamp[i]:
+            tr[i] = [x, y, 0.3, 5.8, 0.12, 0.07, 0.22, 0.23, 0.25, 1.0]
+            continue
         rng = np.random.default_rng(stable_hash("tree", round(x * 10), round(y * 10)))
         r = rng.uniform(2.0, 4.5)
         rz = r * rng.uniform(1.0, 1.5)
         green_tone = np.array([0.16, 0.30, 0.10]) * rng.uniform(0.75, 1.3) + rng.uniform(-0.03, 0.03, 3)
-        tr[i] = [x, y, r, rng.uniform(2.8, 4.5) + rz, rz, rng.uniform(0.12, 0.25), *green_tone, rng.integers(1 << 20)]
+        tr[i] = [x, y, r, rng.uniform(2.8, 4.5) + rz, rz, rng.uniform(0.12, 0.25), *green_tone, 0.0]
     tree_grid = _build_grid(tr[:, T_X] - tr[:, T_R], tr[:, T_Y] - tr[:, T_R], tr[:, T_X] + tr[:, T_R],
                             tr[:, T_Y] + tr[:, T_R], np.arange(len(tr)), GRID_CELL_M, nx, ny)
     return World(origin=(float(xmin), float(ymin)), size=(float(w), float(h)), walls=walls, buildings=bld,
