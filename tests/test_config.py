@@ -65,3 +65,15 @@ def test_shipped_configs_load():
 
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_atomic_write_keeps_ordinary_permissions_and_no_temp_files(tmp_path):
+    import os
+
+    from retrieval.util import atomic_write_text
+
+    p = atomic_write_text(tmp_path / "a.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (p.stat().st_mode & 0o777) == (0o666 & ~umask)
+    assert [f.name for f in tmp_path.iterdir()] == ["a.txt"]
