@@ -222,7 +222,7 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
         bar = tqdm(total=steps, desc=f"{task.kind} epoch {epoch}/{t.epochs}", unit="step", leave=False)
         for batch in task.train_loader:
             images = prepare_images(batch[0], precision)
-            with autocast(precision):
+            with torch.enable_grad(), autocast(precision):  # whatever grad mode the caller left on
                 loss = task.loss(model, (images, *batch[1:]))
             if not torch.isfinite(loss):
                 raise GeolocError(f"epoch {epoch} step {n_steps + 1}: loss is {loss.item()} "
