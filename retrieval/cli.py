@@ -172,7 +172,7 @@ def _echo_summary(summary: dict) -> None:
                f"at epoch {summary['best_epoch']}, {summary['train_images_per_s']:.1f} img/s")
 
 
-DataOption = typer.Option(None, "--data", help="Data folder (train.csv [val.csv] [test.csv]) or a manifest CSV.")
+DataOption = typer.Option(None, "--data", help="Data folder (train.csv, optional val.csv and test.csv) or a manifest CSV.")
 ConfigOption = typer.Option(None, "--config", help="YAML config (see configs/).")
 OutOption = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<time>).")
 ResumeOption = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
