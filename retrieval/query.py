@@ -30,8 +30,6 @@ def image_files(inputs: list[Path]) -> list[Path]:
 def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list[dict]:
     """One answer per image: lat, lon, confidence, the neighbours that voted, and the time it took
     (decode to answer; loading the model and index once is not counted)."""
-    import torch
-
     from retrieval.embedding import embed, open_index
     from retrieval.index import search
     from retrieval.transforms import to_cached
@@ -42,7 +40,6 @@ def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list
     files = image_files(inputs)
     k = k or cfg.index.k
     model, index, side = open_index(run_dir, cfg)
-    torch.set_grad_enabled(False)
     answers = []
     for path in files:
         t0 = time.perf_counter()
