@@ -5,7 +5,6 @@ predictions.npz. A new method registers its predictor with `register_predictor(k
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import json
 import time
@@ -18,7 +17,7 @@ import numpy as np
 from retrieval import GeolocError
 from retrieval.geo import haversine_m
 from retrieval.metrics import error_metrics, errors_m
-from retrieval.util import atomic_write, atomic_write_json
+from retrieval.util import atomic_write, atomic_write_json, import_target
 
 
 # --- pure functions --------------------------------------------------------------------------------
@@ -73,8 +72,7 @@ def _predictor(kind: str) -> Callable:
         raise GeolocError(f"run kind {kind!r} has no predictor (known: {', '.join(sorted(PREDICTORS))})")
     if callable(target):
         return target
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
+    return import_target(target)
 
 
 def read_run_info(run_dir: str | Path) -> dict:

@@ -6,7 +6,6 @@ training resumes from its last checkpoint, so a killed run continues where it st
 """
 from __future__ import annotations
 
-import importlib
 import json
 import shlex
 import time
@@ -18,7 +17,7 @@ from tqdm import tqdm
 
 from retrieval import GeolocError
 from retrieval.config import Config, dump_yaml, load_config, prepare_run_dir, to_dict
-from retrieval.util import atomic_write_text
+from retrieval.util import atomic_write_text, import_target
 
 # The first word of a method's name says what it trains; the rest tells variants apart.
 TRAINERS = {
@@ -31,11 +30,6 @@ BUDGET_RULES = ("Every method trains on the same rendered training views with th
                 "(ResNet-50, same weights and lock_factor), input size, batch size, epochs, optimiser "
                 "(SGD, lr, momentum, decay) and precision; the best epoch is chosen on the same "
                 "validation split; all are scored on the same test views.")
-
-
-def _call(target: str, *args, **kwargs):
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)(*args, **kwargs)
 
 
 def method_kind(name: str) -> str:
@@ -105,7 +99,7 @@ def train_method(name: str, mcfg: Config, run: Path) -> None:
     resume = (run / "last.pt").is_file()
     prepare_run_dir(run, mcfg)
     tqdm.write(f"== {name}: {'resuming' if resume else 'training'} in {run}")
-    _call(TRAINERS[method_kind(name)], mcfg, run, resume)
+    import_target(TRAINERS[method_kind(name)])(mcfg, run, resume)
 
 
 def evaluate_method(run: Path, data: Path) -> dict:
@@ -185,10 +179,8 @@ def write_report(cfg: Config, out: Path, rows: list[dict], runs: dict[str, Path]
     cells_runs = [r for n, r in runs.items() if method_kind(n) == "cells"]
     page = _cells_page(cells_runs[0], lines, rep, attribution) if cells_runs else None
     text = report_md(rows, commands, dump_yaml(cfg),
-                     notes="\n\n".join([f"Budget: {BUDGET_RULES}", *notes, attribution] if attribution
-                                       else [f"Budget: {BUDGET_RULES}", *notes]))
-    if page is None:
-        text = text.replace("[Neighbourhood similarity (interactive)](neighbourhoods.html)\n", "")
+                     notes="\n\n".join(n for n in [f"Budget: {BUDGET_RULES}", *notes, attribution] if n),
+                     neighbourhoods=page is not None)
     atomic_write_text(rep / "report.md", text)
     tqdm.write("\n" + terminal_table(rows) + "\n")
     return rep

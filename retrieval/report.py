@@ -210,11 +210,14 @@ def neighbourhoods_html(cell_polygons: list[np.ndarray], street_lines: list[np.n
     return atomic_write_text(path, page)
 
 
-def report_md(rows: list[dict], commands: list[str], config_text: str, notes: str = "") -> str:
+def report_md(rows: list[dict], commands: list[str], config_text: str, notes: str = "",
+              neighbourhoods: bool = True) -> str:
     parts = ["# geoloc comparison report", "", markdown_table(rows), ""]
     if notes:
         parts += [notes, ""]
-    parts += ["![error CDF](error_cdf.png)", "", "![map](map.png)", "",
-              "[Neighbourhood similarity (interactive)](neighbourhoods.html)", "", "## Commands", "", "```"]
+    parts += ["![error CDF](error_cdf.png)", "", "![map](map.png)", ""]
+    if neighbourhoods:
+        parts += ["[Neighbourhood similarity (interactive)](neighbourhoods.html)", ""]
+    parts += ["## Commands", "", "```"]
     parts += commands + ["```", "", "## Config", "", "```yaml", config_text.rstrip(), "```", ""]
     return "\n".join(parts)

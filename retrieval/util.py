@@ -74,6 +74,14 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
         raise GeolocError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
 
 
+def import_target(target: str):
+    """The object named by "package.module:name", imported on use (so optional parts load lazily)."""
+    import importlib
+
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def command_line() -> str:
     import shlex
 
