@@ -132,9 +132,11 @@ class GeM(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x^p overflows/underflows bf16 for large p, so pool in float32 (the map is only 2048 x h x w).
+        # x^p overflows even float32 once activations pass ~1e12 (an untrained network in eval mode gets
+        # there), so pool x / max and scale back: the same value, without the overflow.
         x = x.float().clamp(min=self.eps)
-        return F.adaptive_avg_pool2d(x.pow(self.p), 1).pow(1.0 / self.p)
+        peak = x.amax(dim=(2, 3), keepdim=True)
+        return (peak * F.adaptive_avg_pool2d((x / peak).pow(self.p), 1).pow(1.0 / self.p)).flatten(1)
 
 
 class L2Norm(nn.Module):

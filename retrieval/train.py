@@ -217,7 +217,7 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
         if set_epoch is not None:
             set_epoch(epoch)
         lr = opt.param_groups[0]["lr"]
-        loss_sum, n_images, n_steps = 0.0, 0, 0
+        loss_sum, n_images, n_steps, skipped = 0.0, 0, 0, 0
         t0 = time.perf_counter()
         bar = tqdm(total=steps, desc=f"{task.kind} epoch {epoch}/{t.epochs}", unit="step", leave=False)
         for batch in task.train_loader:
@@ -229,7 +229,13 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
                                   "(lower train.lr or check the data)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            # A finite loss can still have an infinite gradient (e.g. a distance's sqrt at 0 when two
+            # embeddings coincide); one such step would turn every weight into NaN, so skip it.
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+            if torch.isfinite(grad_norm):
+                opt.step()
+            else:
+                skipped += 1
             loss_sum += loss.item() * len(images)
             n_images += len(images)
             n_steps += 1
@@ -247,7 +253,12 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
         sched.step()
         row = {"epoch": epoch, "train_loss": loss_sum / n_images, **val, "lr": lr,
                "images": n_images, "train_seconds": round(train_s, 3), "val_seconds": round(val_s, 3),
-               "images_per_s": round(n_images / train_s, 3)}
+               "images_per_s": round(n_images / train_s, 3), "skipped_steps": skipped}
+        if skipped == n_steps:
+            raise GeolocError(f"epoch {epoch}: every step had a non-finite gradient (lower train.lr)")
+        if skipped:
+            warnings.warn(f"epoch {epoch}: skipped {skipped} of {n_steps} steps with a non-finite gradient",
+                          stacklevel=2)
         if metric not in row:  # no validation set: fall back to the training loss
             metric, maximize = "train_loss", False
         improved = _better(float(row[metric]), best, maximize)

@@ -179,3 +179,16 @@ def test_gem_matches_hand_computed_means():
     assert torch.allclose(gem(fmap).flatten(1), fmap.mean(dim=(2, 3)), atol=1e-6)
     gem3 = GeM(p=3.0)
     assert torch.allclose(gem3(fmap).flatten(1), fmap.pow(3).mean(dim=(2, 3)).pow(1 / 3), atol=1e-5)
+
+
+def test_gem_matches_its_formula_and_survives_huge_activations():
+    from retrieval.models import GeM
+
+    gem = GeM(p=3.0)
+    x = torch.rand(2, 5, 3, 4) + 0.1
+    ref = x.pow(3).mean(dim=(2, 3)).pow(1 / 3)
+    torch.testing.assert_close(gem(x).flatten(1), ref)
+    # An untrained ResNet in eval mode can reach activations whose cube overflows float32.
+    big = gem(x * 1e20).flatten(1)
+    assert torch.isfinite(big).all()
+    torch.testing.assert_close(big / 1e20, ref)

@@ -95,7 +95,7 @@ def test_one_epoch_reduces_the_loss(tmp_path):
     assert summary["epochs"] == 1 and summary["metric"] == "val_acc"
     rows = read_log(tmp_path / "log.csv")
     assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "images", "train_seconds",
-                             "val_seconds", "images_per_s"]
+                             "val_seconds", "images_per_s", "skipped_steps"]
     assert int(rows[0]["epoch"]) == 1 and int(rows[0]["images"]) == 48  # 6 full batches of 8
     assert summary["train_images"] == 48 and summary["train_images_per_s"] > 0
 
