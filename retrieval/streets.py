@@ -6,6 +6,7 @@ are undirected (one-way streets do not matter for how far apart two photos are) 
 """
 from __future__ import annotations
 
+import collections
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ class StreetGraph:
 
         nodes = np.array(list(Gu.nodes), dtype=np.int64)
         pos = {n: i for i, n in enumerate(nodes.tolist())}
-        keys, us, vs, lengths, geoms = [], [], [], [], []
+        keys, us, vs, geoms = [], [], [], []
         for u, v, k, d in Gu.edges(keys=True, data=True):
             keys.append((u, v, k))
             # to_undirected gives every edge a geometry and records the end it starts from in 'from'/'to'
@@ -300,3 +301,28 @@ def photo_distances(lat, lon, radius_m: float, positives: str = "geodesic", stre
     if positives == "geodesic":
         return geodesic_neighbours(graph, snap, radius_m, progress=progress)
     return euclidean_neighbours(lat, lon, radius_m, keep=snap.kept, projection=graph.projection)
+
+
+# --- synthetic photos and the slow reference, shared by tests and benchmarks -----------------------
+
+def photos_along_streets(g: StreetGraph, n: int, rng: np.random.Generator, jitter_m: float = 5.0):
+    """lat, lon of n photos placed uniformly along the streets (by length), jittered by jitter_m."""
+    edge = rng.choice(len(g.length_m), n, p=g.length_m / g.length_m.sum())
+    pts = shapely.line_interpolate_point(g.geometry[edge], rng.random(n), normalized=True)
+    xy = shapely.get_coordinates(pts) + rng.normal(0, jitter_m, (n, 2))
+    return g.projection.to_latlon(xy[:, 0], xy[:, 1])
+
+
+def spliced_networkx_graph(g: StreetGraph, snap: "Snap") -> nx.Graph:
+    """The street graph in networkx with every kept photo as a node splitting its edge, built from the
+    MultiGraph's own data: the independent input for checking geodesic_neighbours with networkx."""
+    on_edge = collections.defaultdict(list)
+    for i in np.flatnonzero(snap.kept):
+        on_edge[g.edge_key[snap.edge[i]]].append((float(snap.offset_m[i]), ("photo", int(i))))
+    H = nx.Graph()
+    for u, v, k, d in g.graph.edges(keys=True, data=True):
+        chain = [(0.0, d["from"]), *sorted(on_edge[(u, v, k)]), (d["geometry"].length, d["to"])]
+        for (o1, a), (o2, b) in zip(chain, chain[1:]):
+            if a != b and (not H.has_edge(a, b) or H[a][b]["w"] > o2 - o1):
+                H.add_edge(a, b, w=o2 - o1)
+    return H

@@ -12,18 +12,17 @@ their edges (building that graph is not timed); both must give the same neighbou
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import time
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
-import shapely
 from tqdm import tqdm
 
 from retrieval.geo import LocalProjection
-from retrieval.streets import StreetGraph, euclidean_neighbours, geodesic_neighbours, load_graph, snap_photos
+from retrieval.streets import (StreetGraph, euclidean_neighbours, geodesic_neighbours, load_graph,
+                               photos_along_streets, snap_photos, spliced_networkx_graph)
 
 SHARED_OSM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "osm"
 
@@ -45,27 +44,6 @@ def grid_graph(side: int = 71, block_m: float = 40.0, drop: float = 0.15, seed: 
                 G.add_edge(n, n + di * side + dj, osmid=osmid, highway="residential")
                 osmid += 1
     return StreetGraph.from_networkx(G)
-
-
-def photos_along(g: StreetGraph, n: int, rng: np.random.Generator, jitter_m: float = 5.0):
-    edge = rng.choice(len(g.length_m), n, p=g.length_m / g.length_m.sum())
-    pts = shapely.line_interpolate_point(g.geometry[edge], rng.random(n), normalized=True)
-    xy = shapely.get_coordinates(pts) + rng.normal(0, jitter_m, (n, 2))
-    return g.projection.to_latlon(xy[:, 0], xy[:, 1])
-
-
-def spliced_graph(g: StreetGraph, snap) -> nx.Graph:
-    """networkx street graph with each photo as a node splitting its edge (the reference's input)."""
-    on_edge = collections.defaultdict(list)
-    for i in np.flatnonzero(snap.kept):
-        on_edge[g.edge_key[snap.edge[i]]].append((float(snap.offset_m[i]), ("photo", int(i))))
-    H = nx.Graph()
-    for u, v, k, d in g.graph.edges(keys=True, data=True):
-        chain = [(0.0, d["from"]), *sorted(on_edge[(u, v, k)]), (d["geometry"].length, d["to"])]
-        for (o1, a), (o2, b) in zip(chain, chain[1:]):
-            if a != b and (not H.has_edge(a, b) or H[a][b]["w"] > o2 - o1):
-                H.add_edge(a, b, w=o2 - o1)
-    return H
 
 
 def networkx_loop(H: nx.Graph, photos: np.ndarray, radius: float) -> dict:
@@ -90,12 +68,12 @@ def bench(name: str, load, args) -> None:
     g = load()
     t_load = time.perf_counter() - t
     rng = np.random.default_rng(0)
-    lat, lon = photos_along(g, args.photos, rng)
+    lat, lon = photos_along_streets(g, args.photos, rng)
     t_snap, snap = median_time(lambda: snap_photos(g, lat, lon, args.max_snap_m), args.repeats)
     t_geo, d = median_time(lambda: geodesic_neighbours(g, snap, args.radius, progress=False), args.repeats)
     t_euc, e = median_time(lambda: euclidean_neighbours(lat, lon, args.radius, projection=g.projection),
                            args.repeats)
-    H = spliced_graph(g, snap)
+    H = spliced_networkx_graph(g, snap)
     kept = np.flatnonzero(snap.kept)
     t_nx, ref = median_time(lambda: networkx_loop(H, kept, args.radius), args.nx_repeats)
     agree = all(set(d[p].indices.tolist()) == set(ref[p]) and

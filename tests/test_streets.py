@@ -1,15 +1,13 @@
-import collections
 
 import networkx as nx
 import numpy as np
 import pytest
-import shapely
 from shapely.geometry import LineString
 
 from retrieval import GeolocError
 from retrieval.geo import LocalProjection
-from retrieval.streets import (StreetGraph, euclidean_neighbours, geodesic_neighbours, load_graph,
-                               photo_distances, snap_photos)
+from retrieval.streets import (StreetGraph, euclidean_neighbours, geodesic_neighbours, load_graph, photo_distances,
+                               photos_along_streets, snap_photos, spliced_networkx_graph)
 from tests.conftest import SHARED_DATA
 
 ORIGIN = LocalProjection(51.5138, -0.0984)  # St Paul's; the hand-built graphs are drawn in metres around it
@@ -160,35 +158,17 @@ def monaco():
     return load_graph(path)
 
 
-def photos_along_streets(g: StreetGraph, n: int, seed: int = 0, jitter_m: float = 6.0):
-    rng = np.random.default_rng(seed)
-    edge = rng.choice(len(g.length_m), n, p=g.length_m / g.length_m.sum())
-    pts = shapely.line_interpolate_point(g.geometry[edge], rng.random(n), normalized=True)
-    xy = shapely.get_coordinates(pts) + rng.normal(0, jitter_m, (n, 2))
-    return g.projection.to_latlon(xy[:, 0], xy[:, 1])
-
-
-def reference_graph(g: StreetGraph, snap) -> nx.Graph:
-    """The networkx graph with every photo spliced into its edge, built from the MultiGraph's own data."""
-    on_edge = collections.defaultdict(list)
-    for i in np.flatnonzero(snap.kept):
-        on_edge[g.edge_key[snap.edge[i]]].append((float(snap.offset_m[i]), ("photo", int(i))))
-    H = nx.Graph()
-    for u, v, k, d in g.graph.edges(keys=True, data=True):
-        chain = [(0.0, d["from"]), *sorted(on_edge[(u, v, k)]), (d["geometry"].length, d["to"])]
-        for (o1, a), (o2, b) in zip(chain, chain[1:]):
-            if a != b and (not H.has_edge(a, b) or H[a][b]["w"] > o2 - o1):
-                H.add_edge(a, b, w=o2 - o1)
-    return H
+def photos_along(g: StreetGraph, n: int, seed: int = 0, jitter_m: float = 6.0):
+    return photos_along_streets(g, n, np.random.default_rng(seed), jitter_m)
 
 
 def test_geodesic_matches_networkx_on_a_real_city(monaco):
-    lat, lon = photos_along_streets(monaco, 1500)
+    lat, lon = photos_along(monaco, 1500)
     snap = snap_photos(monaco, lat, lon, max_snap_m=30)
     assert snap.excluded == 0
     radius = 250.0
     d = geodesic_neighbours(monaco, snap, radius, progress=False)
-    H = reference_graph(monaco, snap)
+    H = spliced_networkx_graph(monaco, snap)
     rng = np.random.default_rng(1)
     total = 0
     for p in rng.choice(len(lat), 60, replace=False):
@@ -213,7 +193,7 @@ def test_geodesic_matches_networkx_on_a_real_city(monaco):
 
 
 def test_euclidean_matches_brute_force(monaco):
-    lat, lon = photos_along_streets(monaco, 800, seed=2)
+    lat, lon = photos_along(monaco, 800, seed=2)
     d = euclidean_neighbours(lat, lon, 120.0, projection=monaco.projection)
     x, y = monaco.projection.to_xy(lat, lon)
     full = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
