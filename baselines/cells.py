@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from baselines.grids import Grid, build_grid
-from retrieval import GeolocError
+from retrieval import GeolocError, distributed
 from retrieval.config import Config
 from retrieval.data import Manifest
 from retrieval.evaluate import Predictions, cell_accuracy, study_distance_m
@@ -90,7 +90,8 @@ class CellsTask:
         labels = torch.from_numpy(class_of_cell[grid.assign(train.lat, train.lon)])
         self.centroid_lat, self.centroid_lon = _centroids(self.table, cfg.cells.centroid)
         images = decode_images(train, cfg.data.resize, "decode train")
-        self.train_loader = train_loader(images, labels, cfg.data, cfg.augment, cfg.train.batch_size)
+        self.train_loader = train_loader(images, labels, cfg.data, cfg.augment, cfg.train.batch_size,
+                                         cfg.seed)
         self.model = cell_classifier(cfg.model.weights, len(self.cell_of_class), cfg.model.lock_factor)
         self.val = splits.get("val")
         if self.val is not None:
@@ -127,12 +128,14 @@ class CellsTask:
 
 def train_cells(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     """Build (or, resuming, reload) the grid, write it as GeoJSON, and train the classifier."""
+    distributed.init()  # before the task, whose sampler takes this process's rank
     run_dir = Path(run_dir)
     splits = load_data(cfg)
     grid = Grid.load(run_dir / GRID_FILE)[0] if resume else make_grid(cfg, splits["train"])
     seed_everything(cfg.seed)
     task = CellsTask(cfg, splits, grid)
-    grid.save(run_dir / GRID_FILE, task.table)
+    if distributed.is_main():
+        grid.save(run_dir / GRID_FILE, task.table)
     info = task.info()
     tqdm.write(f"{info['n_cells']} {grid.kind} cells, {info['empty_cells']} without training photos; "
                f"images per cell min {info['images_per_cell']['min']}, median "

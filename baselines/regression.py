@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from retrieval import GeolocError
+from retrieval import GeolocError, distributed
 from retrieval.config import Config
 from retrieval.data import Manifest
 from retrieval.evaluate import Predictions, read_run_info
@@ -50,7 +50,8 @@ class RegressionTask:
         self.box, self.n_train = bbox_of(train.lat, train.lon), len(train)
         targets = torch.from_numpy(scale(train.lat, train.lon, self.box)).float()
         images = decode_images(train, cfg.data.resize, "decode train")
-        self.train_loader = train_loader(images, targets, cfg.data, cfg.augment, cfg.train.batch_size)
+        self.train_loader = train_loader(images, targets, cfg.data, cfg.augment, cfg.train.batch_size,
+                                         cfg.seed)
         self.model = coordinate_regressor(cfg.model.weights, cfg.model.lock_factor)
         self.val = splits.get("val")
         if self.val is not None:
@@ -77,6 +78,7 @@ class RegressionTask:
 
 
 def train_regression(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+    distributed.init()  # before the task, whose sampler takes this process's rank
     splits = load_data(cfg)
     seed_everything(cfg.seed)
     task = RegressionTask(cfg, splits)

@@ -143,11 +143,15 @@ def synth_sheet(
 
 def _train_setup(kind: str, data: Optional[Path], config: Optional[Path], out: Optional[Path],
                  resume: bool, overrides: Optional[List[str]]):
-    """Resolved config and run directory; resuming reads the run's own config.yaml (--set still applies)."""
+    """Resolved config and run directory; resuming reads the run's own config.yaml (--set still applies).
+    Under torchrun every process gets the same run directory and only rank 0 writes to it."""
     import time
 
+    from retrieval import distributed
     from retrieval.config import load_config, prepare_run_dir
     from retrieval.train import check_run_dir
+
+    distributed.init()
 
     if resume:
         if out is None:
@@ -158,13 +162,20 @@ def _train_setup(kind: str, data: Optional[Path], config: Optional[Path], out: O
     if data is not None:
         cfg.data.train = str(data)
     run_dir = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(distributed.gather_objects(str(run_dir))[0])  # rank 0's clock names it
     check_run_dir(run_dir, resume)
-    prepare_run_dir(run_dir, cfg)
-    typer.echo(f"run directory: {run_dir}")
+    if distributed.is_main():
+        prepare_run_dir(run_dir, cfg)
+        typer.echo(f"run directory: {run_dir}" + (f" ({distributed.world_size()} processes)"
+                                                  if distributed.world_size() > 1 else ""))
     return cfg, run_dir
 
 
 def _echo_summary(summary: dict) -> None:
+    from retrieval import distributed
+
+    if not distributed.is_main():
+        return
     if not summary["epochs"]:
         typer.echo("done: no epoch to train (train.epochs is 0 or already reached)")
         return
@@ -326,6 +337,8 @@ def _format_warning(message, category, filename, lineno, file=None, line=None):
 def main() -> None:
     """Console entry point: user mistakes become one line on stderr and exit status 2."""
     warnings.showwarning = _format_warning
+    from retrieval import distributed
+
     try:
         app()
     except GeolocError as exc:
@@ -334,6 +347,8 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ class ModelConfig:
     weights: str = "imagenet"  # imagenet | places365:<file> | <state-dict file> | none
     lock_factor: float = 0.7
     embed_dim: int = 512
+    freeze_bn: bool = False  # keep BatchNorm statistics fixed (see retrieval.models.freeze_batchnorm)
 
 
 @dataclass

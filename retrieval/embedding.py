@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from retrieval import GeolocError
+from retrieval import GeolocError, distributed
 from retrieval.config import Config
 from retrieval.data import Manifest
 from retrieval.metrics import errors_m
@@ -57,7 +57,8 @@ class EmbeddingTask:
         self.excluded = int((~kept_photos(self.dist)).sum())
         images = decode_images(self.train, cfg.data.resize, "decode train")
         self.sampler = PlaceBatchSampler(self.dist, e.places_per_batch, e.photos_per_place, e.pos_radius_m,
-                                         e.neg_radius_m, seed=cfg.seed)
+                                         e.neg_radius_m, seed=cfg.seed, rank=distributed.rank(),
+                                         world=distributed.world_size())
         ds = CachedImages(images, torch.arange(len(images)), train_transform(cfg.data, cfg.augment))
         self.train_loader = DataLoader(ds, batch_sampler=self.sampler, num_workers=cfg.data.num_workers,
                                        persistent_workers=cfg.data.num_workers > 0)
@@ -71,7 +72,8 @@ class EmbeddingTask:
 
     def loss(self, model, batch) -> torch.Tensor:
         images, _, idx = batch
-        emb = model(images).float()
+        # Under torchrun the miner sees every rank's photos, so triplets can cross ranks.
+        emb, idx = distributed.gather_batch(model(images).float(), idx)
         return self.loss_fn(emb, indices_tuple=self.miner(emb, idx))
 
     def validate(self, model) -> dict[str, float]:
@@ -97,6 +99,7 @@ class EmbeddingTask:
 
 
 def train_embedding(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+    distributed.init()  # before the task, whose sampler takes this process's rank
     splits = load_data(cfg)
     seed_everything(cfg.seed)
     t0 = time.perf_counter()

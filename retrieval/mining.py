@@ -52,10 +52,16 @@ class PlaceBatchSampler(torch.utils.data.Sampler):
     the batch are not used again in that batch, so photos of different places are always negatives of each
     other. A place with no positive left is skipped; a batch may come out short when the city is too
     small for P such places. Deterministic for a given (seed, epoch): call set_epoch each epoch.
+
+    With several processes (world > 1) every rank draws the same global batch of world x P places and
+    keeps its own contiguous share of the places, so ranks see distinct places, the concatenation of
+    the ranks' batches (in rank order) is the global batch, and every rank yields the same number of
+    batches. A global batch with fewer places than ranks is skipped by all of them.
     """
 
     def __init__(self, dist: sp.csr_matrix, places: int = 8, photos_per_place: int = 4,
-                 pos_radius_m: float = 50.0, neg_radius_m: float = 250.0, batches: int = 0, seed: int = 0):
+                 pos_radius_m: float = 50.0, neg_radius_m: float = 250.0, batches: int = 0, seed: int = 0,
+                 rank: int = 0, world: int = 1):
         if places < 1 or photos_per_place < 2:
             raise GeolocError(f"batches need >= 1 place and >= 2 photos per place "
                               f"(got {places} x {photos_per_place})")
@@ -70,7 +76,10 @@ class PlaceBatchSampler(torch.utils.data.Sampler):
         if len(self.anchors) == 0:
             raise GeolocError(f"no photo has another within pos_radius {pos_radius_m:g} m: no positive pairs "
                               "to learn from (more photos per place, or a larger pos_radius_m)")
-        self.batches = batches or max(1, len(self.anchors) // (places * photos_per_place))
+        if not 0 <= rank < world:
+            raise GeolocError(f"rank {rank} is not in a world of {world} processes")
+        self.rank, self.world = rank, world
+        self.batches = batches or max(1, len(self.anchors) // (places * photos_per_place * world))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -91,25 +100,30 @@ class PlaceBatchSampler(torch.utils.data.Sampler):
                 group.append(int(c))
         return group
 
+    def _global_batch(self, rng: np.random.Generator) -> list[list[int]]:
+        used = np.zeros(self.dist.shape[0], dtype=bool)
+        groups: list[list[int]] = []
+        for anchor in rng.permutation(self.anchors):
+            if len(groups) == self.places * self.world:
+                break
+            if used[anchor]:
+                continue
+            group = self._place(int(anchor), used, rng)
+            if len(group) < 2:
+                continue
+            for p in group:
+                used[self._row(p, self.neg_radius_m)] = True
+            groups.append(group)
+        return groups
+
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
         for _ in range(self.batches):
-            used = np.zeros(self.dist.shape[0], dtype=bool)
-            batch: list[int] = []
-            places = 0
-            for anchor in rng.permutation(self.anchors):
-                if places == self.places:
-                    break
-                if used[anchor]:
-                    continue
-                group = self._place(int(anchor), used, rng)
-                if len(group) < 2:
-                    continue
-                for p in group:
-                    used[self._row(p, self.neg_radius_m)] = True
-                batch.extend(group)
-                places += 1
-            yield batch
+            groups = self._global_batch(rng)
+            if len(groups) < self.world:
+                continue
+            share = np.array_split(np.arange(len(groups)), self.world)[self.rank]
+            yield [p for g in share for p in groups[g]]
 
 
 def _embedding_distances(distance: distances.BaseDistance, embeddings: torch.Tensor) -> torch.Tensor:

@@ -121,6 +121,18 @@ def apply_lock_factor(model: nn.Module, lock_factor: float) -> int:
     return n_frozen
 
 
+def freeze_batchnorm(model: nn.Module) -> int:
+    """Keep every BatchNorm layer's running statistics fixed (its scale and shift still train); returns
+    how many layers. Usual when fine-tuning pretrained weights on small batches, and the only way several
+    CPU processes normalise alike: PyTorch's SyncBatchNorm runs on GPUs only, so under torchrun on CPUs
+    each process would otherwise normalise over its own share of the batch."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        layer.train = types.MethodType(_stay_in_eval, layer)
+        layer.eval()
+    return len(layers)
+
+
 # --- task models -----------------------------------------------------------------------------------
 
 class GeM(nn.Module):

@@ -1,13 +1,17 @@
 """The one training loop every method shares: SGD + exponential decay, bf16/fp32, per-epoch log,
 atomic last/best checkpoints with RNG state so a killed run resumes exactly.
 
-A method supplies a `Task` (model, train batches, loss, validation); the loop owns the rest.
+A method supplies a `Task` (model, train batches, loss, validation); the loop owns the rest. Under
+torchrun the loop wraps the model in DistributedDataParallel; rank 0 alone validates and writes
+(log, checkpoints, run.json), and a checkpoint holds every rank's RNG state so resuming under torchrun
+with the same number of processes continues exactly.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import io
+import os
 import random
 import time
 import warnings
@@ -17,11 +21,13 @@ from typing import Iterable, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from retrieval import GeolocError
+from retrieval import GeolocError, distributed
 from retrieval.config import Config
 from retrieval.data import Manifest, load_splits, read_manifest
+from retrieval.models import freeze_batchnorm
 from retrieval.transforms import one_thread
 from retrieval.util import atomic_write, atomic_write_json, load_checkpoint, save_checkpoint
 
@@ -57,9 +63,9 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def autocast(precision: str):
+def autocast(precision: str, device_type: str = "cpu"):
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -77,12 +83,13 @@ def infer(model: nn.Module, images: list[torch.Tensor], transform, batch_size: i
     """Model outputs (float32, N x out) for cached uint8 images, in eval mode."""
     was_training = model.training
     model.eval()
+    dev = next(model.parameters()).device
     outs = []
-    with torch.inference_mode(), autocast(precision):
+    with torch.inference_mode(), autocast(precision, dev.type):
         for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
             with one_thread():
                 x = torch.stack([transform(im) for im in images[start:start + batch_size]])
-            outs.append(model(prepare_images(x, precision)).float())
+            outs.append(model(prepare_images(x.to(dev), precision)).float().cpu())
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
 
@@ -168,17 +175,50 @@ def _better(value: float, best: float | None, maximize: bool) -> bool:
     return best is None or (value > best if maximize else value < best)
 
 
+def _all_threads():
+    """Rank 0 validates alone while the other ranks wait: let it use every core this process may use
+    (torchrun starts each process with one thread)."""
+    if distributed.world_size() == 1:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def scope():
+        before = torch.get_num_threads()
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    return scope()
+
+
+def _restore_rng(state: dict, cfg: Config, epoch: int) -> None:
+    ranks, rank = state.get("rng_ranks") or [state["rng"]], distributed.rank()
+    if len(ranks) == distributed.world_size():
+        set_rng_state(ranks[rank])
+        return
+    warnings.warn(f"resuming on {distributed.world_size()} processes a run checkpointed on {len(ranks)}: "
+                  "random streams (augmentation) restart from the seed", stacklevel=3)
+    seed_everything(cfg.seed + 1000 * epoch + rank)
+
+
 def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     """Train task.model for cfg.train.epochs; writes log.csv, last.pt, best.pt and run.json in run_dir.
 
-    Returns the summary also stored in run.json["train"]: best metric/epoch, epochs, time, images/s.
+    Returns the summary also stored in run.json["train"]: best metric/epoch, epochs, time, images/s
+    (all ranks together under torchrun).
     """
     t = cfg.train
     run_dir = Path(run_dir)
+    distributed.init()
+    main, world, dev = distributed.is_main(), distributed.world_size(), distributed.device()
     precision = resolve_precision(t.precision)
     if t.threads > 0:
         torch.set_num_threads(t.threads)
-    model = prepare_model(task.model, precision)
+    model = prepare_model(task.model, precision).to(dev)
+    if cfg.model.freeze_bn:
+        freeze_batchnorm(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise GeolocError("nothing to train: model.lock_factor froze every layer")
@@ -196,22 +236,29 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, best, best_epoch = state["epoch"], state["best"], state["best_epoch"]
-        set_rng_state(state["rng"])
+        _restore_rng(state, cfg, start)
         rows = _read_log(log_path, start)
     else:
-        seed_everything(cfg.seed)
+        seed_everything(cfg.seed + distributed.rank())
+    # DDP averages gradients over ranks in backward; the optimiser and checkpoints keep the bare model.
+    stepped = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \
+        if world > 1 else model
 
     metric, maximize = task.metric, task.maximize
-    info = {"kind": task.kind, "metric": metric, "maximize": maximize, "precision": precision, **task.info()}
-    atomic_write_json(run_dir / "run.json", info)
-    tb = _tensorboard(run_dir)
+    info = {"kind": task.kind, "metric": metric, "maximize": maximize, "precision": precision,
+            "processes": world, **task.info()}
+    if main:
+        atomic_write_json(run_dir / "run.json", info)
+    tb = _tensorboard(run_dir) if main else None
     steps = len(task.train_loader) if hasattr(task.train_loader, "__len__") else None  # for the bar
     if t.max_steps_per_epoch:
         steps = min(steps or t.max_steps_per_epoch, t.max_steps_per_epoch)
 
     # A sampler that draws its batches from (seed, epoch) must hear the epoch, or every epoch repeats
     # the first one's batches (and a resumed run would repeat them again).
-    set_epoch = getattr(getattr(task.train_loader, "batch_sampler", None), "set_epoch", None)
+    batch_sampler = getattr(task.train_loader, "batch_sampler", None)
+    set_epoch = getattr(batch_sampler, "set_epoch", None) or getattr(getattr(batch_sampler, "sampler", None),
+                                                                    "set_epoch", None)
     for epoch in range(start + 1, t.epochs + 1):
         model.train()
         if set_epoch is not None:
@@ -219,36 +266,47 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
         lr = opt.param_groups[0]["lr"]
         loss_sum, n_images, n_steps, skipped = 0.0, 0, 0, 0
         t0 = time.perf_counter()
-        bar = tqdm(total=steps, desc=f"{task.kind} epoch {epoch}/{t.epochs}", unit="step", leave=False)
+        bar = tqdm(total=steps, desc=f"{task.kind} epoch {epoch}/{t.epochs}", unit="step", leave=False,
+                   disable=not main)
         for batch in task.train_loader:
+            batch = [b.to(dev) if isinstance(b, torch.Tensor) else b for b in batch]
             images = prepare_images(batch[0], precision)
-            with torch.enable_grad(), autocast(precision):  # whatever grad mode the caller left on
-                loss = task.loss(model, (images, *batch[1:]))
-            if not torch.isfinite(loss):
-                raise GeolocError(f"epoch {epoch} step {n_steps + 1}: loss is {loss.item()} "
-                                  "(lower train.lr or check the data)")
+            with torch.enable_grad(), autocast(precision, dev.type):  # whatever grad mode the caller left on
+                loss = task.loss(stepped, (images, *batch[1:]))
+            # Summed over ranks: the log shows the global batch, and a bad loss on any rank stops all
+            # of them together instead of leaving the others waiting in the next all-reduce.
+            weighted, count, bad = distributed.sum_across(
+                [loss.item() * len(images), len(images), float(not torch.isfinite(loss))])
+            if bad:
+                raise GeolocError(f"epoch {epoch} step {n_steps + 1}: loss is not finite"
+                                  + (f" on {int(bad)} of {world} processes" if world > 1 else f" ({loss.item()})")
+                                  + " (lower train.lr or check the data)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             # A finite loss can still have an infinite gradient (e.g. a distance's sqrt at 0 when two
-            # embeddings coincide); one such step would turn every weight into NaN, so skip it.
+            # embeddings coincide); one such step would turn every weight into NaN, so skip it. After
+            # DDP's all-reduce every rank sees the same gradient, so all of them skip together.
             grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
             if torch.isfinite(grad_norm):
                 opt.step()
             else:
                 skipped += 1
-            loss_sum += loss.item() * len(images)
-            n_images += len(images)
+            loss_sum += weighted
+            n_images += int(count)
             n_steps += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{weighted / count:.4f}")
             if n_steps == t.max_steps_per_epoch:
                 break
         bar.close()
         if n_images == 0:
             raise GeolocError("the training set yields no batch (fewer photos than train.batch_size?)")
         train_s = time.perf_counter() - t0
-        with autocast(precision), torch.no_grad():
-            val = task.validate(model)
+        val = {}
+        if main:
+            with autocast(precision, dev.type), torch.no_grad(), _all_threads():
+                val = task.validate(model)
+        val = distributed.gather_objects(val)[0]  # the other ranks wait here for rank 0's figures
         val_s = time.perf_counter() - t0 - train_s
         sched.step()
         row = {"epoch": epoch, "train_loss": loss_sum / n_images, **val, "lr": lr,
@@ -256,7 +314,7 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
                "images_per_s": round(n_images / train_s, 3), "skipped_steps": skipped}
         if skipped == n_steps:
             raise GeolocError(f"epoch {epoch}: every step had a non-finite gradient (lower train.lr)")
-        if skipped:
+        if skipped and main:
             warnings.warn(f"epoch {epoch}: skipped {skipped} of {n_steps} steps with a non-finite gradient",
                           stacklevel=2)
         if metric not in row:  # no validation set: fall back to the training loss
@@ -265,6 +323,9 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
         if improved:
             best, best_epoch = float(row[metric]), epoch
         rows.append(row)
+        rngs = distributed.gather_objects(rng_state())
+        if not main:
+            continue
         _write_log(log_path, rows)
         if tb is not None:
             for k, v in row.items():
@@ -272,7 +333,7 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
                     tb.add_scalar(k, float(v), epoch)
         state = {"kind": task.kind, "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                 "metric": metric, "rng": rng_state()}
+                 "metric": metric, "rng": rngs[0], "rng_ranks": rngs}
         if improved:
             save_checkpoint(best_path, state)
         save_checkpoint(last_path, state)
@@ -287,7 +348,9 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
     summary = {"epochs": len(rows), "metric": metric, "maximize": maximize, "best": best,
                "best_epoch": best_epoch, "train_seconds": round(train_s, 3), "train_images": images,
                "train_images_per_s": round(images / train_s, 3) if train_s else None}
-    atomic_write_json(run_dir / "run.json", {**info, "train": summary})
+    if main:
+        atomic_write_json(run_dir / "run.json", {**info, "train": summary})
+    distributed.barrier()  # no rank returns (and maybe reads the run) before rank 0 has written it
     return summary
 
 

@@ -15,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from retrieval import GeolocError
+from retrieval import GeolocError, distributed
 from retrieval.config import AugmentConfig, DataConfig
 from retrieval.data import Manifest, load_rgb
 
@@ -103,9 +103,16 @@ class CachedImages(Dataset):
 
 
 def train_loader(images: list[torch.Tensor], targets: torch.Tensor, data: DataConfig, aug: AugmentConfig,
-                 batch_size: int) -> DataLoader:
+                 batch_size: int, seed: int = 0) -> DataLoader:
     """Shuffled batches of augmented training images; the last partial batch is dropped (a batch of
     one breaks BatchNorm) unless the whole set is smaller than one batch."""
     ds = CachedImages(images, targets, train_transform(data, aug))
-    return DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=len(ds) >= batch_size,
+    world = distributed.world_size()
+    if world == 1:
+        return DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=len(ds) >= batch_size,
+                          num_workers=data.num_workers, persistent_workers=data.num_workers > 0)
+    # Under torchrun each rank takes its own share of a shuffle that all ranks draw alike (seed, epoch);
+    # batch_size is per rank.
+    sampler = DistributedSampler(ds, world, distributed.rank(), shuffle=True, seed=seed, drop_last=True)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=len(sampler) >= batch_size,
                       num_workers=data.num_workers, persistent_workers=data.num_workers > 0)
