@@ -38,7 +38,7 @@ def demo_data(work: Path, n_train: int, size: int) -> Path:
         osm = work / "demo_city.osm"
         if not osm.is_file():
             write_demo_city(osm, seed=0)
-        render_dataset(osm, out, n_train=n_train, n_test=0, size=size, seed=0, write_graph=False)
+        render_dataset(osm, out, n_train=n_train, n_test=0, size=size, seed=0)  # with streets.graphml
     return out
 
 
