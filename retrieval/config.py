@@ -94,6 +94,7 @@ class IndexConfig:
     k_factor: float = 16.0  # ivfpq with refine: candidates re-ranked per neighbour wanted
     nprobe: int = 64  # ivfpq: lists searched per query
     train_size: int = 0  # ivfpq: training vectors; 0: 64 per list
+    shard_size: int = 0  # > 0: split the index into files (faiss IndexShards) of at most this many vectors
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 64

@@ -117,18 +117,23 @@ def train_embedding(cfg: Config, run_dir: str | Path, resume: bool = False) -> d
 # --- index and prediction --------------------------------------------------------------------------
 
 INDEX_DIR = "index"
+EMBEDDINGS, PROGRESS = "embeddings.npy", "embeddings.json"
+# Photos decoded and embedded between two progress records: the most a killed build loses, and the
+# most uint8 images (at data.resize) it holds in memory.
+EMBED_CHUNK = 1024
 
 
 def load_model(run_dir: Path, cfg: Config):
     """The run's embedding model (best.pt, else last.pt) and that checkpoint's sha256."""
     from retrieval.index import sha256_file
-    from retrieval.train import load_trained
+    from retrieval.train import load_trained, prepare_model
 
     run_dir = Path(run_dir)
     path = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
     model = embedding_net("none", cfg.model.embed_dim)
     load_trained(model, run_dir)
-    return model.eval(), sha256_file(path)
+    # channels_last weights, as infer() feeds channels_last images under bf16
+    return prepare_model(model, resolve_precision(cfg.train.precision)).eval(), sha256_file(path)
 
 
 def database(cfg: Config) -> Manifest:
@@ -139,22 +144,96 @@ def database(cfg: Config) -> Manifest:
     return concat_manifests([splits[s] for s in ("train", "val") if s in splits])
 
 
-def build_run_index(run_dir: str | Path, cfg: Config, db: Manifest | None = None) -> dict:
-    """Embed the database photos with the run's model and save a FAISS index in RUN/index."""
-    from retrieval.index import Sidecar, build_index, index_params, save_index
+def photos_sha256(db: Manifest) -> str:
+    """The photos in order, with each file's size and modification time: stored embeddings are reused
+    only for the same files."""
+    import hashlib
+    import os
+
+    h = hashlib.sha256()
+    for p in db.paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:  # decoding will name the file
+            h.update(f"{p}\t-\n".encode())
+    return h.hexdigest()
+
+
+def _resumable(record: Path, key: dict, store: Path) -> dict | None:
+    """The progress record of an earlier build with the same key, if its embeddings file is intact."""
+    import json
+
+    try:
+        state = json.loads(record.read_text(encoding="utf-8"))
+        shape = np.load(store, mmap_mode="r").shape
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(state, dict) or any(state.get(k) != v for k, v in key.items())
+            or shape != (key["photos"], key["dim"]) or not isinstance(state.get("rows_done"), int)):
+        return None
+    return state
+
+
+def embed_database(model, sha: str, db: Manifest, cfg: Config, folder: Path, chunk: int = EMBED_CHUNK,
+                   on_chunk=None) -> tuple[Path, dict, int]:
+    """Embed db's photos into folder/embeddings.npy a chunk at a time, recording after each chunk the
+    rows done (folder/embeddings.json). A killed build resumes after the last chunk it finished, and a
+    rebuild with the same model, photos and preprocessing embeds nothing. Returns the file, the record
+    and how many photos this call embedded; on_chunk(rows_done) is called after each chunk is recorded."""
+    from numpy.lib.format import open_memmap
+    from tqdm import tqdm
+
+    from retrieval.util import atomic_write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    store, record = folder / EMBEDDINGS, folder / PROGRESS
+    key = {"checkpoint_sha256": sha, "photos_sha256": photos_sha256(db), "photos": len(db),
+           "dim": cfg.model.embed_dim, "resize": cfg.data.resize, "image_size": cfg.data.image_size,
+           "precision": resolve_precision(cfg.train.precision)}
+    state = _resumable(record, key, store)
+    if state is None:
+        record.unlink(missing_ok=True)  # before the file it describes is replaced
+        open_memmap(store, mode="w+", dtype=np.float32, shape=(len(db), cfg.model.embed_dim))  # sparse zeros
+        state = {**key, "rows_done": 0, "embed_seconds": 0.0}
+        atomic_write_json(record, state)
+    first = state["rows_done"]
+    with tqdm(total=len(db), initial=first, desc="embed database", unit="img") as bar:
+        for start in range(state["rows_done"], len(db), chunk):
+            stop = min(len(db), start + chunk)
+            t0 = time.perf_counter()
+            images = decode_images(db.subset(np.arange(start, stop)), cfg.data.resize, "decode")
+            emb = embed(model, images, cfg, "embed")
+            rows = open_memmap(store, mode="r+")  # mapped only while writing: its pages leave with it
+            rows[start:stop] = emb
+            rows.flush()
+            del rows, images
+            state = {**state, "rows_done": stop, "embed_seconds": state["embed_seconds"] + time.perf_counter() - t0}
+            atomic_write_json(record, state)
+            bar.update(stop - start)
+            if on_chunk is not None:
+                on_chunk(stop)
+    return store, state, state["rows_done"] - first
+
+
+def build_run_index(run_dir: str | Path, cfg: Config, db: Manifest | None = None, chunk: int = EMBED_CHUNK,
+                    on_chunk=None) -> dict:
+    """Embed the database photos with the run's model (streamed to RUN/index/embeddings.npy, resumable:
+    see embed_database) and save a FAISS index of them in RUN/index, built from that file chunk by chunk.
+    The embeddings stay, so rebuilding with other index settings embeds nothing again."""
+    from retrieval.index import NpyRows, Sidecar, build_index, index_params, save_index, shards_of
 
     run_dir = Path(run_dir)
     db = db if db is not None else database(cfg)
     model, sha = load_model(run_dir, cfg)
-    images = decode_images(db, cfg.data.resize, "decode database")
     t0 = time.perf_counter()
-    emb = embed(model, images, cfg, "embed database")
-    embed_s = time.perf_counter() - t0
-    index = build_index(emb, seed=cfg.seed, **index_params(cfg.index))
+    store, state, embedded = embed_database(model, sha, db, cfg, run_dir / INDEX_DIR, chunk, on_chunk)
+    index = build_index(NpyRows(store), seed=cfg.seed, **index_params(cfg.index))
     save_index(run_dir / INDEX_DIR, index, Sidecar(paths=[str(p) for p in db.paths], lat=db.lat, lon=db.lon,
-                                                   dim=emb.shape[1], checkpoint_sha256=sha, kind=cfg.index.kind))
-    return {"photos": len(db), "dim": int(emb.shape[1]), "kind": cfg.index.kind,
-            "embed_images_per_s": round(len(db) / embed_s, 2), "seconds": round(time.perf_counter() - t0, 2)}
+                                                   dim=cfg.model.embed_dim, checkpoint_sha256=sha, kind=cfg.index.kind))
+    return {"photos": len(db), "dim": cfg.model.embed_dim, "kind": cfg.index.kind, "shards": len(shards_of(index)),
+            "embedded": embedded, "embed_images_per_s": round(len(db) / max(state["embed_seconds"], 1e-9), 2),
+            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def open_index(run_dir: Path, cfg: Config):

@@ -184,7 +184,8 @@ def _all_threads():
     @contextlib.contextmanager
     def scope():
         before = torch.get_num_threads()
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        torch.set_num_threads(len(cores))
         try:
             yield
         finally:

@@ -5,8 +5,10 @@ import pytest
 
 from retrieval import GeolocError
 from retrieval.config import IndexConfig
-from retrieval.index import (ARRAYS_FILE, INDEX_FILE, META_FILE, Sidecar, build_index, index_params, load_index,
-                             save_index, search, set_search_params, sha256_file)
+import retrieval.index as index_module
+from retrieval.index import (ARRAYS_FILE, INDEX_FILE, META_FILE, NpyRows, Sidecar, build_index, empty_index, fill,
+                             index_params, load_index, save_index, search, set_search_params, sha256_file,
+                             shards_of)
 
 D = 32
 
@@ -20,6 +22,10 @@ def brute(x, q, k):
     sims = q.astype(np.float64) @ x.T.astype(np.float64)
     ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(sims, ids, 1), ids
+
+
+def recall(ids, exact):
+    return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(ids, exact)])
 
 
 def sidecar_for(x, ckpt="ab" * 32, kind="flat"):
@@ -125,7 +131,7 @@ def test_the_sidecar_hash_is_of_the_saved_file(tmp_path):
     x = unit(100)
     folder = save_index(tmp_path / "idx", build_index(x, progress=False), sidecar_for(x))
     meta = json.loads((folder / META_FILE).read_text())
-    assert meta["index_sha256"] == sha256_file(folder / INDEX_FILE)
+    assert meta["shards"] == [{"file": INDEX_FILE, "count": 100, "sha256": sha256_file(folder / INDEX_FILE)}]
     assert meta["checkpoint_sha256"] == "ab" * 32 and meta["count"] == 100 and meta["dim"] == D
     assert not list(folder.glob(".*.tmp"))  # no temporary files left behind
 
@@ -157,3 +163,112 @@ def test_config_parameters_reach_the_index():
     cfg = IndexConfig(kind="hnsw", hnsw_m=8, ef_search=21)
     index = build_index(x, progress=False, **index_params(cfg))
     assert set_search_params(index) == {"ef_search": 21} and index.hnsw.nb_neighbors(1) == 8
+
+
+# --- embeddings on disk, chunks and shards ---------------------------------------------------------
+
+class CountingRows(NpyRows):
+    """NpyRows that remembers the largest slice read."""
+
+    largest = 0
+
+    def __getitem__(self, rows):
+        out = super().__getitem__(rows)
+        CountingRows.largest = max(CountingRows.largest, len(out))
+        return out
+
+
+def test_an_npy_file_is_indexed_a_chunk_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_module, "ADD_CHUNK", 256)
+    x, q = unit(3000), unit(30, seed=1)
+    np.save(tmp_path / "emb.npy", x)
+    rows = CountingRows(tmp_path / "emb.npy")
+    for kind, params in (("flat", {}), ("ivfpq", dict(nlist=8, pq_m=8, nprobe=8, k_factor=300))):
+        from_disk = search(build_index(rows, kind, progress=False, **params), q, 10)
+        in_memory = search(build_index(x, kind, progress=False, **params), q, 10)
+        assert np.array_equal(from_disk[1], in_memory[1]) and np.allclose(from_disk[0], in_memory[0])
+    assert CountingRows.largest == 256
+    bad = x.copy()
+    bad[2900, 5] = np.inf  # in the last chunk: the message names the row of the file, not of the chunk
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(GeolocError, match="embeddings: row 2900 is not finite"):
+        build_index(NpyRows(tmp_path / "bad.npy"), progress=False)
+
+
+@pytest.mark.parametrize("shard_size", [1000, 1100])
+def test_a_sharded_flat_index_answers_like_one_file(tmp_path, shard_size):
+    x, q = unit(3000), unit(50, seed=1)
+    one = search(build_index(x, progress=False), q, 10)
+    index = build_index(x, shard_size=shard_size, progress=False)
+    assert [s.ntotal for s in shards_of(index)] == ([1000] * 3 if shard_size == 1000 else [1100, 1100, 800])
+    sharded = search(index, q, 10)
+    assert np.array_equal(sharded[1], one[1]) and np.allclose(sharded[0], one[0], atol=1e-6)
+    assert np.array_equal(sharded[1], brute(x, q, 10)[1])
+    folder = save_index(tmp_path / "idx", index, sidecar_for(x))
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted([ARRAYS_FILE, "index-000.faiss", "index-001.faiss", "index-002.faiss", META_FILE])
+    meta = json.loads((folder / META_FILE).read_text())
+    assert [s["count"] for s in meta["shards"]] == [s.ntotal for s in shards_of(index)]
+    loaded, _ = load_index(folder)
+    assert loaded.ntotal == 3000 and len(shards_of(loaded)) == 3
+    again = search(loaded, q, 10)
+    assert np.array_equal(again[1], one[1]) and np.allclose(again[0], one[0], atol=1e-6)
+    # saved again unsharded into the same folder: the shard files go
+    save_index(folder, build_index(x, progress=False), sidecar_for(x))
+    assert sorted(p.name for p in folder.iterdir()) == sorted([ARRAYS_FILE, INDEX_FILE, META_FILE])
+    assert np.array_equal(search(load_index(folder)[0], q, 10)[1], one[1])
+
+
+def test_ivfpq_shards_share_the_trained_quantizer():
+    x, q = unit(3000), unit(40, seed=1)
+    for refine in ("none", "flat"):
+        empty = empty_index(x, "ivfpq", nlist=16, pq_m=8, refine=refine)
+        one, sharded = fill(empty, x, progress=False), fill(empty, x, shard_size=700, progress=False)
+        assert len(shards_of(sharded)) == 5
+        for index in (one, sharded):
+            set_search_params(index, nprobe=4, k_factor=2)
+        (s1, i1), (s2, i2) = search(one, q, 10), search(sharded, q, 10)
+        if refine == "none":  # the same codes in the same lists: the same answer
+            assert np.array_equal(i1, i2) and np.allclose(s1, s2, atol=1e-6)
+        else:  # every shard re-ranks k_factor * k candidates of its own: at least as good, rank by rank
+            exact = brute(x, q, 10)[1]
+            assert (s2 >= s1 - 1e-6).all()
+            assert recall(i2, exact) >= recall(i1, exact)
+
+
+def test_search_parameters_reach_every_shard(tmp_path):
+    x = unit(2000)
+    index = build_index(x, "ivfpq", nlist=8, pq_m=8, nprobe=5, k_factor=3, shard_size=800, progress=False)
+    assert [set_search_params(s) for s in shards_of(index)] == [{"nprobe": 5, "k_factor": 3.0}] * 3
+    loaded, side = load_index(save_index(tmp_path / "idx", index, sidecar_for(x, kind="ivfpq")))
+    assert side.search_params == {"nprobe": 5, "k_factor": 3.0}
+    assert [set_search_params(s) for s in shards_of(loaded)] == [{"nprobe": 5, "k_factor": 3.0}] * 3
+    set_search_params(loaded, nprobe=7)
+    assert [set_search_params(s)["nprobe"] for s in shards_of(loaded)] == [7, 7, 7]
+    cfg = IndexConfig(kind="flat", shard_size=700)
+    assert len(shards_of(build_index(x, progress=False, **index_params(cfg)))) == 3
+
+
+def test_a_damaged_or_missing_shard_is_refused(tmp_path):
+    x = unit(3000)
+    folder = save_index(tmp_path / "idx", build_index(x, shard_size=1000, progress=False), sidecar_for(x))
+    meta = json.loads((folder / META_FILE).read_text())
+    good = (folder / "index-001.faiss").read_bytes()
+    (folder / "index-001.faiss").write_bytes(good[:-8] + bytes(8))
+    with pytest.raises(GeolocError, match=r"idx/index-001.faiss: does not match index.json \(damaged"):
+        load_index(folder)
+    (folder / "index-001.faiss").unlink()
+    with pytest.raises(GeolocError, match=r"idx/index-001.faiss: missing \(the index folder is incomplete\)"):
+        load_index(folder)
+    (folder / "index-001.faiss").write_bytes(good)
+    meta["shards"][1]["count"] = 999
+    (folder / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(GeolocError, match=r"index-001.faiss: holds 1000 x 32 vectors, index.json lists 999 x 32"):
+        load_index(folder)
+    meta["shards"][1] = {**meta["shards"][1], "count": 1000, "file": "../elsewhere.faiss"}
+    (folder / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(GeolocError, match=r"corrupt index sidecar \(shards\[1\] is not"):
+        load_index(folder)
+    (folder / META_FILE).write_text(json.dumps({**meta, "format_version": 1}))
+    with pytest.raises(GeolocError, match="index format version 1, this geoloc reads 2; rebuild the index"):
+        load_index(folder)

@@ -1,0 +1,102 @@
+"""build_run_index streams the database through the model in chunks, to a resumable embeddings file."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import retrieval.embedding as embedding
+from retrieval.config import Config
+from retrieval.data import read_manifest
+from retrieval.embedding import EMBEDDINGS, INDEX_DIR, PROGRESS, build_run_index
+from retrieval.index import load_index, search
+from retrieval.models import embedding_net
+from retrieval.util import save_checkpoint
+from tests.conftest import write_image
+
+N, CHUNK = 20, 8
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    rows = ["path,lat,lon"]
+    for i in range(N):
+        write_image(root / "images" / f"{i:02d}.jpg", size=(40, 36), color=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        rows.append(f"images/{i:02d}.jpg,{51.51 + i * 1e-4:.6f},{-0.09 - i * 1e-4:.6f}")
+    (root / "photos.csv").write_text("\n".join(rows) + "\n")
+    return read_manifest(root / "photos.csv")
+
+
+def make_run(path, seed=0):
+    cfg = Config(name="t")
+    cfg.model.embed_dim, cfg.data.image_size, cfg.data.resize, cfg.train.batch_size = 64, 32, 36, 8
+    torch.manual_seed(seed)
+    save_checkpoint(path / "best.pt", {"model": embedding_net("none", 64).state_dict()})
+    return path, cfg
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Photos passed through the model, per call of embed."""
+    calls = []
+    real = embedding.embed
+
+    def counting(model, images, cfg, desc="embed"):
+        calls.append(len(images))
+        return real(model, images, cfg, desc)
+
+    monkeypatch.setattr(embedding, "embed", counting)
+    return calls
+
+
+def test_a_killed_build_resumes_after_its_last_chunk(tmp_path, photos, counted):
+    whole, cfg = make_run(tmp_path / "whole")
+    s = build_run_index(whole, cfg, photos, chunk=CHUNK)
+    assert s["photos"] == N and s["embedded"] == N and counted == [8, 8, 4]  # never more than a chunk
+
+    killed, _ = make_run(tmp_path / "killed")
+
+    def kill_after_first(rows):
+        if rows == CHUNK:
+            raise Killed
+
+    counted.clear()
+    with pytest.raises(Killed):
+        build_run_index(killed, cfg, photos, chunk=CHUNK, on_chunk=kill_after_first)
+    assert json.loads((killed / INDEX_DIR / PROGRESS).read_text())["rows_done"] == CHUNK
+    assert not (killed / INDEX_DIR / "index.json").exists()
+    counted.clear()
+    s = build_run_index(killed, cfg, photos, chunk=CHUNK)
+    assert counted == [8, 4] and s["embedded"] == N - CHUNK  # the first chunk was not embedded again
+
+    a = np.load(whole / INDEX_DIR / EMBEDDINGS)
+    b = np.load(killed / INDEX_DIR / EMBEDDINGS)
+    assert a.shape == (N, 64) and np.isfinite(a).all() and np.array_equal(a, b)
+    (ia, sa), (ib, sb) = load_index(whole / INDEX_DIR), load_index(killed / INDEX_DIR)
+    assert sa.paths == sb.paths == [str(p) for p in photos.paths]
+    assert np.array_equal(search(ia, a[:5], 5)[1], search(ib, a[:5], 5)[1])
+    assert np.array_equal(search(ia, a[:5], 1)[1][:, 0], np.arange(5))
+
+
+def test_a_rebuild_reuses_the_embeddings_only_for_the_same_model_and_photos(tmp_path, photos, counted):
+    run, cfg = make_run(tmp_path / "run")
+    build_run_index(run, cfg, photos, chunk=CHUNK)
+    counted.clear()
+    cfg.index.shard_size = 7  # other index settings: same embeddings
+    s = build_run_index(run, cfg, photos, chunk=CHUNK)
+    assert counted == [] and s["embedded"] == 0 and s["shards"] == 3
+    index, _ = load_index(run / INDEX_DIR)
+    assert index.ntotal == N
+    assert sorted(p.name for p in (run / INDEX_DIR).glob("*.faiss")) == [f"index-00{i}.faiss" for i in range(3)]
+    make_run(run, seed=1)  # retrained: another checkpoint
+    s = build_run_index(run, cfg, photos, chunk=CHUNK)
+    assert counted == [8, 8, 4] and s["embedded"] == N
+    counted.clear()
+    s = build_run_index(run, cfg, photos.subset(np.arange(N - 1)), chunk=CHUNK)  # other photos
+    assert counted == [8, 8, 3] and s["photos"] == N - 1
