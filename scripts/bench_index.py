@@ -25,9 +25,10 @@ from tqdm import tqdm
 from retrieval.index import build_index, search, set_search_params
 
 
-def clustered(n: int, dim: int, rng: np.random.Generator, latent_dim: int = 32, noise: float = 0.7,
-              chunk: int = 100_000):
-    """n photo-like vectors in places of ~20, and a function making new photos of the same places.
+def photo_places(n: int, dim: int, rng: np.random.Generator, latent_dim: int = 32, noise: float = 0.7,
+                 chunk: int = 100_000):
+    """The place of each of n photos (places of 1 + Poisson(19) photos), the number of places, and
+    photos(which) making new photo vectors of the places `which`.
 
     Place directions lie in a random latent_dim-dimensional subspace (0: independent random directions,
     no structure at all); each photo adds isotropic noise of norm ~noise over all dim dimensions."""
@@ -48,7 +49,14 @@ def clustered(n: int, dim: int, rng: np.random.Generator, latent_dim: int = 32, 
             out[s:s + chunk] = v / np.linalg.norm(v, axis=1, keepdims=True)
         return out
 
-    return photos(place), lambda q: photos(rng.integers(0, len(sizes), q))
+    return place, len(sizes), photos
+
+
+def clustered(n: int, dim: int, rng: np.random.Generator, latent_dim: int = 32, noise: float = 0.7):
+    """n photo-like vectors in places of ~20 (photo_places), and a function making new photos of the
+    same places."""
+    place, n_places, photos = photo_places(n, dim, rng, latent_dim, noise)
+    return photos(place), lambda q: photos(rng.integers(0, n_places, q))
 
 
 def brute_force(x: np.ndarray, q: np.ndarray, k: int, chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
@@ -70,13 +78,17 @@ def recall_at(approx: np.ndarray, exact: np.ndarray) -> float:
 
 
 def rss_gib() -> tuple[float, float]:
-    """(current, peak) resident memory of this process in GiB."""
-    current = 0.0
+    """(current, peak) resident memory of this process in GiB. The peak is VmHWM, the high-water mark
+    of this process image: ru_maxrss would also count, in a child started by subprocess, its parent's
+    memory before the exec."""
+    status = {}
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                current = int(line.split()[1]) / 2**20
-    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            key, _, value = line.partition(":")
+            status[key] = value
+    if "VmHWM" not in status:  # not Linux
+        return 0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return int(status["VmRSS"].split()[0]) / 2**20, int(status["VmHWM"].split()[0]) / 2**20
 
 
 def index_bytes(index: faiss.Index) -> int:
