@@ -32,7 +32,7 @@ ADD_CHUNK = 65536
 SEARCH_PARAMS = ("nprobe", "k_factor", "ef_search")
 REFINES = {"flat": ",RFlat", "sq8": ",Refine(SQ8)", "none": ""}
 # Shards searched in parallel, a thread each: one query then uses every core (FAISS searches one
-# query's lists on one thread), 1.9x faster with 4 shards of 1M photos; batches take as long either
+# query's lists on one thread), 1.8x faster with 4 shards of 1M photos; batches take as long either
 # way (benchmarks/RESULTS.md, "Chunked and sharded index build").
 THREADED_SHARDS = True
 
