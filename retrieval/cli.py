@@ -272,8 +272,9 @@ def index_build_cmd(
     if data is not None:
         cfg.data.train, cfg.data.test = str(data), ""
     s = build_run_index(run, cfg)
-    typer.echo(f"indexed {s['photos']} photos ({s['kind']}, {s['dim']}-d) in {s['seconds']:.1f} s, "
-               f"{s['embed_images_per_s']:.1f} img/s: {run / 'index'}")
+    shards = f", {s['shards']} shards" if s["shards"] > 1 else ""
+    typer.echo(f"indexed {s['photos']} photos ({s['kind']}, {s['dim']}-d{shards}) in {s['seconds']:.1f} s, "
+               f"{s['embed_images_per_s']:.1f} img/s, {s['embedded']} embedded now: {run / 'index'}")
 
 
 @app.command("query")
