@@ -5,7 +5,7 @@
 
 The vectors are bench_index.py's synthetic clustered "photos", written to WORK/embeddings.npy a chunk
 at a time (the generator never holds them all). Each build runs in a child process of its own, so its
-peak resident memory (ru_maxrss) is its own: "chunked" builds from the file through NpyRows (ADD_CHUNK
+peak resident memory (VmHWM) is its own: "chunked" builds from the file through NpyRows (ADD_CHUNK
 rows in memory at a time) into --shards shards; "memory" loads the whole file and builds one index, as
 build_run_index did before. Each child then saves the index, loads it back with load_index (sha256
 checks included), and measures recall@10 against numpy brute force, batch and one-query latency.

@@ -26,6 +26,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from bench_index import median_time  # scripts/ is on sys.path when run as a script
 from retrieval.config import load_config, load_run_config, prepare_run_dir
 from retrieval.data import load_rgb
 from retrieval.embedding import EMBEDDINGS, INDEX_DIR, build_run_index, embed, open_index
@@ -67,15 +68,6 @@ def copy_run(src: Path, work: Path) -> Path:
 def ms(seconds: list[float]) -> dict:
     return {"median": round(1e3 * statistics.median(seconds), 2),
             "p90": round(1e3 * float(np.percentile(seconds, 90)), 2)}
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def numpy_search(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,10 +123,10 @@ def main() -> None:
         index = build_index(x, progress=False)
     f_s, f_i = index.search(q, k)
     n_s, n_i = numpy_search(x, q, k)
-    one_faiss = statistics.median(timed(lambda: index.search(q[i:i + 1], k), args.repeats) for i in range(len(q)))
-    one_numpy = statistics.median(timed(lambda: numpy_search(x, q[i:i + 1], k), args.repeats) for i in range(len(q)))
-    batch_faiss = timed(lambda: index.search(q, k), args.repeats)
-    batch_numpy = timed(lambda: numpy_search(x, q, k), args.repeats)
+    one_faiss = statistics.median(median_time(lambda: index.search(q[i:i + 1], k), args.repeats) for i in range(len(q)))
+    one_numpy = statistics.median(median_time(lambda: numpy_search(x, q[i:i + 1], k), args.repeats) for i in range(len(q)))
+    batch_faiss = median_time(lambda: index.search(q, k), args.repeats)
+    batch_numpy = median_time(lambda: numpy_search(x, q, k), args.repeats)
     result = {
         "run": str(args.run or run), "database": int(index.ntotal), "dim": int(index.d), "kind": cfg.index.kind,
         "image_size": cfg.data.image_size, "resize": cfg.data.resize, "queries": len(answers), "k": k,

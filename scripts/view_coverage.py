@@ -1,6 +1,7 @@
 """How well a rendered data set's training views cover its test views: the share of test views with a
 training view within R metres that faces within H degrees. Retrieval cannot place a query better
-than its database covers it, so this bounds recall@N within R.
+than its database covers it, so this bounds recall@N within R. Also printed: the error of always
+guessing the mean training position, the score of a model that has learnt nothing.
 
     python scripts/view_coverage.py runs/demo/data --radius 25 --heading 45
 """
@@ -24,6 +25,12 @@ def coverage(data: Path, radius_m: float, heading_deg: float) -> tuple[float, fl
     return float(near.any(1).mean()), float((near & (turn <= heading_deg)).any(1).mean())
 
 
+def constant_guess_m(data: Path) -> np.ndarray:
+    """Test-view errors when every view is placed at the mean training position."""
+    train, test = read_manifest(data / "train.csv"), read_manifest(data / "test.csv")
+    return haversine_m(test.lat, test.lon, train.lat.mean(), train.lon.mean())
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path)
@@ -33,3 +40,6 @@ if __name__ == "__main__":
     anywhere, facing = coverage(a.data, a.radius, a.heading)
     print(f"{a.data}: test views with a training view within {a.radius:g} m: {anywhere:.1%}; "
           f"also facing within {a.heading:g} degrees: {facing:.1%}")
+    err = constant_guess_m(a.data)
+    print(f"always guessing the mean training position: median error {np.median(err):.0f} m, "
+          f"mean {err.mean():.0f} m")
