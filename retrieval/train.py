@@ -212,7 +212,6 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
     """
     t = cfg.train
     run_dir = Path(run_dir)
-    distributed.init()
     main, world, dev = distributed.is_main(), distributed.world_size(), distributed.device()
     precision = resolve_precision(t.precision)
     if t.threads > 0:
