@@ -155,7 +155,11 @@ def _streets_only(G: nx.MultiDiGraph, path: Path) -> nx.MultiDiGraph:
     G.remove_nodes_from(list(nx.isolates(G)))
     if G.number_of_edges() == 0:
         raise GeolocError(f"{path}: no highway ways (is it an OpenStreetMap extract?)")
-    return ox.simplify_graph(G)
+    from retrieval.synth.osm import sort_merged_attributes
+
+    G = ox.simplify_graph(G)
+    sort_merged_attributes(G)  # merged ways' tag lists in one order whatever PYTHONHASHSEED
+    return G
 
 
 @dataclass

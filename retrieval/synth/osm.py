@@ -206,6 +206,16 @@ def building_height(tags: dict, osm_id) -> tuple[float, float]:
     return float(h), float(min(lo, h - 1.0)) if lo > 0 else 0.0
 
 
+def sort_merged_attributes(G) -> None:
+    """OSMnx's simplification keeps the distinct tag values of merged ways as list(set(values)), whose
+    order follows the per-process string hash (PYTHONHASHSEED): sort them, so that which value comes
+    first (the street's kind and width) and the saved graph are the same in every run."""
+    for _, _, d in G.edges(data=True):
+        for k, v in d.items():
+            if isinstance(v, list):
+                d[k] = sorted(v, key=lambda x: (type(x).__name__, str(x)))
+
+
 def load_city(path: str | Path) -> City:
     """Parse, check and project an OSM extract. Bad input raises GeolocError."""
     import geopandas as gpd
@@ -224,6 +234,8 @@ def load_city(path: str | Path) -> City:
         try:
             # The largest connected piece: cameras on a stray fragment could not be reached along the streets.
             G = ox.graph_from_xml(streets_osm, bidirectional=False, simplify=True, retain_all=False)
+            sort_merged_attributes(G)
+            G.graph.pop("created_date", None)  # so the saved streets.graphml is the same bytes every run
             bar.update()
             F = ox.features_from_xml(path, tags=FEATURE_TAGS)
             bar.update()
