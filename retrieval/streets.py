@@ -137,13 +137,37 @@ def load_graph(source: str | Path, network_type: str = "walk") -> StreetGraph:
         if path.suffix.lower() == ".graphml":
             G = ox.load_graphml(path)
         else:
-            # retain_all: an extract's streets may be split into pieces at its border
-            G = ox.graph_from_xml(path, retain_all=True, simplify=False)
+            G = _graph_from_xml(path)
+    except GeolocError:
+        raise
     except Exception as exc:  # XML/bz2/graphml parsers raise many types for a damaged file
         raise GeolocError(f"{path}: cannot read street graph ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
     if path.suffix.lower() != ".graphml":
         G = _streets_only(G, path)
     return StreetGraph.from_networkx(G)
+
+
+def _graph_from_xml(path: Path) -> nx.MultiDiGraph:
+    """OSMnx's graph of an OSM XML file; an extract clipped at a bounding box (ways that run on to nodes
+    outside it) is read without the missing nodes, with a warning that counts them."""
+    import tempfile
+
+    import osmnx as ox
+
+    from retrieval.synth.osm import clipped_message, write_without_dangling
+
+    try:
+        # retain_all: an extract's streets may be split into pieces at its border
+        return ox.graph_from_xml(path, retain_all=True, simplify=False)
+    except ValueError as exc:  # "Some edges missing nodes, possibly due to input data clipping issue"
+        if "missing nodes" not in str(exc):
+            raise
+    with tempfile.TemporaryDirectory() as tmp:
+        clean = Path(tmp) / "unclipped.osm"
+        counts = write_without_dangling(path, clean)
+        G = ox.graph_from_xml(clean, retain_all=True, simplify=False)
+    warnings.warn(clipped_message(path, {**counts, "members": 0}), stacklevel=3)
+    return G
 
 
 def _streets_only(G: nx.MultiDiGraph, path: Path) -> nx.MultiDiGraph:

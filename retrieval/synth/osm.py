@@ -79,6 +79,7 @@ def check_osm_xml(path: str | Path) -> dict:
     generator = ""
     node_xml: dict[str, str] = {}
     street_ways: list[tuple[str, list[str], dict]] = []
+    unseen_refs: list[str] = []  # way node refs not (yet) defined: dangling if never defined
     try:
         with _open(path) as f:
             for event, el in ET.iterparse(f, events=("start", "end")):
@@ -104,6 +105,7 @@ def check_osm_xml(path: str | Path) -> dict:
                     el.clear()
                 elif el.tag == "way":
                     tags = {t.get("k"): t.get("v") for t in el.findall("tag")}
+                    unseen_refs += [r for r in (nd.get("ref") for nd in el.findall("nd")) if r not in node_xml]
                     if "highway" in tags and tags["highway"] not in NOT_STREETS and tags.get("area") != "yes":
                         highways += 1
                         street_ways.append((el.get("id"), [nd.get("ref") for nd in el.findall("nd")], tags))
@@ -134,11 +136,82 @@ def check_osm_xml(path: str | Path) -> dict:
     used = dict.fromkeys(r for _, refs, _ in street_ways for r in refs if r in node_xml)
     lines = ["<?xml version='1.0' encoding='UTF-8'?>", '<osm version="0.6">', *(node_xml[r] for r in used)]
     for wid, refs, tags in street_ways:
+        if sum(r in node_xml for r in refs) < 2:
+            continue  # clipped to less than a segment
         lines.append(f'<way id="{wid}">' + "".join(f'<nd ref="{r}"/>' for r in refs if r in node_xml)
                      + "".join(f"<tag k={quoteattr(k)} v={quoteattr(v)}/>" for k, v in tags.items()) + "</way>")
     lines.append("</osm>")
     return {"nodes": len(lats), "highways": highways, "buildings": buildings, "generator": generator,
-            "streets_xml": "\n".join(lines)}
+            "dangling": sum(r not in node_xml for r in unseen_refs), "streets_xml": "\n".join(lines)}
+
+
+def write_without_dangling(path: str | Path, out: str | Path) -> dict:
+    """Copy an OSM extract without references to what it does not hold (an extract clipped at a
+    bounding box has ways running out of it): way nodes that are missing are dropped, then ways left
+    with fewer than 2 nodes, then relation members that are missing. Returns the counts."""
+    from xml.sax.saxutils import quoteattr
+
+    path, out = Path(path), Path(out)
+    nodes: set[str] = set()
+    ways: set[str] = set()
+    try:
+        with _open(path) as f:  # pass 1: what the file defines
+            for _, el in ET.iterparse(f):
+                if el.tag == "node":
+                    nodes.add(el.get("id"))
+                    el.clear()
+                elif el.tag == "way":
+                    if sum(nd.get("ref") in nodes for nd in el.findall("nd")) >= 2:
+                        ways.add(el.get("id"))
+                    el.clear()
+        counts = {"refs": 0, "ways": 0, "members": 0}
+        with _open(path) as f, out.open("w", encoding="utf-8") as w:  # pass 2: the copy
+            depth = 0
+            for event, el in ET.iterparse(f, events=("start", "end")):
+                if event == "start":
+                    if depth == 0:
+                        w.write("<?xml version='1.0' encoding='UTF-8'?>\n<osm"
+                                + "".join(f" {k}={quoteattr(v)}" for k, v in el.attrib.items()) + ">\n")
+                    depth += 1
+                    continue
+                depth -= 1
+                if depth != 1:
+                    continue
+                if el.tag == "way":
+                    refs = el.findall("nd")
+                    missing = [nd for nd in refs if nd.get("ref") not in nodes]
+                    counts["refs"] += len(missing)
+                    for nd in missing:
+                        el.remove(nd)
+                    if el.get("id") not in ways:
+                        counts["ways"] += 1
+                        el.clear()
+                        continue
+                elif el.tag == "relation":
+                    gone = [m for m in el.findall("member")
+                            if (m.get("type") == "node" and m.get("ref") not in nodes)
+                            or (m.get("type") == "way" and m.get("ref") not in ways)]
+                    counts["members"] += len(gone)
+                    for m in gone:
+                        el.remove(m)
+                    if el.find("member") is None:
+                        el.clear()
+                        continue
+                el.tail = "\n"
+                w.write(ET.tostring(el, encoding="unicode"))
+                el.clear()
+            w.write("</osm>\n")
+    except ET.ParseError as exc:
+        raise GeolocError(f"{path}: malformed or truncated OSM XML ({exc})") from None
+    except OSError as exc:
+        raise GeolocError(f"{path}: cannot read or copy ({exc})") from None
+    return counts
+
+
+def clipped_message(path: Path, counts: dict) -> str:
+    return (f"{path}: clipped extract: dropped {counts['refs']} reference(s) to nodes not in the file"
+            + (f", {counts['ways']} way(s) left with fewer than 2 nodes" if counts["ways"] else "")
+            + (f", {counts['members']} missing relation member(s)" if counts["members"] else ""))
 
 
 _NUMBER = re.compile(r"^\s*([-+]?\d+(?:[.,]\d+)?)\s*(m|meters?|metres?|ft|feet|'|)\s*$", re.IGNORECASE)
@@ -231,19 +304,25 @@ def load_city(path: str | Path) -> City:
         warnings.simplefilter("ignore")
         streets_osm = Path(tmp) / "streets.osm"
         streets_osm.write_text(info["streets_xml"], encoding="utf-8")
+        features_osm, clipped = path, None
+        if info["dangling"]:  # OSMnx fails on ways whose nodes are outside a clipped extract
+            features_osm = Path(tmp) / "features.osm"
+            clipped = write_without_dangling(path, features_osm)
         try:
             # The largest connected piece: cameras on a stray fragment could not be reached along the streets.
             G = ox.graph_from_xml(streets_osm, bidirectional=False, simplify=True, retain_all=False)
             sort_merged_attributes(G)
             G.graph.pop("created_date", None)  # so the saved streets.graphml is the same bytes every run
             bar.update()
-            F = ox.features_from_xml(path, tags=FEATURE_TAGS)
+            F = ox.features_from_xml(features_osm, tags=FEATURE_TAGS)
             bar.update()
         except Exception as exc:  # OSMnx raises many types on odd input; the user needs one line
             raise GeolocError(f"{path}: OSMnx could not read the extract ({type(exc).__name__}: {exc})"
                               .splitlines()[0]) from None
         finally:
             bar.close()
+    if clipped:
+        warnings.warn(clipped_message(path, clipped), stacklevel=2)
     if G.number_of_edges() == 0:
         raise GeolocError(f"{path}: no street graph could be built from the highway ways")
     lat = np.array([d["y"] for _, d in G.nodes(data=True)])
