@@ -50,7 +50,7 @@ def data_check(
     """Check every row of a manifest: coordinates, duplicates, files, and that each image decodes."""
     from retrieval.data import read_manifest
 
-    m = read_manifest(manifest, skip_bad=skip_bad, check_images=True)
+    m = read_manifest(manifest, skip_bad=skip_bad, check_images=True, check_far=True)
     typer.echo(f"{manifest}: {len(m)} good photos" + (f", {m.skipped} bad rows skipped" if m.skipped else ""))
 
 
@@ -98,7 +98,7 @@ def synth_city(
 def synth_render(
     out: Path = typer.Option(..., "--out", help="Data folder: images/, train.csv, test.csv, dataset.json."),
     osm: Optional[Path] = typer.Option(None, "--osm", help="OSM extract (.osm/.osm.bz2); default: the demo city."),
-    train: Optional[int] = typer.Option(None, "--train", help="Training views in all (default: one per --spacing-m)."),
+    train: Optional[int] = typer.Option(None, "--train", help="Training positions in all (default: one per --spacing-m)."),
     spacing_m: float = typer.Option(10.0, "--spacing-m", help="Metres of street per training view (without --train)."),
     test: int = typer.Option(100, "--test", help="Test views at independent random positions."),
     size: int = typer.Option(224, "--size", help="Image side in pixels."),
@@ -106,8 +106,11 @@ def synth_render(
     shift: bool = typer.Option(False, "--shift", help="Render test views at dusk (a condition shift)."),
     workers: int = typer.Option(2, "--workers", help="Rendering processes."),
     fov: float = typer.Option(90.0, "--fov", help="Horizontal field of view in degrees."),
+    headings: int = typer.Option(1, "--headings", help="Views per training position, evenly spaced from the "
+                                 "street's direction (4: a Street-View-like panorama); 1: one random heading."),
+    val: int = typer.Option(0, "--val", help="Validation views, drawn like the test views (val.csv)."),
 ):
-    """Render street-level views of an OSM extract (or the demo city) with train/test manifests."""
+    """Render street-level views of an OSM extract (or the demo city) with train/[val/]test manifests."""
     from retrieval.synth.cameras import render_dataset
     from retrieval.synth.city import write_demo_city
 
@@ -117,8 +120,9 @@ def synth_render(
             write_demo_city(osm, seed=seed)
     info = render_dataset(osm, out, n_train=train, n_test=test, size=size, seed=seed,
                           test_condition_shift=shift, workers=workers,
-                          spacing_m=None if train is not None else spacing_m, fov=fov)
-    typer.echo(f"wrote {out}: {info['train']} train, {info['test']} test views"
+                          spacing_m=None if train is not None else spacing_m, fov=fov, headings=headings,
+                          n_val=val)
+    typer.echo(f"wrote {out}: {info['train']} train, {info['val']} val, {info['test']} test views"
                + (f" ({info['images_per_s']} img/s)" if info["images_per_s"] else " (all already rendered)"))
 
 
@@ -290,12 +294,18 @@ def query_cmd(
     from retrieval.query import format_answer, query, summary
 
     answers = query(run, images, k)
+    bad = [a for a in answers if "error" in a]
     if as_json:
         typer.echo(json.dumps(answers, indent=2))
     else:
         for a in answers:
-            typer.echo(format_answer(a))
+            if "error" not in a:
+                typer.echo(format_answer(a))
         typer.echo(summary(answers))
+    if bad:  # the good images are answered above; each bad one is named, and the status says so
+        for a in bad:
+            print(f"error: {a['error']}", file=sys.stderr)
+        raise typer.Exit(2)
 
 
 # --- the main job ----------------------------------------------------------------------------------

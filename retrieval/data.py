@@ -20,6 +20,7 @@ from retrieval import GeolocError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "val", "test")
+FAR_FROM_SET_M = 30_000.0  # `data check`: a photo this far from the set's median is a wrong coordinate
 
 
 @dataclass
@@ -67,21 +68,38 @@ def concat_manifests(parts: list[Manifest]) -> Manifest:
                     rows=[r for p in parts for r in p.rows] if all(p.rows for p in parts) else [])
 
 
+# What decoding a bad image raises: unreadable or truncated files, and images too large to decode
+# (PIL refuses more than 2 x Image.MAX_IMAGE_PIXELS pixels as a possible decompression bomb).
+IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def image_problem(exc: BaseException) -> str:
+    """One line saying why an image could not be decoded."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"image too large to decode ({exc})".replace(", could be decompression bomb DOS attack.", "")
+    return f"corrupt or truncated image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+
+
 def _check_image(path: Path) -> str | None:
     """Fully decode the image; returns the problem, or None when it is readable."""
     try:
         with Image.open(path) as im:
             im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return f"corrupt or truncated image ({exc})"
+    except IMAGE_ERRORS as exc:
+        return image_problem(exc)
     return None
 
 
 def read_manifest(path: str | Path, skip_bad: bool = False, check_files: bool = True,
-                  check_images: bool = False) -> Manifest:
+                  check_images: bool | None = None, check_far: bool = False) -> Manifest:
     """Read and check a manifest. A bad row raises GeolocError naming file, row and problem;
-    with skip_bad it is skipped with a warning and counted in Manifest.skipped."""
+    with skip_bad it is skipped with a warning and counted in Manifest.skipped. check_images (default:
+    skip_bad) decodes every image, so that with skip_bad a corrupt image is skipped here rather than
+    stopping training when the images are decoded. check_far flags rows more than FAR_FROM_SET_M from
+    the median position of the set (lat/lon swapped, a photo from another city)."""
     path = Path(path)
+    if check_images is None:
+        check_images = skip_bad
     if not path.is_file():
         raise GeolocError(f"{path}: manifest not found")
     base = path.parent
@@ -102,60 +120,78 @@ def read_manifest(path: str | Path, skip_bad: bool = False, check_files: bool = 
         warnings.warn(msg, stacklevel=3)
         skipped += 1
 
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in ("path", "lat", "lon") if c not in cols]
-        if missing:
-            raise GeolocError(f"{path}: missing column(s) {', '.join(missing)} (header is {','.join(cols)})")
-        reader.fieldnames = cols
-        has_heading, has_split = "heading" in cols, "split" in cols
-        for row_no, row in enumerate(reader, start=2):
-            raw_path = (row.get("path") or "").strip()
-            if not raw_path:
-                bad(row_no, "empty path")
-                continue
-            p = Path(raw_path)
-            p = (p if p.is_absolute() else base / p).resolve()
-            values = {}
-            problem = None
-            for name, lo, hi in (("lat", -90.0, 90.0), ("lon", -180.0, 180.0)):
-                text = (row.get(name) or "").strip()
-                try:
-                    v = float(text)
-                except ValueError:
-                    problem = f"{name} {text!r} is not a number"
-                    break
-                if not math.isfinite(v) or not lo <= v <= hi:
-                    problem = f"{name} {text} is out of range [{lo:g}, {hi:g}]"
-                    break
-                values[name] = v
-            heading = math.nan
-            if problem is None and has_heading and (row.get("heading") or "").strip():
-                try:
-                    heading = float(row["heading"]) % 360.0
-                except ValueError:
-                    problem = f"heading {row['heading']!r} is not a number"
-            split = (row.get("split") or "").strip() if has_split else ""
-            if problem is None and split and split not in SPLITS:
-                problem = f"split {split!r} is not one of {', '.join(SPLITS)}"
-            if problem is None and p in seen:
-                problem = f"duplicate path {raw_path} (first on row {seen[p]})"
-            if problem is None and check_files and not p.is_file():
-                problem = f"image file not found: {raw_path}"
-            if problem is None and check_images:
-                problem = _check_image(p)
-                problem = problem and f"{raw_path}: {problem}"
-            if problem is not None:
-                bad(row_no, problem)
-                continue
-            seen[p] = row_no
-            paths.append(p)
-            lats.append(values["lat"])
-            lons.append(values["lon"])
-            headings.append(heading)
-            splits.append(split)
-            rows.append(row_no)
+    try:
+        # utf-8-sig: spreadsheet programs start a UTF-8 CSV with a byte order mark
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            cols = [c.strip() for c in reader.fieldnames or []]
+            missing = [c for c in ("path", "lat", "lon") if c not in cols]
+            if missing:
+                raise GeolocError(f"{path}: missing column(s) {', '.join(missing)} (header is {','.join(cols)})")
+            reader.fieldnames = cols
+            has_heading, has_split = "heading" in cols, "split" in cols
+            for row_no, row in enumerate(reader, start=2):
+                raw_path = (row.get("path") or "").strip()
+                if not raw_path:
+                    bad(row_no, "empty path")
+                    continue
+                p = Path(raw_path)
+                p = (p if p.is_absolute() else base / p).resolve()
+                values = {}
+                problem = None
+                for name, lo, hi in (("lat", -90.0, 90.0), ("lon", -180.0, 180.0)):
+                    text = (row.get(name) or "").strip()
+                    try:
+                        v = float(text)
+                    except ValueError:
+                        problem = f"{name} {text!r} is not a number"
+                        break
+                    if not math.isfinite(v) or not lo <= v <= hi:
+                        problem = f"{name} {text} is out of range [{lo:g}, {hi:g}]"
+                        break
+                    values[name] = v
+                heading = math.nan
+                text = (row.get("heading") or "").strip() if has_heading else ""
+                if problem is None and text:
+                    try:
+                        heading = float(text)
+                    except ValueError:
+                        problem = f"heading {text!r} is not a number"
+                    else:
+                        if math.isfinite(heading):
+                            heading %= 360.0
+                        else:
+                            problem = f"heading {text!r} is not a finite number (leave it empty when unknown)"
+                split = (row.get("split") or "").strip() if has_split else ""
+                if problem is None and split and split not in SPLITS:
+                    problem = f"split {split!r} is not one of {', '.join(SPLITS)}"
+                if problem is None and p in seen:
+                    problem = f"duplicate path {raw_path} (first on row {seen[p]})"
+                if problem is None and check_files and not p.is_file():
+                    problem = f"image file not found: {raw_path}"
+                if problem is None and check_images:
+                    problem = _check_image(p)
+                    problem = problem and f"{raw_path}: {problem}"
+                if problem is not None:
+                    bad(row_no, problem)
+                    continue
+                seen[p] = row_no
+                paths.append(p)
+                lats.append(values["lat"])
+                lons.append(values["lon"])
+                headings.append(heading)
+                splits.append(split)
+                rows.append(row_no)
+    except UnicodeDecodeError:
+        raise GeolocError(f"{path}: {_not_utf8(path)}; save the manifest as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise GeolocError(f"{path}: not a readable CSV ({exc})") from None
+    if check_far and len(paths) > 2:
+        far = set(_far_rows(path, np.array(lats), np.array(lons), rows, bad))
+        if far:
+            keep = [i for i in range(len(paths)) if i not in far]
+            paths, lats, lons = [paths[i] for i in keep], [lats[i] for i in keep], [lons[i] for i in keep]
+            headings, splits, rows = [headings[i] for i in keep], [splits[i] for i in keep], [rows[i] for i in keep]
     if not paths:
         raise GeolocError(f"{path}: no usable rows")
     if skipped:
@@ -165,6 +201,33 @@ def read_manifest(path: str | Path, skip_bad: bool = False, check_files: bool = 
         heading=np.array(headings) if has_heading else None,
         split=splits if has_split else None, source=path, rows=rows, skipped=skipped,
     )
+
+
+def _not_utf8(path: Path) -> str:
+    """Where a file stops being UTF-8, for the message (the decoder's own offset is within a chunk)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return f"not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}, e.g. Latin-1 or another code page)"
+    return "not UTF-8 text"
+
+
+def _far_rows(path: Path, lat: np.ndarray, lon: np.ndarray, rows: list[int], bad) -> list[int]:
+    """Photos farther than FAR_FROM_SET_M from the set's median position are bad rows; returns their
+    indices (reached only with skip_bad, as bad() raises otherwise)."""
+    from retrieval.geo import haversine_m
+
+    lat0, lon0 = float(np.median(lat)), float(np.median(lon))
+    d = haversine_m(lat0, lon0, lat, lon)
+    far = np.flatnonzero(d > FAR_FROM_SET_M)
+    for i in far:
+        swapped = abs(lon[i]) <= 90 and haversine_m(lat0, lon0, lon[i], lat[i]) < FAR_FROM_SET_M
+        bad(rows[i], f"lat {lat[i]:.6f}, lon {lon[i]:.6f} lies {d[i] / 1000:.0f} km from the rest of the set "
+                     f"(median {lat0:.4f}, {lon0:.4f}; more than {FAR_FROM_SET_M / 1000:.0f} km)"
+                     + ("; lat and lon swapped?" if swapped else ""))
+    return far.tolist()
 
 
 def write_manifest(path: str | Path, manifest: Manifest) -> Path:
@@ -244,9 +307,24 @@ def parse_vpr_name(name: str) -> tuple[float, float, float]:
         return float(lat), float(lon), heading
     from pyproj import CRS, Transformer
 
-    south = band.strip().upper() < "N"
-    crs = CRS.from_dict({"proj": "utm", "zone": int(zone), "south": south})
-    lon_v, lat_v = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(float(east), float(north))
+    try:
+        zone_no = int(zone)
+    except ValueError:
+        raise ValueError(f"UTM zone {zone!r} is not a number") from None
+    if not 1 <= zone_no <= 60:
+        raise ValueError(f"UTM zone {zone_no} is out of range [1, 60]")
+    band = band.strip().upper()
+    if band and (len(band) != 1 or band not in "CDEFGHJKLMNPQRSTUVWX"):
+        raise ValueError(f"UTM latitude band {band!r} is not one of C-X")
+    try:
+        e, n = float(east), float(north)
+    except ValueError:
+        raise ValueError(f"UTM easting/northing {east!r}, {north!r} are not numbers") from None
+    south = band < "N"
+    crs = CRS.from_dict({"proj": "utm", "zone": zone_no, "south": south})
+    lon_v, lat_v = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(e, n)
+    if not (math.isfinite(lat_v) and math.isfinite(lon_v)):
+        raise ValueError(f"UTM position {east}, {north} in zone {zone_no}{band} is not on the Earth")
     return float(lat_v), float(lon_v), heading
 
 
@@ -270,6 +348,8 @@ def read_exif_gps(path: str | Path) -> tuple[float, float, float]:
 
     lat = dms(gps[2], gps.get(1, "N"))
     lon = dms(gps[4], gps.get(3, "E"))
+    if lat == 0 and lon == 0:  # what a camera without a GPS fix writes
+        raise ValueError("EXIF GPS position is exactly 0, 0: no position")
     heading = _rational(gps[17]) % 360.0 if 17 in gps else math.nan
     return lat, lon, heading
 
@@ -291,7 +371,7 @@ def import_photos(src: str | Path, fmt: str, skip_bad: bool = False) -> Manifest
             lat, lon, heading = parsers[fmt](p)
             if not (-90 <= lat <= 90 and -180 <= lon <= 180):
                 raise ValueError(f"coordinate out of range ({lat}, {lon})")
-        except (ValueError, OSError, UnidentifiedImageError, KeyError, ZeroDivisionError) as exc:
+        except (*IMAGE_ERRORS, KeyError, ZeroDivisionError) as exc:
             msg = f"{p}: {exc}"
             if not skip_bad:
                 raise GeolocError(msg) from None
@@ -311,18 +391,30 @@ def import_photos(src: str | Path, fmt: str, skip_bad: bool = False) -> Manifest
 
 # --- images ----------------------------------------------------------------------------------------
 
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit grayscale (PNG 'I;16', or 'I') as 8-bit 'L', scaled by 255/65535 (PIL's own convert would
+    clip every value above 255 to white)."""
+    a = np.asarray(im)
+    a = np.clip(a.astype(np.float64) / 257.0, 0, 255)
+    return Image.fromarray(np.round(a).astype(np.uint8))
+
+
 def load_rgb(path: str | Path, where: str | None = None) -> Image.Image:
     """Decode an image upright (EXIF orientation applied) as RGB, whatever its mode."""
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I"):
+                im = _to_8bit(im)
+            elif im.mode == "F":
+                im = Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8))
             if im.mode in ("P", "LA", "PA") or (im.mode == "RGBA"):
                 im = im.convert("RGBA")
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise GeolocError(f"{where or path}: cannot read image ({exc})") from None
+    except IMAGE_ERRORS as exc:
+        raise GeolocError(f"{where or path}: cannot read image: {image_problem(exc)}") from None
 
 
 class PhotoDataset:

@@ -11,6 +11,9 @@ from retrieval.config import load_run_config
 from retrieval.data import IMAGE_SUFFIXES, load_rgb
 from retrieval.geo import haversine_m
 
+MIN_SIDE_PX = 32  # smaller images hold too little to locate: refused, not answered
+MAX_ASPECT = 4.0  # a panorama strip or a sliver: answered from its centre crop only, with a warning
+
 
 def image_files(inputs: list[Path]) -> list[Path]:
     files: list[Path] = []
@@ -27,9 +30,25 @@ def image_files(inputs: list[Path]) -> list[Path]:
     return files
 
 
+def check_shape(image, path) -> str | None:
+    """Refuse images too small to locate; return a warning for very elongated ones (None otherwise)."""
+    w, h = image.size
+    if min(w, h) < MIN_SIDE_PX:
+        raise GeolocError(f"{path}: image is {w} x {h} px, too small to locate (need at least "
+                          f"{MIN_SIDE_PX} px a side)")
+    if max(w, h) / min(w, h) > MAX_ASPECT:
+        return (f"{path}: image is {w} x {h} px (aspect {max(w, h) / min(w, h):.1f}:1): only its centre "
+                "square is seen, the answer may be unreliable")
+    return None
+
+
 def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list[dict]:
     """One answer per image: lat, lon, confidence, the neighbours that voted, and the time it took
-    (decode to answer; loading the model and index once is not counted)."""
+    (decode to answer; loading the model and index once is not counted). An image that cannot be
+    read or is too small gets {"path", "error"} instead, and the others are still answered; a very
+    elongated one is answered with a "warning"."""
+    import warnings
+
     from retrieval.embedding import embed, open_index
     from retrieval.index import search
     from retrieval.transforms import to_cached
@@ -37,13 +56,23 @@ def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
+    if k is not None and k < 1:
+        raise GeolocError(f"--k {k}: at least 1 neighbour must vote")
     files = image_files(inputs)
     k = k or cfg.index.k
     model, index, side = open_index(run_dir, cfg)
     answers = []
     for path in files:
         t0 = time.perf_counter()
-        q = embed(model, [to_cached(load_rgb(path), cfg.data.resize)], cfg, "embed query")
+        try:
+            image = load_rgb(path)
+            warning = check_shape(image, path)
+        except GeolocError as exc:
+            answers.append({"path": str(path), "error": str(exc)})
+            continue
+        if warning:
+            warnings.warn(warning, stacklevel=2)
+        q = embed(model, [to_cached(image, cfg.data.resize)], cfg, "embed query")
         sims, ids = search(index, q, k)
         ok = ids[0] >= 0
         sims, ids = sims[:, ok], ids[:, ok]
@@ -52,7 +81,7 @@ def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list
         dist = haversine_m(v.lat[0], v.lon[0], side.lat[ids[0]], side.lon[ids[0]])
         answers.append({
             "path": str(path), "lat": float(v.lat[0]), "lon": float(v.lon[0]), "confidence": float(v.confidence[0]),
-            "vote": cfg.index.vote, "ms": round(ms, 1),
+            "vote": cfg.index.vote, "ms": round(ms, 1), **({"warning": warning} if warning else {}),
             "neighbours": [{"path": side.paths[i], "lat": float(side.lat[i]), "lon": float(side.lon[i]),
                             "similarity": float(s), "distance_m": float(d)}
                            for i, s, d in zip(ids[0], sims[0], dist)],
@@ -70,5 +99,7 @@ def format_answer(a: dict) -> str:
 
 
 def summary(answers: list[dict]) -> str:
-    ms = np.array([a["ms"] for a in answers])
-    return f"{len(answers)} image(s), median {np.median(ms):.0f} ms per image"
+    ms = np.array([a["ms"] for a in answers if "error" not in a])
+    bad = sum("error" in a for a in answers)
+    text = f"{len(ms)} image(s)" + (f", median {np.median(ms):.0f} ms per image" if len(ms) else "")
+    return text + (f"; {bad} could not be located" if bad else "")

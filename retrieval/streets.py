@@ -227,8 +227,10 @@ def snap_photos(graph: StreetGraph, lat, lon, max_snap_m: float = 30.0) -> Snap:
     if snap.excluded:
         far = np.flatnonzero(~snap.kept)
         shown = ", ".join(f"#{i}" for i in far[:5]) + (", ..." if len(far) > 5 else "")
+        lat1, lon1 = np.broadcast_to(lat, (n,))[far[0]], np.broadcast_to(lon, (n,))[far[0]]
         warnings.warn(f"{snap.excluded} of {n} photos are more than {max_snap_m:g} m from any street "
-                      f"and are excluded from mining (photos {shown})")
+                      f"and are excluded from mining (photos {shown}; #{far[0]} is at lat {lat1:.6f}, "
+                      f"lon {lon1:.6f}; `geoloc data check` names the manifest rows of photos far from the rest)")
     return snap
 
 
@@ -326,6 +328,16 @@ def photo_distances(lat, lon, radius_m: float, positives: str = "geodesic", stre
         return euclidean_neighbours(lat, lon, radius_m)
     graph = load_graph(streets, network_type)
     snap = snap_photos(graph, lat, lon, max_snap_m)
+    if not snap.kept.any():
+        lat0, lon0 = float(np.median(lat)), float(np.median(lon))
+        xy = np.array([[d["x"], d["y"]] for _, d in graph.graph.nodes(data=True)])
+        glat, glon = (float(v) for v in graph.projection.to_latlon(*np.median(xy, axis=0)))
+        from retrieval.geo import haversine_m
+
+        raise GeolocError(f"none of the {len(snap.edge)} photos is within {max_snap_m:g} m of a street of {streets}: "
+                          f"the photos lie around lat {lat0:.5f}, lon {lon0:.5f}, the streets around lat {glat:.5f}, "
+                          f"lon {glon:.5f}, {haversine_m(lat0, lon0, glat, glon) / 1000:.0f} km away "
+                          "(lat and lon swapped, or another city's streets?)")
     if positives == "geodesic":
         return geodesic_neighbours(graph, snap, radius_m, progress=progress)
     return euclidean_neighbours(lat, lon, radius_m, keep=snap.kept, projection=graph.projection)
