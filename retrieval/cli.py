@@ -147,12 +147,14 @@ def synth_sheet(
 
 def _train_setup(kind: str, data: Optional[Path], config: Optional[Path], out: Optional[Path],
                  resume: bool, overrides: Optional[List[str]]):
-    """Resolved config and run directory; resuming reads the run's own config.yaml (--set still applies).
+    """Resolved config and run directory; resuming reads the run's own config.yaml (--set still applies)
+    and is refused, before anything is written, if it would change what the checkpoint depends on.
     Under torchrun every process gets the same run directory and only rank 0 writes to it."""
     import time
 
     from retrieval import distributed
     from retrieval.config import load_config, prepare_run_dir
+    from retrieval.runs import check_resume, clean_stale_tmp, record_resume
     from retrieval.train import check_run_dir
 
     distributed.init()
@@ -168,8 +170,13 @@ def _train_setup(kind: str, data: Optional[Path], config: Optional[Path], out: O
     run_dir = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(distributed.gather_objects(str(run_dir))[0])  # rank 0's clock names it
     check_run_dir(run_dir, resume)
+    changes = check_resume(run_dir, kind, cfg) if resume else {}
     if distributed.is_main():
-        prepare_run_dir(run_dir, cfg)
+        clean_stale_tmp(run_dir)
+        if resume:
+            record_resume(run_dir, cfg, changes)
+        else:
+            prepare_run_dir(run_dir, cfg)
         typer.echo(f"run directory: {run_dir}" + (f" ({distributed.world_size()} processes)"
                                                   if distributed.world_size() > 1 else ""))
     return cfg, run_dir
@@ -354,6 +361,14 @@ def main() -> None:
         app()
     except GeolocError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (OSError, RuntimeError) as exc:
+        from retrieval.util import disk_full_message, is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        where = getattr(exc, "filename", None) or "a file"
+        print(f"error: {disk_full_message(where, exc, atomic=False)}".splitlines()[0], file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -246,6 +246,12 @@ def save_index(folder: str | Path, index: faiss.Index, sidecar: Sidecar) -> Path
     if index.d != sidecar.dim:
         raise GeolocError(f"save_index: index dimension {index.d} != sidecar dim {sidecar.dim}")
     parts = shards_of(index)
+    from retrieval.runs import STALE_TMP_S
+    from retrieval.util import remove_stale_tmp
+
+    # temporary files a killed build left (".index.faiss.xxxx.tmp", ...): never read, only in the way
+    remove_stale_tmp(folder, [INDEX_FILE, ARRAYS_FILE, META_FILE, *(f"index-{i:03d}.faiss" for i in range(len(parts)))],
+                     min_age_s=STALE_TMP_S)
     shards = []
     for i, part in enumerate(parts):
         name = INDEX_FILE if len(parts) == 1 else f"index-{i:03d}.faiss"

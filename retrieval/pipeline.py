@@ -226,6 +226,31 @@ def demo_query_hint(out: Path) -> str:
     runs = sorted((out / "methods").glob("embedding*"))
     if not runs:
         return ""
+    import shlex
+
     test = out / "data" / "test.csv"
     first = test.read_text(encoding="utf-8").splitlines()[1].split(",")[0] if test.is_file() else "IMAGE.jpg"
-    return f"locate a photo:  geoloc query --run {runs[0]} {out / 'data' / first}"
+    return (f"locate a photo:  {geoloc_command()} query --run {shlex.quote(str(runs[0]))} "
+            f"{shlex.quote(str(out / 'data' / first))}")
+
+
+def geoloc_command() -> str:
+    """How to run this very geoloc from the current folder, as a user types it: `geoloc` when that is on
+    the PATH, else the script installed beside this Python (e.g. .venv/bin/geoloc), else python -m."""
+    import os
+    import shlex
+    import shutil
+    import sys
+
+    here = Path(sys.executable).parent  # not resolved: a venv's python is a link to the system one
+    script = here / ("geoloc.exe" if os.name == "nt" else "geoloc")
+    on_path = shutil.which("geoloc")
+    if script.is_file() and on_path and Path(on_path).absolute() == script.absolute():
+        return "geoloc"
+    if script.is_file():
+        try:
+            rel = script.absolute().relative_to(Path.cwd())
+            return shlex.quote(str(rel) if rel.parts[0] != "geoloc" else f"./{rel}")
+        except ValueError:
+            return shlex.quote(str(script.absolute()))
+    return f"{shlex.quote(sys.executable)} -m retrieval.cli"
