@@ -479,6 +479,18 @@ def spatial_split(lat, lon, val_fraction: float = 0.1, test_fraction: float = 0.
     return split.astype(str)
 
 
+def split_counts(split, where: str) -> dict[str, int]:
+    """Photos per split of a spatial_split result; a split that leaves no training photo is an error
+    (nothing to learn from, nothing to index), naming the counts and what to change."""
+    split = np.asarray(split)
+    counts = {s: int((split == s).sum()) for s in SPLITS}
+    if counts["train"] == 0:
+        raise GeolocError(f"{where}: the split leaves no training photos (train 0, val {counts['val']}, "
+                          f"test {counts['test']}, dropped {int((split == '').sum())}): use smaller blocks "
+                          "(--block-m), a smaller --gap-m or smaller --val/--test fractions, or more photos")
+    return counts
+
+
 def load_splits(data: str | Path, val_fraction: float = 0.1, test_fraction: float = 0.1,
                 gap_m: float = 25.0, block_m: float = 250.0, seed: int = 0,
                 skip_bad: bool = False) -> dict[str, Manifest]:

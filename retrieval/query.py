@@ -49,6 +49,8 @@ def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list
     elongated one is answered with a "warning"."""
     import warnings
 
+    if k is not None and k < 1:
+        raise GeolocError(f"--k {k}: at least 1 neighbour must vote")
     from retrieval.embedding import embed, open_index
     from retrieval.index import search
     from retrieval.transforms import to_cached
@@ -56,8 +58,6 @@ def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    if k is not None and k < 1:
-        raise GeolocError(f"--k {k}: at least 1 neighbour must vote")
     files = image_files(inputs)
     k = k or cfg.index.k
     model, index, side = open_index(run_dir, cfg)

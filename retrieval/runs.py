@@ -68,7 +68,7 @@ def check_resume(run_dir: str | Path, kind: str, cfg: Config) -> dict[str, tuple
         except (OSError, ValueError, AttributeError):
             was = None
         if was and was != kind:
-            raise GeolocError(f"{run_dir}: a {was} run, cannot resume it as `geoloc train {kind}`")
+            raise GeolocError(f"{run_dir}: trained by `geoloc train {was}`, cannot resume it as `geoloc train {kind}`")
     changes = config_changes(load_config(run_dir / "config.yaml"), cfg)
     refused = {k: v for k, v in changes.items() if not k.startswith(RESUME_MAY_CHANGE)}
     if refused:
