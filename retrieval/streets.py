@@ -204,10 +204,11 @@ class Snap:
         return int((~self.kept).sum())
 
 
-def snap_photos(graph: StreetGraph, lat, lon, max_snap_m: float = 30.0) -> Snap:
+def snap_photos(graph: StreetGraph, lat, lon, max_snap_m: float = 30.0, describe=None) -> Snap:
     """Snap each photo to the nearest point of the nearest edge polyline (not the straight chord).
 
-    Photos farther than max_snap_m from any street are excluded, with one warning that counts them."""
+    Photos farther than max_snap_m from any street are excluded, with one warning that counts them
+    (describe(i), e.g. Manifest.describe, names photo i there: its manifest and row)."""
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
     x, y = graph.projection.to_xy(lat, lon)
     points = shapely.points(np.atleast_1d(x), np.atleast_1d(y))
@@ -228,8 +229,9 @@ def snap_photos(graph: StreetGraph, lat, lon, max_snap_m: float = 30.0) -> Snap:
         far = np.flatnonzero(~snap.kept)
         shown = ", ".join(f"#{i}" for i in far[:5]) + (", ..." if len(far) > 5 else "")
         lat1, lon1 = np.broadcast_to(lat, (n,))[far[0]], np.broadcast_to(lon, (n,))[far[0]]
+        first = f"{describe(int(far[0]))}, " if describe is not None else ""
         warnings.warn(f"{snap.excluded} of {n} photos are more than {max_snap_m:g} m from any street "
-                      f"and are excluded from mining (photos {shown}; #{far[0]} is at lat {lat1:.6f}, "
+                      f"and are excluded from mining (photos {shown}; #{far[0]} is {first}at lat {lat1:.6f}, "
                       f"lon {lon1:.6f}; `geoloc data check` names the manifest rows of photos far from the rest)")
     return snap
 
@@ -314,7 +316,8 @@ def _csr(rows, cols, vals, n: int) -> sp.csr_matrix:
 
 
 def photo_distances(lat, lon, radius_m: float, positives: str = "geodesic", streets: str | Path = "",
-                    max_snap_m: float = 30.0, network_type: str = "walk", progress: bool = True) -> sp.csr_matrix:
+                    max_snap_m: float = 30.0, network_type: str = "walk", progress: bool = True,
+                    describe=None) -> sp.csr_matrix:
     """Distances within radius_m between training photos, by `positives` (geodesic | euclidean).
 
     Both variants keep only the photos within max_snap_m of a street when a street graph is given, so
@@ -327,7 +330,7 @@ def photo_distances(lat, lon, radius_m: float, positives: str = "geodesic", stre
                               "(.osm/.osm.bz2/.graphml, bbox:... or place:...)")
         return euclidean_neighbours(lat, lon, radius_m)
     graph = load_graph(streets, network_type)
-    snap = snap_photos(graph, lat, lon, max_snap_m)
+    snap = snap_photos(graph, lat, lon, max_snap_m, describe)
     if not snap.kept.any():
         lat0, lon0 = float(np.median(lat)), float(np.median(lon))
         xy = np.array([[d["x"], d["y"]] for _, d in graph.graph.nodes(data=True)])

@@ -395,6 +395,21 @@ def test_photos_all_off_the_streets_are_named_not_blamed_on_pos_radius(tmp_path)
         photo_distances(lon, lat, 100.0, "geodesic", osm)
 
 
+def test_photo_off_the_streets_is_named_by_its_row(tmp_path):
+    # "training then warns about 'photos #60' (an index, not the file or row)"
+    from retrieval.data import read_manifest
+    from retrieval.streets import load_graph, photo_distances, photos_along_streets
+    from retrieval.synth.city import write_demo_city
+
+    osm = write_demo_city(tmp_path / "city.osm", seed=0, size_m=400)
+    lat, lon = photos_along_streets(load_graph(osm), 8, np.random.default_rng(0), jitter_m=0.0)
+    rows = [(f"{i}.jpg", la, lo) for i, (la, lo) in enumerate(zip(lat, lon))]
+    rows[3] = ("3.jpg", rows[3][2], rows[3][1])
+    m = read_manifest(write_csv(tmp_path / "m.csv", "path,lat,lon", rows), check_files=False)
+    with pytest.warns(UserWarning, match=r"1 of 8 photos .* #3 is .*m\.csv: row 5: .*3\.jpg, at lat -30"):
+        photo_distances(m.lat, m.lon, 100.0, "geodesic", osm, describe=m.describe)
+
+
 # --- data split ------------------------------------------------------------------------------------
 
 def test_split_without_training_photos_is_an_error():
