@@ -92,7 +92,8 @@ class CellsTask:
         images = decode_images(train, cfg.data.resize, "decode train")
         self.train_loader = train_loader(images, labels, cfg.data, cfg.augment, cfg.train.batch_size,
                                          cfg.seed)
-        self.model = cell_classifier(cfg.model.weights, len(self.cell_of_class), cfg.model.lock_factor)
+        self.model = cell_classifier(cfg.model.weights, len(self.cell_of_class), cfg.model.lock_factor,
+                                     cfg.model.arch)
         self.val = splits.get("val")
         if self.val is not None:
             self.val_images = decode_images(self.val, cfg.data.resize, "decode val")
@@ -148,7 +149,7 @@ def predict(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
     table = {k: [p.get(k) for p in props] for k in ("n_train", "class", "photo_lat", "photo_lon",
                                                      "poly_lat", "poly_lon")}
     cell_of_class = _cell_of_class(table)
-    model = cell_classifier("none", len(cell_of_class))
+    model = cell_classifier("none", len(cell_of_class), arch=cfg.model.arch)
     load_trained(model, run_dir)
     precision = resolve_precision(cfg.train.precision)
     images = decode_images(test, cfg.data.resize, "decode test")

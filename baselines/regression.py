@@ -52,7 +52,7 @@ class RegressionTask:
         images = decode_images(train, cfg.data.resize, "decode train")
         self.train_loader = train_loader(images, targets, cfg.data, cfg.augment, cfg.train.batch_size,
                                          cfg.seed)
-        self.model = coordinate_regressor(cfg.model.weights, cfg.model.lock_factor)
+        self.model = coordinate_regressor(cfg.model.weights, cfg.model.lock_factor, arch=cfg.model.arch)
         self.val = splits.get("val")
         if self.val is not None:
             self.val_images = decode_images(self.val, cfg.data.resize, "decode val")
@@ -91,7 +91,7 @@ def predict(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
     box = read_run_info(run_dir).get("bbox")
     if not box:
         raise GeolocError(f"{run_dir}/run.json: no bbox recorded for this regression run")
-    model = coordinate_regressor("none")
+    model = coordinate_regressor("none", arch=cfg.model.arch)
     load_trained(model, run_dir)
     images = decode_images(test, cfg.data.resize, "decode test")
     y = infer(model, images, test_transform(cfg.data), cfg.train.batch_size,

@@ -58,23 +58,30 @@ def data_check(
 def data_split(
     manifest: Path,
     out: Path = typer.Option(..., "--out", help="Manifest CSV to write, with a split column."),
+    mode: str = typer.Option("place", "--mode", help="place: every held-out photo has a training photo within "
+                             "--radius-m (place recognition: the embedding's question) | spatial: whole blocks, "
+                             "nothing within --gap-m (unseen streets) | random: the seed study's protocol."),
     val: float = typer.Option(0.1, help="Fraction of photos for validation."),
     test: float = typer.Option(0.1, help="Fraction of photos for test."),
-    gap_m: float = typer.Option(25.0, help="No held-out photo within this distance of a training photo."),
-    block_m: float = typer.Option(250.0, help="Side of the blocks assigned whole to one split."),
+    radius_m: float = typer.Option(25.0, help="place: a training photo within this distance of each held-out one."),
+    gap_m: float = typer.Option(25.0, help="spatial: no held-out photo within this distance of a training photo."),
+    block_m: float = typer.Option(250.0, help="spatial: side of the blocks assigned whole to one split."),
     seed: int = typer.Option(0),
 ):
-    """Split a manifest into train/val/test by spatial blocks, dropping held-out photos too close to train."""
-    from retrieval.data import read_manifest, spatial_split, write_manifest
+    """Split a manifest into train/val/test (see --mode), so nothing is asked that the task does not ask."""
+    from retrieval.data import read_manifest, split_counts, split_photos, write_manifest
 
+    if block_m <= 0 or gap_m < 0 or radius_m <= 0:
+        raise GeolocError(f"data split: --block-m ({block_m:g}) and --radius-m ({radius_m:g}) must be > 0 "
+                          f"and --gap-m ({gap_m:g}) >= 0")
     m = read_manifest(manifest)
-    split = spatial_split(m.lat, m.lon, val, test, gap_m, block_m, seed)
+    split = split_photos(mode, m.lat, m.lon, val, test, gap_m, block_m, radius_m, seed)
+    counts = split_counts(split, str(manifest))
     keep = [i for i, s in enumerate(split) if s]
     m.split = list(split)
     write_manifest(out, m.subset(keep))
-    counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
-    typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-               + f", dropped {int((split == '').sum())} within {gap_m:g} m of train")
+    dropped = f", dropped {int((split == '').sum())} within {gap_m:g} m of train" if mode == "spatial" else ""
+    typer.echo(f"wrote {out} ({mode}): " + ", ".join(f"{k} {v}" for k, v in counts.items()) + dropped)
 
 
 # --- synth -----------------------------------------------------------------------------------------

@@ -19,8 +19,13 @@ class DataConfig:
     test: str = ""  # manifest CSV of test photos (empty: the folder's test.csv, or split `train` spatially)
     val_fraction: float = 0.1
     test_fraction: float = 0.1
-    split_gap_m: float = 25.0  # no held-out photo within this distance of a training photo
-    split_block_m: float = 250.0  # side of the square blocks assigned whole to one split
+    # How a missing val (or test) set is carved out of the training photos: place (every held-out photo
+    # has a training photo within place_radius_m: place recognition), spatial (whole blocks, nothing
+    # within split_gap_m: unseen streets) or random (the seed study).
+    split_mode: str = "place"
+    place_radius_m: float = 25.0
+    split_gap_m: float = 25.0  # spatial: no held-out photo within this distance of a training photo
+    split_block_m: float = 250.0  # spatial: side of the square blocks assigned whole to one split
     skip_bad: bool = False
     image_size: int = 224
     resize: int = 256
@@ -37,24 +42,30 @@ class AugmentConfig:
     saturation: float = 0.3
     hue: float = 0.05
     hflip: bool = False  # the study's "future work"; a mirrored street is a different street
+    random_crop: bool = False  # crop image_size at a random place of the resized image (a small pan/tilt)
 
 
 @dataclass
 class ModelConfig:
+    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50
     weights: str = "imagenet"  # imagenet | places365:<file> | <state-dict file> | none
-    lock_factor: float = 0.7
+    lock_factor: float = 0.0  # share of layers frozen (the study: 0.7 on pretrained weights)
     embed_dim: int = 512
     freeze_bn: bool = False  # keep BatchNorm statistics fixed (see retrieval.models.freeze_batchnorm)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 25
+    epochs: int = 25  # upper bound; an epoch is also the validation and checkpoint cadence
     batch_size: int = 32
+    optimizer: str = "adamw"  # adamw | sgd (the study's, with momentum)
     lr: float = 0.001
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0001
+    schedule: str = "cosine"  # cosine (by step, after warmup) | exponential (x lr_decay per epoch: the study)
     lr_decay: float = 0.99
-    weight_decay: float = 0.0
+    warmup_steps: int = 50  # linear warmup from 0 (cosine)
+    max_minutes: float = 0.0  # > 0: stop after this much training time; the cosine then runs over it
     precision: str = "bf16"  # bf16 | fp32
     max_steps_per_epoch: int = 0  # 0: a full pass over the data
     threads: int = 0  # torch intra-op threads; 0: torch's default
@@ -72,12 +83,19 @@ class CellsConfig:
 @dataclass
 class EmbeddingConfig:
     positives: str = "geodesic"  # geodesic | euclidean
-    pos_radius_m: float = 50.0  # photos this close (along the streets) show the same place
-    neg_radius_m: float = 250.0  # photos this far apart are negatives; in between, neither
-    places_per_batch: int = 8  # P
+    pos_radius_m: float = 25.0  # positives: this close (along the streets) ...
+    # ... and, by supervision: heading (facing within heading_tol_deg of each other; needs headings),
+    # weak (the candidate closest in embedding space, as NetVLAD), radius (every candidate), or auto
+    # (heading where the manifest has headings, else weak)
+    supervision: str = "auto"
+    heading_tol_deg: float = 45.0
+    neg_radius_m: float = 100.0  # negatives: this far apart; in between, neither
+    places_per_batch: int = 32  # P
     photos_per_place: int = 4  # K
-    loss: str = "triplet"  # triplet | multi_similarity | contrastive
-    miner: str = "semihard"  # semihard | hard | all | hardest (triplet loss; pair losses use every pair)
+    loss: str = "multi_similarity"  # multi_similarity | triplet | contrastive
+    # triplet: semihard | hard | all | hardest; pair losses: multi_similarity (pml's informative-pair
+    # rule) | all
+    miner: str = "multi_similarity"
     margin: float = 0.1
     streets: str = ""  # .osm/.osm.bz2/.graphml file, or bbox:lon_min,lat_min,lon_max,lat_max / place:NAME (online)
     network_type: str = "walk"  # walk | all, for downloaded graphs
@@ -108,7 +126,9 @@ class BenchConfig:
     """One comparison: a city, its rendered views, and the methods trained under the same budget."""
     osm: str = "demo"  # an .osm/.osm.bz2 file, or "demo" for the procedural city
     city_size_m: float = 1500.0  # side of the procedural city
-    train_views: int = 600
+    train_views: int = 600  # training positions (each rendered at `headings` headings)
+    headings: int = 1  # views per training position, evenly spaced from the street's direction
+    val_views: int = 100  # rendered like the test views (0: carve validation out of train)
     test_views: int = 150
     image_size: int = 128
     test_condition_shift: bool = False
@@ -183,11 +203,111 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict, update: dict) -> dict:
+def _merge(base: dict, update: dict, where: str = "config") -> dict:
     out = dict(base)
     for k, v in update.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if isinstance(v, dict) and k in out and not isinstance(out[k], dict):
+            raise GeolocError(f"{where}.{k}: expected a mapping, got {out[k]!r}")
+        out[k] = _merge(out[k], v, f"{where}.{k}") if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+# --- validation: every setting checked once, when the config loads ----------------------------------
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+CHOICES = {
+    "data.split_mode": ("place", "spatial", "random"),
+    "model.arch": ARCHS,
+    "train.optimizer": ("adamw", "sgd"),
+    "train.schedule": ("cosine", "exponential"),
+    "train.precision": ("bf16", "fp32"),
+    "cells.grid": ("voronoi", "square"),
+    "cells.centroid": ("photos", "polygon"),
+    "embedding.positives": ("geodesic", "euclidean"),
+    "embedding.supervision": ("auto", "heading", "weak", "radius"),
+    "embedding.loss": ("multi_similarity", "triplet", "contrastive"),
+    "embedding.network_type": ("walk", "all", "drive", "bike", "all_public", "drive_service"),
+    "index.kind": ("flat", "ivfpq", "hnsw"),
+    "index.refine": ("flat", "sq8", "none"),
+    "index.vote": ("pool", "top1", "weighted_mean"),
+}
+MINERS = {"triplet": ("semihard", "hard", "all", "hardest"),
+          "multi_similarity": ("multi_similarity", "all"), "contrastive": ("multi_similarity", "all")}
+# key -> (low, high, low inclusive, high inclusive); None: unbounded
+RANGES = {
+    "data.val_fraction": (0, 1, True, False), "data.test_fraction": (0, 1, True, False),
+    "data.place_radius_m": (0, None, False, True), "data.split_gap_m": (0, None, True, True),
+    "data.split_block_m": (0, None, False, True), "data.image_size": (16, None, True, True),
+    "data.resize": (16, None, True, True), "data.num_workers": (0, None, True, True),
+    "augment.perspective": (0, 1, True, True), "augment.perspective_p": (0, 1, True, True),
+    "augment.brightness": (0, None, True, True), "augment.contrast": (0, None, True, True),
+    "augment.saturation": (0, None, True, True), "augment.hue": (0, 0.5, True, True),
+    "model.lock_factor": (0, 1, True, True), "model.embed_dim": (1, None, True, True),
+    "train.epochs": (1, None, True, True), "train.batch_size": (1, None, True, True),
+    "train.lr": (0, None, False, True), "train.momentum": (0, 1, True, False),
+    "train.weight_decay": (0, None, True, True), "train.lr_decay": (0, 1, False, True),
+    "train.warmup_steps": (0, None, True, True), "train.max_minutes": (0, None, True, True),
+    "train.max_steps_per_epoch": (0, None, True, True), "train.threads": (0, None, True, True),
+    "cells.cell_size_m": (0, None, False, True), "cells.border_spacing_m": (0, None, True, True),
+    "embedding.pos_radius_m": (0, None, False, True), "embedding.neg_radius_m": (0, None, False, True),
+    "embedding.heading_tol_deg": (0, 180, False, True), "embedding.places_per_batch": (1, None, True, True),
+    "embedding.photos_per_place": (2, None, True, True), "embedding.margin": (0, None, False, True),
+    "embedding.max_snap_m": (0, None, False, True),
+    "index.nlist": (1, None, True, True), "index.pq_m": (1, None, True, True), "index.pq_nbits": (1, 16, True, True),
+    "index.k_factor": (1, None, True, True), "index.nprobe": (1, None, True, True),
+    "index.train_size": (0, None, True, True), "index.shard_size": (0, None, True, True),
+    "index.hnsw_m": (2, None, True, True), "index.ef_construction": (1, None, True, True),
+    "index.ef_search": (1, None, True, True), "index.k": (1, None, True, True),
+    "index.vote_radius_m": (0, None, False, True),
+    "bench.city_size_m": (100, None, True, True), "bench.train_views": (1, None, True, True),
+    "bench.headings": (1, 36, True, True), "bench.val_views": (0, None, True, True),
+    "bench.test_views": (1, None, True, True), "bench.image_size": (16, None, True, True),
+    "bench.render_workers": (1, None, True, True),
+}
+
+
+def _get(cfg: "Config", key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _range_text(lo, hi, lo_inc, hi_inc) -> str:
+    if hi is None:
+        return f"{'>=' if lo_inc else '>'} {lo:g}"
+    return f"in {'[' if lo_inc else '('}{lo:g}, {hi:g}{']' if hi_inc else ')'}"
+
+
+def validate(cfg: "Config", where: str = "config") -> "Config":
+    """Raise a one-line GeolocError for the first setting out of its range or choices, or two settings
+    that cannot go together; returns cfg."""
+    import math
+
+    def bad(key: str, why: str) -> None:
+        raise GeolocError(f"{where}: {key}={_get(cfg, key)!r}: {why}")
+
+    for key, (lo, hi, lo_inc, hi_inc) in RANGES.items():
+        v = _get(cfg, key)
+        if not math.isfinite(v) or (v < lo if lo_inc else v <= lo) or (
+                hi is not None and (v > hi if hi_inc else v >= hi)):
+            bad(key, f"must be {_range_text(lo, hi, lo_inc, hi_inc)}")
+    for key, options in CHOICES.items():
+        if _get(cfg, key) not in options:
+            bad(key, f"choose one of {', '.join(options)}")
+    d, e = cfg.data, cfg.embedding
+    if d.val_fraction + d.test_fraction >= 1:
+        bad("data.test_fraction", f"with data.val_fraction={d.val_fraction:g} nothing is left to train on")
+    if d.resize < d.image_size:
+        bad("data.resize", f"must be >= data.image_size ({d.image_size})")
+    if e.neg_radius_m <= e.pos_radius_m:
+        bad("embedding.neg_radius_m", f"must be above embedding.pos_radius_m ({e.pos_radius_m:g})")
+    if e.miner not in MINERS[e.loss]:
+        bad("embedding.miner", f"with embedding.loss={e.loss} choose one of {', '.join(MINERS[e.loss])}")
+    if cfg.index.kind == "ivfpq" and cfg.model.embed_dim % cfg.index.pq_m:
+        bad("index.pq_m", f"must divide model.embed_dim ({cfg.model.embed_dim})")
+    for name in cfg.bench.methods:
+        if name.split("_", 1)[0] not in ("cells", "regression", "embedding"):
+            raise GeolocError(f"{where}: bench.methods: {name!r} must start with cells, regression or embedding")
+    return cfg
 
 
 def parse_override(text: str) -> dict:
@@ -217,14 +337,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise GeolocError(f"{path}: config file not found")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise GeolocError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
         except yaml.YAMLError as exc:
             raise GeolocError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
         if not isinstance(loaded, dict):
             raise GeolocError(f"{path}: expected a mapping at the top level")
-        data = _merge(data, loaded)
+        data = _merge(data, loaded, where)
     for text in overrides or []:
-        data = _merge(data, parse_override(text))
-    return from_dict(Config, data, where)
+        data = _merge(data, parse_override(text), where)
+    return validate(from_dict(Config, data, where), where)
 
 
 def to_dict(cfg: Config) -> dict:

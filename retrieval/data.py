@@ -479,6 +479,68 @@ def spatial_split(lat, lon, val_fraction: float = 0.1, test_fraction: float = 0.
     return split.astype(str)
 
 
+def random_split(n: int, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Photos drawn at random for val and test, the rest train (the seed study's protocol)."""
+    if not 0 <= val_fraction + test_fraction < 1:
+        raise GeolocError("split: val_fraction + test_fraction must be in [0, 1)")
+    order = np.random.default_rng(seed).permutation(n)
+    n_test, n_val = round(test_fraction * n), round(val_fraction * n)
+    split = np.full(n, "train", dtype=object)
+    split[order[:n_test]] = "test"
+    split[order[n_test:n_test + n_val]] = "val"
+    return split.astype(str)
+
+
+def place_split(lat, lon, val_fraction: float = 0.1, test_fraction: float = 0.1, radius_m: float = 25.0,
+                seed: int = 0) -> np.ndarray:
+    """Held-out photos of places the database covers (place recognition, as Pitts30k or MSLS): photos
+    drawn at random, each kept out only if a training photo stays within radius_m of it (that photo is
+    then never held out itself). Fewer than asked are held out where photos have no near neighbour."""
+    from scipy.spatial import cKDTree
+
+    from retrieval.geo import LocalProjection
+
+    lat, lon = np.asarray(lat, float), np.asarray(lon, float)
+    if not 0 <= val_fraction + test_fraction < 1:
+        raise GeolocError("split: val_fraction + test_fraction must be in [0, 1)")
+    xy = np.column_stack(LocalProjection.for_points(lat, lon).to_xy(lat, lon))
+    near = cKDTree(xy).query_ball_point(xy, radius_m)
+    rng = np.random.default_rng(seed)
+    split = np.full(len(lat), "train", dtype=object)
+    anchored = np.zeros(len(lat), dtype=bool)  # training photos some held-out photo relies on
+    want = {"test": round(test_fraction * len(lat)), "val": round(val_fraction * len(lat))}
+    for i in rng.permutation(len(lat)):
+        name = next((k for k, v in want.items() if v > 0), None)
+        if name is None:
+            break
+        if anchored[i]:
+            continue
+        partners = [j for j in near[i] if j != i and split[j] == "train"]
+        if not partners:
+            continue
+        split[i] = name
+        anchored[partners[rng.integers(len(partners))]] = True
+        want[name] -= 1
+    return split.astype(str)
+
+
+SPLIT_MODES = ("place", "spatial", "random")
+
+
+def split_photos(mode: str, lat, lon, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                 gap_m: float = 25.0, block_m: float = 250.0, radius_m: float = 25.0, seed: int = 0) -> np.ndarray:
+    """'train'/'val'/'test' ('' dropped) per photo by `mode`: place (place_split: every held-out photo
+    has a training photo within radius_m), spatial (spatial_split: unseen streets, nothing within gap_m)
+    or random (random_split)."""
+    if mode == "place":
+        return place_split(lat, lon, val_fraction, test_fraction, radius_m, seed)
+    if mode == "spatial":
+        return spatial_split(lat, lon, val_fraction, test_fraction, gap_m, block_m, seed)
+    if mode == "random":
+        return random_split(len(lat), val_fraction, test_fraction, seed)
+    raise GeolocError(f"split mode {mode!r}: choose one of {', '.join(SPLIT_MODES)}")
+
+
 def split_counts(split, where: str) -> dict[str, int]:
     """Photos per split of a spatial_split result; a split that leaves no training photo is an error
     (nothing to learn from, nothing to index), naming the counts and what to change."""
@@ -493,10 +555,11 @@ def split_counts(split, where: str) -> dict[str, int]:
 
 def load_splits(data: str | Path, val_fraction: float = 0.1, test_fraction: float = 0.1,
                 gap_m: float = 25.0, block_m: float = 250.0, seed: int = 0,
-                skip_bad: bool = False) -> dict[str, Manifest]:
+                skip_bad: bool = False, mode: str = "place", radius_m: float = 25.0) -> dict[str, Manifest]:
     """train/val/test manifests from a data folder (train.csv [val.csv] [test.csv], as the renderer
-    writes) or from one manifest (its split column, else a spatial split). A missing val set is carved
-    out of train spatially, so model selection never sees test photos."""
+    writes) or from one manifest (its split column, else a split by `mode`). A missing val set is
+    carved out of train by `mode` (see split_photos), so model selection never sees test photos and
+    asks the kind of question the test asks."""
     data = Path(data)
     out: dict[str, Manifest] = {}
     if data.is_dir():
@@ -515,12 +578,11 @@ def load_splits(data: str | Path, val_fraction: float = 0.1, test_fraction: floa
     if not want_val and carve_test == 0:
         out["train"] = pool
         return out
-    split = spatial_split(pool.lat, pool.lon, val_fraction if want_val else 0.0, carve_test,
-                          gap_m, block_m, seed)
+    split = split_photos(mode, pool.lat, pool.lon, val_fraction if want_val else 0.0, carve_test,
+                         gap_m, block_m, radius_m, seed)
+    split_counts(split, str(data))
     for name in SPLITS:
         idx = np.flatnonzero(split == name)
         if len(idx):
             out[name] = pool.subset(idx)
-    if "train" not in out:
-        raise GeolocError(f"{data}: the split left no training photos")
     return out

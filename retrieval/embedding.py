@@ -1,6 +1,7 @@
-"""The main method: a ResNet-50 + GeM embedding trained with triplets whose positives and negatives are
-chosen by distance on the ground (walking distance along the streets, or straight-line for the ablation),
-then a FAISS index of the training photos and a k-NN vote to place a query.
+"""The main method: a ResNet + GeM embedding trained with a metric loss whose positives and negatives are
+chosen by distance on the ground (walking distance along the streets, or straight-line for the ablation)
+and, where headings are known, by which way the camera faced; then a FAISS index of the training photos
+and a k-NN vote to place a query.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from torch.utils.data import DataLoader
 from retrieval import GeolocError, distributed
 from retrieval.config import Config
 from retrieval.data import Manifest
-from retrieval.metrics import errors_m
-from retrieval.mining import PlaceBatchSampler, kept_photos, make_loss, make_miner
+from retrieval.metrics import errors_m, recall_at_n
+from retrieval.mining import (GroundRules, PlaceBatchSampler, kept_photos, make_loss, make_miner,
+                              positive_candidates, resolve_supervision)
 from retrieval.models import embedding_net
 from retrieval.streets import photo_distances
 from retrieval.train import fit, infer, load_data, resolve_precision, seed_everything
@@ -37,7 +39,8 @@ def ground_distances(cfg: Config, train: Manifest):
     e = cfg.embedding
     if not e.pos_radius_m < e.neg_radius_m:
         raise GeolocError(f"embedding.pos_radius_m ({e.pos_radius_m:g}) must be below neg_radius_m ({e.neg_radius_m:g})")
-    return photo_distances(train.lat, train.lon, e.neg_radius_m, e.positives, street_source(cfg), e.max_snap_m)
+    return photo_distances(train.lat, train.lon, e.neg_radius_m, e.positives, street_source(cfg), e.max_snap_m,
+                           describe=train.describe)
 
 
 def embed(model, images: list[torch.Tensor], cfg: Config, desc: str = "embed") -> np.ndarray:
@@ -47,25 +50,28 @@ def embed(model, images: list[torch.Tensor], cfg: Config, desc: str = "embed") -
 
 class EmbeddingTask:
     kind = "embedding"
-    metric = "val_median_error_m"
-    maximize = False
+    metric = "val_recall@1_25m"
+    maximize = True
 
     def __init__(self, cfg: Config, splits: dict[str, Manifest]):
         e = cfg.embedding
         self.cfg, self.train = cfg, splits["train"]
         self.dist = ground_distances(cfg, self.train)
         self.excluded = int((~kept_photos(self.dist)).sum())
+        self.supervision = resolve_supervision(e.supervision, self.train.heading)
+        cand = positive_candidates(self.dist, e.pos_radius_m,
+                                   self.train.heading if self.supervision == "heading" else None, e.heading_tol_deg)
+        self.rules = GroundRules(self.dist, cand, e.neg_radius_m, weak=self.supervision == "weak")
         images = decode_images(self.train, cfg.data.resize, "decode train")
         self.sampler = PlaceBatchSampler(self.dist, e.places_per_batch, e.photos_per_place, e.pos_radius_m,
-                                         e.neg_radius_m, seed=cfg.seed, rank=distributed.rank(),
+                                         candidates=cand, seed=cfg.seed, rank=distributed.rank(),
                                          world=distributed.world_size())
         ds = CachedImages(images, torch.arange(len(images)), train_transform(cfg.data, cfg.augment))
         self.train_loader = DataLoader(ds, batch_sampler=self.sampler, num_workers=cfg.data.num_workers,
                                        persistent_workers=cfg.data.num_workers > 0)
         self.images = images
-        self.model = embedding_net(cfg.model.weights, cfg.model.embed_dim,
-                                   cfg.model.lock_factor)
-        self.loss_fn, self.miner = make_loss(e), make_miner(e, self.dist)
+        self.model = embedding_net(cfg.model.weights, cfg.model.embed_dim, cfg.model.lock_factor, cfg.model.arch)
+        self.loss_fn, self.miner = make_loss(e), make_miner(e, self.rules)
         self.val = splits.get("val")
         if self.val is not None:
             self.val_images = decode_images(self.val, cfg.data.resize, "decode val")
@@ -84,16 +90,22 @@ class EmbeddingTask:
         db = embed(model, self.images, self.cfg, "validate: database")
         q = embed(model, self.val_images, self.cfg, "validate: queries")
         sims = q @ db.T
-        k = min(self.cfg.index.k, len(db))
+        k = min(max(self.cfg.index.k, 10), len(db))
         ids = np.argsort(-sims, axis=1)[:, :k]
-        v = vote(self.train.lat[ids], self.train.lon[ids], np.take_along_axis(sims, ids, 1),
-                 self.cfg.index.vote, self.cfg.index.vote_radius_m)
+        v = vote(self.train.lat[ids[:, :self.cfg.index.k]], self.train.lon[ids[:, :self.cfg.index.k]],
+                 np.take_along_axis(sims, ids, 1)[:, :self.cfg.index.k], self.cfg.index.vote,
+                 self.cfg.index.vote_radius_m)
         err = errors_m(v.lat, v.lon, self.val.lat, self.val.lon)
-        return {"val_median_error_m": float(np.median(err)), "val_mean_error_m": float(np.mean(err))}
+        nb = errors_m(self.train.lat[ids], self.train.lon[ids], self.val.lat[:, None], self.val.lon[:, None])
+        r = recall_at_n(nb, (1, 5), 25.0)
+        return {"val_recall@1_25m": r["recall@1_25m"], "val_recall@5_25m": r["recall@5_25m"],
+                "val_median_error_m": float(np.median(err))}
 
     def info(self) -> dict:
         e = self.cfg.embedding
         return {"positives": e.positives, "streets": street_source(self.cfg), "loss": e.loss, "miner": e.miner,
+                "supervision": self.supervision, "arch": self.cfg.model.arch,
+                "positive_candidates": int(self.rules.cand.nnz),
                 "excluded_from_mining": self.excluded, "pairs_within_neg_radius": int(self.dist.nnz),
                 "batches_per_epoch": len(self.sampler)}
 
@@ -130,7 +142,7 @@ def load_model(run_dir: Path, cfg: Config):
 
     run_dir = Path(run_dir)
     path = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
-    model = embedding_net("none", cfg.model.embed_dim)
+    model = embedding_net("none", cfg.model.embed_dim, arch=cfg.model.arch)
     load_trained(model, run_dir)
     # channels_last weights, as infer() feeds channels_last images under bf16
     return prepare_model(model, resolve_precision(cfg.train.precision)).eval(), sha256_file(path)
@@ -184,7 +196,7 @@ def embed_database(model, sha: str, db: Manifest, cfg: Config, folder: Path, chu
     from numpy.lib.format import open_memmap
     from tqdm import tqdm
 
-    from retrieval.util import atomic_write_json
+    from retrieval.util import atomic_write_json, create_npy
 
     folder.mkdir(parents=True, exist_ok=True)
     store, record = folder / EMBEDDINGS, folder / PROGRESS
@@ -194,7 +206,7 @@ def embed_database(model, sha: str, db: Manifest, cfg: Config, folder: Path, chu
     state = _resumable(record, key, store)
     if state is None:
         record.unlink(missing_ok=True)  # before the file it describes is replaced
-        open_memmap(store, mode="w+", dtype=np.float32, shape=(len(db), cfg.model.embed_dim))  # sparse zeros
+        create_npy(store, (len(db), cfg.model.embed_dim))
         state = {**key, "rows_done": 0, "embed_seconds": 0.0}
         atomic_write_json(record, state)
     first = state["rows_done"]

@@ -110,6 +110,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> dict:
     """Locate the test photos with a trained run and write RUN/metrics.json, predictions.csv and
     (when the method has per-photo arrays, e.g. cell probabilities) predictions.npz."""
     from retrieval.config import load_run_config
+    from retrieval.data import concat_manifests
+    from retrieval.floors import floors
     from retrieval.train import load_data
 
     run_dir = Path(run_dir)
@@ -127,8 +129,10 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> dict:
     err = errors_m(pred.lat, pred.lon, test.lat, test.lon)
     train = info.get("train", {})
     metrics = {"kind": info["kind"], "data": str(cfg.data.train), **error_metrics(err), **pred.metrics,
+               "backbone": f"{cfg.model.arch} {cfg.data.image_size}px", "weights": cfg.model.weights,
                "query_ms": round(1000 * seconds / len(test), 2), "model_mb": _model_mb(run_dir),
-               "train_seconds": train.get("train_seconds"), "train_images_per_s": train.get("train_images_per_s")}
+               "train_seconds": train.get("train_seconds"), "train_images_per_s": train.get("train_images_per_s"),
+               "floors": floors(cfg, concat_manifests([splits[s] for s in ("train", "val") if s in splits]), test)}
     atomic_write_json(run_dir / "metrics.json", metrics)
     _write_predictions_csv(run_dir / "predictions.csv", test, pred, err)
     if pred.arrays:

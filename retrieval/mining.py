@@ -1,11 +1,14 @@
 """Batches and mining by distance on the ground, for metric learning with pytorch-metric-learning.
 
-Positives are photos within pos_radius_m of each other, negatives beyond neg_radius_m; photos between
-the radii are neither, since they may or may not show the same scene. Distances come from
-`retrieval.streets` (geodesic or euclidean): a sparse matrix holding every pair within neg_radius_m,
-where a photo excluded from mining has an empty row (every kept photo holds itself at distance 0).
-pml's own miners work from class labels, which cannot express "within 50 m of each other", so the
-miners here return explicit index tuples for pml's losses.
+Positive candidates are photos within pos_radius_m of each other that, when headings are known, also
+face within heading_tol_deg of each other (two photos 20 m apart facing opposite ways share nothing).
+Without headings, supervision is weak (as NetVLAD and VG-benchmark): of an anchor's candidates in the
+batch only the one closest in embedding space is its positive. Negatives are photos beyond
+neg_radius_m; pairs in between are neither. Distances come from `retrieval.streets` (geodesic or
+euclidean): a sparse matrix holding every pair within neg_radius_m, where a photo excluded from mining
+has an empty row (every kept photo holds itself at distance 0). pml's own miners work from class
+labels, which cannot express "within 25 m of each other", so the miners here return explicit index
+tuples for pml's losses.
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ from pytorch_metric_learning import distances, losses
 from retrieval import GeolocError
 
 TRIPLET_STRATEGIES = ("semihard", "hard", "all", "hardest")
+PAIR_STRATEGIES = ("multi_similarity", "all")
 LOSSES = ("triplet", "multi_similarity", "contrastive")
+SUPERVISION = ("auto", "heading", "weak", "radius")
 
 
 def kept_photos(dist: sp.csr_matrix) -> np.ndarray:
@@ -44,38 +49,65 @@ def batch_distances(dist: sp.csr_matrix, photo_idx) -> np.ndarray:
     return out
 
 
+def heading_gap_deg(a, b) -> np.ndarray:
+    """Smallest angle between headings a and b (degrees, 0..180)."""
+    d = np.abs(np.asarray(a, float) - np.asarray(b, float)) % 360.0
+    return np.minimum(d, 360.0 - d)
+
+
+def resolve_supervision(supervision: str, heading) -> str:
+    """auto -> heading where every photo has a heading, else weak."""
+    if supervision not in SUPERVISION:
+        raise GeolocError(f"embedding.supervision={supervision!r}: choose one of {', '.join(SUPERVISION)}")
+    known = heading is not None and len(heading) > 0 and bool(np.isfinite(heading).all())
+    if supervision == "heading" and not known:
+        raise GeolocError("embedding.supervision=heading: the training manifest has no heading for every "
+                          "photo (use weak or auto)")
+    if supervision == "auto":
+        return "heading" if known else "weak"
+    return supervision
+
+
+def positive_candidates(dist: sp.csr_matrix, pos_radius_m: float, heading=None,
+                        heading_tol_deg: float = 180.0) -> sp.csr_matrix:
+    """Boolean (N, N) matrix of candidate positive pairs: distinct photos within pos_radius_m and, with
+    headings, facing within heading_tol_deg of each other."""
+    c = dist.tocoo()
+    keep = (c.data <= pos_radius_m) & (c.row != c.col)
+    if heading is not None:
+        keep &= heading_gap_deg(heading[c.row], heading[c.col]) <= heading_tol_deg
+    return sp.csr_matrix((np.ones(int(keep.sum()), dtype=bool), (c.row[keep], c.col[keep])), shape=dist.shape)
+
+
 class PlaceBatchSampler(torch.utils.data.Sampler):
     """Batches of P places x K photos, as lists of photo indices for a DataLoader's batch_sampler.
 
-    A place is a random anchor photo plus up to K-1 photos drawn from its positives such that all of the
-    place's photos are within pos_radius_m of each other. Photos within neg_radius_m of a place already in
-    the batch are not used again in that batch, so photos of different places are always negatives of each
-    other. A place with no positive left is skipped; a batch may come out short when the city is too
-    small for P such places. Deterministic for a given (seed, epoch): call set_epoch each epoch.
+    A place is a random anchor photo plus up to K-1 of its positive candidates such that all of the
+    place's photos are candidates of each other. No photo within pos_radius_m of a place already in the
+    batch is used again in that batch, so no two places could share a positive. A place with no
+    candidate left is skipped; a batch may come out short when the city is too small for P such
+    places. Deterministic for a given (seed, epoch): call set_epoch each epoch.
 
     With several processes (world > 1) every rank draws the same global batch of world x P places and
     keeps its own contiguous share of the places, so ranks see distinct places, the concatenation of
-    the ranks' batches (in rank order) is the global batch, and every rank yields the same number of
-    batches. A global batch with fewer places than ranks is skipped by all of them.
+    the ranks' batches (in rank order) is the global batch, and every rank yields exactly len() batches.
     """
 
     def __init__(self, dist: sp.csr_matrix, places: int = 8, photos_per_place: int = 4,
-                 pos_radius_m: float = 50.0, neg_radius_m: float = 250.0, batches: int = 0, seed: int = 0,
-                 rank: int = 0, world: int = 1):
+                 pos_radius_m: float = 25.0, candidates: sp.csr_matrix | None = None, batches: int = 0,
+                 seed: int = 0, rank: int = 0, world: int = 1):
         if places < 1 or photos_per_place < 2:
             raise GeolocError(f"batches need >= 1 place and >= 2 photos per place "
                               f"(got {places} x {photos_per_place})")
-        self.dist = dist.tocsr()
+        self.near = positive_candidates(dist, pos_radius_m)  # the exclusion zone of a place
+        self.cand = (candidates if candidates is not None else self.near).tocsr()
         self.places, self.per_place = places, photos_per_place
-        self.pos_radius_m, self.neg_radius_m = pos_radius_m, neg_radius_m
         self.seed, self.epoch = seed, 0
-        d = self.dist
-        close = (d.data <= pos_radius_m) & (d.indices != np.repeat(np.arange(d.shape[0]), np.diff(d.indptr)))
-        self.anchors = np.flatnonzero(np.bincount(np.repeat(np.arange(d.shape[0]), np.diff(d.indptr))[close],
-                                                  minlength=d.shape[0]))
+        self.anchors = np.flatnonzero(np.diff(self.cand.indptr) > 0)
         if len(self.anchors) == 0:
-            raise GeolocError(f"no photo has another within pos_radius {pos_radius_m:g} m: no positive pairs "
-                              "to learn from (more photos per place, or a larger pos_radius_m)")
+            raise GeolocError(f"no photo has a positive candidate (another photo within pos_radius "
+                              f"{pos_radius_m:g} m, facing alike where headings are known): nothing to learn "
+                              "from (more photos per place, a larger pos_radius_m or heading_tol_deg)")
         if not 0 <= rank < world:
             raise GeolocError(f"rank {rank} is not in a world of {world} processes")
         self.rank, self.world = rank, world
@@ -87,21 +119,21 @@ class PlaceBatchSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return self.batches
 
-    def _row(self, i: int, radius: float) -> np.ndarray:
-        lo, hi = self.dist.indptr[i], self.dist.indptr[i + 1]
-        return self.dist.indices[lo:hi][self.dist.data[lo:hi] <= radius]
+    @staticmethod
+    def _row(m: sp.csr_matrix, i: int) -> np.ndarray:
+        return m.indices[m.indptr[i]:m.indptr[i + 1]]
 
     def _place(self, anchor: int, used: np.ndarray, rng: np.random.Generator) -> list[int]:
         group = [anchor]
-        for c in rng.permutation(self._row(anchor, self.pos_radius_m)):
+        for c in rng.permutation(self._row(self.cand, anchor)):
             if len(group) == self.per_place:
                 break
-            if c != anchor and not used[c] and np.isin(group, self._row(c, self.pos_radius_m)).all():
+            if not used[c] and np.isin(group, self._row(self.cand, c)).all():
                 group.append(int(c))
         return group
 
     def _global_batch(self, rng: np.random.Generator) -> list[list[int]]:
-        used = np.zeros(self.dist.shape[0], dtype=bool)
+        used = np.zeros(self.cand.shape[0], dtype=bool)
         groups: list[list[int]] = []
         for anchor in rng.permutation(self.anchors):
             if len(groups) == self.places * self.world:
@@ -111,8 +143,9 @@ class PlaceBatchSampler(torch.utils.data.Sampler):
             group = self._place(int(anchor), used, rng)
             if len(group) < 2:
                 continue
+            used[group] = True
             for p in group:
-                used[self._row(p, self.neg_radius_m)] = True
+                used[self._row(self.near, p)] = True
             groups.append(group)
         return groups
 
@@ -121,7 +154,8 @@ class PlaceBatchSampler(torch.utils.data.Sampler):
         for _ in range(self.batches):
             groups = self._global_batch(rng)
             if len(groups) < self.world:
-                continue
+                raise GeolocError(f"only {len(groups)} place(s) fit in a batch, fewer than the {self.world} "
+                                  "processes: too few photos with positives for this many processes")
             share = np.array_split(np.arange(len(groups)), self.world)[self.rank]
             yield [p for g in share for p in groups[g]]
 
@@ -132,37 +166,51 @@ def _embedding_distances(distance: distances.BaseDistance, embeddings: torch.Ten
     return -mat if distance.is_inverted else mat
 
 
+class GroundRules:
+    """(B, B) positive and negative masks of a batch from the photos' global indices.
+
+    positives: candidate pairs (positive_candidates); under weak supervision only each anchor's
+    candidate closest in embedding space. negatives: ground distance beyond neg_radius_m.
+    """
+
+    def __init__(self, dist: sp.csr_matrix, candidates: sp.csr_matrix, neg_radius_m: float, weak: bool = False):
+        self.dist, self.cand = dist.tocsr(), candidates.tocsr()
+        self.neg_radius_m, self.weak = neg_radius_m, weak
+
+    def masks(self, photo_idx, dissimilarity: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = _as_numpy(photo_idx)
+        g = batch_distances(self.dist, idx)
+        with np.errstate(invalid="ignore"):
+            neg = torch.from_numpy(g > self.neg_radius_m)
+        pos = torch.from_numpy(self.cand[idx][:, idx].toarray())
+        pos &= ~torch.from_numpy(np.isnan(g))
+        if self.weak and dissimilarity is not None:
+            d = torch.where(pos.to(dissimilarity.device), dissimilarity, torch.inf)
+            best = d.argmin(dim=1)
+            weak = torch.zeros_like(pos)
+            weak[torch.arange(len(idx)), best.cpu()] = True
+            pos &= weak
+        return pos, neg
+
+
 class GeodesicTripletMiner:
     """(anchor, positive, negative) batch positions for pml's TripletMarginLoss under the ground rules.
 
-    Candidates are every (a, p, n) with p within pos_radius_m of a (p != a) and n beyond neg_radius_m of a;
-    with m = d(a, n) - d(a, p) in embedding space, `strategy` keeps (as pml's TripletMarginMiner):
+    Candidates are every (a, p, n) with p a positive of a and n beyond neg_radius_m of a; with
+    m = d(a, n) - d(a, p) in embedding space, `strategy` keeps (as pml's TripletMarginMiner):
     semihard 0 < m <= margin, hard m <= 0, all m <= margin, hardest the closest negative of each (a, p).
     """
 
-    def __init__(self, dist: sp.csr_matrix, pos_radius_m: float = 50.0, neg_radius_m: float = 250.0,
-                 strategy: str = "semihard", margin: float = 0.1,
+    def __init__(self, rules: GroundRules, strategy: str = "semihard", margin: float = 0.1,
                  distance: distances.BaseDistance | None = None):
         if strategy not in TRIPLET_STRATEGIES:
             raise GeolocError(f"miner {strategy!r}: expected one of {', '.join(TRIPLET_STRATEGIES)}")
-        if not pos_radius_m < neg_radius_m:
-            raise GeolocError(f"pos_radius_m ({pos_radius_m:g}) must be smaller than neg_radius_m ({neg_radius_m:g})")
-        self.dist = dist.tocsr()
-        self.pos_radius_m, self.neg_radius_m = pos_radius_m, neg_radius_m
-        self.strategy, self.margin = strategy, margin
+        self.rules, self.strategy, self.margin = rules, strategy, margin
         self.distance = distance or distances.LpDistance()  # TripletMarginLoss's own default
 
-    def ground_masks(self, photo_idx) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, B) boolean positive and negative masks of a batch, from the photos' global indices."""
-        g = batch_distances(self.dist, np.asarray(photo_idx))
-        with np.errstate(invalid="ignore"):
-            pos = (g <= self.pos_radius_m) & ~np.eye(len(g), dtype=bool)
-            neg = g > self.neg_radius_m
-        return torch.from_numpy(pos), torch.from_numpy(neg)
-
     def __call__(self, embeddings: torch.Tensor, photo_idx) -> tuple[torch.Tensor, ...]:
-        pos, neg = (m.to(embeddings.device) for m in self.ground_masks(_as_numpy(photo_idx)))
         d = _embedding_distances(self.distance, embeddings)
+        pos, neg = (m.to(embeddings.device) for m in self.rules.masks(photo_idx, d))
         a, p = torch.nonzero(pos, as_tuple=True)
         if self.strategy == "hardest":
             an = torch.where(neg[a], d[a], torch.inf)
@@ -177,15 +225,34 @@ class GeodesicTripletMiner:
         return a[i], p[i], n
 
 
-class GeodesicPairMiner:
-    """(anchor1, positive, anchor2, negative) positions of every positive and negative pair of a batch, for
-    pair losses (multi-similarity, contrastive) that weigh their pairs themselves."""
+def informative_pairs(sim: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                      epsilon: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """pml's MultiSimilarityMiner rule on (B, B) masks: keep a negative pair if its similarity + epsilon
+    exceeds its anchor's least similar positive, a positive pair if its similarity - epsilon is below
+    its anchor's most similar negative."""
+    hardest_pos = torch.where(pos, sim, torch.inf).min(dim=1, keepdim=True).values
+    hardest_neg = torch.where(neg, sim, -torch.inf).max(dim=1, keepdim=True).values
+    return pos & (sim - epsilon < hardest_neg), neg & (sim + epsilon > hardest_pos)
 
-    def __init__(self, dist: sp.csr_matrix, pos_radius_m: float = 50.0, neg_radius_m: float = 250.0):
-        self._masks = GeodesicTripletMiner(dist, pos_radius_m, neg_radius_m).ground_masks
+
+class GeodesicPairMiner:
+    """(anchor1, positive, anchor2, negative) positions of a batch's pairs, for pair losses.
+
+    strategy all: every positive and negative pair. multi_similarity: pml's MultiSimilarityMiner rule
+    on cosine similarity s: a negative pair is kept if s + epsilon > its anchor's least similar
+    positive, a positive pair if s - epsilon < its anchor's most similar negative.
+    """
+
+    def __init__(self, rules: GroundRules, strategy: str = "multi_similarity", epsilon: float = 0.1):
+        if strategy not in PAIR_STRATEGIES:
+            raise GeolocError(f"pair miner {strategy!r}: expected one of {', '.join(PAIR_STRATEGIES)}")
+        self.rules, self.strategy, self.epsilon = rules, strategy, epsilon
 
     def __call__(self, embeddings: torch.Tensor, photo_idx) -> tuple[torch.Tensor, ...]:
-        pos, neg = (m.to(embeddings.device) for m in self._masks(_as_numpy(photo_idx)))
+        sim = distances.CosineSimilarity()(embeddings.detach().float())
+        pos, neg = (m.to(embeddings.device) for m in self.rules.masks(photo_idx, -sim))
+        if self.strategy == "multi_similarity":
+            pos, neg = informative_pairs(sim, pos, neg, self.epsilon)
         a1, p = torch.nonzero(pos, as_tuple=True)
         a2, n = torch.nonzero(neg, as_tuple=True)
         return a1, p, a2, n
@@ -206,10 +273,10 @@ def make_loss(cfg) -> losses.BaseMetricLossFunction:
     raise GeolocError(f"embedding.loss {cfg.loss!r}: expected one of {', '.join(LOSSES)}")
 
 
-def make_miner(cfg, dist: sp.csr_matrix):
-    """The miner for cfg.loss: triplets chosen by cfg.miner for the triplet loss, all pairs for pair losses."""
+def make_miner(cfg, rules: GroundRules):
+    """The miner for cfg.loss: triplets chosen by cfg.miner for the triplet loss, pairs for pair losses."""
     if cfg.loss == "triplet":
-        return GeodesicTripletMiner(dist, cfg.pos_radius_m, cfg.neg_radius_m, cfg.miner, cfg.margin)
+        return GeodesicTripletMiner(rules, cfg.miner, cfg.margin)
     if cfg.loss in LOSSES:
-        return GeodesicPairMiner(dist, cfg.pos_radius_m, cfg.neg_radius_m)
+        return GeodesicPairMiner(rules, cfg.miner)
     raise GeolocError(f"embedding.loss {cfg.loss!r}: expected one of {', '.join(LOSSES)}")

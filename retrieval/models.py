@@ -1,7 +1,9 @@
-"""ResNet-50 trunks with selectable weights, layer locking, and the three task models built on them.
+"""ResNet trunks (18/34/50) with selectable weights, layer locking, and the three task models built on them.
 
-Every model is `nn.Sequential(trunk, head...)`: the trunk is torchvision's ResNet-50 whose `fc` is an
-identity (2048 features out), so checkpoints of all methods share the same `trunk.*` keys.
+Every model is `nn.Sequential(trunk, head...)`: the trunk is a torchvision ResNet whose `fc` is an
+identity (512 features out for resnet18/34, 2048 for resnet50), so checkpoints of all methods share the
+same `trunk.*` keys. ResNet-50 is the design's backbone; the smaller ones trade detail for steps when
+training from random weights on a CPU (benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -12,11 +14,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import ResNet, ResNet50_Weights, resnet50
+from torchvision.models import ResNet, ResNet18_Weights, ResNet34_Weights, ResNet50_Weights, resnet18, resnet34, resnet50
 
 from retrieval import GeolocError
 
-FEATURES = 2048
+# arch -> (constructor, ImageNet weights, trunk features)
+ARCHS = {
+    "resnet18": (resnet18, ResNet18_Weights.IMAGENET1K_V1, 512),
+    "resnet34": (resnet34, ResNet34_Weights.IMAGENET1K_V1, 512),
+    "resnet50": (resnet50, ResNet50_Weights.IMAGENET1K_V2, 2048),
+}
+
+
+def features(arch: str) -> int:
+    """Width of the trunk's pooled output."""
+    if arch not in ARCHS:
+        raise GeolocError(f"model.arch={arch!r}: choose one of {', '.join(ARCHS)}")
+    return ARCHS[arch][2]
 
 
 def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -37,24 +51,24 @@ def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _load_trunk(model: ResNet, state: dict[str, torch.Tensor], source: str) -> None:
+def _load_trunk(model: ResNet, state: dict[str, torch.Tensor], source: str, arch: str = "resnet50") -> None:
     """Copy every trunk weight; the source's classifier (fc: 1000 or 365 classes) is not ours to keep."""
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        problem = (f"{len(missing)} ResNet-50 weight(s) missing, e.g. {missing[0]}" if missing
+        problem = (f"{len(missing)} {arch} weight(s) missing, e.g. {missing[0]}" if missing
                    else f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
-        raise GeolocError(f"{source}: not a ResNet-50 state dict ({problem})")
+        raise GeolocError(f"{source}: not a {arch} state dict ({problem})")
     for k, v in state.items():
         if v.shape != own[k].shape:
-            raise GeolocError(f"{source}: {k} has shape {tuple(v.shape)}, ResNet-50 needs {tuple(own[k].shape)}")
+            raise GeolocError(f"{source}: {k} has shape {tuple(v.shape)}, {arch} needs {tuple(own[k].shape)}")
     model.load_state_dict(state, strict=False)
 
 
-def _imagenet_state() -> dict[str, torch.Tensor]:
-    weights = ResNet50_Weights.IMAGENET1K_V2
+def _imagenet_state(arch: str = "resnet50") -> dict[str, torch.Tensor]:
+    weights = ARCHS[arch][1]
     try:
         # torch.hub caches the file, so only the first use on a machine needs the network.
         return torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True)
@@ -65,25 +79,27 @@ def _imagenet_state() -> dict[str, torch.Tensor]:
             "model.weights=places365:<file>, a local state-dict file, or none") from None
 
 
-def build_resnet50(weights: str = "none") -> ResNet:
-    """torchvision ResNet-50 trunk (fc = identity, 2048 features) with weights from
-    `imagenet` (torchvision IMAGENET1K_V2), `places365:<file>` (CSAIL resnet50_places365.pth.tar),
+def build_resnet(weights: str = "none", arch: str = "resnet50") -> ResNet:
+    """torchvision ResNet trunk (fc = identity) with weights from `imagenet` (torchvision's ImageNet
+    release for the arch), `places365:<file>` (CSAIL resnet50_places365.pth.tar, or the resnet18 one),
     a local state-dict file, or `none` (random init)."""
-    model = resnet50(weights=None)
+    features(arch)
+    model = ARCHS[arch][0](weights=None)
     spec = (weights or "none").strip()
     if spec == "imagenet":
-        _load_trunk(model, _imagenet_state(), "imagenet weights")
+        _load_trunk(model, _imagenet_state(arch), "imagenet weights", arch)
     elif spec.startswith("places365:"):
         path = Path(spec.split(":", 1)[1]).expanduser()
-        _load_trunk(model, _read_state_dict(path, "Places365 checkpoint"), str(path))
+        _load_trunk(model, _read_state_dict(path, "Places365 checkpoint"), str(path), arch)
     elif spec != "none":
         path = Path(spec).expanduser()
         if not path.is_file():
             raise GeolocError(f"model.weights={spec!r}: not imagenet, places365:<file> or none, "
                               "and no such state-dict file")
-        _load_trunk(model, _read_state_dict(path, "state-dict"), str(path))
+        _load_trunk(model, _read_state_dict(path, "state-dict"), str(path), arch)
     model.fc = nn.Identity()
     return model
+
 
 
 # --- layer locking ---------------------------------------------------------------------------------
@@ -156,24 +172,27 @@ class L2Norm(nn.Module):
         return F.normalize(x.float(), dim=1)
 
 
-def cell_classifier(weights: str, n_classes: int, lock_factor: float = 0.0) -> nn.Sequential:
-    model = nn.Sequential(OrderedDict(trunk=build_resnet50(weights), head=nn.Linear(FEATURES, n_classes)))
+def cell_classifier(weights: str, n_classes: int, lock_factor: float = 0.0,
+                    arch: str = "resnet50") -> nn.Sequential:
+    model = nn.Sequential(OrderedDict(trunk=build_resnet(weights, arch),
+                                      head=nn.Linear(features(arch), n_classes)))
     apply_lock_factor(model, lock_factor)
     return model
 
 
-def coordinate_regressor(weights: str, lock_factor: float = 0.0, hidden: int = 256) -> nn.Sequential:
+def coordinate_regressor(weights: str, lock_factor: float = 0.0, hidden: int = 256,
+                         arch: str = "resnet50") -> nn.Sequential:
     model = nn.Sequential(OrderedDict(
-        trunk=build_resnet50(weights), hidden=nn.Linear(FEATURES, hidden), relu=nn.ReLU(inplace=True),
+        trunk=build_resnet(weights, arch), hidden=nn.Linear(features(arch), hidden), relu=nn.ReLU(inplace=True),
         head=nn.Linear(hidden, 2)))
     apply_lock_factor(model, lock_factor)
     return model
 
 
-def embedding_net(weights: str, dim: int = 512, lock_factor: float = 0.0) -> nn.Sequential:
-    """ResNet-50 feature map -> GeM -> Linear(2048, dim) -> L2 normalisation."""
-    trunk = build_resnet50(weights)
+def embedding_net(weights: str, dim: int = 512, lock_factor: float = 0.0, arch: str = "resnet50") -> nn.Sequential:
+    """ResNet feature map -> GeM -> Linear(features, dim) -> L2 normalisation."""
+    trunk = build_resnet(weights, arch)
     trunk.avgpool = GeM()
-    model = nn.Sequential(OrderedDict(trunk=trunk, head=nn.Linear(FEATURES, dim), norm=L2Norm()))
+    model = nn.Sequential(OrderedDict(trunk=trunk, head=nn.Linear(features(arch), dim), norm=L2Norm()))
     apply_lock_factor(model, lock_factor)
     return model

@@ -27,9 +27,11 @@ TRAINERS = {
 }
 
 BUDGET_RULES = ("Every method trains on the same rendered training views with the same backbone "
-                "(ResNet-50, same weights and lock_factor), input size, batch size, epochs, optimiser "
-                "(SGD, lr, momentum, decay) and precision; the best epoch is chosen on the same "
-                "validation split; all are scored on the same test views.")
+                "(the backbone column: architecture and input size; same weights and lock_factor), batch "
+                "size, optimiser and schedule, precision and training budget (train.max_minutes of "
+                "training time, or train.epochs); the best epoch is chosen on the same validation views, "
+                "drawn like the test views; all are scored on the same test views, beside the floors "
+                "(no learning) and the oracle measured on them.")
 
 
 def method_kind(name: str) -> str:
@@ -52,10 +54,10 @@ def resolve_weights(cfg: Config) -> str:
     says so in the report (and trains every layer: freezing random layers would only cripple it)."""
     if cfg.model.weights != "imagenet":
         return ""
-    from retrieval.models import build_resnet50
+    from retrieval.models import build_resnet
 
     try:
-        build_resnet50("imagenet")
+        build_resnet("imagenet", cfg.model.arch)
         return ""
     except GeolocError as exc:
         cfg.model.weights, cfg.model.lock_factor = "none", 0.0
@@ -86,8 +88,8 @@ def render(cfg: Config, osm: Path, out: Path) -> Path:
     if not ((data / "train.csv").is_file() and (data / "test.csv").is_file()):
         info = render_dataset(osm, data, n_train=b.train_views, n_test=b.test_views, size=b.image_size,
                               seed=cfg.seed, test_condition_shift=b.test_condition_shift,
-                              workers=b.render_workers)
-        tqdm.write(f"rendered {info['train']} training and {info['test']} test views "
+                              workers=b.render_workers, headings=b.headings, n_val=b.val_views)
+        tqdm.write(f"rendered {info['train']} training, {info['val']} validation and {info['test']} test views "
                    f"({info['images_per_s']} img/s)")
     return data
 
@@ -162,7 +164,7 @@ def _cells_page(run: Path, lines: list[np.ndarray], out: Path, attribution: str)
 
 def write_report(cfg: Config, out: Path, rows: list[dict], runs: dict[str, Path], data: Path,
                  commands: list[str], notes: list[str]) -> Path:
-    from retrieval.report import error_cdf_png, map_png, report_md, terminal_table
+    from retrieval.report import error_cdf_png, floor_rows, map_png, report_md, terminal_table, versus_floors
 
     rep = out / "report"
     rep.mkdir(parents=True, exist_ok=True)
@@ -182,7 +184,9 @@ def write_report(cfg: Config, out: Path, rows: list[dict], runs: dict[str, Path]
                      notes="\n\n".join(n for n in [f"Budget: {BUDGET_RULES}", *notes, attribution] if n),
                      neighbourhoods=page is not None)
     atomic_write_text(rep / "report.md", text)
-    tqdm.write("\n" + terminal_table(rows) + "\n")
+    floors = rows[0]["floors"]
+    tqdm.write("\n" + terminal_table(rows + floor_rows(floors)) + "\n\n"
+               + "\n".join(versus_floors(r, floors).replace("**", "") for r in rows) + "\n")
     return rep
 
 

@@ -16,6 +16,7 @@ from retrieval.util import atomic_write, atomic_write_text  # noqa: E402
 
 COLUMNS = [
     ("method", "method", "{}"),
+    ("backbone", "backbone", "{}"),
     ("mean_error_m", "mean err (m)", "{:.0f}"),
     ("median_error_m", "median err (m)", "{:.0f}"),
     ("acc@25m", "acc@25m", "{:.1%}"),
@@ -30,6 +31,41 @@ COLUMNS = [
     ("model_mb", "model (MB)", "{:.1f}"),
     ("query_ms", "query (ms/img)", "{:.1f}"),
 ]
+
+
+FLOORS = [  # metrics.json["floors"] key -> report row name
+    ("constant_guess", "floor: constant guess (mean training position)"),
+    ("thumbnail_knn", "floor: 16x16 thumbnail k-NN"),
+    ("untrained_knn", "floor: untrained network k-NN"),
+    ("oracle", "oracle: nearest training view"),
+]
+
+
+def floor_rows(floors: dict) -> list[dict]:
+    """Report rows of the floors and the oracle (metrics.json["floors"] of any run on these test views)."""
+    rows = []
+    for key, name in FLOORS:
+        if key in floors:
+            f = floors[key]
+            backbone = f"{f['arch']} ({f['weights']} weights)" if key == "untrained_knn" else ""
+            rows.append({"method": name, **f, "backbone": backbone})
+    return rows
+
+
+def versus_floors(row: dict, floors: dict) -> str:
+    """One sentence: how far a method is from the floors (recall@1 against the thumbnail k-NN, or the
+    share within 25 m for methods without neighbours; median error against the constant guess)."""
+    thumb, const = floors["thumbnail_knn"], floors["constant_guess"]
+    key = "recall@1_25m" if "recall@1_25m" in row else "acc@25m"
+    ours, base = row[key], thumb["recall@1_25m"]
+    ratio = f"{ours / base:.1f}x" if base > 0 else "n/a (the floor is 0)"
+    what = "R@1 within 25 m" if key == "recall@1_25m" else "within 25 m"
+    gain = 1 - row["median_error_m"] / const["median_error_m"]
+    return (f"**{row['method']}**: {what} {ours:.1%}, {ratio} the thumbnail k-NN's {base:.1%} "
+            f"(untrained network {floors['untrained_knn']['recall@1_25m']:.1%}, oracle "
+            f"{floors['oracle']['recall@1_25m']:.1%}); median error {row['median_error_m']:.0f} m, "
+            f"{abs(gain):.0%} {'below' if gain >= 0 else 'above'} the constant guess's "
+            f"{const['median_error_m']:.0f} m.")
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:
@@ -212,7 +248,12 @@ def neighbourhoods_html(cell_polygons: list[np.ndarray], street_lines: list[np.n
 
 def report_md(rows: list[dict], commands: list[str], config_text: str, notes: str = "",
               neighbourhoods: bool = True) -> str:
-    parts = ["# geoloc comparison report", "", markdown_table(rows), ""]
+    """rows: the methods' metrics (each with its "floors"); the floors of the first are added as rows."""
+    floors = rows[0].get("floors") if rows else None
+    table = rows + (floor_rows(floors) if floors else [])
+    parts = ["# geoloc comparison report", "", markdown_table(table), ""]
+    if floors:
+        parts += ["## Against the floors", "", *[f"- {versus_floors(r, floors)}" for r in rows], ""]
     if notes:
         parts += [notes, ""]
     parts += ["![error CDF](error_cdf.png)", "", "![map](map.png)", ""]

@@ -1,5 +1,6 @@
-"""The one training loop every method shares: SGD + exponential decay, bf16/fp32, per-epoch log,
-atomic last/best checkpoints with RNG state so a killed run resumes exactly.
+"""The one training loop every method shares: AdamW or SGD, a warmup + cosine schedule by steps (or the
+study's exponential decay per epoch), a budget in epochs or minutes, bf16/fp32, per-epoch log, atomic
+last/best checkpoints with RNG state so a killed run resumes exactly.
 
 A method supplies a `Task` (model, train batches, loss, validation); the loop owns the rest. Under
 torchrun the loop wraps the model in DistributedDataParallel; rank 0 alone validates and writes
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import math
 import os
 import random
 import time
@@ -102,7 +104,7 @@ def load_data(cfg: Config) -> dict[str, Manifest]:
     if not d.train:
         raise GeolocError("data.train is empty: pass --data DIR (a data folder or a manifest CSV)")
     splits = load_splits(d.train, d.val_fraction, 0.0 if d.test else d.test_fraction, d.split_gap_m,
-                         d.split_block_m, cfg.seed, d.skip_bad)
+                         d.split_block_m, cfg.seed, d.skip_bad, d.split_mode, d.place_radius_m)
     if d.test:
         splits["test"] = read_manifest(d.test, skip_bad=d.skip_bad)
     return splits
@@ -132,6 +134,33 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+
+
+# --- optimiser and schedule ------------------------------------------------------------------------
+
+def make_optimizer(params: list, t) -> torch.optim.Optimizer:
+    """train.optimizer over params (a TrainConfig t)."""
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    raise GeolocError(f"train.optimizer={t.optimizer!r}: choose adamw or sgd")
+
+
+def lr_factor(t, step: int, epoch: int, total_steps: int, train_seconds: float) -> float:
+    """Multiplier of train.lr for optimiser step `step` (0-based) of epoch `epoch` (1-based).
+
+    exponential: lr_decay ** (epoch - 1), the study's per-epoch decay. cosine: linear warmup over
+    warmup_steps, then half a cosine from 1 to 0 over the budget, whichever of the step budget
+    (total_steps) or the time budget (max_minutes) is further spent, so a run cut by time still anneals.
+    """
+    if t.schedule == "exponential":
+        return t.lr_decay ** (epoch - 1)
+    warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else 1.0
+    done = step / max(total_steps, 1)
+    if t.max_minutes > 0:
+        done = max(done, train_seconds / (60.0 * t.max_minutes))
+    return warm * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -222,11 +251,10 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise GeolocError("nothing to train: model.lock_factor froze every layer")
-    opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=t.lr_decay)
+    opt = make_optimizer(params, t)
 
     last_path, best_path, log_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "log.csv"
-    start, best, best_epoch, rows = 0, None, 0, []
+    start, best, best_epoch, rows, step = 0, None, 0, [], 0
     check_run_dir(run_dir, resume)
     if resume:
         state = load_checkpoint(last_path)
@@ -234,8 +262,7 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
             raise GeolocError(f"{last_path}: a {state.get('kind')} checkpoint, cannot resume a {task.kind} run")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, best, best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        start, best, best_epoch, step = state["epoch"], state["best"], state["best_epoch"], state["step"]
         _restore_rng(state, cfg, start)
         rows = _read_log(log_path, start)
     else:
@@ -253,22 +280,33 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
     steps = len(task.train_loader) if hasattr(task.train_loader, "__len__") else None  # for the bar
     if t.max_steps_per_epoch:
         steps = min(steps or t.max_steps_per_epoch, t.max_steps_per_epoch)
+    total_steps = t.epochs * (steps or 1)
+    spent = sum(float(r["train_seconds"]) for r in rows)  # of the time budget, before this call
 
     # A sampler that draws its batches from (seed, epoch) must hear the epoch, or every epoch repeats
     # the first one's batches (and a resumed run would repeat them again).
     batch_sampler = getattr(task.train_loader, "batch_sampler", None)
     set_epoch = getattr(batch_sampler, "set_epoch", None) or getattr(getattr(batch_sampler, "sampler", None),
                                                                     "set_epoch", None)
+    out_of_time = t.max_minutes > 0 and spent >= 60.0 * t.max_minutes
     for epoch in range(start + 1, t.epochs + 1):
+        if out_of_time:
+            break
         model.train()
         if set_epoch is not None:
             set_epoch(epoch)
-        lr = opt.param_groups[0]["lr"]
         loss_sum, n_images, n_steps, skipped = 0.0, 0, 0, 0
         t0 = time.perf_counter()
+        lr = t.lr * lr_factor(t, step, epoch, total_steps, spent)
         bar = tqdm(total=steps, desc=f"{task.kind} epoch {epoch}/{t.epochs}", unit="step", leave=False,
                    disable=not main)
         for batch in task.train_loader:
+            # Every rank must stop at the same step, so rank 0's clock decides.
+            elapsed = distributed.gather_objects(spent + time.perf_counter() - t0)[0] if world > 1 \
+                else spent + time.perf_counter() - t0
+            factor = lr_factor(t, step, epoch, total_steps, elapsed)
+            for group in opt.param_groups:
+                group["lr"] = t.lr * factor
             batch = [b.to(dev) if isinstance(b, torch.Tensor) else b for b in batch]
             images = prepare_images(batch[0], precision)
             with torch.enable_grad(), autocast(precision, dev.type):  # whatever grad mode the caller left on
@@ -294,22 +332,26 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
             loss_sum += weighted
             n_images += int(count)
             n_steps += 1
+            step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{weighted / count:.4f}")
+            bar.set_postfix(loss=f"{weighted / count:.4f}", lr=f"{t.lr * factor:.2g}")
             if n_steps == t.max_steps_per_epoch:
+                break
+            if t.max_minutes > 0 and elapsed >= 60.0 * t.max_minutes:
+                out_of_time = True
                 break
         bar.close()
         if n_images == 0:
             raise GeolocError("the training set yields no batch (fewer photos than train.batch_size?)")
         train_s = time.perf_counter() - t0
+        spent += train_s
         val = {}
         if main:
             with autocast(precision, dev.type), torch.no_grad(), _all_threads():
                 val = task.validate(model)
         val = distributed.gather_objects(val)[0]  # the other ranks wait here for rank 0's figures
         val_s = time.perf_counter() - t0 - train_s
-        sched.step()
-        row = {"epoch": epoch, "train_loss": loss_sum / n_images, **val, "lr": lr,
+        row = {"epoch": epoch, "train_loss": loss_sum / n_images, **val, "lr": lr, "steps": step,
                "images": n_images, "train_seconds": round(train_s, 3), "val_seconds": round(val_s, 3),
                "images_per_s": round(n_images / train_s, 3), "skipped_steps": skipped}
         if skipped == n_steps:
@@ -332,7 +374,7 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
                 if k != "epoch":
                     tb.add_scalar(k, float(v), epoch)
         state = {"kind": task.kind, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                 "step": step, "epoch": epoch, "best": best, "best_epoch": best_epoch,
                  "metric": metric, "rng": rngs[0], "rng_ranks": rngs}
         if improved:
             save_checkpoint(best_path, state)

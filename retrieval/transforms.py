@@ -2,7 +2,8 @@
 the study's augmentation then runs on those small tensors, so a 2-core machine spends its time in the
 model rather than in JPEG decoding.
 
-Train: RandomPerspective -> CenterCrop(image_size) -> ColorJitter [-> HorizontalFlip] -> Normalize.
+Train: RandomPerspective -> CenterCrop(image_size) (or RandomCrop) -> ColorJitter [-> HorizontalFlip] -> Normalize.
+(Hue jitter costs more than the rest together on a CPU: 1.2 of 1.7 ms per 73 px image.)
 Test:  CenterCrop(image_size) -> Normalize.
 The study applied RandomPerspective before Resize; the warp is defined relative to the image size, so
 applying it after the (aspect-preserving) resize draws from the same distribution of distortions.
@@ -62,7 +63,7 @@ def train_transform(data: DataConfig, aug: AugmentConfig) -> v2.Compose:
     steps = []
     if aug.perspective > 0 and aug.perspective_p > 0:
         steps.append(v2.RandomPerspective(aug.perspective, p=aug.perspective_p))
-    steps.append(v2.CenterCrop(data.image_size))
+    steps.append(v2.RandomCrop(data.image_size) if aug.random_crop else v2.CenterCrop(data.image_size))
     steps.append(v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue))
     if aug.hflip:
         steps.append(v2.RandomHorizontalFlip())

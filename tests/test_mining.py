@@ -6,8 +6,9 @@ import torch
 
 from retrieval import GeolocError
 from retrieval.config import EmbeddingConfig
-from retrieval.mining import (GeodesicPairMiner, GeodesicTripletMiner, PlaceBatchSampler, batch_distances,
-                              make_loss, make_miner)
+from retrieval.mining import (GeodesicPairMiner, GeodesicTripletMiner, GroundRules, PlaceBatchSampler,
+                              batch_distances, heading_gap_deg, informative_pairs, make_loss, make_miner,
+                              positive_candidates, resolve_supervision)
 from retrieval.streets import euclidean_neighbours
 from retrieval.geo import LocalProjection
 
@@ -45,8 +46,9 @@ def test_batch_distances_match_the_matrix(city):
 
 def test_sampler_builds_places_of_mutual_positives(city):
     dist, truth, keep = city
-    sampler = PlaceBatchSampler(dist, places=6, photos_per_place=4, pos_radius_m=POS, neg_radius_m=NEG, seed=3)
+    sampler = PlaceBatchSampler(dist, places=6, photos_per_place=4, pos_radius_m=POS, seed=3)
     assert len(sampler) == len(sampler.anchors) // 24
+    assert len(list(sampler)) == len(sampler)  # the progress bar's count is what an epoch yields
     sizes = []
     for batch in sampler:
         assert len(set(batch)) == len(batch) and keep[batch].all()
@@ -60,9 +62,9 @@ def test_sampler_builds_places_of_mutual_positives(city):
             members = place == p
             assert 2 <= members.sum() <= 4
             assert (t[np.ix_(members, members)] <= POS).all()
-            assert (t[np.ix_(members, ~members)] > NEG).all()  # other places are negatives
+            assert (t[np.ix_(members, ~members)] > POS).all()  # no photo of another place is a candidate
         sizes.append(len(np.unique(place)))
-    assert np.mean(sizes) > 5  # the area has room for 6 places nearly always
+    assert np.mean(sizes) == 6  # places need only be apart by pos_radius_m: the area has room
     # same seed and epoch, same batches; a new epoch, new batches
     assert list(sampler) == list(sampler)
     first = list(sampler)
@@ -74,15 +76,15 @@ def test_sampler_without_positive_pairs_says_so():
     proj = LocalProjection(51.5138, -0.0984)
     x0, y0 = proj.to_xy(51.5138, -0.0984)
     lat, lon = proj.to_latlon(x0 + np.arange(5) * 400.0, np.full(5, y0))
-    with pytest.raises(GeolocError, match="no positive pairs"):
+    with pytest.raises(GeolocError, match="no photo has a positive candidate"):
         PlaceBatchSampler(euclidean_neighbours(lat, lon, NEG))
 
 
 @pytest.mark.parametrize("strategy", ["semihard", "hard", "all", "hardest"])
 def test_triplet_miner_obeys_the_ground_rules(city, strategy):
     dist, truth, keep = city
-    miner = GeodesicTripletMiner(dist, POS, NEG, strategy=strategy, margin=0.3)
-    sampler = PlaceBatchSampler(dist, places=6, photos_per_place=4, seed=1)
+    miner = GeodesicTripletMiner(rules(dist), strategy=strategy, margin=0.3)
+    sampler = PlaceBatchSampler(dist, places=6, photos_per_place=4, pos_radius_m=POS, seed=1)
     torch.manual_seed(0)
     found = 0
     for step, batch in enumerate(sampler):
@@ -125,10 +127,14 @@ def brute_force_triplets(batch, truth, keep, d, strategy, margin, slack):
     return out
 
 
+def rules(dist, weak=False):
+    return GroundRules(dist, positive_candidates(dist, POS), NEG, weak=weak)
+
+
 def test_pair_miner_obeys_the_ground_rules(city):
     dist, truth, keep = city
-    miner = GeodesicPairMiner(dist, POS, NEG)
-    batch = np.r_[next(iter(PlaceBatchSampler(dist, seed=2))), np.flatnonzero(~keep)[:3]]
+    miner = GeodesicPairMiner(rules(dist), "all")
+    batch = np.r_[next(iter(PlaceBatchSampler(dist, pos_radius_m=POS, seed=2))), np.flatnonzero(~keep)[:3]]
     a1, p, a2, n = (t.numpy() for t in miner(torch.zeros(len(batch), 4), batch))
     t = truth[np.ix_(batch, batch)]
     ok = keep[batch]
@@ -141,8 +147,8 @@ def test_pair_miner_obeys_the_ground_rules(city):
 def test_a_gradient_step_pulls_positives_together(city, loss):
     dist, truth, keep = city
     cfg = EmbeddingConfig(loss=loss, miner="all", margin=0.2)
-    loss_fn, miner = make_loss(cfg), make_miner(cfg, dist)
-    batch = torch.as_tensor(next(iter(PlaceBatchSampler(dist, seed=5))))
+    loss_fn, miner = make_loss(cfg), make_miner(cfg, rules(dist))
+    batch = torch.as_tensor(next(iter(PlaceBatchSampler(dist, pos_radius_m=POS, seed=5))))
     torch.manual_seed(0)
     features = torch.randn(len(batch), 16)
     model = torch.nn.Linear(16, 8)
@@ -162,10 +168,74 @@ def test_a_gradient_step_pulls_positives_together(city, loss):
 
 
 def test_factory_rejects_unknown_names(city):
-    dist = city[0]
+    r = rules(city[0])
     with pytest.raises(GeolocError, match="embedding.loss 'arcface'"):
         make_loss(EmbeddingConfig(loss="arcface"))
     with pytest.raises(GeolocError, match="miner 'easy'"):
-        make_miner(EmbeddingConfig(miner="easy"), dist)
-    with pytest.raises(GeolocError, match="must be smaller"):
-        make_miner(EmbeddingConfig(pos_radius_m=300), dist)
+        make_miner(EmbeddingConfig(loss="triplet", miner="easy"), r)
+    with pytest.raises(GeolocError, match="pair miner 'semihard'"):
+        make_miner(EmbeddingConfig(loss="multi_similarity", miner="semihard"), r)
+
+
+# --- hand-built cases ------------------------------------------------------------------------------
+
+def line_of_photos(xs):
+    """Photos on an east-west line at xs metres, and their euclidean distance matrix."""
+    proj = LocalProjection(51.5138, -0.0984)
+    x0, y0 = proj.to_xy(51.5138, -0.0984)
+    lat, lon = proj.to_latlon(x0 + np.asarray(xs, float), np.full(len(xs), y0))
+    return euclidean_neighbours(lat, lon, 500.0, projection=proj)
+
+
+def test_heading_gap_wraps_round_north():
+    assert heading_gap_deg([350, 10, 90, 0], [10, 350, 270, 180]).tolist() == [20, 20, 180, 180]
+
+
+def test_positives_need_the_radius_and_the_heading():
+    # 0 and 1: 10 m apart facing 30 degrees apart (positive); 0 and 2: 20 m apart facing opposite ways;
+    # 1 and 2: 10 m apart, 150 degrees apart; 3: 300 m away (a negative of all)
+    dist = line_of_photos([0, 10, 20, 300])
+    heading = np.array([0.0, 30.0, 180.0, 0.0])
+    cand = positive_candidates(dist, 25.0, heading, 45.0).toarray()
+    assert {tuple(p) for p in np.argwhere(cand)} == {(0, 1), (1, 0)}
+    no_heading = positive_candidates(dist, 25.0).toarray()
+    assert {tuple(p) for p in np.argwhere(no_heading)} == {(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)}
+    pos, neg = GroundRules(dist, positive_candidates(dist, 25.0, heading, 45.0), 100.0).masks([0, 1, 2, 3])
+    assert {tuple(p) for p in np.argwhere(pos.numpy())} == {(0, 1), (1, 0)}
+    assert {tuple(p) for p in np.argwhere(neg.numpy())} == {(0, 3), (1, 3), (2, 3), (3, 0), (3, 1), (3, 2)}
+    # the sampler only groups photos that face alike
+    sampler = PlaceBatchSampler(dist, places=2, photos_per_place=3, pos_radius_m=25.0,
+                                candidates=positive_candidates(dist, 25.0, heading, 45.0))
+    assert [sorted(b) for b in sampler] == [[0, 1]]
+
+
+def test_weak_supervision_takes_the_closest_candidate_in_embedding_space():
+    dist = line_of_photos([0, 5, 10, 400])
+    emb = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
+    r = GroundRules(dist, positive_candidates(dist, 25.0), 100.0, weak=True)
+    pos, neg = r.masks([0, 1, 2, 3], -(emb @ emb.T))
+    # 0's best is 1 (0.8); 1's is 0 (0.8 against 0.6); 2's is 1 (0.6 against 0); 3 has none
+    assert {tuple(p) for p in np.argwhere(pos.numpy())} == {(0, 1), (1, 0), (2, 1)}
+    assert neg[:3, 3].all() and not neg[:3, :3].any()
+
+
+def test_supervision_auto_follows_the_headings():
+    assert resolve_supervision("auto", np.array([1.0, 2.0])) == "heading"
+    assert resolve_supervision("auto", np.array([1.0, np.nan])) == "weak"
+    assert resolve_supervision("auto", None) == "weak"
+    assert resolve_supervision("radius", None) == "radius"
+    with pytest.raises(GeolocError, match="no heading for every photo"):
+        resolve_supervision("heading", None)
+
+
+def test_informative_pairs_follow_the_multi_similarity_rule():
+    # anchor 0: positives 1 (sim 0.9) and 2 (0.3); negatives 3 (0.35) and 4 (-0.5). With epsilon 0.1:
+    # negative 3 is kept (0.45 > 0.3), 4 is not; positive 2 is kept (0.2 < 0.35), 1 is not (0.8)
+    sim = torch.zeros(5, 5)
+    sim[0, 1:] = torch.tensor([0.9, 0.3, 0.35, -0.5])
+    pos = torch.zeros(5, 5, dtype=torch.bool)
+    neg = torch.zeros(5, 5, dtype=torch.bool)
+    pos[0, 1] = pos[0, 2] = True
+    neg[0, 3] = neg[0, 4] = True
+    p, n = informative_pairs(sim, pos, neg, 0.1)
+    assert np.argwhere(p.numpy()).tolist() == [[0, 2]] and np.argwhere(n.numpy()).tolist() == [[0, 3]]

@@ -8,7 +8,7 @@ from torchvision.models import resnet18, resnet50
 
 from retrieval import GeolocError
 from retrieval.models import (
-    GeM, apply_lock_factor, build_resnet50, cell_classifier, coordinate_regressor, embedding_net,
+    GeM, apply_lock_factor, build_resnet, cell_classifier, coordinate_regressor, embedding_net,
     parameterised_layers,
 )
 
@@ -36,7 +36,7 @@ def assert_trunk_equals(model, state):
 def test_local_state_dict_file(tmp_path, reference):
     path = tmp_path / "resnet50.pth"
     torch.save(reference, path)
-    model = build_resnet50(str(path))
+    model = build_resnet(str(path))
     assert_trunk_equals(model, reference)
     assert isinstance(model.fc, nn.Identity)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 2048)
@@ -50,7 +50,7 @@ def test_places365_checkpoint_layout(tmp_path, reference):
     state["module.fc.bias"] = torch.randn(365)
     path = tmp_path / "resnet50_places365.pth.tar"
     torch.save({"epoch": 90, "arch": "resnet50", "state_dict": state, "best_prec1": 54.7}, path)
-    assert_trunk_equals(build_resnet50(f"places365:{path}"), reference)
+    assert_trunk_equals(build_resnet(f"places365:{path}"), reference)
 
 
 def test_imagenet_loader_uses_torchvision_weights(monkeypatch, reference):
@@ -61,7 +61,7 @@ def test_imagenet_loader_uses_torchvision_weights(monkeypatch, reference):
         return reference
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
-    assert_trunk_equals(build_resnet50("imagenet"), reference)
+    assert_trunk_equals(build_resnet("imagenet"), reference)
     assert seen["url"].endswith("resnet50-11ad3fa6.pth")  # IMAGENET1K_V2
 
 
@@ -71,7 +71,7 @@ def test_imagenet_offline_is_one_clear_line(monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(GeolocError) as exc:
-        build_resnet50("imagenet")
+        build_resnet("imagenet")
     msg = str(exc.value)
     assert "\n" not in msg
     assert "imagenet" in msg and "name resolution" in msg and "places365:<file>" in msg
@@ -85,7 +85,7 @@ def test_unsafe_pickle_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "payload": NotATensor()}, path)
     with pytest.raises(GeolocError, match="weights_only=True"):
-        build_resnet50(str(path))
+        build_resnet(str(path))
 
 
 @pytest.mark.parametrize("spec,match", [
@@ -95,17 +95,17 @@ def test_unsafe_pickle_is_refused(tmp_path):
 def test_missing_files(tmp_path, monkeypatch, spec, match):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(GeolocError, match=match):
-        build_resnet50(spec)
+        build_resnet(spec)
 
 
 def test_wrong_architecture_is_named(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(resnet18(weights=None).state_dict(), path)
     with pytest.raises(GeolocError, match="not a ResNet-50 state dict"):
-        build_resnet50(str(path))
+        build_resnet(str(path))
     path.write_text("not a torch file")
     with pytest.raises(GeolocError, match="cannot load state-dict"):
-        build_resnet50(str(path))
+        build_resnet(str(path))
 
 
 def execution_order(model, x):

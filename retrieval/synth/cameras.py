@@ -105,10 +105,13 @@ def _vehicles(world: World, line, hw: str, width: float, d_cam: float, cx: float
 
 
 def sample_views(world: World, split: str, n: int | None, spacing_m: float | None, seed: int,
-                 condition: str = "day", size: int = 224, fov: float = 90.0, eye: float = 2.5) -> list[View]:
-    """Training cameras ('train'): about one per spacing_m metres along all streets (or n in total);
-    test cameras: n independent uniform positions. Random heading; lateral offset inside the
-    carriageway; never inside or against a building."""
+                 condition: str = "day", size: int = 224, fov: float = 90.0, eye: float = 2.5,
+                 headings: int = 1) -> list[View]:
+    """Training cameras ('train'): positions about one per spacing_m metres along all streets (or n in
+    total); other splits: n independent uniform positions. Lateral offset inside the carriageway; never
+    inside or against a building. With headings == 1 each position faces a random way; with more, a
+    position is a Street-View-like panorama: `headings` views at one moment (same light and vehicles),
+    evenly spaced from the street's direction."""
     from scipy.spatial import cKDTree
 
     streets = Streets(world)
@@ -125,12 +128,13 @@ def sample_views(world: World, split: str, n: int | None, spacing_m: float | Non
     else:
         anchors = None
     views: list[View] = []
-    attempts = 0
-    while len(views) < (len(anchors) if anchors is not None else n):
+    attempts, placed = 0, 0
+    wanted = len(anchors) if anchors is not None else n
+    while placed < wanted:
         attempts += 1
-        if attempts > 50 * (len(anchors) if anchors is not None else n) + 100:
+        if attempts > 50 * wanted + 100:
             raise GeolocError(f"{split} cameras: could not find free street positions (buildings cover the streets?)")
-        a = anchors[len(views)] if anchors is not None else rng.uniform(0, streets.length)
+        a = anchors[placed] if anchors is not None else rng.uniform(0, streets.length)
         k, d = streets.locate(a % streets.length)
         line, hw, width = streets.items[k]
         x, y, tx, ty = _tangent(line, d)
@@ -141,13 +145,20 @@ def sample_views(world: World, split: str, n: int | None, spacing_m: float | Non
                 break
         else:
             if anchors is not None:
-                anchors[len(views)] += rng.uniform(1.0, 5.0)  # nudge along the street and retry
+                anchors[placed] += rng.uniform(1.0, 5.0)  # nudge along the street and retry
             continue
-        cam = Camera(x=cx, y=cy, heading=float(rng.uniform(0, 360)), pitch=float(np.clip(rng.normal(0, 1.5), -4, 4)),
-                     roll=float(np.clip(rng.normal(0, 1.0), -3, 3)), eye=eye, fov=fov, width=size, height=size)
+        if headings == 1:
+            yaws = [float(rng.uniform(0, 360))]
+        else:
+            along = math.degrees(math.atan2(tx, ty))  # clockwise from north (+y), as Camera.heading
+            yaws = [float((along + k * 360.0 / headings + rng.normal(0, 3.0)) % 360) for k in range(headings)]
         look = sample_look(rng, condition)
         look.vehicles = _vehicles(world, line, hw, width, d, cx, cy, rng)
-        views.append(View(name=f"{split}_{len(views):05d}", camera=cam, look=look))
+        for yaw in yaws:
+            cam = Camera(x=cx, y=cy, heading=yaw, pitch=float(np.clip(rng.normal(0, 1.5), -4, 4)),
+                         roll=float(np.clip(rng.normal(0, 1.0), -3, 3)), eye=eye, fov=fov, width=size, height=size)
+            views.append(View(name=f"{split}_{len(views):05d}", camera=cam, look=look))
+        placed += 1
     return views
 
 
@@ -206,10 +217,13 @@ def _plan_digest(args: dict) -> str:
 def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | None = None, n_test: int = 100,
                    size: int = 224, seed: int = 0, test_condition_shift: bool = False, workers: int = 2,
                    spacing_m: float | None = None, fov: float = 90.0, eye: float = 2.5,
-                   write_graph: bool = True) -> dict:
-    """Render a street-view data set of an OSM extract into out_dir: images/*.jpg, train.csv and
-    test.csv (path,lat,lon,heading), dataset.json (source, attribution, settings), ATTRIBUTION.txt and
-    streets.graphml. Same arguments, same bytes; a killed run picks up where it stopped."""
+                   write_graph: bool = True, headings: int = 1, n_val: int = 0) -> dict:
+    """Render a street-view data set of an OSM extract into out_dir: images/*.jpg, train.csv,
+    [val.csv,] test.csv (path,lat,lon,heading), dataset.json (source, attribution, settings),
+    ATTRIBUTION.txt and streets.graphml. n_train counts training positions, each rendered at
+    `headings` headings; validation views are drawn like the test views (same condition), so model
+    selection sees the queries the test asks. Same arguments, same bytes; a killed run picks up where
+    it stopped."""
     from retrieval.data import Manifest, write_manifest
     from retrieval.synth.osm import load_city
     from retrieval.synth.scene import world_from_city
@@ -219,14 +233,16 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
     osm_path, out_dir = Path(osm_path), Path(out_dir)
     if n_train is None and spacing_m is None:
         spacing_m = 10.0
-    if (n_train is not None and n_train < 1) or n_test < 0 or size < 8:
-        raise GeolocError("render: need at least 1 training view, a non-negative test count and size >= 8")
+    if (n_train is not None and n_train < 1) or n_test < 0 or n_val < 0 or size < 8 or not 1 <= headings <= 36:
+        raise GeolocError("render: need at least 1 training view, non-negative test and validation counts, "
+                          "size >= 8 and 1 to 36 headings")
     if not 10.0 <= fov <= 150.0 or not 0.3 <= eye <= 20.0:
         raise GeolocError(f"render: field of view {fov:g} (10 to 150 degrees) or eye height {eye:g} m "
                           "(0.3 to 20 m) out of range")
     args = {"osm": osm_path.name, "osm_sha256": hashlib.sha256(osm_path.read_bytes()).hexdigest()
             if osm_path.is_file() else None, "n_train": n_train, "n_test": n_test, "size": size, "seed": seed,
-            "test_condition_shift": test_condition_shift, "spacing_m": spacing_m, "fov": fov, "eye": eye}
+            "test_condition_shift": test_condition_shift, "spacing_m": spacing_m, "fov": fov, "eye": eye,
+            "headings": headings, "n_val": n_val}
     plan_path = out_dir / "plan.json"
     if plan_path.is_file():
         old = json.loads(plan_path.read_text(encoding="utf-8"))
@@ -236,13 +252,14 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
     world = world_from_city(city)
     atomic_write_json(plan_path, {"digest": _plan_digest(args), "args": args})
     t_load = time.perf_counter() - t0
-    train = sample_views(world, "train", n_train, spacing_m, seed, "day", size, fov, eye)
-    test = sample_views(world, "test", n_test, None, seed, "dusk" if test_condition_shift else "day",
-                        size, fov, eye) if n_test else []
+    held_out = "dusk" if test_condition_shift else "day"
+    train = sample_views(world, "train", n_train, spacing_m, seed, "day", size, fov, eye, headings)
+    val = sample_views(world, "val", n_val, None, seed, held_out, size, fov, eye) if n_val else []
+    test = sample_views(world, "test", n_test, None, seed, held_out, size, fov, eye) if n_test else []
     t1 = time.perf_counter()
-    rendered = render_views(world, train + test, out_dir / "images", workers)
+    rendered = render_views(world, train + val + test, out_dir / "images", workers)
     t_render = time.perf_counter() - t1
-    for split, views in (("train", train), ("test", test)):
+    for split, views in (("train", train), ("val", val), ("test", test)):
         if not views:
             continue
         xs = np.array([v.camera.x for v in views]) + world.origin[0]
@@ -259,16 +276,16 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
         "source": str(osm_path.resolve()), "attribution": city.attribution, "settings": args,
         "command": command_line(), "git": git_revision(),
         "crs": city.projection.crs.to_string(), "scene_origin_xy": list(world.origin),
-        "counts": {"train": len(train), "test": len(test), "buildings": int(len(world.buildings)),
+        "counts": {"train": len(train), "val": len(val), "test": len(test), "buildings": int(len(world.buildings)),
                    "walls": int(len(world.walls)), "trees": int(len(world.trees))},
         "street_length_m": round(Streets(world).length, 1),
-        "train_spacing_m": round(Streets(world).length / max(len(train), 1), 2),
-        "test_condition": "dusk" if test_condition_shift else "day",
-        "cameras": {v.name: {**asdict(v.camera), "vehicles": int(len(v.look.vehicles))} for v in train + test},
+        "train_spacing_m": round(Streets(world).length / max(len(train) // headings, 1), 2),
+        "test_condition": held_out,
+        "cameras": {v.name: {**asdict(v.camera), "vehicles": int(len(v.look.vehicles))} for v in train + val + test},
     }
     atomic_write_json(out_dir / "dataset.json", info)
     atomic_write_text(out_dir / "ATTRIBUTION.txt", f"Rendered from {osm_path.name}. {city.attribution}\n")
-    return {"out": str(out_dir), "train": len(train), "test": len(test), "rendered": rendered,
+    return {"out": str(out_dir), "train": len(train), "val": len(val), "test": len(test), "rendered": rendered,
             "load_s": round(t_load, 2), "render_s": round(t_render, 2),
             "images_per_s": round(rendered / t_render, 1) if rendered else None,
             "total_s": round(time.perf_counter() - t0, 2)}
