@@ -114,7 +114,7 @@ def synth_render(
     workers: int = typer.Option(2, "--workers", help="Rendering processes."),
     fov: float = typer.Option(90.0, "--fov", help="Horizontal field of view in degrees."),
     headings: int = typer.Option(1, "--headings", help="Views per training position, evenly spaced from the "
-                                 "street's direction (4: a Street-View-like panorama); 1: one random heading."),
+                                 "street's direction give or take half a step (4: a Street-View-like panorama); 1: one random heading."),
     val: int = typer.Option(0, "--val", help="Validation views, drawn like the test views (val.csv)."),
 ):
     """Render street-level views of an OSM extract (or the demo city) with train/[val/]test manifests."""

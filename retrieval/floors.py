@@ -12,11 +12,13 @@ The first functions are pure (arrays in, figures out); `floors` decodes and embe
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from retrieval import GeolocError
 from retrieval.metrics import error_metrics, errors_m, recall_at_n
 from retrieval.mining import heading_gap_deg
 
@@ -105,14 +107,18 @@ def floors(cfg, db, test) -> dict:
     db_im = decode_images(db, cfg.data.resize, "floors: decode database")
     q_im = decode_images(test, cfg.data.resize, "floors: decode test")
     geo = (db.lat, db.lon, test.lat, test.lon)
-    torch.manual_seed(cfg.seed)  # the same untrained network every time
-    net = prepare_model(embedding_net(cfg.model.weights, cfg.model.embed_dim, 0.0, cfg.model.arch),
-                        resolve_precision(cfg.train.precision))
-    untrained = knn_floor(embed(net, db_im, cfg, "floors: untrained database"),
-                          embed(net, q_im, cfg, "floors: untrained test"), *geo)
     out = {"constant_guess": constant_guess(*geo),
            "thumbnail_knn": knn_floor(thumbnails(db_im), thumbnails(q_im), *geo),
-           "untrained_knn": {**untrained, "arch": cfg.model.arch, "weights": cfg.model.weights},
            "oracle": oracle(*geo, db.heading, test.heading)}
+    torch.manual_seed(cfg.seed)  # the same untrained network every time
+    try:
+        net = embedding_net(cfg.model.weights, cfg.model.embed_dim, 0.0, cfg.model.arch)
+    except GeolocError as exc:  # e.g. ImageNet weights offline: the other floors still stand
+        warnings.warn(f"floors: no untrained-network k-NN ({exc})", stacklevel=2)
+    else:
+        net = prepare_model(net, resolve_precision(cfg.train.precision))
+        untrained = knn_floor(embed(net, db_im, cfg, "floors: untrained database"),
+                              embed(net, q_im, cfg, "floors: untrained test"), *geo)
+        out["untrained_knn"] = {**untrained, "arch": cfg.model.arch, "weights": cfg.model.weights}
     _CACHE[key] = out
     return out

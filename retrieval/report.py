@@ -61,9 +61,11 @@ def versus_floors(row: dict, floors: dict) -> str:
     ratio = f"{ours / base:.1f}x" if base > 0 else "n/a (the floor is 0)"
     what = "R@1 within 25 m" if key == "recall@1_25m" else "within 25 m"
     gain = 1 - row["median_error_m"] / const["median_error_m"]
+    untrained = (f"untrained network {floors['untrained_knn']['recall@1_25m']:.1%}, "
+                 if "untrained_knn" in floors else "")
     return (f"**{row['method']}**: {what} {ours:.1%}, {ratio} the thumbnail k-NN's {base:.1%} "
-            f"(untrained network {floors['untrained_knn']['recall@1_25m']:.1%}, oracle "
-            f"{floors['oracle']['recall@1_25m']:.1%}); median error {row['median_error_m']:.0f} m, "
+            f"({untrained}oracle {floors['oracle']['recall@1_25m']:.1%}); median error "
+            f"{row['median_error_m']:.0f} m, "
             f"{abs(gain):.0%} {'below' if gain >= 0 else 'above'} the constant guess's "
             f"{const['median_error_m']:.0f} m.")
 

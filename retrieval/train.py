@@ -304,6 +304,9 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
             # Every rank must stop at the same step, so rank 0's clock decides.
             elapsed = distributed.gather_objects(spent + time.perf_counter() - t0)[0] if world > 1 \
                 else spent + time.perf_counter() - t0
+            if t.max_minutes > 0 and elapsed >= 60.0 * t.max_minutes and n_steps:
+                out_of_time = True
+                break
             factor = lr_factor(t, step, epoch, total_steps, elapsed)
             for group in opt.param_groups:
                 group["lr"] = t.lr * factor
@@ -336,9 +339,6 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
             bar.update(1)
             bar.set_postfix(loss=f"{weighted / count:.4f}", lr=f"{t.lr * factor:.2g}")
             if n_steps == t.max_steps_per_epoch:
-                break
-            if t.max_minutes > 0 and elapsed >= 60.0 * t.max_minutes:
-                out_of_time = True
                 break
         bar.close()
         if n_images == 0:

@@ -106,7 +106,7 @@ def test_square_cells_from_a_config_file(city, tmp_path):
     config = tmp_path / "square.yaml"
     config.write_text("cells:\n  grid: square\n  cell_size_m: 450\naugment:\n  enabled: false\n")
     run_cli("train", "cells", "--data", city, "--config", config, "--out", run, *FAST,
-            "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=1")
+            "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=1", "--set", "data.split_mode=spatial")
     info = json.loads((run / "run.json").read_text())
     assert info["grid"] == "square" and info["n_cells"] == 4  # 900 m square in 450 m cells
     assert sum(f["properties"]["n_train"] for f in json.loads((run / "grid.geojson").read_text())["features"]) \

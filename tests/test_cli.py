@@ -25,9 +25,13 @@ def test_import_then_split_then_check(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "30 photos" in out.stdout
     assert (tmp_path / "m.csv").read_text().count("\n") == 31
-    out = geoloc("data", "split", tmp_path / "m.csv", "--out", tmp_path / "s.csv", "--block-m", "60")
+    out = geoloc("data", "split", tmp_path / "m.csv", "--out", tmp_path / "s.csv", "--mode", "spatial",
+                 "--block-m", "60")
     assert out.returncode == 0, out.stderr
     assert "train" in out.stdout and "dropped" in out.stdout
+    # place recognition: photos 44 m apart along the grid have no neighbour within 25 m to be held out by
+    out = geoloc("data", "split", tmp_path / "m.csv", "--out", tmp_path / "p.csv", "--radius-m", "70")
+    assert out.returncode == 0 and "(place): train 24, val 3, test 3" in out.stdout, out.stdout
     out = geoloc("data", "check", tmp_path / "s.csv")
     assert out.returncode == 0 and "good photos" in out.stdout
 

@@ -77,3 +77,56 @@ def test_atomic_write_keeps_ordinary_permissions_and_no_temp_files(tmp_path):
     os.umask(umask)
     assert (p.stat().st_mode & 0o777) == (0o666 & ~umask)
     assert [f.name for f in tmp_path.iterdir()] == ["a.txt"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=-0.1", r"train\.lr=-0\.1: must be > 0"),
+    ("train.batch_size=0", r"train\.batch_size=0: must be >= 1"),
+    ("train.epochs=-1", r"train\.epochs=-1: must be >= 1"),
+    ("model.embed_dim=0", r"model\.embed_dim=0: must be >= 1"),
+    ("model.arch=vgg16", r"model\.arch='vgg16': choose one of resnet18, resnet34, resnet50"),
+    ("train.optimizer=adam", r"train\.optimizer='adam': choose one of adamw, sgd"),
+    ("train.max_minutes=-1", r"train\.max_minutes=-1\.0: must be >= 0"),
+    ("embedding.heading_tol_deg=0", r"embedding\.heading_tol_deg=0\.0: must be in \(0, 180\]"),
+    ("embedding.neg_radius_m=20", r"embedding\.neg_radius_m=20\.0: must be above embedding\.pos_radius_m \(25\)"),
+    ("embedding.miner=semihard", r"embedding\.miner='semihard': with embedding\.loss=multi_similarity"),
+    ("data.split_mode=blocks", r"data\.split_mode='blocks': choose one of place, spatial, random"),
+    ("train.lr=.nan", r"train\.lr=nan: must be > 0"),
+    ("data.resize=100", r"data\.resize=100: must be >= data\.image_size \(224\)"),
+])
+def test_settings_are_checked_when_the_config_loads(override, message):
+    with pytest.raises(GeolocError, match=message):
+        load_config(None, [override])
+
+
+def test_a_section_that_is_not_a_mapping_is_refused_not_dropped(tmp_path):
+    (tmp_path / "c.yaml").write_text("train: 5\n")
+    with pytest.raises(GeolocError, match=r"c\.yaml\.train: expected a mapping, got 5"):
+        load_config(tmp_path / "c.yaml", ["train.lr=0.1"])
+    with pytest.raises(GeolocError, match=r"c\.yaml\.train: expected a mapping, got 5"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_a_config_that_is_not_utf8_is_one_error(tmp_path):
+    (tmp_path / "c.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(GeolocError, match=r"c\.yaml: not UTF-8 text \(byte 9\)"):
+        load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--block-m", "0", "--gap-m", "-5"], "--block-m (0) and --radius-m (25) must be > 0 and --gap-m (-5) >= 0"),
+    (["--mode", "spatial", "--block-m", "100000"], "the split leaves no training photos"),
+])
+def test_data_split_refuses_settings_that_leave_nothing_to_train(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from retrieval.cli import app
+
+    rows = "".join(f"p{i}.jpg,{51.5 + i * 1e-4},{-0.1}\n" for i in range(20))
+    (tmp_path / "m.csv").write_text("path,lat,lon\n" + rows)
+    for i in range(20):
+        (tmp_path / f"p{i}.jpg").write_bytes(b"")
+    res = CliRunner().invoke(app, ["data", "split", str(tmp_path / "m.csv"), "--out", str(tmp_path / "s.csv"),
+                                   "--val", "0.5", "--test", "0.4", *args])
+    assert res.exit_code != 0 and message in str(res.exception)
+    assert not (tmp_path / "s.csv").exists()

@@ -13,8 +13,10 @@ from tests.conftest import REPO
 from tests.test_embedding import tiny_data  # noqa: F401 (a fixture)
 
 # fp32, no augmentation and fixed BatchNorm statistics make one step a deterministic function of the
-# global batch; validation is off so both runs see every photo.
+# global batch; validation is off so both runs see every photo. SGD: Adam's per-parameter normalisation
+# would blow rounding noise in near-zero gradients up to full-size steps.
 EXACT = ["model.weights=none", "model.lock_factor=0.7", "model.freeze_bn=true", "model.embed_dim=64",
+         "train.optimizer=sgd", "train.schedule=exponential", "embedding.loss=triplet", "embedding.miner=semihard",
          "train.precision=fp32", "train.max_steps_per_epoch=3", "train.lr=0.01", "augment.enabled=false",
          "data.image_size=32", "data.resize=36", "data.val_fraction=0", "embedding.photos_per_place=2",
          "embedding.pos_radius_m=60", "embedding.neg_radius_m=150"]
@@ -44,7 +46,7 @@ def test_ranks_share_out_the_global_batch():
     rng = np.random.default_rng(0)
     lat, lon = 51.51 + rng.uniform(0, 0.01, 400), -0.09 + rng.uniform(0, 0.015, 400)
     dist = euclidean_neighbours(lat, lon, 150.0)
-    kw = dict(photos_per_place=3, pos_radius_m=60.0, neg_radius_m=150.0, seed=4)
+    kw = dict(photos_per_place=3, pos_radius_m=60.0, seed=4)
     one = PlaceBatchSampler(dist, places=6, **kw)
     ranks = [PlaceBatchSampler(dist, places=3, rank=r, world=2, **kw) for r in (0, 1)]
     for s in (one, *ranks):
@@ -55,8 +57,8 @@ def test_ranks_share_out_the_global_batch():
     for b_one, b0, b1 in zip(*batches):
         assert b0 + b1 == b_one  # rank order concatenation = the one-process batch
         assert not set(b0) & set(b1)
-        # every photo of rank 0 is a negative of every photo of rank 1 (distinct places)
-        assert dist[b0][:, b1].nnz == 0
+        # no photo of rank 0 is a positive candidate of a photo of rank 1 (distinct places)
+        assert not (dist[b0][:, b1].data <= 60.0).any()
     with pytest.raises(Exception, match="rank 2 is not in a world of 2"):
         PlaceBatchSampler(dist, rank=2, world=2)
 

@@ -9,7 +9,7 @@ from conftest import write_image
 from retrieval import GeolocError
 from retrieval.config import Config, prepare_run_dir
 from retrieval.evaluate import PREDICTORS, Predictions, cell_accuracy, evaluate_run, study_distance_m
-from retrieval.geo import EARTH_RADIUS_M
+from retrieval.geo import EARTH_RADIUS_M, haversine_m
 from retrieval.util import atomic_write_json
 
 METRES_PER_DEG_LAT = EARTH_RADIUS_M * math.pi / 180  # along a meridian
@@ -55,6 +55,7 @@ def fixed_run(tmp_path, monkeypatch):
     cfg = Config()
     cfg.data.train = str(data)
     cfg.data.val_fraction = 0.0
+    cfg.model.weights, cfg.model.arch, cfg.data.image_size, cfg.data.resize = "none", "resnet18", 32, 32
     prepare_run_dir(run, cfg)
     atomic_write_json(run / "run.json", {"kind": "fixed", "train": {"train_seconds": 12.0, "train_images_per_s": 3.0}})
     return run, data, offsets
@@ -70,6 +71,17 @@ def test_evaluate_writes_metrics_of_a_known_prediction_set(fixed_run):
     assert metrics["mean_error_m"] == pytest.approx(60.0, abs=1e-3)
     assert metrics["acc@25m"] == 0.4 and metrics["acc@100m"] == 0.8 and metrics["acc@250m"] == 1.0
     assert metrics["train_seconds"] == 12.0 and metrics["query_ms"] >= 0
+    # the floors, on the same test photos: test photo i stands where training photo i does (i < 5)
+    floors = metrics["floors"]
+    assert floors["oracle"]["median_error_m"] == pytest.approx(0.0, abs=0.01)
+    assert floors["oracle"]["recall@1_25m"] == 1.0
+    step = haversine_m(51.51, -0.1, 51.511, -0.099)  # one step along the diagonal the photos stand on
+    # the mean training position is 2.5 steps along: errors 2.5, 1.5, 0.5, 0.5, 1.5 steps
+    assert floors["constant_guess"]["median_error_m"] == pytest.approx(1.5 * step, rel=1e-3)
+    assert floors["constant_guess"]["recall@1_25m"] == 0.0
+    for knn in ("thumbnail_knn", "untrained_knn"):
+        assert floors[knn]["recall@10_25m"] == 1.0  # the 10 nearest of 6 photos hold each test photo's twin
+    assert floors["untrained_knn"]["arch"] == "resnet18" and metrics["backbone"] == "resnet18 32px"
 
     with open(run / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))

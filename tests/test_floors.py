@@ -35,7 +35,7 @@ def test_oracle_distance_and_facing_share():
     q_lat, q_lon = np.zeros(3), np.array([0.0001, 0.0005, 0.001])  # 11 m, 56 m, 0 m from a photo
     q_heading = np.array([30.0, 0.0, 300.0])
     out = oracle(db_lat, db_lon, q_lat, q_lon, db_heading, q_heading)
-    assert out["median_error_m"] == pytest.approx(0.0001 * M_PER_DEG, rel=1e-3)
+    assert out["median_error_m"] == pytest.approx(0.0001 * M_PER_DEG, rel=5e-3)  # a local projection
     assert out["recall@1_25m"] == pytest.approx(2 / 3)
     # query 0 faces 30 degrees from photo 0 (within 45); query 2 faces 150 degrees from photo 1
     assert out["facing_25m_45deg"] == pytest.approx(1 / 3)

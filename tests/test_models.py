@@ -101,7 +101,7 @@ def test_missing_files(tmp_path, monkeypatch, spec, match):
 def test_wrong_architecture_is_named(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(resnet18(weights=None).state_dict(), path)
-    with pytest.raises(GeolocError, match="not a ResNet-50 state dict"):
+    with pytest.raises(GeolocError, match="not a resnet50 state dict"):
         build_resnet(str(path))
     path.write_text("not a torch file")
     with pytest.raises(GeolocError, match="cannot load state-dict"):

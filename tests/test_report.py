@@ -14,7 +14,7 @@ def test_tables_have_every_column_and_format_values():
             {"method": "embedding", "median_error_m": 12.0, "recall@1_25m": 0.5, "query_ms": 20.25}]
     md = markdown_table(rows).splitlines()
     assert md[0].count("|") == len(COLUMNS) + 1
-    assert md[2].startswith("| cells | 123 | 88 | 12.5% |")
+    assert md[2].startswith("| cells | – | 123 | 88 | 12.5% |")
     assert "| – |" in md[2]  # missing values are shown as a dash, not 0
     assert "50.0%" in md[3] and "20.2" in md[3]
     assert terminal_table(rows).splitlines()[0].split()[0] == "method"

@@ -10,7 +10,7 @@ from torch import nn
 
 from retrieval import GeolocError
 from retrieval.config import Config
-from retrieval.train import bf16_supported, fit, infer, rng_state, set_rng_state
+from retrieval.train import bf16_supported, fit, infer, lr_factor, rng_state, set_rng_state
 from retrieval.transforms import test_transform as eval_transform
 from retrieval.transforms import train_loader
 from retrieval.util import load_checkpoint
@@ -36,6 +36,7 @@ def toy_config(**train) -> Config:
     cfg.augment.perspective = 0.2  # augmentation stays on: it draws from the RNG that resume restores
     cfg.train.precision = "fp32"
     cfg.train.batch_size = 8
+    cfg.train.optimizer, cfg.train.schedule = "sgd", "exponential"  # the loop's tests; the schedule has its own
     cfg.train.lr = 0.05
     for k, v in train.items():
         setattr(cfg.train, k, v)
@@ -47,7 +48,8 @@ class ToyTask:
     metric = "val_acc"
     maximize = True
 
-    def __init__(self, cfg: Config, seed: int = 0, kill_at_call: int | None = None, val: bool = True):
+    def __init__(self, cfg: Config, seed: int = 0, kill_at_call: int | None = None, val: bool = True,
+                 step_seconds: float = 0.0):
         torch.manual_seed(seed)
         self.cfg = cfg
         self.model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
@@ -55,9 +57,12 @@ class ToyTask:
         images, labels = toy_images(48)
         self.train_loader = train_loader(images, labels, cfg.data, cfg.augment, cfg.train.batch_size)
         self.val_images, self.val_labels = toy_images(16, seed=1) if val else (None, None)
-        self.kill_at_call, self.calls = kill_at_call, 0
+        self.kill_at_call, self.calls, self.step_seconds = kill_at_call, 0, step_seconds
 
     def loss(self, model, batch):
+        import time
+
+        time.sleep(self.step_seconds)
         self.calls += 1
         if self.calls == self.kill_at_call:
             raise KeyboardInterrupt  # a kill in the middle of an epoch
@@ -94,8 +99,8 @@ def test_one_epoch_reduces_the_loss(tmp_path):
     assert after < 0.7 * before, (before, after)
     assert summary["epochs"] == 1 and summary["metric"] == "val_acc"
     rows = read_log(tmp_path / "log.csv")
-    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "images", "train_seconds",
-                             "val_seconds", "images_per_s", "skipped_steps"]
+    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "steps", "images",
+                             "train_seconds", "val_seconds", "images_per_s", "skipped_steps"]
     assert int(rows[0]["epoch"]) == 1 and int(rows[0]["images"]) == 48  # 6 full batches of 8
     assert summary["train_images"] == 48 and summary["train_images_per_s"] > 0
 
@@ -109,7 +114,7 @@ def test_lr_decay_log_checkpoints_and_run_json(tmp_path):
     last = load_checkpoint(tmp_path / "last.pt")  # weights_only=True
     best = load_checkpoint(tmp_path / "best.pt")
     assert last["epoch"] == 3 and last["kind"] == "toy"
-    assert set(last) >= {"model", "optimizer", "scheduler", "epoch", "best", "best_epoch", "rng"}
+    assert set(last) >= {"model", "optimizer", "step", "epoch", "best", "best_epoch", "rng"}
     accs = [float(r["val_acc"]) for r in rows]
     assert best["epoch"] == summary["best_epoch"] == 1 + int(np.argmax(accs))
     assert summary["best"] == pytest.approx(max(accs))
@@ -135,7 +140,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     for s in a["optimizer"]["state"]:
         assert torch.equal(a["optimizer"]["state"][s]["momentum_buffer"], b["optimizer"]["state"][s]["momentum_buffer"])
-    assert a["scheduler"] == b["scheduler"]
+    assert a["step"] == b["step"] == 12
     timing = {"train_seconds", "val_seconds", "images_per_s"}
 
     def untimed(rows):
@@ -180,3 +185,40 @@ def test_bf16_trains_channels_last(tmp_path):
     assert task.model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert json.loads((tmp_path / "run.json").read_text())["precision"] == "bf16"
     assert float(read_log(tmp_path / "log.csv")[0]["val_acc"]) > 0.5
+
+
+def test_warmup_then_cosine_by_steps_or_minutes():
+    t = Config().train
+    t.schedule, t.warmup_steps, t.max_minutes = "cosine", 4, 0.0
+    # warmup: (step + 1) / 4 of the cosine's value, which starts at 1
+    assert lr_factor(t, 0, 1, 10, 0.0) == pytest.approx(0.25 * 0.5 * (1 + np.cos(0.0)))
+    assert lr_factor(t, 3, 1, 10, 0.0) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.3)))
+    assert lr_factor(t, 5, 1, 10, 0.0) == pytest.approx(0.5)  # half way: cos(pi / 2) = 0
+    assert lr_factor(t, 10, 1, 10, 0.0) == pytest.approx(0.0)
+    # a time budget: whichever budget is further spent sets the phase
+    t.max_minutes = 1.0
+    assert lr_factor(t, 5, 1, 10, 45.0) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.75)))
+    assert lr_factor(t, 8, 1, 10, 6.0) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.8)))
+    t.schedule, t.lr_decay = "exponential", 0.5
+    assert lr_factor(t, 123, 3, 10, 0.0) == pytest.approx(0.25)  # per epoch, not per step
+
+
+def test_cosine_run_logs_the_schedule_and_ends_near_zero(tmp_path):
+    cfg = toy_config(epochs=3, max_steps_per_epoch=2, lr=0.01)
+    cfg.train.optimizer, cfg.train.schedule, cfg.train.warmup_steps = "adamw", "cosine", 2
+    fit(ToyTask(cfg), cfg, tmp_path)
+    rows = read_log(tmp_path / "log.csv")
+    # the lr column is the first step's of each epoch: steps 0, 2, 4 of 6
+    want = [0.01 * lr_factor(cfg.train, s, e, 6, 0.0) for s, e in ((0, 1), (2, 2), (4, 3))]
+    assert [float(r["lr"]) for r in rows] == pytest.approx(want)
+    assert [int(r["steps"]) for r in rows] == [2, 4, 6]
+
+
+def test_a_time_budget_stops_training_and_resume_does_not_extend_it(tmp_path):
+    # each step takes at least 0.2 s; a budget of 0.6 s leaves room for 3 (4 if the clock is late)
+    cfg = toy_config(epochs=10, max_minutes=0.01)
+    summary = fit(ToyTask(cfg, step_seconds=0.2), cfg, tmp_path)
+    rows = read_log(tmp_path / "log.csv")
+    assert summary["epochs"] == len(rows) == 1 and 3 <= int(rows[0]["steps"]) <= 4
+    assert summary["train_seconds"] >= 0.6
+    assert fit(ToyTask(cfg, step_seconds=0.2), cfg, tmp_path, resume=True)["epochs"] == 1  # nothing left

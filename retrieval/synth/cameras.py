@@ -111,7 +111,7 @@ def sample_views(world: World, split: str, n: int | None, spacing_m: float | Non
     total); other splits: n independent uniform positions. Lateral offset inside the carriageway; never
     inside or against a building. With headings == 1 each position faces a random way; with more, a
     position is a Street-View-like panorama: `headings` views at one moment (same light and vehicles),
-    evenly spaced from the street's direction."""
+    evenly spaced, the first along the street give or take half a step."""
     from scipy.spatial import cKDTree
 
     streets = Streets(world)
@@ -150,8 +150,11 @@ def sample_views(world: World, split: str, n: int | None, spacing_m: float | Non
         if headings == 1:
             yaws = [float(rng.uniform(0, 360))]
         else:
-            along = math.degrees(math.atan2(tx, ty))  # clockwise from north (+y), as Camera.heading
-            yaws = [float((along + k * 360.0 / headings + rng.normal(0, 3.0)) % 360) for k in range(headings)]
+            # The panorama's first view is along the street give or take half a step, drawn per position:
+            # neighbouring positions then differ by up to half a step in heading, as a query may.
+            step = 360.0 / headings
+            first = math.degrees(math.atan2(tx, ty)) + rng.uniform(-step / 2, step / 2)  # clockwise from north
+            yaws = [float((first + k * step) % 360) for k in range(headings)]
         look = sample_look(rng, condition)
         look.vehicles = _vehicles(world, line, hw, width, d, cx, cy, rng)
         for yaw in yaws:
