@@ -246,11 +246,13 @@ def evaluate_cmd(
 ):
     """Locate the test photos; writes RUN/metrics.json, predictions.csv (and predictions.npz)."""
     from retrieval.evaluate import evaluate_run
+    from retrieval.report import versus_floors
 
     m = evaluate_run(run, data)
     extra = f", cell accuracy {m['cell_acc']:.1%}" if "cell_acc" in m else ""
     typer.echo(f"{run}: {m['n']} test photos, median error {m['median_error_m']:.1f} m, "
                f"acc@100m {m['acc@100m']:.1%}{extra}; wrote metrics.json, predictions.csv")
+    typer.echo(versus_floors({"method": run.name, **m}, m["floors"]).replace("**", ""))
 
 
 # --- embedding, index, query -----------------------------------------------------------------------

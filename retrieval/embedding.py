@@ -283,5 +283,6 @@ def predict(run_dir: Path, cfg: Config, test: Manifest):
     metrics = {**recall_at_n(nb_dist, (1, 5, 10), 25.0), "vote": cfg.index.vote,
                "vote_modes": {m: error_metrics(errors_m(a, b, test.lat, test.lon)) for m, (a, b, _) in modes.items()},
                "median_confidence": float(np.median(conf))}
-    return Predictions(lat=lat, lon=lon, metrics=metrics, columns={"confidence": np.round(conf, 4)},
+    return Predictions(lat=lat, lon=lon, metrics=metrics,
+                       columns={"confidence": np.round(conf, 4), "top1_error_m": np.round(nb_dist[:, 0], 2)},
                        arrays={"neighbour_ids": ids, "similarities": sims, "confidence": conf})

@@ -35,3 +35,14 @@ def recall_at_n(neighbour_dists_m, ns=RECALL_NS, radius_m: float = 25.0) -> dict
     hit = d <= radius_m
     first_hit = np.where(hit.any(axis=1), hit.argmax(axis=1), np.inf)
     return {f"recall@{n}_{radius_m:g}m": float(np.mean(first_hit < n)) for n in ns}
+
+
+def paired_bootstrap(a, b, n: int = 10_000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of a - b over paired samples (e.g. one hit rate per test view for two methods) and its
+    `level` confidence interval by bootstrap: test views are resampled with the same indices for both."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.ndim != 1 or d.size == 0:
+        raise ValueError("paired_bootstrap: expected two non-empty 1-D arrays of the same length")
+    means = d[np.random.default_rng(seed).integers(0, d.size, (n, d.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(d.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))

@@ -26,6 +26,7 @@ COLUMNS = [
     ("recall@1_25m", "R@1 25m", "{:.1%}"),
     ("recall@5_25m", "R@5 25m", "{:.1%}"),
     ("recall@10_25m", "R@10 25m", "{:.1%}"),
+    ("facing_25m_45deg", "view within 25 m / 45°", "{:.1%}"),
     ("train_seconds", "train time (s)", "{:.0f}"),
     ("train_images_per_s", "train img/s", "{:.1f}"),
     ("model_mb", "model (MB)", "{:.1f}"),

@@ -189,6 +189,32 @@ def _grid_photos(n_side=40, step_m=10.0):
     return proj.to_latlon(x0 + gx.ravel(), y0 + gy.ravel())
 
 
+def test_place_split_holds_out_only_photos_with_a_training_photo_near():
+    from retrieval.data import place_split, split_photos
+
+    lat, lon = _grid_photos(n_side=20, step_m=20.0)  # a 20 m grid: neighbours at 20 m, diagonals at 28 m
+    split = place_split(lat, lon, val_fraction=0.1, test_fraction=0.2, radius_m=25.0, seed=1)
+    train = split == "train"
+    assert (split == "test").sum() == 80 and (split == "val").sum() == 40  # 0.2 and 0.1 of 400
+    held = np.flatnonzero(~train)
+    d = haversine_m(lat[held][:, None], lon[held][:, None], lat[train][None], lon[train][None])
+    assert (d.min(axis=1) <= 25.0).all()  # every held-out photo has a training photo within 25 m
+    assert np.array_equal(split, split_photos("place", lat, lon, 0.1, 0.2, radius_m=25.0, seed=1))
+    # photos 100 m apart have no neighbour to stand in for them: nothing can be held out
+    far_lat, far_lon = _grid_photos(n_side=5, step_m=100.0)
+    assert (place_split(far_lat, far_lon, 0.2, 0.2, 25.0) == "train").all()
+
+
+def test_random_split_draws_the_requested_counts():
+    from retrieval.data import random_split, split_photos
+
+    split = random_split(50, 0.1, 0.2, seed=0)
+    assert (split == "val").sum() == 5 and (split == "test").sum() == 10 and (split == "train").sum() == 35
+    assert not np.array_equal(split, random_split(50, 0.1, 0.2, seed=1))
+    with pytest.raises(GeolocError, match="split mode 'blocks'"):
+        split_photos("blocks", np.zeros(3), np.zeros(3))
+
+
 def test_split_has_no_leakage_and_is_deterministic():
     lat, lon = _grid_photos()
     split = spatial_split(lat, lon, val_fraction=0.15, test_fraction=0.15, gap_m=25, block_m=100, seed=3)

@@ -41,3 +41,14 @@ def test_empty_inputs_raise():
         error_metrics([])
     with pytest.raises(ValueError):
         recall_at_n(np.zeros((0, 3)))
+
+
+def test_paired_bootstrap_of_a_difference():
+    from retrieval.metrics import paired_bootstrap
+
+    a, b = np.array([1, 1, 0, 0] * 50), np.array([0, 1, 0, 0] * 50)  # a wins on a quarter of the views
+    mean, lo, hi = paired_bootstrap(a, b, n=2000)
+    assert mean == 0.25 and lo < 0.25 < hi
+    # the difference is a mean of 200 Bernoulli(0.25) draws: standard error sqrt(0.25 * 0.75 / 200) = 0.031
+    assert hi - lo == pytest.approx(2 * 1.96 * np.sqrt(0.25 * 0.75 / 200), rel=0.15)
+    assert paired_bootstrap(a, a) == (0.0, 0.0, 0.0)  # identical arms: no doubt at all

@@ -210,6 +210,24 @@ BUILDING = ('<way id="2"><nd ref="2"/><nd ref="4"/><nd ref="6"/><nd ref="8"/><nd
     (NODES + '<node id="99" lat="0.0" lon="0.0"/>\n' + STREET + BUILDING, "node 99 .* outside the extract"),
     (NODES.replace(' lat="51.5001"', "") + STREET + BUILDING, "node 1: lat/lon missing"),
 ])
+def test_panorama_headings_and_validation_views(small_city, tmp_path):
+    import csv
+
+    path = small_city[0] if isinstance(small_city, tuple) else small_city
+    info = render_dataset(path, tmp_path / "p", n_train=5, n_test=3, n_val=2, size=16, seed=1, workers=1,
+                          headings=4, write_graph=False)
+    assert (info["train"], info["val"], info["test"]) == (20, 2, 3)
+    with open(tmp_path / "p" / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for k in range(5):  # a position's four views stand together, 90 degrees apart
+        pano = rows[4 * k:4 * k + 4]
+        assert len({(r["lat"], r["lon"]) for r in pano}) == 1
+        h = np.array([float(r["heading"]) for r in pano])
+        assert np.allclose(np.diff(np.unwrap(np.radians(h))) % (2 * np.pi), np.pi / 2, atol=1e-6)
+    assert len({(r["lat"], r["lon"]) for r in rows}) == 5
+    assert (tmp_path / "p" / "val.csv").read_text().count("\n") == 3
+
+
 def test_bad_osm_input_is_one_clear_error(tmp_path, body, message):
     path = tmp_path / "bad.osm"
     tail = "" if message == "malformed or truncated" else "</osm>\n"
