@@ -228,9 +228,12 @@ def run_benchmark(cfg: Config, out: str | Path) -> Path:
 DEMO = {
     "name": "demo",
     "model": {"arch": "resnet18", "weights": "none", "lock_factor": 0.0},
-    "train": {"epochs": 1000, "batch_size": 128, "lr": 0.005, "warmup_steps": 20, "max_minutes": 4.0,
-              "max_steps_per_epoch": 80},
+    "train": {"epochs": 1000, "batch_size": 64, "lr": 0.005, "warmup_steps": 20, "max_minutes": 4.0,
+              "max_steps_per_epoch": 120},
     "data": {"num_workers": 0},
+    # hue jitter and the perspective warp cost more per image than they return in 4 minutes
+    "augment": {"hue": 0.0, "perspective_p": 0.0, "random_crop": True},
+    "embedding": {"places_per_batch": 16, "photos_per_place": 4},
     "cells": {"cell_size_m": 100.0, "border_spacing_m": 30.0},
     "bench": {"osm": "demo", "city_size_m": 800.0, "train_views": 1800, "headings": 4, "val_views": 200,
               "test_views": 200, "image_size": 64,
