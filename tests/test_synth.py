@@ -201,15 +201,6 @@ BUILDING = ('<way id="2"><nd ref="2"/><nd ref="4"/><nd ref="6"/><nd ref="8"/><nd
             '<tag k="building" v="yes"/></way>\n')
 
 
-@pytest.mark.parametrize("body,message", [
-    (NODES + STREET + BUILDING, None),
-    (NODES + STREET + BUILDING[:40], "malformed or truncated"),
-    (NODES + BUILDING, "no highway"),
-    (NODES + STREET, "no building"),
-    (NODES.replace('lat="51.5001"', 'lat="95.0"') + STREET + BUILDING, "node 1: coordinate .* out of range"),
-    (NODES + '<node id="99" lat="0.0" lon="0.0"/>\n' + STREET + BUILDING, "node 99 .* outside the extract"),
-    (NODES.replace(' lat="51.5001"', "") + STREET + BUILDING, "node 1: lat/lon missing"),
-])
 def test_panorama_headings_and_validation_views(small_city, tmp_path):
     import csv
 
@@ -228,6 +219,15 @@ def test_panorama_headings_and_validation_views(small_city, tmp_path):
     assert (tmp_path / "p" / "val.csv").read_text().count("\n") == 3
 
 
+@pytest.mark.parametrize("body,message", [
+    (NODES + STREET + BUILDING, None),
+    (NODES + STREET + BUILDING[:40], "malformed or truncated"),
+    (NODES + BUILDING, "no highway"),
+    (NODES + STREET, "no building"),
+    (NODES.replace('lat="51.5001"', 'lat="95.0"') + STREET + BUILDING, "node 1: coordinate .* out of range"),
+    (NODES + '<node id="99" lat="0.0" lon="0.0"/>\n' + STREET + BUILDING, "node 99 .* outside the extract"),
+    (NODES.replace(' lat="51.5001"', "") + STREET + BUILDING, "node 1: lat/lon missing"),
+])
 def test_bad_osm_input_is_one_clear_error(tmp_path, body, message):
     path = tmp_path / "bad.osm"
     tail = "" if message == "malformed or truncated" else "</osm>\n"
