@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from retrieval import GeolocError, distributed
 from retrieval.config import Config
 from retrieval.data import Manifest
-from retrieval.metrics import errors_m, recall_at_n
+from retrieval.metrics import errors_m
 from retrieval.mining import (GroundRules, PlaceBatchSampler, kept_photos, make_loss, make_miner,
                               positive_candidates, resolve_supervision)
 from retrieval.models import embedding_net
@@ -83,6 +83,7 @@ class EmbeddingTask:
         return self.loss_fn(emb, indices_tuple=self.miner(emb, idx))
 
     def validate(self, model) -> dict[str, float]:
+        from retrieval.floors import knn_floor
         from retrieval.vote import vote
 
         if self.val is None:
@@ -90,16 +91,12 @@ class EmbeddingTask:
         db = embed(model, self.images, self.cfg, "validate: database")
         q = embed(model, self.val_images, self.cfg, "validate: queries")
         sims = q @ db.T
-        k = min(max(self.cfg.index.k, 10), len(db))
-        ids = np.argsort(-sims, axis=1)[:, :k]
-        v = vote(self.train.lat[ids[:, :self.cfg.index.k]], self.train.lon[ids[:, :self.cfg.index.k]],
-                 np.take_along_axis(sims, ids, 1)[:, :self.cfg.index.k], self.cfg.index.vote,
+        ids = np.argsort(-sims, axis=1)[:, :min(self.cfg.index.k, len(db))]
+        v = vote(self.train.lat[ids], self.train.lon[ids], np.take_along_axis(sims, ids, 1), self.cfg.index.vote,
                  self.cfg.index.vote_radius_m)
-        err = errors_m(v.lat, v.lon, self.val.lat, self.val.lon)
-        nb = errors_m(self.train.lat[ids], self.train.lon[ids], self.val.lat[:, None], self.val.lon[:, None])
-        r = recall_at_n(nb, (1, 5), 25.0)
+        r = knn_floor(db, q, self.train.lat, self.train.lon, self.val.lat, self.val.lon)  # the same k-NN rule
         return {"val_recall@1_25m": r["recall@1_25m"], "val_recall@5_25m": r["recall@5_25m"],
-                "val_median_error_m": float(np.median(err))}
+                "val_median_error_m": float(np.median(errors_m(v.lat, v.lon, self.val.lat, self.val.lon)))}
 
     def info(self) -> dict:
         e = self.cfg.embedding
