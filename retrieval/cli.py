@@ -59,7 +59,8 @@ def data_split(
     manifest: Path,
     out: Path = typer.Option(..., "--out", help="Manifest CSV to write, with a split column."),
     mode: str = typer.Option("place", "--mode", help="place: every held-out photo has a training photo within "
-                             "--radius-m (place recognition: the embedding's question) | spatial: whole blocks, "
+                             "--radius-m, taken on an earlier day where the manifest has a date column (place "
+                             "recognition: the embedding's question) | spatial: whole blocks, "
                              "nothing within --gap-m (unseen streets) | random: the seed study's protocol."),
     val: float = typer.Option(0.1, help="Fraction of photos for validation."),
     test: float = typer.Option(0.1, help="Fraction of photos for test."),
@@ -75,7 +76,7 @@ def data_split(
         raise GeolocError(f"data split: --block-m ({block_m:g}) and --radius-m ({radius_m:g}) must be > 0 "
                           f"and --gap-m ({gap_m:g}) >= 0")
     m = read_manifest(manifest)
-    split = split_photos(mode, m.lat, m.lon, val, test, gap_m, block_m, radius_m, seed)
+    split = split_photos(mode, m.lat, m.lon, val, test, gap_m, block_m, radius_m, seed, m.date)
     counts = split_counts(split, str(manifest))
     keep = [i for i, s in enumerate(split) if s]
     m.split = list(split)

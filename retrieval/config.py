@@ -90,6 +90,9 @@ class EmbeddingConfig:
     supervision: str = "auto"
     heading_tol_deg: float = 45.0
     neg_radius_m: float = 100.0  # negatives: this far apart; in between, neither
+    # pairs this close in a straight line are never negatives, however far apart along the streets
+    # (the two sides of one building look alike; 0: off). Changes nothing for euclidean positives.
+    never_negative_within_m: float = 25.0
     places_per_batch: int = 32  # P
     photos_per_place: int = 4  # K
     loss: str = "multi_similarity"  # multi_similarity | triplet | contrastive
@@ -252,7 +255,7 @@ RANGES = {
     "embedding.pos_radius_m": (0, None, False, True), "embedding.neg_radius_m": (0, None, False, True),
     "embedding.heading_tol_deg": (0, 180, False, True), "embedding.places_per_batch": (1, None, True, True),
     "embedding.photos_per_place": (2, None, True, True), "embedding.margin": (0, None, False, True),
-    "embedding.max_snap_m": (0, None, False, True),
+    "embedding.max_snap_m": (0, None, False, True), "embedding.never_negative_within_m": (0, None, True, True),
     "index.nlist": (1, None, True, True), "index.pq_m": (1, None, True, True), "index.pq_nbits": (1, 16, True, True),
     "index.k_factor": (1, None, True, True), "index.nprobe": (1, None, True, True),
     "index.train_size": (0, None, True, True), "index.shard_size": (0, None, True, True),

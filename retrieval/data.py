@@ -29,6 +29,7 @@ class Manifest:
     lat: np.ndarray
     lon: np.ndarray
     heading: np.ndarray | None = None  # degrees clockwise from north, NaN where unknown
+    date: np.ndarray | None = None  # capture time, datetime64[s], NaT where unknown
     split: list[str] | None = None
     source: Path | None = None
     rows: list[int] = field(default_factory=list)  # CSV row number of each photo, for messages
@@ -42,6 +43,7 @@ class Manifest:
         return Manifest(
             paths=[self.paths[i] for i in idx], lat=self.lat[idx], lon=self.lon[idx],
             heading=None if self.heading is None else self.heading[idx],
+            date=None if self.date is None else self.date[idx],
             split=None if self.split is None else [self.split[i] for i in idx],
             source=self.source, rows=[self.rows[i] for i in idx] if self.rows else [],
         )
@@ -57,14 +59,16 @@ class Manifest:
 
 
 def concat_manifests(parts: list[Manifest]) -> Manifest:
-    """One manifest of several (e.g. train + val); headings are kept only if every part has them."""
+    """One manifest of several (e.g. train + val); headings and dates are kept only if every part has them."""
     if not parts:
         raise ValueError("concat_manifests: nothing to concatenate")
-    heading = None
+    heading = date = None
     if all(p.heading is not None for p in parts):
         heading = np.concatenate([p.heading for p in parts])
+    if all(p.date is not None for p in parts):
+        date = np.concatenate([p.date for p in parts])
     return Manifest(paths=[x for p in parts for x in p.paths], lat=np.concatenate([p.lat for p in parts]),
-                    lon=np.concatenate([p.lon for p in parts]), heading=heading, source=parts[0].source,
+                    lon=np.concatenate([p.lon for p in parts]), heading=heading, date=date, source=parts[0].source,
                     rows=[r for p in parts for r in p.rows] if all(p.rows for p in parts) else [])
 
 
@@ -90,6 +94,23 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
+DATE_FORMATS = ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y:%m:%d %H:%M:%S")
+
+
+def parse_date(text: str) -> np.datetime64:
+    """A capture time: ISO 8601 (2024-05-01, 2024-05-01T14:03:07) or EXIF's 2024:05:01 14:03:07; a
+    time-zone suffix is ignored (times of one city share it). ValueError says what was expected."""
+    from datetime import datetime
+
+    core = re.sub(r"(Z|[+-]\d\d:?\d\d)$", "", text.strip())
+    for fmt in DATE_FORMATS:
+        try:
+            return np.datetime64(datetime.strptime(core, fmt), "s")
+        except ValueError:
+            continue
+    raise ValueError(f"{text!r} is not a date (write 2024-05-01 or 2024-05-01T14:03:07)")
+
+
 def read_manifest(path: str | Path, skip_bad: bool = False, check_files: bool = True,
                   check_images: bool | None = None, check_far: bool = False) -> Manifest:
     """Read and check a manifest. A bad row raises GeolocError naming file, row and problem;
@@ -107,6 +128,7 @@ def read_manifest(path: str | Path, skip_bad: bool = False, check_files: bool = 
     lats: list[float] = []
     lons: list[float] = []
     headings: list[float] = []
+    dates: list[np.datetime64] = []
     splits: list[str] = []
     rows: list[int] = []
     seen: dict[Path, int] = {}
@@ -129,7 +151,7 @@ def read_manifest(path: str | Path, skip_bad: bool = False, check_files: bool = 
             if missing:
                 raise GeolocError(f"{path}: missing column(s) {', '.join(missing)} (header is {','.join(cols)})")
             reader.fieldnames = cols
-            has_heading, has_split = "heading" in cols, "split" in cols
+            has_heading, has_split, has_date = "heading" in cols, "split" in cols, "date" in cols
             for row_no, row in enumerate(reader, start=2):
                 raw_path = (row.get("path") or "").strip()
                 if not raw_path:
@@ -162,6 +184,13 @@ def read_manifest(path: str | Path, skip_bad: bool = False, check_files: bool = 
                             heading %= 360.0
                         else:
                             problem = f"heading {text!r} is not a finite number (leave it empty when unknown)"
+                date = np.datetime64("NaT", "s")
+                text = (row.get("date") or "").strip() if has_date else ""
+                if problem is None and text:
+                    try:
+                        date = parse_date(text)
+                    except ValueError as exc:
+                        problem = f"date {exc}"
                 split = (row.get("split") or "").strip() if has_split else ""
                 if problem is None and split and split not in SPLITS:
                     problem = f"split {split!r} is not one of {', '.join(SPLITS)}"
@@ -180,6 +209,7 @@ def read_manifest(path: str | Path, skip_bad: bool = False, check_files: bool = 
                 lats.append(values["lat"])
                 lons.append(values["lon"])
                 headings.append(heading)
+                dates.append(date)
                 splits.append(split)
                 rows.append(row_no)
     except UnicodeDecodeError:
@@ -192,6 +222,7 @@ def read_manifest(path: str | Path, skip_bad: bool = False, check_files: bool = 
             keep = [i for i in range(len(paths)) if i not in far]
             paths, lats, lons = [paths[i] for i in keep], [lats[i] for i in keep], [lons[i] for i in keep]
             headings, splits, rows = [headings[i] for i in keep], [splits[i] for i in keep], [rows[i] for i in keep]
+            dates = [dates[i] for i in keep]
     if not paths:
         raise GeolocError(f"{path}: no usable rows")
     if skipped:
@@ -199,6 +230,7 @@ def read_manifest(path: str | Path, skip_bad: bool = False, check_files: bool = 
     return Manifest(
         paths=paths, lat=np.array(lats), lon=np.array(lons),
         heading=np.array(headings) if has_heading else None,
+        date=np.array(dates, dtype="datetime64[s]") if has_date else None,
         split=splits if has_split else None, source=path, rows=rows, skipped=skipped,
     )
 
@@ -239,6 +271,8 @@ def write_manifest(path: str | Path, manifest: Manifest) -> Path:
     cols = ["path", "lat", "lon"]
     if manifest.heading is not None:
         cols.append("heading")
+    if manifest.date is not None:
+        cols.append("date")
     if manifest.split is not None:
         cols.append("split")
 
@@ -256,6 +290,9 @@ def write_manifest(path: str | Path, manifest: Manifest) -> Path:
                 if manifest.heading is not None:
                     h = manifest.heading[i]
                     row.append("" if math.isnan(h) else f"{h:.1f}")
+                if manifest.date is not None:
+                    t = manifest.date[i]
+                    row.append("" if np.isnat(t) else str(t))
                 if manifest.split is not None:
                     row.append(manifest.split[i])
                 w.writerow(row)
@@ -354,6 +391,17 @@ def read_exif_gps(path: str | Path) -> tuple[float, float, float]:
     return lat, lon, heading
 
 
+def read_exif_date(path: str | Path) -> np.datetime64:
+    """Capture time from EXIF (DateTimeOriginal, else DateTime); NaT when absent or unreadable."""
+    with Image.open(path) as im:
+        exif = im.getexif()
+        text = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
+    try:
+        return parse_date(str(text)) if text else np.datetime64("NaT", "s")
+    except ValueError:
+        return np.datetime64("NaT", "s")
+
+
 def import_photos(src: str | Path, fmt: str, skip_bad: bool = False) -> Manifest:
     """Build a manifest from a folder (or single file) of photos in one of the known conventions."""
     src = Path(src)
@@ -364,7 +412,7 @@ def import_photos(src: str | Path, fmt: str, skip_bad: bool = False) -> Manifest
     }
     if fmt not in parsers:
         raise GeolocError(f"unknown import format {fmt!r} (choose seed, vpr or exif)")
-    paths, lats, lons, heads = [], [], [], []
+    paths, lats, lons, heads, dates = [], [], [], [], []
     skipped = 0
     for p in _image_files(src):
         try:
@@ -382,11 +430,13 @@ def import_photos(src: str | Path, fmt: str, skip_bad: bool = False) -> Manifest
         lats.append(lat)
         lons.append(lon)
         heads.append(heading)
+        dates.append(read_exif_date(p) if fmt == "exif" else np.datetime64("NaT", "s"))
     if not paths:
         raise GeolocError(f"{src}: no photo could be imported as {fmt}")
-    heading = np.array(heads)
+    heading, date = np.array(heads), np.array(dates, dtype="datetime64[s]")
     return Manifest(paths=paths, lat=np.array(lats), lon=np.array(lons),
-                    heading=None if np.isnan(heading).all() else heading, skipped=skipped)
+                    heading=None if np.isnan(heading).all() else heading,
+                    date=None if np.isnat(date).all() else date, skipped=skipped)
 
 
 # --- images ----------------------------------------------------------------------------------------
@@ -492,10 +542,14 @@ def random_split(n: int, val_fraction: float = 0.1, test_fraction: float = 0.1, 
 
 
 def place_split(lat, lon, val_fraction: float = 0.1, test_fraction: float = 0.1, radius_m: float = 25.0,
-                seed: int = 0) -> np.ndarray:
+                seed: int = 0, date=None) -> np.ndarray:
     """Held-out photos of places the database covers (place recognition, as Pitts30k or MSLS): photos
     drawn at random, each kept out only if a training photo stays within radius_m of it (that photo is
-    then never held out itself). Fewer than asked are held out where photos have no near neighbour."""
+    then never held out itself). Fewer than asked are held out where photos have no near neighbour.
+
+    With capture dates (datetime64, NaT where unknown) the held-out photos are the latest ones whose
+    partner was taken on an earlier day, so a query is a later visit to a place the database saw
+    (as MSLS); photos without a date are never held out."""
     from scipy.spatial import cKDTree
 
     from retrieval.geo import LocalProjection
@@ -509,13 +563,19 @@ def place_split(lat, lon, val_fraction: float = 0.1, test_fraction: float = 0.1,
     split = np.full(len(lat), "train", dtype=object)
     anchored = np.zeros(len(lat), dtype=bool)  # training photos some held-out photo relies on
     want = {"test": round(test_fraction * len(lat)), "val": round(val_fraction * len(lat))}
-    for i in rng.permutation(len(lat)):
+    order = rng.permutation(len(lat))
+    day = None
+    if date is not None and not np.isnat(date).all():
+        day = np.asarray(date, dtype="datetime64[D]")
+        dated = order[~np.isnat(day[order])]
+        order = dated[np.argsort(-day[dated].astype(np.int64), kind="stable")]  # latest first, ties random
+    for i in order:
         name = next((k for k, v in want.items() if v > 0), None)
         if name is None:
             break
         if anchored[i]:
             continue
-        partners = [j for j in near[i] if j != i and split[j] == "train"]
+        partners = [j for j in near[i] if j != i and split[j] == "train" and (day is None or day[j] < day[i])]
         if not partners:
             continue
         split[i] = name
@@ -528,12 +588,13 @@ SPLIT_MODES = ("place", "spatial", "random")
 
 
 def split_photos(mode: str, lat, lon, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                 gap_m: float = 25.0, block_m: float = 250.0, radius_m: float = 25.0, seed: int = 0) -> np.ndarray:
+                 gap_m: float = 25.0, block_m: float = 250.0, radius_m: float = 25.0, seed: int = 0,
+                 date=None) -> np.ndarray:
     """'train'/'val'/'test' ('' dropped) per photo by `mode`: place (place_split: every held-out photo
-    has a training photo within radius_m), spatial (spatial_split: unseen streets, nothing within gap_m)
-    or random (random_split)."""
+    has a training photo within radius_m, taken on an earlier day where dates are known), spatial
+    (spatial_split: unseen streets, nothing within gap_m) or random (random_split)."""
     if mode == "place":
-        return place_split(lat, lon, val_fraction, test_fraction, radius_m, seed)
+        return place_split(lat, lon, val_fraction, test_fraction, radius_m, seed, date)
     if mode == "spatial":
         return spatial_split(lat, lon, val_fraction, test_fraction, gap_m, block_m, seed)
     if mode == "random":
@@ -579,7 +640,7 @@ def load_splits(data: str | Path, val_fraction: float = 0.1, test_fraction: floa
         out["train"] = pool
         return out
     split = split_photos(mode, pool.lat, pool.lon, val_fraction if want_val else 0.0, carve_test,
-                         gap_m, block_m, radius_m, seed)
+                         gap_m, block_m, radius_m, seed, pool.date)
     split_counts(split, str(data))
     for name in SPLITS:
         idx = np.flatnonzero(split == name)

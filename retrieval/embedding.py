@@ -19,7 +19,7 @@ from retrieval.metrics import errors_m
 from retrieval.mining import (GroundRules, PlaceBatchSampler, kept_photos, make_loss, make_miner,
                               positive_candidates, resolve_supervision)
 from retrieval.models import embedding_net
-from retrieval.streets import photo_distances
+from retrieval.streets import euclidean_neighbours, photo_distances
 from retrieval.train import fit, infer, load_data, resolve_precision, seed_everything
 from retrieval.transforms import CachedImages, decode_images, test_transform, train_transform
 
@@ -61,7 +61,11 @@ class EmbeddingTask:
         self.supervision = resolve_supervision(e.supervision, self.train.heading)
         cand = positive_candidates(self.dist, e.pos_radius_m,
                                    self.train.heading if self.supervision == "heading" else None, e.heading_tol_deg)
-        self.rules = GroundRules(self.dist, cand, e.neg_radius_m, weak=self.supervision == "weak")
+        near = None
+        if e.positives == "geodesic" and e.never_negative_within_m > 0:
+            near = euclidean_neighbours(self.train.lat, self.train.lon, e.never_negative_within_m)
+        self.rules = GroundRules(self.dist, cand, e.neg_radius_m, weak=self.supervision == "weak",
+                                 never_negative=near)
         images = decode_images(self.train, cfg.data.resize, "decode train")
         self.sampler = PlaceBatchSampler(self.dist, e.places_per_batch, e.photos_per_place, e.pos_radius_m,
                                          candidates=cand, seed=cfg.seed, rank=distributed.rank(),

@@ -170,18 +170,28 @@ class GroundRules:
     """(B, B) positive and negative masks of a batch from the photos' global indices.
 
     positives: candidate pairs (positive_candidates); under weak supervision only each anchor's
-    candidate closest in embedding space. negatives: ground distance beyond neg_radius_m.
+    candidate closest in embedding space. negatives: ground distance beyond neg_radius_m, except the
+    pairs stored in `never_negative` (any sparse (N, N) matrix: its stored entries count, whatever
+    their values, so two photos at distance 0 are held too).
     """
 
-    def __init__(self, dist: sp.csr_matrix, candidates: sp.csr_matrix, neg_radius_m: float, weak: bool = False):
+    def __init__(self, dist: sp.csr_matrix, candidates: sp.csr_matrix, neg_radius_m: float, weak: bool = False,
+                 never_negative: sp.csr_matrix | None = None):
         self.dist, self.cand = dist.tocsr(), candidates.tocsr()
         self.neg_radius_m, self.weak = neg_radius_m, weak
+        self.never_negative = None
+        if never_negative is not None:
+            m = never_negative.tocsr()
+            self.never_negative = sp.csr_matrix((np.ones(len(m.indices), dtype=bool), m.indices, m.indptr),
+                                                shape=m.shape)
 
     def masks(self, photo_idx, dissimilarity: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         idx = _as_numpy(photo_idx)
         g = batch_distances(self.dist, idx)
         with np.errstate(invalid="ignore"):
             neg = torch.from_numpy(g > self.neg_radius_m)
+        if self.never_negative is not None:
+            neg &= ~torch.from_numpy(self.never_negative[idx][:, idx].toarray())
         pos = torch.from_numpy(self.cand[idx][:, idx].toarray())
         pos &= ~torch.from_numpy(np.isnan(g))
         if self.weak and dissimilarity is not None:

@@ -28,12 +28,14 @@ def run_arm(arm: str, seed: int, args) -> Path:
     from retrieval.config import load_config, prepare_run_dir
     from retrieval.embedding import train_embedding
     from retrieval.evaluate import evaluate_run
+    from retrieval.pipeline import method_config
 
     run = Path(args.out) / f"{arm}_s{seed}"
     if (run / "metrics.json").is_file():
         return run
-    cfg = load_config(args.config, [*args.set, f"embedding.positives={arm}", f"seed={seed}",
-                                    f"data.train={args.data}"])
+    # the benchmark's own method config, so an arm here is the benchmark's run with another seed
+    bench = load_config(args.config, args.set)
+    cfg = method_config(bench, [f"embedding.positives={arm}", f"seed={seed}"], Path(args.data))
     info = run / "run.json"
     if not (info.is_file() and "train" in json.loads(info.read_text(encoding="utf-8"))):
         resume = (run / "last.pt").is_file()

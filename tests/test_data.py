@@ -69,6 +69,40 @@ def test_import_exif_written_by_us(tmp_path):
         import_photos(tmp_path / "nogps.jpg", "exif")
 
 
+def test_capture_dates_come_from_exif_and_survive_a_manifest_round_trip(tmp_path):
+    for name, when in (("a.jpg", "2023:06:01 09:30:00"), ("b.jpg", None)):
+        ex = Image.Exif()
+        ex.get_ifd(0x8825).update({1: "N", 2: (51.0, 30.0, 0.0), 3: "W", 4: (0.0, 6.0, 0.0)})
+        if when:
+            ex.get_ifd(0x8769)[0x9003] = when
+        write_image(tmp_path / "src" / name, exif=ex)
+    m = import_photos(tmp_path / "src", "exif")
+    assert [str(t) for t in m.date] == ["2023-06-01T09:30:00", "NaT"]
+    write_manifest(tmp_path / "m.csv", m)
+    lines = (tmp_path / "m.csv").read_text().splitlines()
+    assert lines[0] == "path,lat,lon,date" and lines[1].endswith(",2023-06-01T09:30:00") and lines[2].endswith(",")
+    back = read_manifest(tmp_path / "m.csv")
+    assert back.date[0] == np.datetime64("2023-06-01T09:30:00") and np.isnat(back.date[1])
+
+
+def test_parse_date_accepts_iso_and_exif_and_names_what_it_wants():
+    from retrieval.data import parse_date
+
+    want = np.datetime64("2024-05-01T14:03:07")
+    assert parse_date("2024-05-01T14:03:07") == parse_date("2024:05:01 14:03:07") == want
+    assert parse_date("2024-05-01T14:03:07+02:00") == parse_date("2024-05-01T14:03:07Z") == want
+    assert parse_date("2024-05-01") == np.datetime64("2024-05-01T00:00:00")
+    with pytest.raises(ValueError, match=r"'May 1st' is not a date \(write 2024-05-01"):
+        parse_date("May 1st")
+
+
+def test_bad_date_names_row_and_field(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    (tmp_path / "m.csv").write_text("path,lat,lon,date\na.jpg,51.5,-0.1,2024-13-01\n")
+    with pytest.raises(GeolocError, match=r"m\.csv: row 2: date '2024-13-01' is not a date"):
+        read_manifest(tmp_path / "m.csv")
+
+
 def test_import_exif_real_berlin_photos(shared_data, tmp_path):
     m = import_photos(shared_data / "photos" / "berlin", "exif")
     assert len(m) == 3
@@ -203,6 +237,27 @@ def test_place_split_holds_out_only_photos_with_a_training_photo_near():
     # photos 100 m apart have no neighbour to stand in for them: nothing can be held out
     far_lat, far_lon = _grid_photos(n_side=5, step_m=100.0)
     assert (place_split(far_lat, far_lon, 0.2, 0.2, 25.0) == "train").all()
+
+
+def test_place_split_by_date_holds_out_later_visits_of_earlier_places():
+    from retrieval.data import place_split
+
+    # two visits to the same 20 m grid: 2022 (photos 0..99) and 2024 (100..199, 2 m off), plus a few undated
+    lat, lon = _grid_photos(n_side=10, step_m=20.0)
+    lat2, lon2 = lat + 2e-5, lon
+    lat, lon = np.r_[lat, lat2, lat[:5] + 4e-5], np.r_[lon, lon2, lon[:5]]
+    date = np.array(["2022-03-01"] * 100 + ["2024-07-15"] * 100 + ["NaT"] * 5, dtype="datetime64[s]")
+    split = place_split(lat, lon, val_fraction=0.1, test_fraction=0.2, radius_m=25.0, seed=0, date=date)
+    held = np.flatnonzero(split != "train")
+    assert len(held) == round(0.2 * 205) + round(0.1 * 205)
+    assert (held >= 100).all() and (held < 200).all()  # only the later, dated visit is held out
+    # each has a 2022 training photo within 25 m
+    old = np.flatnonzero((split == "train") & (date < np.datetime64("2023-01-01")))
+    d = haversine_m(lat[held][:, None], lon[held][:, None], lat[old][None], lon[old][None])
+    assert (d.min(axis=1) <= 25.0).all()
+    # one day only: no photo has an earlier partner, nothing is held out
+    one_day = np.full(len(lat), np.datetime64("2024-07-15"), dtype="datetime64[s]")
+    assert (place_split(lat, lon, 0.1, 0.2, 25.0, 0, one_day) == "train").all()
 
 
 def test_random_split_draws_the_requested_counts():

@@ -209,6 +209,27 @@ def test_positives_need_the_radius_and_the_heading():
     assert [sorted(b) for b in sampler] == [[0, 1]]
 
 
+def test_photos_near_in_a_straight_line_are_never_negatives():
+    # 0 and 1 stand 20 m apart on two sides of a building, 300 m apart along the streets; 2 and 3 are
+    # two headings at one position (distance 0); 4 is 300 m from everyone in both senses
+    import scipy.sparse as sp
+
+    n = 5
+    far = {(0, 1): 300.0, (0, 4): 300.0, (1, 4): 300.0, (2, 4): 300.0, (3, 4): 300.0, (0, 2): 200.0,
+           (0, 3): 200.0, (1, 2): 200.0, (1, 3): 200.0, (2, 3): 0.0}
+    entries = [(i, j, d) for (a, b), d in far.items() for i, j in ((a, b), (b, a))] + [(i, i, 0.0) for i in range(n)]
+    r, c, v = (list(t) for t in zip(*entries))
+    streets = sp.csr_matrix((v, (r, c)), shape=(n, n))
+    straight = sp.csr_matrix(([20.0, 20.0, 0.0, 0.0], ([0, 1, 2, 3], [1, 0, 3, 2])), shape=(n, n))
+    cand = positive_candidates(streets, 25.0)
+    _, neg = GroundRules(streets, cand, 100.0).masks(range(n))
+    assert neg[0, 1] and neg[1, 0]
+    _, neg = GroundRules(streets, cand, 100.0, never_negative=straight).masks(range(n))
+    assert not neg[0, 1] and not neg[1, 0]
+    assert {tuple(p) for p in np.argwhere(neg.numpy())} == {
+        (a, b) for (i, j), d in far.items() if d > 100 and (i, j) != (0, 1) for a, b in ((i, j), (j, i))}
+
+
 def test_weak_supervision_takes_the_closest_candidate_in_embedding_space():
     dist = line_of_photos([0, 5, 10, 400])
     emb = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
