@@ -17,6 +17,7 @@ import os
 import random
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol
 
@@ -27,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from retrieval import GeolocError, distributed
-from retrieval.config import Config
+from retrieval.config import Config, TrainConfig
 from retrieval.data import Manifest, load_splits, read_manifest
 from retrieval.models import freeze_batchnorm
 from retrieval.transforms import one_thread
@@ -233,6 +234,114 @@ def _restore_rng(state: dict, cfg: Config, epoch: int) -> None:
     seed_everything(cfg.seed + 1000 * epoch + rank)
 
 
+def _resume(task: Task, model: nn.Module, opt: torch.optim.Optimizer, cfg: Config, run_dir: Path,
+            resume: bool) -> tuple[int, float | None, int, int, list[dict]]:
+    """(epochs done, best metric, best epoch, optimiser steps done, log rows) from last.pt, or a fresh start."""
+    check_run_dir(run_dir, resume)
+    if not resume:
+        seed_everything(cfg.seed + distributed.rank())
+        return 0, None, 0, 0, []
+    last = run_dir / "last.pt"
+    state = load_checkpoint(last)
+    if state.get("kind") != task.kind:
+        raise GeolocError(f"{last}: a {state.get('kind')} checkpoint, cannot resume a {task.kind} run")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    _restore_rng(state, cfg, state["epoch"])
+    return state["epoch"], state["best"], state["best_epoch"], state["step"], _read_log(run_dir / "log.csv",
+                                                                                        state["epoch"])
+
+
+@dataclass
+class _Epochs:
+    """What every epoch of one fit() shares; `run` trains one epoch."""
+    task: Task
+    stepped: nn.Module  # what the loss runs: the model, or its DDP wrapper under torchrun
+    opt: torch.optim.Optimizer
+    params: list
+    t: TrainConfig
+    precision: str
+    dev: torch.device
+    steps: int | None  # per epoch, for the bar
+    total_steps: int
+    main: bool
+    world: int
+
+    def _elapsed(self, spent: float, t0: float) -> float:
+        # Every rank must stop at the same step, so rank 0's clock decides.
+        now = spent + time.perf_counter() - t0
+        return distributed.gather_objects(now)[0] if self.world > 1 else now
+
+    def _step(self, batch, epoch: int, n: int) -> tuple[float, int, bool]:
+        """One optimiser step: (loss x images, images, whether the step was skipped), over all ranks."""
+        batch = [b.to(self.dev) if isinstance(b, torch.Tensor) else b for b in batch]
+        images = prepare_images(batch[0], self.precision)
+        with torch.enable_grad(), autocast(self.precision, self.dev.type):  # whatever grad mode the caller left on
+            loss = self.task.loss(self.stepped, (images, *batch[1:]))
+        # Summed over ranks: the log shows the global batch, and a bad loss on any rank stops all
+        # of them together instead of leaving the others waiting in the next all-reduce.
+        weighted, count, bad = distributed.sum_across(
+            [loss.item() * len(images), len(images), float(not torch.isfinite(loss))])
+        if bad:
+            raise GeolocError(f"epoch {epoch} step {n}: loss is not finite"
+                              + (f" on {int(bad)} of {self.world} processes" if self.world > 1
+                                 else f" ({loss.item()})") + " (lower train.lr or check the data)")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        # A finite loss can still have an infinite gradient (e.g. a distance's sqrt at 0 when two
+        # embeddings coincide); one such step would turn every weight into NaN, so skip it. After
+        # DDP's all-reduce every rank sees the same gradient, so all of them skip together.
+        finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(self.params, float("inf"))))
+        if finite:
+            self.opt.step()
+        return weighted, int(count), not finite
+
+    def run(self, epoch: int, step: int, spent: float) -> tuple[dict, int, bool]:
+        """Train epoch `epoch` from optimiser step `step`, `spent` seconds of the time budget gone:
+        (its log figures, the next step, whether the time budget ran out)."""
+        t = self.t
+        loss_sum, n_images, n_steps, skipped, out_of_time = 0.0, 0, 0, 0, False
+        t0 = time.perf_counter()
+        lr = t.lr * lr_factor(t, step, epoch, self.total_steps, spent)
+        bar = tqdm(total=self.steps, desc=f"{self.task.kind} epoch {epoch}/{t.epochs}", unit="step", leave=False,
+                   disable=not self.main)
+        for batch in self.task.train_loader:
+            elapsed = self._elapsed(spent, t0)
+            if t.max_minutes > 0 and elapsed >= 60.0 * t.max_minutes and n_steps:
+                out_of_time = True
+                break
+            factor = lr_factor(t, step, epoch, self.total_steps, elapsed)
+            for group in self.opt.param_groups:
+                group["lr"] = t.lr * factor
+            weighted, count, skip = self._step(batch, epoch, n_steps + 1)
+            loss_sum, n_images, n_steps, skipped, step = (loss_sum + weighted, n_images + count, n_steps + 1,
+                                                          skipped + skip, step + 1)
+            bar.update(1)
+            bar.set_postfix(loss=f"{weighted / count:.4f}", lr=f"{t.lr * factor:.2g}")
+            if n_steps == t.max_steps_per_epoch:
+                break
+        bar.close()
+        if n_images == 0:
+            raise GeolocError("the training set yields no batch (fewer photos than train.batch_size?)")
+        if skipped == n_steps:
+            raise GeolocError(f"epoch {epoch}: every step had a non-finite gradient (lower train.lr)")
+        if skipped and self.main:
+            warnings.warn(f"epoch {epoch}: skipped {skipped} of {n_steps} steps with a non-finite gradient",
+                          stacklevel=2)
+        train_s = time.perf_counter() - t0
+        return ({"train_loss": loss_sum / n_images, "lr": lr, "images": n_images, "train_seconds": round(train_s, 3),
+                 "images_per_s": round(n_images / train_s, 3), "skipped_steps": skipped}, step, out_of_time)
+
+
+def _validate(task: Task, model: nn.Module, precision: str, dev: torch.device, main: bool) -> dict:
+    """Rank 0's validation figures, on every rank (the others wait for them)."""
+    val = {}
+    if main:
+        with autocast(precision, dev.type), torch.no_grad(), _all_threads():
+            val = task.validate(model)
+    return distributed.gather_objects(val)[0]
+
+
 def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     """Train task.model for cfg.train.epochs; writes log.csv, last.pt, best.pt and run.json in run_dir.
 
@@ -252,21 +361,7 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
     if not params:
         raise GeolocError("nothing to train: model.lock_factor froze every layer")
     opt = make_optimizer(params, t)
-
-    last_path, best_path, log_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "log.csv"
-    start, best, best_epoch, rows, step = 0, None, 0, [], 0
-    check_run_dir(run_dir, resume)
-    if resume:
-        state = load_checkpoint(last_path)
-        if state.get("kind") != task.kind:
-            raise GeolocError(f"{last_path}: a {state.get('kind')} checkpoint, cannot resume a {task.kind} run")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, best, best_epoch, step = state["epoch"], state["best"], state["best_epoch"], state["step"]
-        _restore_rng(state, cfg, start)
-        rows = _read_log(log_path, start)
-    else:
-        seed_everything(cfg.seed + distributed.rank())
+    start, best, best_epoch, step, rows = _resume(task, model, opt, cfg, run_dir, resume)
     # DDP averages gradients over ranks in backward; the optimiser and checkpoints keep the bare model.
     stepped = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \
         if world > 1 else model
@@ -280,7 +375,7 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
     steps = len(task.train_loader) if hasattr(task.train_loader, "__len__") else None  # for the bar
     if t.max_steps_per_epoch:
         steps = min(steps or t.max_steps_per_epoch, t.max_steps_per_epoch)
-    total_steps = t.epochs * (steps or 1)
+    epochs = _Epochs(task, stepped, opt, params, t, precision, dev, steps, t.epochs * (steps or 1), main, world)
     spent = sum(float(r["train_seconds"]) for r in rows)  # of the time budget, before this call
 
     # A sampler that draws its batches from (seed, epoch) must hear the epoch, or every epoch repeats
@@ -295,70 +390,14 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
         model.train()
         if set_epoch is not None:
             set_epoch(epoch)
-        loss_sum, n_images, n_steps, skipped = 0.0, 0, 0, 0
+        figures, step, out_of_time = epochs.run(epoch, step, spent)
+        spent += figures["train_seconds"]
         t0 = time.perf_counter()
-        lr = t.lr * lr_factor(t, step, epoch, total_steps, spent)
-        bar = tqdm(total=steps, desc=f"{task.kind} epoch {epoch}/{t.epochs}", unit="step", leave=False,
-                   disable=not main)
-        for batch in task.train_loader:
-            # Every rank must stop at the same step, so rank 0's clock decides.
-            elapsed = distributed.gather_objects(spent + time.perf_counter() - t0)[0] if world > 1 \
-                else spent + time.perf_counter() - t0
-            if t.max_minutes > 0 and elapsed >= 60.0 * t.max_minutes and n_steps:
-                out_of_time = True
-                break
-            factor = lr_factor(t, step, epoch, total_steps, elapsed)
-            for group in opt.param_groups:
-                group["lr"] = t.lr * factor
-            batch = [b.to(dev) if isinstance(b, torch.Tensor) else b for b in batch]
-            images = prepare_images(batch[0], precision)
-            with torch.enable_grad(), autocast(precision, dev.type):  # whatever grad mode the caller left on
-                loss = task.loss(stepped, (images, *batch[1:]))
-            # Summed over ranks: the log shows the global batch, and a bad loss on any rank stops all
-            # of them together instead of leaving the others waiting in the next all-reduce.
-            weighted, count, bad = distributed.sum_across(
-                [loss.item() * len(images), len(images), float(not torch.isfinite(loss))])
-            if bad:
-                raise GeolocError(f"epoch {epoch} step {n_steps + 1}: loss is not finite"
-                                  + (f" on {int(bad)} of {world} processes" if world > 1 else f" ({loss.item()})")
-                                  + " (lower train.lr or check the data)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            # A finite loss can still have an infinite gradient (e.g. a distance's sqrt at 0 when two
-            # embeddings coincide); one such step would turn every weight into NaN, so skip it. After
-            # DDP's all-reduce every rank sees the same gradient, so all of them skip together.
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
-            if torch.isfinite(grad_norm):
-                opt.step()
-            else:
-                skipped += 1
-            loss_sum += weighted
-            n_images += int(count)
-            n_steps += 1
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{weighted / count:.4f}", lr=f"{t.lr * factor:.2g}")
-            if n_steps == t.max_steps_per_epoch:
-                break
-        bar.close()
-        if n_images == 0:
-            raise GeolocError("the training set yields no batch (fewer photos than train.batch_size?)")
-        train_s = time.perf_counter() - t0
-        spent += train_s
-        val = {}
-        if main:
-            with autocast(precision, dev.type), torch.no_grad(), _all_threads():
-                val = task.validate(model)
-        val = distributed.gather_objects(val)[0]  # the other ranks wait here for rank 0's figures
-        val_s = time.perf_counter() - t0 - train_s
-        row = {"epoch": epoch, "train_loss": loss_sum / n_images, **val, "lr": lr, "steps": step,
-               "images": n_images, "train_seconds": round(train_s, 3), "val_seconds": round(val_s, 3),
-               "images_per_s": round(n_images / train_s, 3), "skipped_steps": skipped}
-        if skipped == n_steps:
-            raise GeolocError(f"epoch {epoch}: every step had a non-finite gradient (lower train.lr)")
-        if skipped and main:
-            warnings.warn(f"epoch {epoch}: skipped {skipped} of {n_steps} steps with a non-finite gradient",
-                          stacklevel=2)
+        val = _validate(task, model, precision, dev, main)
+        row = {"epoch": epoch, "train_loss": figures["train_loss"], **val, "lr": figures["lr"], "steps": step,
+               "images": figures["images"], "train_seconds": figures["train_seconds"],
+               "val_seconds": round(time.perf_counter() - t0, 3), "images_per_s": figures["images_per_s"],
+               "skipped_steps": figures["skipped_steps"]}
         if metric not in row:  # no validation set: fall back to the training loss
             metric, maximize = "train_loss", False
         improved = _better(float(row[metric]), best, maximize)
@@ -368,7 +407,7 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
         rngs = distributed.gather_objects(rng_state())
         if not main:
             continue
-        _write_log(log_path, rows)
+        _write_log(run_dir / "log.csv", rows)
         if tb is not None:
             for k, v in row.items():
                 if k != "epoch":
@@ -377,8 +416,8 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
                  "step": step, "epoch": epoch, "best": best, "best_epoch": best_epoch,
                  "metric": metric, "rng": rngs[0], "rng_ranks": rngs}
         if improved:
-            save_checkpoint(best_path, state)
-        save_checkpoint(last_path, state)
+            save_checkpoint(run_dir / "best.pt", state)
+        save_checkpoint(run_dir / "last.pt", state)
         tqdm.write(f"epoch {epoch}/{t.epochs}: train_loss {row['train_loss']:.4f}"
                    + "".join(f", {k} {v:.4g}" for k, v in val.items())
                    + f", {row['images_per_s']:.1f} img/s" + (" *" if improved else ""))
