@@ -90,9 +90,10 @@ class EmbeddingConfig:
     supervision: str = "auto"
     heading_tol_deg: float = 45.0
     neg_radius_m: float = 100.0  # negatives: this far apart; in between, neither
-    # pairs this close in a straight line are never negatives, however far apart along the streets
-    # (the two sides of one building look alike; 0: off). Changes nothing for euclidean positives.
-    never_negative_within_m: float = 25.0
+    # > 0: pairs this close in a straight line are never negatives, however far apart along the streets
+    # (the two sides of one building may look alike). Off by default: on London and the demo it did not
+    # measurably help (benchmarks/RESULTS.md). Changes nothing for euclidean positives.
+    never_negative_within_m: float = 0.0
     places_per_batch: int = 32  # P
     photos_per_place: int = 4  # K
     loss: str = "multi_similarity"  # multi_similarity | triplet | contrastive
