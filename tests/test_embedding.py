@@ -98,3 +98,23 @@ def test_mismatched_index_is_refused(trained, tiny_data, tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "rebuild it with `geoloc index build`" in last
+
+
+@pytest.mark.parametrize("positives, within, spared", [("geodesic", 60.0, True), ("geodesic", 0.0, False),
+                                                         ("euclidean", 60.0, False)])
+def test_never_negative_rule_reaches_the_miner(tiny_data, positives, within, spared):
+    from retrieval.embedding import EmbeddingTask
+    from retrieval.streets import euclidean_neighbours
+
+    cfg = load_config(None, [*TINY, f"data.train={tiny_data}", f"embedding.positives={positives}",
+                             f"embedding.never_negative_within_m={within}"])
+    train = read_manifest(tiny_data / "train.csv")
+    rules = EmbeddingTask(cfg, {"train": train}).rules
+    if not spared:
+        assert rules.never_negative is None
+        return
+    near = euclidean_neighbours(train.lat, train.lon, within)
+    assert rules.never_negative.nnz == near.nnz
+    i, j = near.nonzero()
+    _, neg = rules.masks(np.arange(len(train)))
+    assert not neg[i, j].any()  # no pair within 60 m in a straight line is a negative
