@@ -39,10 +39,18 @@ def recall_at_n(neighbour_dists_m, ns=RECALL_NS, radius_m: float = 25.0) -> dict
 
 def paired_bootstrap(a, b, n: int = 10_000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """Mean of a - b over paired samples (e.g. one hit rate per test view for two methods) and its
-    `level` confidence interval by bootstrap: test views are resampled with the same indices for both."""
+    `level` confidence interval by bootstrap: test views are resampled with the same indices for both.
+
+    Given (seeds, views) arrays (seed s of one arm paired with seed s of the other), each resample draws
+    the seeds and the test views, so the interval holds the spread between training runs as well."""
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if d.ndim != 1 or d.size == 0:
-        raise ValueError("paired_bootstrap: expected two non-empty 1-D arrays of the same length")
-    means = d[np.random.default_rng(seed).integers(0, d.size, (n, d.size))].mean(axis=1)
+    if d.ndim not in (1, 2) or d.size == 0:
+        raise ValueError("paired_bootstrap: expected two non-empty arrays of the same shape, (views,) or (seeds, views)")
+    rng = np.random.default_rng(seed)
+    if d.ndim == 1:
+        means = d[rng.integers(0, d.size, (n, d.size))].mean(axis=1)
+    else:
+        s, v = d.shape
+        means = np.array([d[rng.integers(0, s, s)][:, rng.integers(0, v, v)].mean() for _ in range(n)])
     tail = (1 - level) / 2
     return float(d.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))

@@ -26,12 +26,13 @@ TRAINERS = {
     "embedding": "retrieval.embedding:train_embedding",
 }
 
-BUDGET_RULES = ("Every method trains on the same rendered training views with the same backbone "
-                "(the backbone column: architecture and input size; same weights and lock_factor), batch "
-                "size, optimiser and schedule and precision, for the training time in the table (train.max_minutes, "
-                "equal across methods unless bench.methods overrides it); the best epoch is chosen on the same validation views, "
-                "drawn like the test views; all are scored on the same test views, beside the floors "
-                "(no learning) and the oracle measured on them.")
+BUDGET_RULES = ("Every method trains on the same rendered training views with the same weights, lock_factor, "
+                "batch size, optimiser, schedule and precision, on the backbone and input size of the backbone "
+                "column, for the training time in the table (train.max_minutes, equal across methods unless "
+                "bench.methods overrides it, as it does the backbone); the best epoch is chosen on the same "
+                "validation views, drawn like the test views; all are scored on the same test views, beside the "
+                "floors (no learning; the untrained network is the benchmark's own model.arch) and the oracle "
+                "measured on them.")
 
 
 def method_kind(name: str) -> str:

@@ -52,3 +52,21 @@ def test_paired_bootstrap_of_a_difference():
     # the difference is a mean of 200 Bernoulli(0.25) draws: standard error sqrt(0.25 * 0.75 / 200) = 0.031
     assert hi - lo == pytest.approx(2 * 1.96 * np.sqrt(0.25 * 0.75 / 200), rel=0.15)
     assert paired_bootstrap(a, a) == (0.0, 0.0, 0.0)  # identical arms: no doubt at all
+
+
+def test_paired_bootstrap_over_seeds_holds_the_spread_between_runs():
+    from retrieval.metrics import paired_bootstrap
+
+    # three seeds: a wins by 0.5 on one, loses by 0.25 on two (each difference exact on every view)
+    v = 400
+    a = np.stack([np.ones(v), np.r_[np.ones(v // 4), np.zeros(3 * v // 4)], np.zeros(v)])
+    b = np.stack([np.r_[np.ones(v // 2), np.zeros(v // 2)], np.r_[np.ones(v // 2), np.zeros(v // 2)],
+                  np.r_[np.ones(v // 4), np.zeros(3 * v // 4)]])
+    mean, lo, hi = paired_bootstrap(a, b, n=2000)
+    assert mean == pytest.approx((0.5 - 0.25 - 0.25) / 3)
+    assert lo < -0.2 and hi > 0.4  # seeds resampled: from all three losing to all three winning, nearly
+    _, lo1, hi1 = paired_bootstrap(a.mean(0), b.mean(0), n=2000)  # views only: a narrow interval
+    assert hi1 - lo1 < 0.2
+    # one seed: the same as resampling its views
+    assert paired_bootstrap(a[:1], b[:1], n=500, seed=3)[1:] == pytest.approx(
+        paired_bootstrap(a[0], b[0], n=500, seed=3)[1:], abs=0.03)
