@@ -55,6 +55,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args()
     from retrieval.metrics import paired_bootstrap
+    from retrieval.util import atomic_write_json
 
     hits = {arm: np.stack([top1_hits(run_arm(arm, s, args)) for s in args.seeds]) for arm in ARMS}
     # over test views (the seed-mean hit rate of each view), and over seeds and test views together:
@@ -67,7 +68,7 @@ def main() -> None:
            "ci95_seeds_and_test_views": [slo, shi],
            "verdict": "geodesic wins" if slo > 0 else "euclidean wins" if shi < 0
            else "neither wins (the interval over seeds and test views holds 0)"}
-    Path(args.out, "ablation.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(Path(args.out, "ablation.json"), out)
     for arm in ARMS:
         r = out[f"{arm}_recall@1_25m"]
         print(f"{arm}: R@1@25m per seed {', '.join(f'{x:.1%}' for x in r)}; mean {np.mean(r):.1%}")
