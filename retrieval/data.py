@@ -371,10 +371,13 @@ def _rational(v) -> float:
     return float(v)
 
 
-def read_exif_gps(path: str | Path) -> tuple[float, float, float]:
-    """lat, lon and heading (GPSImgDirection, NaN if absent) from a JPEG's EXIF GPS block."""
-    with Image.open(path) as im:
-        gps = im.getexif().get_ifd(0x8825)
+def read_exif_gps(path: str | Path, exif: Image.Exif | None = None) -> tuple[float, float, float]:
+    """lat, lon and heading (GPSImgDirection, NaN if absent) from a JPEG's EXIF GPS block (or from
+    `exif`, already read from it)."""
+    if exif is None:
+        with Image.open(path) as im:
+            exif = im.getexif()
+    gps = exif.get_ifd(0x8825)
     if not gps or 2 not in gps or 4 not in gps:
         raise ValueError("no GPS position in EXIF")
 
@@ -391,24 +394,29 @@ def read_exif_gps(path: str | Path) -> tuple[float, float, float]:
     return lat, lon, heading
 
 
-def read_exif_date(path: str | Path) -> np.datetime64:
-    """Capture time from EXIF (DateTimeOriginal, else DateTime); NaT when absent or unreadable."""
-    with Image.open(path) as im:
-        exif = im.getexif()
-        text = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
+def read_exif_date(exif: Image.Exif) -> np.datetime64:
+    """Capture time from a photo's EXIF (DateTimeOriginal, else DateTime); NaT when absent or unreadable."""
+    text = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
     try:
         return parse_date(str(text)) if text else np.datetime64("NaT", "s")
     except ValueError:
         return np.datetime64("NaT", "s")
 
 
+def _exif_fields(path: Path) -> tuple[float, float, float, np.datetime64]:
+    with Image.open(path) as im:
+        exif = im.getexif()
+    return (*read_exif_gps(path, exif), read_exif_date(exif))
+
+
 def import_photos(src: str | Path, fmt: str, skip_bad: bool = False) -> Manifest:
     """Build a manifest from a folder (or single file) of photos in one of the known conventions."""
     src = Path(src)
-    parsers = {
-        "seed": lambda p: (*parse_seed_name(p.name), math.nan),
-        "vpr": lambda p: parse_vpr_name(p.name),
-        "exif": read_exif_gps,
+    no_date = np.datetime64("NaT", "s")
+    parsers = {  # each gives lat, lon, heading, capture time
+        "seed": lambda p: (*parse_seed_name(p.name), math.nan, no_date),
+        "vpr": lambda p: (*parse_vpr_name(p.name), no_date),
+        "exif": _exif_fields,
     }
     if fmt not in parsers:
         raise GeolocError(f"unknown import format {fmt!r} (choose seed, vpr or exif)")
@@ -416,7 +424,7 @@ def import_photos(src: str | Path, fmt: str, skip_bad: bool = False) -> Manifest
     skipped = 0
     for p in _image_files(src):
         try:
-            lat, lon, heading = parsers[fmt](p)
+            lat, lon, heading, date = parsers[fmt](p)
             if not (-90 <= lat <= 90 and -180 <= lon <= 180):
                 raise ValueError(f"coordinate out of range ({lat}, {lon})")
         except (*IMAGE_ERRORS, KeyError, ZeroDivisionError) as exc:
@@ -430,7 +438,7 @@ def import_photos(src: str | Path, fmt: str, skip_bad: bool = False) -> Manifest
         lats.append(lat)
         lons.append(lon)
         heads.append(heading)
-        dates.append(read_exif_date(p) if fmt == "exif" else np.datetime64("NaT", "s"))
+        dates.append(date)
     if not paths:
         raise GeolocError(f"{src}: no photo could be imported as {fmt}")
     heading, date = np.array(heads), np.array(dates, dtype="datetime64[s]")
