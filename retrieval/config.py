@@ -101,6 +101,14 @@ class EmbeddingConfig:
     # rule) | all
     miner: str = "multi_similarity"
     margin: float = 0.1
+    # multi_similarity's weights and threshold (Wang et al. 2019; pml's defaults 2 / 50 / 0.5).
+    # gsv-cities trains place recognition with 1 / 50 / 0.0.
+    ms_alpha: float = 2.0
+    ms_beta: float = 50.0
+    ms_base: float = 0.5
+    # > 0: a cross-batch memory of this many recent training photos' embeddings, mined beside the batch
+    # (more places to find hard negatives among than a small CPU batch holds)
+    memory_size: int = 0
     streets: str = ""  # .osm/.osm.bz2/.graphml file, or bbox:lon_min,lat_min,lon_max,lat_max / place:NAME (online)
     network_type: str = "walk"  # walk | all, for downloaded graphs
     max_snap_m: float = 30.0  # photos farther than this from any street are left out of mining
@@ -256,6 +264,9 @@ RANGES = {
     "embedding.pos_radius_m": (0, None, False, True), "embedding.neg_radius_m": (0, None, False, True),
     "embedding.heading_tol_deg": (0, 180, False, True), "embedding.places_per_batch": (1, None, True, True),
     "embedding.photos_per_place": (2, None, True, True), "embedding.margin": (0, None, False, True),
+    "embedding.ms_alpha": (0, None, False, True), "embedding.ms_beta": (0, None, False, True),
+    "embedding.ms_base": (-1, 1, True, True),
+    "embedding.memory_size": (0, None, True, True),
     "embedding.max_snap_m": (0, None, False, True), "embedding.never_negative_within_m": (0, None, True, True),
     "index.nlist": (1, None, True, True), "index.pq_m": (1, None, True, True), "index.pq_nbits": (1, 16, True, True),
     "index.k_factor": (1, None, True, True), "index.nprobe": (1, None, True, True),

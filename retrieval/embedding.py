@@ -16,7 +16,7 @@ from retrieval import GeolocError, distributed
 from retrieval.config import Config
 from retrieval.data import Manifest
 from retrieval.metrics import errors_m
-from retrieval.mining import (GroundRules, PlaceBatchSampler, kept_photos, make_loss, make_miner,
+from retrieval.mining import (GroundRules, PhotoMemory, PlaceBatchSampler, kept_photos, make_loss, make_miner,
                               positive_candidates, resolve_supervision)
 from retrieval.models import embedding_net
 from retrieval.streets import euclidean_neighbours, photo_distances
@@ -76,6 +76,7 @@ class EmbeddingTask:
         self.images = images
         self.model = embedding_net(cfg.model.weights, cfg.model.embed_dim, cfg.model.lock_factor, cfg.model.arch)
         self.loss_fn, self.miner = make_loss(e), make_miner(e, self.rules)
+        self.memory = PhotoMemory(e.memory_size) if e.memory_size > 0 else None
         self.val = splits.get("val")
         if self.val is not None:
             self.val_images = decode_images(self.val, cfg.data.resize, "decode val")
@@ -84,7 +85,12 @@ class EmbeddingTask:
         images, _, idx = batch
         # Under torchrun the miner sees every rank's photos, so triplets can cross ranks.
         emb, idx = distributed.gather_batch(model(images).float(), idx)
-        return self.loss_fn(emb, indices_tuple=self.miner(emb, idx))
+        if self.memory is None:
+            return self.loss_fn(emb, indices_tuple=self.miner(emb, idx))
+        ref, ref_idx = self.memory.references(emb, idx)
+        loss = self.loss_fn(emb, indices_tuple=self.miner(emb, idx, ref, ref_idx), ref_emb=ref)
+        self.memory.push(emb, idx)
+        return loss
 
     def validate(self, model) -> dict[str, float]:
         from retrieval.floors import knn_floor

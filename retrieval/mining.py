@@ -30,22 +30,27 @@ def kept_photos(dist: sp.csr_matrix) -> np.ndarray:
     return np.diff(dist.indptr) > 0
 
 
-def batch_distances(dist: sp.csr_matrix, photo_idx) -> np.ndarray:
-    """(B, B) ground distances between a batch's photos: inf beyond the matrix's radius, NaN where either
-    photo is excluded (its distances are unknown, so it is neither positive nor negative)."""
+def batch_distances(dist: sp.csr_matrix, photo_idx, ref_idx=None) -> np.ndarray:
+    """(B, R) ground distances from a batch's photos to the reference photos `ref_idx` (default: the
+    batch itself, so (B, B)): inf beyond the matrix's radius, NaN where either photo is excluded (its
+    distances are unknown, so it is neither positive nor negative). A reference photo may appear more
+    than once (a memory of earlier batches); a batch photo may not."""
     idx = np.asarray(photo_idx, dtype=np.int64)
     if len(np.unique(idx)) != len(idx):
         raise ValueError("batch_distances: a photo appears twice in the batch")
+    ref = idx if ref_idx is None else np.asarray(ref_idx, dtype=np.int64)
+    uniq, col = np.unique(ref, return_inverse=True)
     pos = np.full(dist.shape[0], -1, dtype=np.int64)
-    pos[idx] = np.arange(len(idx))
+    pos[uniq] = np.arange(len(uniq))
     rows = dist[idx]  # row slicing keeps explicit zeros
     r = np.repeat(np.arange(len(idx)), np.diff(rows.indptr))
     c = pos[rows.indices]
-    out = np.full((len(idx), len(idx)), np.inf)
+    out = np.full((len(idx), len(uniq)), np.inf)
     out[r[c >= 0], c[c >= 0]] = rows.data[c >= 0]
-    unknown = ~kept_photos(dist)[idx]
-    out[unknown, :] = np.nan
-    out[:, unknown] = np.nan
+    out = out[:, col.ravel()]
+    kept = kept_photos(dist)
+    out[~kept[idx], :] = np.nan
+    out[:, ~kept[ref]] = np.nan
     return out
 
 
@@ -160,14 +165,42 @@ class PlaceBatchSampler(torch.utils.data.Sampler):
             yield [p for g in share for p in groups[g]]
 
 
-def _embedding_distances(distance: distances.BaseDistance, embeddings: torch.Tensor) -> torch.Tensor:
-    """Pairwise dissimilarity (smaller = closer) whatever the pml distance's direction."""
-    mat = distance(embeddings.detach().float())
+def _embedding_distances(distance: distances.BaseDistance, embeddings: torch.Tensor,
+                         ref: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, R) dissimilarity (smaller = closer) from embeddings to ref (default: themselves), whatever the
+    pml distance's direction."""
+    mat = distance(embeddings.detach().float(), None if ref is None else ref.detach().float())
     return -mat if distance.is_inverted else mat
 
 
+class PhotoMemory:
+    """The embeddings of the last `size` training photos seen, with their photo indices: a cross-batch
+    memory (Wang et al., CVPR 2020). A CPU batch holds few places; the memory gives each anchor `size`
+    more photos to find its positives and hardest negatives among, for one matrix product. Entries are
+    detached and drift as the model trains, so the oldest leave first. Not checkpointed: after a resume
+    it refills within size / batch steps."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.emb: torch.Tensor | None = None
+        self.idx = torch.zeros(0, dtype=torch.long)
+
+    def references(self, emb: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reference embeddings, their photo indices): the batch itself first, then the memory."""
+        idx = torch.as_tensor(idx).cpu().long()
+        if self.emb is None:
+            return emb, idx
+        return torch.cat([emb, self.emb.to(emb)]), torch.cat([idx, self.idx])
+
+    def push(self, emb: torch.Tensor, idx: torch.Tensor) -> None:
+        e, i = emb.detach().float().cpu(), torch.as_tensor(idx).cpu().long()
+        self.emb = e[-self.size:] if self.emb is None else torch.cat([self.emb, e])[-self.size:]
+        self.idx = torch.cat([self.idx, i])[-self.size:]
+
+
 class GroundRules:
-    """(B, B) positive and negative masks of a batch from the photos' global indices.
+    """(B, R) positive and negative masks from a batch's photos to reference photos (default: the batch
+    itself), from the photos' global indices.
 
     positives: candidate pairs (positive_candidates); under weak supervision only each anchor's
     candidate closest in embedding space. negatives: ground distance beyond neg_radius_m, except the
@@ -185,14 +218,16 @@ class GroundRules:
             self.never_negative = sp.csr_matrix((np.ones(len(m.indices), dtype=bool), m.indices, m.indptr),
                                                 shape=m.shape)
 
-    def masks(self, photo_idx, dissimilarity: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def masks(self, photo_idx, dissimilarity: torch.Tensor | None = None,
+              ref_idx=None) -> tuple[torch.Tensor, torch.Tensor]:
         idx = _as_numpy(photo_idx)
-        g = batch_distances(self.dist, idx)
+        ref = idx if ref_idx is None else _as_numpy(ref_idx)
+        g = batch_distances(self.dist, idx, ref)
         with np.errstate(invalid="ignore"):
             neg = torch.from_numpy(g > self.neg_radius_m)
         if self.never_negative is not None:
-            neg &= ~torch.from_numpy(self.never_negative[idx][:, idx].toarray())
-        pos = torch.from_numpy(self.cand[idx][:, idx].toarray())
+            neg &= ~torch.from_numpy(self.never_negative[idx][:, ref].toarray())
+        pos = torch.from_numpy(self.cand[idx][:, ref].toarray())
         pos &= ~torch.from_numpy(np.isnan(g))
         if self.weak and dissimilarity is not None:
             d = torch.where(pos.to(dissimilarity.device), dissimilarity, torch.inf)
@@ -218,16 +253,18 @@ class GeodesicTripletMiner:
         self.rules, self.strategy, self.margin = rules, strategy, margin
         self.distance = distance or distances.LpDistance()  # TripletMarginLoss's own default
 
-    def __call__(self, embeddings: torch.Tensor, photo_idx) -> tuple[torch.Tensor, ...]:
-        d = _embedding_distances(self.distance, embeddings)
-        pos, neg = (m.to(embeddings.device) for m in self.rules.masks(photo_idx, d))
+    def __call__(self, embeddings: torch.Tensor, photo_idx, ref_emb: torch.Tensor | None = None,
+                 ref_idx=None) -> tuple[torch.Tensor, ...]:
+        """Anchors index `embeddings`; positives and negatives index `ref_emb` (default: embeddings)."""
+        d = _embedding_distances(self.distance, embeddings, ref_emb)
+        pos, neg = (m.to(embeddings.device) for m in self.rules.masks(photo_idx, d, ref_idx))
         a, p = torch.nonzero(pos, as_tuple=True)
         if self.strategy == "hardest":
             an = torch.where(neg[a], d[a], torch.inf)
             n = an.argmin(dim=1)
             keep = torch.isfinite(an.min(dim=1).values)
             return a[keep], p[keep], n[keep]
-        # (pairs, B) margins of every candidate negative for each positive pair
+        # (pairs, R) margins of every candidate negative for each positive pair
         m = d[a] - d[a, p][:, None]
         ok = neg[a] & {"semihard": (m > 0) & (m <= self.margin), "hard": m <= 0,
                        "all": m <= self.margin}[self.strategy]
@@ -237,7 +274,7 @@ class GeodesicTripletMiner:
 
 def informative_pairs(sim: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
                       epsilon: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """pml's MultiSimilarityMiner rule on (B, B) masks: keep a negative pair if its similarity + epsilon
+    """pml's MultiSimilarityMiner rule on (B, R) masks: keep a negative pair if its similarity + epsilon
     exceeds its anchor's least similar positive, a positive pair if its similarity - epsilon is below
     its anchor's most similar negative."""
     hardest_pos = torch.where(pos, sim, torch.inf).min(dim=1, keepdim=True).values
@@ -258,9 +295,12 @@ class GeodesicPairMiner:
             raise GeolocError(f"pair miner {strategy!r}: expected one of {', '.join(PAIR_STRATEGIES)}")
         self.rules, self.strategy, self.epsilon = rules, strategy, epsilon
 
-    def __call__(self, embeddings: torch.Tensor, photo_idx) -> tuple[torch.Tensor, ...]:
-        sim = distances.CosineSimilarity()(embeddings.detach().float())
-        pos, neg = (m.to(embeddings.device) for m in self.rules.masks(photo_idx, -sim))
+    def __call__(self, embeddings: torch.Tensor, photo_idx, ref_emb: torch.Tensor | None = None,
+                 ref_idx=None) -> tuple[torch.Tensor, ...]:
+        """Anchors index `embeddings`; positives and negatives index `ref_emb` (default: embeddings)."""
+        ref = None if ref_emb is None else ref_emb.detach().float()
+        sim = distances.CosineSimilarity()(embeddings.detach().float(), ref)
+        pos, neg = (m.to(embeddings.device) for m in self.rules.masks(photo_idx, -sim, ref_idx))
         if self.strategy == "multi_similarity":
             pos, neg = informative_pairs(sim, pos, neg, self.epsilon)
         a1, p = torch.nonzero(pos, as_tuple=True)
@@ -277,7 +317,7 @@ def make_loss(cfg) -> losses.BaseMetricLossFunction:
     if cfg.loss == "triplet":
         return losses.TripletMarginLoss(margin=cfg.margin)
     if cfg.loss == "multi_similarity":
-        return losses.MultiSimilarityLoss()
+        return losses.MultiSimilarityLoss(alpha=cfg.ms_alpha, beta=cfg.ms_beta, base=cfg.ms_base)
     if cfg.loss == "contrastive":
         return losses.ContrastiveLoss(pos_margin=0.0, neg_margin=1.0)
     raise GeolocError(f"embedding.loss {cfg.loss!r}: expected one of {', '.join(LOSSES)}")

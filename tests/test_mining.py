@@ -6,7 +6,7 @@ import torch
 
 from retrieval import GeolocError
 from retrieval.config import EmbeddingConfig
-from retrieval.mining import (GeodesicPairMiner, GeodesicTripletMiner, GroundRules, PlaceBatchSampler,
+from retrieval.mining import (GeodesicPairMiner, GeodesicTripletMiner, GroundRules, PhotoMemory, PlaceBatchSampler,
                               batch_distances, heading_gap_deg, informative_pairs, make_loss, make_miner,
                               positive_candidates, resolve_supervision)
 from retrieval.streets import euclidean_neighbours
@@ -165,6 +165,78 @@ def test_a_gradient_step_pulls_positives_together(city, loss):
     assert all(np.isfinite(losses)) and losses[0] > 0
     assert losses[-1] < losses[0]
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_batch_distances_to_a_memory_with_repeats(city):
+    dist, truth, keep = city
+    kept, bad = np.flatnonzero(keep), np.flatnonzero(~keep)
+    idx = kept[:10]
+    ref = np.r_[idx[3], kept[20:25], idx[3], bad[0], kept[40]]
+    g = batch_distances(dist, idx, ref)
+    t = truth[np.ix_(idx, ref)]
+    known = np.ones(len(ref), dtype=bool)
+    known[7] = False  # the excluded photo
+    assert g.shape == (10, 9) and np.isnan(g[:, 7]).all() and not np.isnan(g[:, known]).any()
+    tk, gk = t[:, known], g[:, known]
+    assert np.allclose(gk[tk <= NEG], tk[tk <= NEG], atol=1e-3) and np.isinf(gk[tk > NEG + 1e-3]).all()
+    assert np.array_equal(g[:, 0], g[:, 6]) and g[3, 0] == 0  # a repeated photo gets the same column
+
+
+def test_pair_miner_mines_a_memory_beside_the_batch(city):
+    dist, truth, keep = city
+    batches = iter(PlaceBatchSampler(dist, pos_radius_m=POS, seed=3))
+    batch, earlier = np.asarray(next(batches)), np.asarray(next(batches))
+    memory = PhotoMemory(len(earlier))
+    memory.push(torch.randn(len(earlier), 4), torch.as_tensor(earlier))
+    emb = torch.nn.functional.normalize(torch.randn(len(batch), 4), dim=1)
+    ref, ref_idx = memory.references(emb, torch.as_tensor(batch))
+    assert torch.equal(ref_idx, torch.as_tensor(np.r_[batch, earlier])) and torch.equal(ref[:len(batch)], emb)
+    a1, p, a2, n = (t.numpy() for t in GeodesicPairMiner(rules(dist), "all")(emb, batch, ref, ref_idx))
+    cols = np.r_[batch, earlier]
+    t = truth[np.ix_(batch, cols)]
+    want_pos = {(i, j) for i, j in zip(*np.nonzero(t <= POS)) if batch[i] != cols[j]}
+    want_neg = set(zip(*np.nonzero(t > NEG)))
+    assert set(zip(a1, p)) == want_pos and set(zip(a2, n)) == want_neg
+    assert (p >= len(batch)).any() and (n >= len(batch)).any()  # pairs reach into the memory
+
+
+def test_photo_memory_keeps_the_latest_photos():
+    memory = PhotoMemory(6)
+    for start in (0, 4, 8):
+        memory.push(torch.full((4, 2), float(start)), torch.arange(start, start + 4))
+    assert memory.idx.tolist() == [6, 7, 8, 9, 10, 11] and memory.emb[:, 0].tolist() == [4, 4, 8, 8, 8, 8]
+    ref, ref_idx = memory.references(torch.zeros(2, 2), torch.tensor([20, 21]))
+    assert ref_idx.tolist() == [20, 21, 6, 7, 8, 9, 10, 11] and ref.shape == (8, 2)
+
+
+def test_a_gradient_step_with_a_memory_pulls_positives_together(city):
+    dist, truth, keep = city
+    cfg = EmbeddingConfig(loss="multi_similarity", miner="all", ms_alpha=1.0, ms_base=0.0)
+    loss_fn, miner = make_loss(cfg), make_miner(cfg, rules(dist))
+    sampler = iter(PlaceBatchSampler(dist, pos_radius_m=POS, seed=5))
+    batches = [torch.as_tensor(next(sampler)) for _ in range(2)]
+    torch.manual_seed(0)
+    features = [torch.randn(len(b), 16) for b in batches]
+    model = torch.nn.Linear(16, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+
+    def in_batch_loss() -> float:  # the memory's loss grows as it fills, so judge without it
+        with torch.no_grad():
+            embs = [torch.nn.functional.normalize(model(f), dim=1) for f in features]
+            return sum(loss_fn(e, indices_tuple=miner(e, b)).item() for e, b in zip(embs, batches))
+
+    before, memory = in_batch_loss(), PhotoMemory(64)
+    for step in range(8):
+        b = step % 2
+        emb = torch.nn.functional.normalize(model(features[b]), dim=1)
+        ref, ref_idx = memory.references(emb, batches[b])
+        value = loss_fn(emb, indices_tuple=miner(emb, batches[b], ref, ref_idx), ref_emb=ref)
+        memory.push(emb, batches[b])
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        assert np.isfinite(value.item()) and value.item() > 0
+    assert len(memory.idx) == 64 and in_batch_loss() < before
 
 
 def test_factory_rejects_unknown_names(city):
