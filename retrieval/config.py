@@ -67,7 +67,9 @@ class TrainConfig:
     warmup_steps: int = 50  # linear warmup from 0 (cosine)
     max_minutes: float = 0.0  # > 0: stop after this much training time; the cosine then runs over it
     precision: str = "bf16"  # bf16 | fp32
-    max_steps_per_epoch: int = 0  # 0: a full pass over the data
+    # 0: a full pass over the data. The embedding draws its batches of places at random, so there it
+    # sets the epoch's length (validation after each), even beyond one pass.
+    max_steps_per_epoch: int = 0
     threads: int = 0  # torch intra-op threads; 0: torch's default
 
 

@@ -68,7 +68,8 @@ class EmbeddingTask:
                                  never_negative=near)
         images = decode_images(self.train, cfg.data.resize, "decode train")
         self.sampler = PlaceBatchSampler(self.dist, e.places_per_batch, e.photos_per_place, e.pos_radius_m,
-                                         candidates=cand, seed=cfg.seed, rank=distributed.rank(),
+                                         candidates=cand, batches=cfg.train.max_steps_per_epoch,
+                                         seed=cfg.seed, rank=distributed.rank(),
                                          world=distributed.world_size())
         ds = CachedImages(images, torch.arange(len(images)), train_transform(cfg.data, cfg.augment))
         self.train_loader = DataLoader(ds, batch_sampler=self.sampler, num_workers=cfg.data.num_workers,

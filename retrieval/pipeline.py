@@ -6,6 +6,7 @@ training resumes from its last checkpoint, so a killed run continues where it st
 """
 from __future__ import annotations
 
+import csv
 import json
 import shlex
 import time
@@ -169,9 +170,23 @@ def _cells_page(run: Path, lines: list[np.ndarray], out: Path, attribution: str)
                                title=f"Neighbourhood similarity ({run.name})", attribution=attribution)
 
 
+def recall_curve(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(training images seen, validation R@1 within 25 m) after each epoch of a run's log.csv; None
+    for runs that log no recall (the baselines) or have no log."""
+    log = run / "log.csv"
+    if not log.is_file():
+        return None
+    with log.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val_recall@1_25m")]
+    if not rows:
+        return None
+    return (np.cumsum([float(r["images"]) for r in rows]), np.array([float(r["val_recall@1_25m"]) for r in rows]))
+
+
 def write_report(cfg: Config, out: Path, rows: list[dict], runs: dict[str, Path], data: Path,
                  commands: list[str], notes: list[str]) -> Path:
-    from retrieval.report import error_cdf_png, floor_rows, map_png, report_md, terminal_table, versus_floors
+    from retrieval.report import (error_cdf_png, floor_rows, learning_png, map_png, report_md, terminal_table,
+                                  versus_floors)
 
     rep = out / "report"
     rep.mkdir(parents=True, exist_ok=True)
@@ -187,9 +202,12 @@ def write_report(cfg: Config, out: Path, rows: list[dict], runs: dict[str, Path]
         attribution = (data / "ATTRIBUTION.txt").read_text(encoding="utf-8").strip()
     cells_runs = [r for n, r in runs.items() if method_kind(n) == "cells"]
     page = _cells_page(cells_runs[0], lines, rep, attribution) if cells_runs else None
+    curves = {n: c for n, c in ((n, recall_curve(r)) for n, r in runs.items()) if c is not None}
+    if curves:
+        learning_png(curves, rows[0]["floors"], rep / "learning.png")
     text = report_md(rows, commands, dump_yaml(cfg),
                      notes="\n\n".join(n for n in [f"Budget: {BUDGET_RULES}", *notes, attribution] if n),
-                     neighbourhoods=page is not None)
+                     neighbourhoods=page is not None, learning=bool(curves))
     atomic_write_text(rep / "report.md", text)
     floors = rows[0]["floors"]
     tqdm.write("\n" + terminal_table(rows + floor_rows(floors)) + "\n\n"
@@ -229,17 +247,18 @@ def run_benchmark(cfg: Config, out: str | Path) -> Path:
 DEMO = {
     "name": "demo",
     "model": {"arch": "resnet18", "weights": "none", "lock_factor": 0.0},
-    "train": {"epochs": 1000, "batch_size": 64, "lr": 0.005, "warmup_steps": 20, "max_minutes": 4.0,
-              "max_steps_per_epoch": 120},
+    # validation every 224 steps (about 90 s), not every pass (112 steps): each costs 10 s of embedding
+    "train": {"epochs": 1000, "batch_size": 64, "lr": 0.005, "warmup_steps": 20, "max_minutes": 5.0,
+              "max_steps_per_epoch": 224},
     "data": {"num_workers": 0},
-    # hue jitter and the perspective warp cost more per image than they return in 4 minutes
+    # hue jitter and the perspective warp cost more per image than they return in a few minutes
     "augment": {"hue": 0.0, "perspective_p": 0.0, "random_crop": True},
     "embedding": {"places_per_batch": 16, "photos_per_place": 4},
     "cells": {"cell_size_m": 100.0, "border_spacing_m": 30.0},
     "bench": {"osm": "demo", "city_size_m": 800.0, "train_views": 1800, "headings": 4, "val_views": 200,
               "test_views": 200, "image_size": 64,
-              "methods": {"cells_voronoi": ["cells.grid=voronoi", "train.max_minutes=1.25"],
-                          "regression": ["train.max_minutes=1.25"],
+              "methods": {"cells_voronoi": ["cells.grid=voronoi", "train.max_minutes=1"],
+                          "regression": ["train.max_minutes=1"],
                           "embedding_geodesic": ["embedding.positives=geodesic"]}},
 }
 

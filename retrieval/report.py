@@ -121,6 +121,26 @@ def error_cdf_png(errors: dict[str, np.ndarray], path: str | Path) -> Path:
     return _save_fig(fig, Path(path))
 
 
+def learning_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], floors: dict, path: str | Path) -> Path:
+    """Validation R@1 within 25 m after each epoch against the training images seen so far, one curve
+    per run ({name: (images, recall)}), beside the floors' R@1 on the test views: a user sees whether
+    learning was still rising when the budget ended."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (images, recall) in curves.items():
+        ax.plot(np.asarray(images) / 1000, 100 * np.asarray(recall), marker="o", label=f"{name} (validation)")
+    for (key, label), style in zip(FLOORS, (":", "--", "-.", "-")):
+        if key in floors and key != "oracle" and "recall@1_25m" in floors[key]:
+            ax.axhline(100 * floors[key]["recall@1_25m"], color="0.4", ls=style, lw=1, label=f"{label} (test)")
+    ax.set_xlabel("training images seen (thousands)")
+    ax.set_ylabel("R@1 within 25 m (%)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title("Learning: R@1 within 25 m after each epoch")
+    return _save_fig(fig, Path(path))
+
+
 def map_png(street_lines: list[np.ndarray], true_lonlat: np.ndarray, pred_lonlat: np.ndarray,
             errors: np.ndarray, path: str | Path, title: str = "", arrows: int = 12) -> Path:
     """Streets in grey, test cameras coloured by error, and arrows from truth to prediction for the
@@ -250,7 +270,7 @@ def neighbourhoods_html(cell_polygons: list[np.ndarray], street_lines: list[np.n
 
 
 def report_md(rows: list[dict], commands: list[str], config_text: str, notes: str = "",
-              neighbourhoods: bool = True) -> str:
+              neighbourhoods: bool = True, learning: bool = False) -> str:
     """rows: the methods' metrics (each with its "floors"); the floors of the first are added as rows."""
     floors = rows[0].get("floors") if rows else None
     table = rows + (floor_rows(floors) if floors else [])
@@ -260,6 +280,8 @@ def report_md(rows: list[dict], commands: list[str], config_text: str, notes: st
     if notes:
         parts += [notes, ""]
     parts += ["![error CDF](error_cdf.png)", "", "![map](map.png)", ""]
+    if learning:
+        parts += ["![learning](learning.png)", ""]
     if neighbourhoods:
         parts += ["[Neighbourhood similarity (interactive)](neighbourhoods.html)", ""]
     parts += ["## Commands", "", "```"]

@@ -44,6 +44,8 @@ def trained(tiny_data, tmp_path_factory):
     info = json.loads((run / "run.json").read_text())
     assert info["kind"] == "embedding" and info["positives"] == "geodesic"
     assert info["streets"].endswith("streets.graphml")
+    # 90 photos would make 22 batches of 2 x 2 photos; the sampler draws exactly max_steps_per_epoch
+    assert info["batches_per_epoch"] == 2
     build_run_index(run, cfg)
     return run, cfg
 
@@ -118,3 +120,16 @@ def test_never_negative_rule_reaches_the_miner(tiny_data, positives, within, spa
     i, j = near.nonzero()
     _, neg = rules.masks(np.arange(len(train)))
     assert not neg[i, j].any()  # no pair within 60 m in a straight line is a negative
+
+
+def test_memory_mines_earlier_batches_in_the_task(tiny_data):
+    from retrieval.embedding import EmbeddingTask
+
+    cfg = load_config(None, [*TINY, f"data.train={tiny_data}", "embedding.memory_size=6"])
+    task = EmbeddingTask(cfg, {"train": read_manifest(tiny_data / "train.csv")})
+    batches = iter(task.train_loader)
+    first, second = next(batches), next(batches)
+    task.loss(task.model, first)
+    assert task.memory.idx.tolist() == first[2].tolist()
+    value = task.loss(task.model, second)
+    assert torch.isfinite(value) and task.memory.idx.tolist() == [*first[2].tolist(), *second[2].tolist()][-6:]

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.report import (COLUMNS, error_cdf_png, map_png, markdown_table, neighbourhood_matrix,
-                              neighbourhoods_html, terminal_table)
+from retrieval.pipeline import recall_curve
+from retrieval.report import (COLUMNS, error_cdf_png, learning_png, map_png, markdown_table, neighbourhood_matrix,
+                              neighbourhoods_html, report_md, terminal_table)
 
 
 def test_tables_have_every_column_and_format_values():
@@ -45,3 +46,23 @@ def test_pictures_and_page(tmp_path):
     assert "http" not in page.replace("© OpenStreetMap", "")  # offline: no tiles, no CDN
     matrix = json.loads(re.search(r"const M = (.*);", page).group(1))
     assert matrix[3] is None and len(matrix[0]) == 4
+
+
+def test_learning_curve_from_a_log(tmp_path):
+    run = tmp_path / "emb"
+    run.mkdir()
+    (run / "log.csv").write_text("epoch,train_loss,val_recall@1_25m,images\n1,0.8,0.05,640\n2,0.7,0.125,640\n"
+                                 "3,0.6,0.2,320\n")
+    images, recall = recall_curve(run)
+    assert images.tolist() == [640, 1280, 1600] and recall.tolist() == [0.05, 0.125, 0.2]
+    baseline = tmp_path / "cells"
+    baseline.mkdir()
+    (baseline / "log.csv").write_text("epoch,train_loss,val_acc,images\n1,2.0,0.3,640\n")
+    assert recall_curve(baseline) is None and recall_curve(tmp_path / "missing") is None
+    floors = {"thumbnail_knn": {"recall@1_25m": 0.05}, "constant_guess": {"recall@1_25m": 0.01},
+              "oracle": {"recall@1_25m": 1.0}}
+    png = learning_png({"emb": (images, recall)}, floors, tmp_path / "learning.png")
+    assert Image.open(png).size[0] > 400
+    rows = [{"method": "emb", "median_error_m": 10.0}]
+    assert "![learning](learning.png)" in report_md(rows, [], "", learning=True)
+    assert "learning.png" not in report_md(rows, [], "")
