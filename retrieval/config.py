@@ -109,7 +109,8 @@ class EmbeddingConfig:
     ms_beta: float = 50.0
     ms_base: float = 0.5
     # > 0: a cross-batch memory of this many recent training photos' embeddings, mined beside the batch
-    # (more places to find hard negatives among than a small CPU batch holds)
+    # (more places to find hard negatives among than a small CPU batch holds). From random weights it
+    # stalled learning (benchmarks/RESULTS.md), so it is off by default.
     memory_size: int = 0
     streets: str = ""  # .osm/.osm.bz2/.graphml file, or bbox:lon_min,lat_min,lon_max,lat_max / place:NAME (online)
     network_type: str = "walk"  # walk | all, for downloaded graphs
