@@ -136,7 +136,7 @@ def learning_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], floors: dict,
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside: curves fill the axes
     ax.set_title("Learning: R@1 within 25 m after each epoch")
     return _save_fig(fig, Path(path))
 
