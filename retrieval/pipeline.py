@@ -6,7 +6,6 @@ training resumes from its last checkpoint, so a killed run continues where it st
 """
 from __future__ import annotations
 
-import csv
 import json
 import shlex
 import time
@@ -18,7 +17,7 @@ from tqdm import tqdm
 
 from retrieval import GeolocError
 from retrieval.config import Config, dump_yaml, load_config, prepare_run_dir, to_dict
-from retrieval.util import atomic_write_text, import_target
+from retrieval.util import atomic_write_text, import_target, read_log
 
 # The first word of a method's name says what it trains; the rest tells variants apart.
 TRAINERS = {
@@ -173,11 +172,7 @@ def _cells_page(run: Path, lines: list[np.ndarray], out: Path, attribution: str)
 def recall_curve(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
     """(training images seen, validation R@1 within 25 m) after each epoch of a run's log.csv; None
     for runs that log no recall (the baselines) or have no log."""
-    log = run / "log.csv"
-    if not log.is_file():
-        return None
-    with log.open(newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val_recall@1_25m")]
+    rows = [r for r in read_log(run / "log.csv") if r.get("val_recall@1_25m")]
     if not rows:
         return None
     return (np.cumsum([float(r["images"]) for r in rows]), np.array([float(r["val_recall@1_25m"]) for r in rows]))

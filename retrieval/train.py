@@ -32,7 +32,7 @@ from retrieval.config import Config, TrainConfig
 from retrieval.data import Manifest, load_splits, read_manifest
 from retrieval.models import freeze_batchnorm
 from retrieval.transforms import one_thread
-from retrieval.util import atomic_write, atomic_write_json, load_checkpoint, save_checkpoint
+from retrieval.util import atomic_write, atomic_write_json, load_checkpoint, read_log, save_checkpoint
 
 
 class Task(Protocol):
@@ -177,13 +177,6 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     atomic_write(path, lambda p: p.write_text(buf.getvalue(), encoding="utf-8"))
 
 
-def _read_log(path: Path, upto_epoch: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return [r for r in csv.DictReader(f) if int(r["epoch"]) <= upto_epoch]
-
-
 def _tensorboard(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -248,7 +241,7 @@ def _resume(task: Task, model: nn.Module, opt: torch.optim.Optimizer, cfg: Confi
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     _restore_rng(state, cfg, state["epoch"])
-    return state["epoch"], state["best"], state["best_epoch"], state["step"], _read_log(run_dir / "log.csv",
+    return state["epoch"], state["best"], state["best_epoch"], state["step"], read_log(run_dir / "log.csv",
                                                                                         state["epoch"])
 
 

@@ -1,6 +1,7 @@
 """Atomic file writes, run directories and checkpoint save/resume."""
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -114,6 +115,15 @@ def create_npy(path: str | Path, shape: tuple[int, ...], dtype="float32") -> Pat
             raise GeolocError(disk_full_message(path, exc)) from None
         raise
     return path
+
+
+def read_log(path: str | Path, upto_epoch: int | None = None) -> list[dict]:
+    """A run's log.csv as one dict of strings per epoch (up to `upto_epoch`); [] when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return [r for r in csv.DictReader(f) if upto_epoch is None or int(r["epoch"]) <= upto_epoch]
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
