@@ -112,6 +112,11 @@ class EmbeddingConfig:
     # (more places to find hard negatives among than a small CPU batch holds). From random weights it
     # stalled learning (benchmarks/RESULTS.md), so it is off by default.
     memory_size: int = 0
+    # > 0: this weight times a cross-entropy over the `cells` grid (cells.grid, cells.cell_size_m), on the
+    # embedding itself (a cosine classifier, pml's NormalizedSoftmaxLoss), added to the metric loss in
+    # training only. The cells baseline learns the district from random weights faster than the
+    # metric loss does (benchmarks/RESULTS.md); this hands that signal to the embedding.
+    cell_loss_weight: float = 0.0
     streets: str = ""  # .osm/.osm.bz2/.graphml file, or bbox:lon_min,lat_min,lon_max,lat_max / place:NAME (online)
     network_type: str = "walk"  # walk | all, for downloaded graphs
     max_snap_m: float = 30.0  # photos farther than this from any street are left out of mining
@@ -269,7 +274,7 @@ RANGES = {
     "embedding.photos_per_place": (2, None, True, True), "embedding.margin": (0, None, False, True),
     "embedding.ms_alpha": (0, None, False, True), "embedding.ms_beta": (0, None, False, True),
     "embedding.ms_base": (-1, 1, True, True),
-    "embedding.memory_size": (0, None, True, True),
+    "embedding.memory_size": (0, None, True, True), "embedding.cell_loss_weight": (0, None, True, True),
     "embedding.max_snap_m": (0, None, False, True), "embedding.never_negative_within_m": (0, None, True, True),
     "index.nlist": (1, None, True, True), "index.pq_m": (1, None, True, True), "index.pq_nbits": (1, 16, True, True),
     "index.k_factor": (1, None, True, True), "index.nprobe": (1, None, True, True),

@@ -78,19 +78,36 @@ class EmbeddingTask:
         self.model = embedding_net(cfg.model.weights, cfg.model.embed_dim, cfg.model.lock_factor, cfg.model.arch)
         self.loss_fn, self.miner = make_loss(e), make_miner(e, self.rules)
         self.memory = PhotoMemory(e.memory_size) if e.memory_size > 0 else None
+        self.cell_of_photo, self.extra = self._cell_head(cfg) if e.cell_loss_weight > 0 else (None, None)
         self.val = splits.get("val")
         if self.val is not None:
             self.val_images = decode_images(self.val, cfg.data.resize, "decode val")
+
+    def _cell_head(self, cfg: Config) -> tuple[torch.Tensor, torch.nn.Module]:
+        """Each training photo's cell class, and the cosine classifier over those classes."""
+        from pytorch_metric_learning import losses
+
+        from baselines.cells import cell_table, make_grid
+
+        grid = make_grid(cfg, self.train)
+        classes = cell_table(grid, self.train)["class"]
+        cell_of_photo = torch.tensor([classes[c] for c in grid.assign(self.train.lat, self.train.lon)])
+        return cell_of_photo, losses.NormalizedSoftmaxLoss(int(cell_of_photo.max()) + 1, cfg.model.embed_dim)
 
     def loss(self, model, batch) -> torch.Tensor:
         images, _, idx = batch
         # Under torchrun the miner sees every rank's photos, so triplets can cross ranks.
         emb, idx = distributed.gather_batch(model(images).float(), idx)
         if self.memory is None:
-            return self.loss_fn(emb, indices_tuple=self.miner(emb, idx))
-        ref, ref_idx = self.memory.references(emb, idx)
-        loss = self.loss_fn(emb, indices_tuple=self.miner(emb, idx, ref, ref_idx), ref_emb=ref)
-        self.memory.push(emb, idx)
+            loss = self.loss_fn(emb, indices_tuple=self.miner(emb, idx))
+        else:
+            ref, ref_idx = self.memory.references(emb, idx)
+            loss = self.loss_fn(emb, indices_tuple=self.miner(emb, idx, ref, ref_idx), ref_emb=ref)
+            self.memory.push(emb, idx)
+        if self.extra is not None:
+            # Every rank scores the same gathered batch, so the classifier's weights stay equal on all ranks.
+            cells = self.cell_of_photo[idx.cpu()].to(emb.device)
+            loss = loss + self.cfg.embedding.cell_loss_weight * self.extra(emb, cells)
         return loss
 
     def validate(self, model) -> dict[str, float]:
@@ -113,6 +130,8 @@ class EmbeddingTask:
         e = self.cfg.embedding
         return {"positives": e.positives, "streets": street_source(self.cfg), "loss": e.loss, "miner": e.miner,
                 "supervision": self.supervision, "arch": self.cfg.model.arch,
+                "cell_loss_weight": e.cell_loss_weight,
+                "cell_classes": None if self.extra is None else int(self.extra.W.shape[1]),
                 "positive_candidates": int(self.rules.cand.nnz),
                 "excluded_from_mining": self.excluded, "pairs_within_neg_radius": int(self.dist.nnz),
                 "batches_per_epoch": len(self.sampler)}

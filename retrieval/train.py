@@ -48,6 +48,14 @@ class Task(Protocol):
 
     def info(self) -> dict: ...  # extra run.json entries (e.g. number of cells)
 
+    # Optional: `extra`, an nn.Module of weights the loss trains beside the model (e.g. a classifier
+    # head used only in training). It is optimised and checkpointed ("extra") but is not the model.
+
+
+def extra_module(task) -> nn.Module | None:
+    """The task's `extra` weights, or None."""
+    return getattr(task, "extra", None)
+
 
 # --- precision and inference -----------------------------------------------------------------------
 
@@ -239,6 +247,11 @@ def _resume(task: Task, model: nn.Module, opt: torch.optim.Optimizer, cfg: Confi
     if state.get("kind") != task.kind:
         raise GeolocError(f"{last}: a {state.get('kind')} checkpoint, cannot resume a {task.kind} run")
     model.load_state_dict(state["model"])
+    if extra_module(task) is not None:
+        if "extra" not in state:
+            raise GeolocError(f"{last}: trained without the weights this config adds to the loss "
+                              "(e.g. embedding.cell_loss_weight); resume with the run's own config.yaml")
+        extra_module(task).load_state_dict(state["extra"])
     opt.load_state_dict(state["optimizer"])
     _restore_rng(state, cfg, state["epoch"])
     return state["epoch"], state["best"], state["best_epoch"], state["step"], read_log(run_dir / "log.csv",
@@ -353,6 +366,10 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise GeolocError("nothing to train: model.lock_factor froze every layer")
+    extra = extra_module(task)
+    if extra is not None:
+        extra.to(dev)
+        params += [p for p in extra.parameters() if p.requires_grad]
     opt = make_optimizer(params, t)
     start, best, best_epoch, step, rows = _resume(task, model, opt, cfg, run_dir, resume)
     # DDP averages gradients over ranks in backward; the optimiser and checkpoints keep the bare model.
@@ -408,6 +425,8 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
         state = {"kind": task.kind, "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "step": step, "epoch": epoch, "best": best, "best_epoch": best_epoch,
                  "metric": metric, "rng": rngs[0], "rng_ranks": rngs}
+        if extra is not None:
+            state["extra"] = extra.state_dict()
         if improved:
             save_checkpoint(run_dir / "best.pt", state)
         save_checkpoint(run_dir / "last.pt", state)

@@ -133,3 +133,36 @@ def test_memory_mines_earlier_batches_in_the_task(tiny_data):
     assert task.memory.idx.tolist() == first[2].tolist()
     value = task.loss(task.model, second)
     assert torch.isfinite(value) and task.memory.idx.tolist() == [*first[2].tolist(), *second[2].tolist()][-6:]
+
+
+def test_cell_loss_trains_a_classifier_over_the_cells_grid(tiny_data, tmp_path):
+    from baselines.cells import make_grid
+    from retrieval.embedding import EmbeddingTask
+    from retrieval.util import load_checkpoint
+
+    cfg = load_config(None, [*TINY, f"data.train={tiny_data}", "embedding.cell_loss_weight=0.5",
+                             "cells.cell_size_m=200", "cells.border_spacing_m=0"])
+    train = read_manifest(tiny_data / "train.csv")
+    task = EmbeddingTask(cfg, {"train": train})
+    cells = make_grid(cfg, train).assign(train.lat, train.lon)
+    # one class per occupied cell, numbered in cell order; photos of one cell share a class
+    assert task.extra.W.shape == (64, len(np.unique(cells)))
+    assert np.array_equal(task.cell_of_photo.numpy(), np.searchsorted(np.unique(cells), cells))
+    batch = next(iter(task.train_loader))
+    with torch.no_grad():  # the same batch twice: BatchNorm's batch statistics, so the same embeddings
+        with_cells = float(task.loss(task.model, batch))
+        cfg.embedding.cell_loss_weight = 0.0
+        metric_only = float(task.loss(task.model, batch))
+        expected = 0.5 * float(task.extra(task.model(batch[0]).float(), task.cell_of_photo[batch[2]]))
+    assert expected > 0 and with_cells - metric_only == pytest.approx(expected, rel=1e-4)
+
+    run = tmp_path / "emb"
+    cfg.embedding.cell_loss_weight = 0.5
+    prepare_run_dir(run, cfg)
+    info = train_embedding(cfg, run)
+    assert info["epochs"] == 1
+    assert json.loads((run / "run.json").read_text())["cell_classes"] == task.extra.W.shape[1]
+    assert load_checkpoint(run / "last.pt")["extra"]["W"].shape == task.extra.W.shape
+    build_run_index(run, cfg)  # the index loads the embedding alone, without the classifier
+    assert evaluate_run(run, tiny_data)["n"] == 10
+

@@ -149,6 +149,45 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
     assert untimed(read_log(tmp_path / "whole" / "log.csv")) == untimed(read_log(killed / "log.csv"))
 
 
+class ExtraTask(ToyTask):
+    """The loss trains a head beside the model (`extra`), as the embedding's cell classifier does."""
+
+    def __init__(self, cfg: Config, seed: int = 0, kill_at_call: int | None = None):
+        super().__init__(cfg, seed, kill_at_call)
+        self.extra = nn.Linear(N_CLASSES, N_CLASSES)
+
+    def loss(self, model, batch):
+        self.calls += 1
+        if self.calls == self.kill_at_call:
+            raise KeyboardInterrupt
+        images, labels, _ = batch
+        return F.cross_entropy(self.extra(model(images).float()), labels)
+
+
+def test_extra_weights_are_trained_checkpointed_and_resumed(tmp_path):
+    cfg = toy_config(epochs=3, max_steps_per_epoch=4)
+    whole = ExtraTask(cfg)
+    before = {k: v.clone() for k, v in whole.extra.state_dict().items()}
+    fit(whole, cfg, tmp_path / "whole")
+    a = load_checkpoint(tmp_path / "whole" / "last.pt")
+    assert not torch.equal(a["extra"]["weight"], before["weight"])  # the optimiser moved them
+    assert all(torch.equal(a["extra"][k], v) for k, v in whole.extra.state_dict().items())
+    assert not any(k.startswith("extra") for k in a["model"])  # the model's entry stays the model alone
+
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        fit(ExtraTask(cfg, kill_at_call=6), cfg, killed)
+    fit(ExtraTask(cfg, seed=99), cfg, killed, resume=True)  # other starting weights: resume restores them
+    b = load_checkpoint(killed / "last.pt")
+    for k in a["extra"]:
+        assert torch.equal(a["extra"][k], b["extra"][k]), k
+
+    plain = tmp_path / "plain"
+    fit(ToyTask(toy_config(epochs=1, max_steps_per_epoch=2)), toy_config(epochs=1, max_steps_per_epoch=2), plain)
+    with pytest.raises(GeolocError, match="last.pt: trained without the weights this config adds"):
+        fit(ExtraTask(cfg), cfg, plain, resume=True)
+
+
 def test_refuses_to_overwrite_or_resume_nothing(tmp_path):
     cfg = toy_config(epochs=1, max_steps_per_epoch=1)
     fit(ToyTask(cfg), cfg, tmp_path / "run")
