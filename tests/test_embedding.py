@@ -165,4 +165,3 @@ def test_cell_loss_trains_a_classifier_over_the_cells_grid(tiny_data, tmp_path):
     assert load_checkpoint(run / "last.pt")["extra"]["W"].shape == task.extra.W.shape
     build_run_index(run, cfg)  # the index loads the embedding alone, without the classifier
     assert evaluate_run(run, tiny_data)["n"] == 10
-
