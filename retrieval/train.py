@@ -247,11 +247,12 @@ def _resume(task: Task, model: nn.Module, opt: torch.optim.Optimizer, cfg: Confi
     if state.get("kind") != task.kind:
         raise GeolocError(f"{last}: a {state.get('kind')} checkpoint, cannot resume a {task.kind} run")
     model.load_state_dict(state["model"])
-    if extra_module(task) is not None:
+    extra = extra_module(task)
+    if extra is not None:
         if "extra" not in state:
             raise GeolocError(f"{last}: trained without the weights this config adds to the loss "
                               "(e.g. embedding.cell_loss_weight); resume with the run's own config.yaml")
-        extra_module(task).load_state_dict(state["extra"])
+        extra.load_state_dict(state["extra"])
     opt.load_state_dict(state["optimizer"])
     _restore_rng(state, cfg, state["epoch"])
     return state["epoch"], state["best"], state["best_epoch"], state["step"], read_log(run_dir / "log.csv",
