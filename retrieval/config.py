@@ -117,6 +117,9 @@ class EmbeddingConfig:
     # training only. The cells baseline learns the district from random weights faster than the
     # metric loss does (benchmarks/RESULTS.md); this hands that signal to the embedding.
     cell_loss_weight: float = 0.0
+    # > 1 (needs headings): the cell loss's classes are (cell, heading bin) pairs, bins of 360/N degrees
+    # centred on north, so views of one cell facing apart (which share nothing) are not one class.
+    cell_heading_bins: int = 1
     streets: str = ""  # .osm/.osm.bz2/.graphml file, or bbox:lon_min,lat_min,lon_max,lat_max / place:NAME (online)
     network_type: str = "walk"  # walk | all, for downloaded graphs
     max_snap_m: float = 30.0  # photos farther than this from any street are left out of mining
@@ -275,6 +278,7 @@ RANGES = {
     "embedding.ms_alpha": (0, None, False, True), "embedding.ms_beta": (0, None, False, True),
     "embedding.ms_base": (-1, 1, True, True),
     "embedding.memory_size": (0, None, True, True), "embedding.cell_loss_weight": (0, None, True, True),
+    "embedding.cell_heading_bins": (1, 36, True, True),
     "embedding.max_snap_m": (0, None, False, True), "embedding.never_negative_within_m": (0, None, True, True),
     "index.nlist": (1, None, True, True), "index.pq_m": (1, None, True, True), "index.pq_nbits": (1, 16, True, True),
     "index.k_factor": (1, None, True, True), "index.nprobe": (1, None, True, True),

@@ -84,15 +84,23 @@ class EmbeddingTask:
             self.val_images = decode_images(self.val, cfg.data.resize, "decode val")
 
     def _cell_head(self, cfg: Config) -> tuple[torch.Tensor, torch.nn.Module]:
-        """Each training photo's cell class, and the cosine classifier over those classes."""
+        """Each training photo's class (its cell, or its cell and heading bin), and the cosine classifier
+        over those classes."""
         from pytorch_metric_learning import losses
 
-        from baselines.cells import cell_table, make_grid
+        from baselines.cells import make_grid
 
-        grid = make_grid(cfg, self.train)
-        classes = cell_table(grid, self.train)["class"]
-        cell_of_photo = torch.tensor([classes[c] for c in grid.assign(self.train.lat, self.train.lon)])
-        return cell_of_photo, losses.NormalizedSoftmaxLoss(int(cell_of_photo.max()) + 1, cfg.model.embed_dim)
+        cells = make_grid(cfg, self.train).assign(self.train.lat, self.train.lon)
+        bins = cfg.embedding.cell_heading_bins
+        if bins > 1:
+            if self.train.heading is None or np.isnan(self.train.heading).any():
+                raise GeolocError(f"embedding.cell_heading_bins={bins}: needs a heading for every training photo, "
+                                  f"and {cfg.data.train} lacks some")
+            width = 360.0 / bins
+            cells = cells * bins + ((self.train.heading + width / 2) % 360 // width).astype(int)
+        _, cell_of_photo = np.unique(cells, return_inverse=True)  # classes numbered in cell order
+        return torch.as_tensor(cell_of_photo), losses.NormalizedSoftmaxLoss(int(cell_of_photo.max()) + 1,
+                                                                             cfg.model.embed_dim)
 
     def loss(self, model, batch) -> torch.Tensor:
         images, _, idx = batch
@@ -130,7 +138,7 @@ class EmbeddingTask:
         e = self.cfg.embedding
         return {"positives": e.positives, "streets": street_source(self.cfg), "loss": e.loss, "miner": e.miner,
                 "supervision": self.supervision, "arch": self.cfg.model.arch,
-                "cell_loss_weight": e.cell_loss_weight,
+                "cell_loss_weight": e.cell_loss_weight, "cell_heading_bins": e.cell_heading_bins,
                 "cell_classes": None if self.extra is None else int(self.extra.W.shape[1]),
                 "positive_candidates": int(self.rules.cand.nnz),
                 "excluded_from_mining": self.excluded, "pairs_within_neg_radius": int(self.dist.nnz),

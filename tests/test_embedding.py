@@ -165,3 +165,25 @@ def test_cell_loss_trains_a_classifier_over_the_cells_grid(tiny_data, tmp_path):
     assert load_checkpoint(run / "last.pt")["extra"]["W"].shape == task.extra.W.shape
     build_run_index(run, cfg)  # the index loads the embedding alone, without the classifier
     assert evaluate_run(run, tiny_data)["n"] == 10
+
+
+def test_cell_heading_bins_split_each_cell_by_the_way_the_camera_faces(tiny_data):
+    from baselines.cells import make_grid
+    from retrieval.embedding import EmbeddingTask
+
+    cfg = load_config(None, [*TINY, f"data.train={tiny_data}", "embedding.cell_loss_weight=0.1",
+                             "embedding.cell_heading_bins=4", "cells.cell_size_m=200", "cells.border_spacing_m=0"])
+    train = read_manifest(tiny_data / "train.csv")
+    train.heading = np.array([0.0, 44.9, 45.0, 135.0, 224.9, 315.0, 359.0, 90.0] * (len(train) // 8 + 1))[:len(train)]
+    task = EmbeddingTask(cfg, {"train": train})
+    cells = make_grid(cfg, train).assign(train.lat, train.lon)
+    # by hand: bins of 90 degrees centred on north, east, south, west
+    facing = np.array([0, 0, 1, 2, 2, 0, 0, 1] * (len(train) // 8 + 1))[:len(train)]
+    key = cells * 4 + facing
+    assert np.array_equal(task.cell_of_photo.numpy(), np.searchsorted(np.unique(key), key))
+    assert task.extra.W.shape[1] == len(np.unique(key)) > len(np.unique(cells))
+    assert task.info()["cell_heading_bins"] == 4
+
+    train.heading = None
+    with pytest.raises(GeolocError, match="cell_heading_bins=4: needs a heading for every training photo"):
+        EmbeddingTask(cfg, {"train": train})
