@@ -34,6 +34,16 @@ def make_grid(cfg: Config, train: Manifest) -> Grid:
     return build_grid(c.grid, boundary, c.cell_size_m, c.border_spacing_m, cfg.seed)
 
 
+def cell_classes_of(cfg: Config, train: Manifest, heading_bins: int = 1) -> np.ndarray:
+    """Each training photo's class: its occupied cell of the `cells` grid, or with heading_bins > 1 its
+    (cell, heading bin) pair, bins of 360/heading_bins degrees centred on north; numbered in cell order."""
+    key = make_grid(cfg, train).assign(train.lat, train.lon)
+    if heading_bins > 1:
+        width = 360.0 / heading_bins
+        key = key * heading_bins + ((train.heading + width / 2) % 360 // width).astype(int)
+    return np.unique(key, return_inverse=True)[1]
+
+
 def cell_table(grid: Grid, train: Manifest) -> dict[str, list]:
     """Per cell: training-photo count, class index (None if empty), photo and polygon centroids."""
     cells = grid.assign(train.lat, train.lon)

@@ -1,5 +1,6 @@
 """Coordinate regression, as in the study: ResNet-50 -> Linear(2048, 256) -> ReLU -> Linear(256, 2)
-trained with MSE on lat/lon scaled to [0, 1] over the training photos' bounding box."""
+trained with MSE on lat/lon scaled to [0, 1] over the training photos' bounding box; optionally with a
+cross-entropy over the cells grid beside it (`regression.cell_loss_weight`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from baselines.cells import cell_classes_of
 from retrieval import GeolocError, distributed
 from retrieval.config import Config
 from retrieval.data import Manifest
@@ -49,10 +51,16 @@ class RegressionTask:
         self.cfg = cfg
         self.box, self.n_train = bbox_of(train.lat, train.lon), len(train)
         targets = torch.from_numpy(scale(train.lat, train.lon, self.box)).float()
+        self.cell_classes = 0
+        if cfg.regression.cell_loss_weight > 0:  # the class rides along as a third target column
+            cell_of_photo = cell_classes_of(cfg, train)
+            self.cell_classes = int(cell_of_photo.max()) + 1
+            targets = torch.cat([targets, torch.from_numpy(cell_of_photo).float()[:, None]], 1)
         images = decode_images(train, cfg.data.resize, "decode train")
         self.train_loader = train_loader(images, targets, cfg.data, cfg.augment, cfg.train.batch_size,
                                          cfg.seed)
-        self.model = coordinate_regressor(cfg.model.weights, cfg.model.lock_factor, arch=cfg.model.arch)
+        self.model = coordinate_regressor(cfg.model.weights, cfg.model.lock_factor, arch=cfg.model.arch,
+                                          cell_classes=self.cell_classes)
         self.val = splits.get("val")
         if self.val is not None:
             self.val_images = decode_images(self.val, cfg.data.resize, "decode val")
@@ -61,20 +69,25 @@ class RegressionTask:
 
     def loss(self, model, batch) -> torch.Tensor:
         images, targets, _ = batch
-        return F.mse_loss(model(images).float(), targets)
+        out = model(images).float()
+        loss = F.mse_loss(out[:, :2], targets[:, :2])
+        if self.cell_classes:
+            loss = loss + self.cfg.regression.cell_loss_weight * F.cross_entropy(out[:, 2:], targets[:, 2].long())
+        return loss
 
     def validate(self, model) -> dict[str, float]:
         if self.val is None:
             return {}
         y = infer(model, self.val_images, test_transform(self.cfg.data), self.cfg.train.batch_size,
-                  self.precision, desc="validate")
+                  self.precision, desc="validate")[:, :2]
         lat, lon = unscale(y.numpy(), self.box)
         err = errors_m(lat, lon, self.val.lat, self.val.lon)
         return {"val_loss": float(F.mse_loss(y, self.val_targets)),
                 "val_median_error_m": float(np.median(err)), "val_mean_error_m": float(np.mean(err))}
 
     def info(self) -> dict:
-        return {"bbox": self.box, "n_train": self.n_train}
+        return {"bbox": self.box, "n_train": self.n_train, "cell_loss_weight": self.cfg.regression.cell_loss_weight,
+                "cell_classes": self.cell_classes}
 
 
 def train_regression(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
@@ -91,11 +104,12 @@ def predict(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
     box = read_run_info(run_dir).get("bbox")
     if not box:
         raise GeolocError(f"{run_dir}/run.json: no bbox recorded for this regression run")
-    model = coordinate_regressor("none", arch=cfg.model.arch)
+    model = coordinate_regressor("none", arch=cfg.model.arch,
+                                 cell_classes=read_run_info(run_dir).get("cell_classes") or 0)
     load_trained(model, run_dir)
     images = decode_images(test, cfg.data.resize, "decode test")
     y = infer(model, images, test_transform(cfg.data), cfg.train.batch_size,
-              resolve_precision(cfg.train.precision), desc="predict")
+              resolve_precision(cfg.train.precision), desc="predict")[:, :2]
     lat, lon = unscale(y.numpy(), box)
     # Outside [0, 1] the model placed the photo beyond every training photo: worth knowing.
     outside = float(((y.numpy() < 0) | (y.numpy() > 1)).any(axis=1).mean())

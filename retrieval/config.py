@@ -83,6 +83,14 @@ class CellsConfig:
 
 
 @dataclass
+class RegressionConfig:
+    # > 0: this weight times a cross-entropy over the `cells` grid, from a linear classifier on the
+    # trunk's features, added to the coordinates' MSE in training: the trunk learns the district from
+    # 100-odd classes faster than from two numbers (benchmarks/RESULTS.md). 0: the study's MSE alone.
+    cell_loss_weight: float = 0.0
+
+
+@dataclass
 class EmbeddingConfig:
     positives: str = "geodesic"  # geodesic | euclidean
     pos_radius_m: float = 25.0  # positives: this close (along the streets) ...
@@ -120,6 +128,11 @@ class EmbeddingConfig:
     # > 1 (needs headings): the cell loss's classes are (cell, heading bin) pairs, bins of 360/N degrees
     # centred on north, so views of one cell facing apart (which share nothing) are not one class.
     cell_heading_bins: int = 1
+    # >= 2: hard batches. From the second epoch on, each random place of a batch brings the n-1 places
+    # that look most like it (nearest in embedding space at the last validation, beyond neg_radius_m on
+    # the ground); 0: every place at random. One process only (the neighbours live on rank 0); a resumed
+    # run draws random batches until its first validation.
+    hard_places: int = 0
     streets: str = ""  # .osm/.osm.bz2/.graphml file, or bbox:lon_min,lat_min,lon_max,lat_max / place:NAME (online)
     network_type: str = "walk"  # walk | all, for downloaded graphs
     max_snap_m: float = 30.0  # photos farther than this from any street are left out of mining
@@ -173,6 +186,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cells: CellsConfig = field(default_factory=CellsConfig)
+    regression: RegressionConfig = field(default_factory=RegressionConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
@@ -278,7 +292,8 @@ RANGES = {
     "embedding.ms_alpha": (0, None, False, True), "embedding.ms_beta": (0, None, False, True),
     "embedding.ms_base": (-1, 1, True, True),
     "embedding.memory_size": (0, None, True, True), "embedding.cell_loss_weight": (0, None, True, True),
-    "embedding.cell_heading_bins": (1, 36, True, True),
+    "embedding.cell_heading_bins": (1, 36, True, True), "regression.cell_loss_weight": (0, None, True, True),
+    "embedding.hard_places": (0, None, True, True),
     "embedding.max_snap_m": (0, None, False, True), "embedding.never_negative_within_m": (0, None, True, True),
     "index.nlist": (1, None, True, True), "index.pq_m": (1, None, True, True), "index.pq_nbits": (1, 16, True, True),
     "index.k_factor": (1, None, True, True), "index.nprobe": (1, None, True, True),
@@ -327,6 +342,9 @@ def validate(cfg: "Config", where: str = "config") -> "Config":
         bad("data.resize", f"must be >= data.image_size ({d.image_size})")
     if e.neg_radius_m <= e.pos_radius_m:
         bad("embedding.neg_radius_m", f"must be above embedding.pos_radius_m ({e.pos_radius_m:g})")
+    if e.hard_places == 1 or e.hard_places > e.places_per_batch:
+        bad("embedding.hard_places", f"must be 0 (random batches) or 2 to embedding.places_per_batch "
+                                     f"({e.places_per_batch})")
     if e.miner not in MINERS[e.loss]:
         bad("embedding.miner", f"with embedding.loss={e.loss} choose one of {', '.join(MINERS[e.loss])}")
     if cfg.index.kind == "ivfpq" and cfg.model.embed_dim % cfg.index.pq_m:

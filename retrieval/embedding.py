@@ -43,6 +43,19 @@ def ground_distances(cfg: Config, train: Manifest):
                            describe=train.describe)
 
 
+HARD_NEIGHBOURS = 64  # look-alikes kept per photo for hard batches: enough to fill a group past blocked ones
+
+
+def nearest_photos(emb: np.ndarray, k: int) -> np.ndarray:
+    """(N, k) indices of each row's k most similar rows (inner product, itself excluded), exact (FAISS)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(emb.shape[1])
+    index.add(np.ascontiguousarray(emb, np.float32))
+    _, ids = index.search(np.ascontiguousarray(emb, np.float32), min(k + 1, len(emb)))
+    return np.array([row[row != i][:k] for i, row in enumerate(ids)])
+
+
 def embed(model, images: list[torch.Tensor], cfg: Config, desc: str = "embed") -> np.ndarray:
     precision = resolve_precision(cfg.train.precision)
     return infer(model, images, test_transform(cfg.data), cfg.train.batch_size, precision, desc=desc).numpy()
@@ -70,7 +83,10 @@ class EmbeddingTask:
         self.sampler = PlaceBatchSampler(self.dist, e.places_per_batch, e.photos_per_place, e.pos_radius_m,
                                          candidates=cand, batches=cfg.train.max_steps_per_epoch,
                                          seed=cfg.seed, rank=distributed.rank(),
-                                         world=distributed.world_size())
+                                         world=distributed.world_size(), hard_places=e.hard_places)
+        if e.hard_places and distributed.world_size() > 1:
+            raise GeolocError(f"embedding.hard_places={e.hard_places}: one process only (the embedding-space "
+                              "neighbours come from rank 0's validation)")
         ds = CachedImages(images, torch.arange(len(images)), train_transform(cfg.data, cfg.augment))
         self.train_loader = DataLoader(ds, batch_sampler=self.sampler, num_workers=cfg.data.num_workers,
                                        persistent_workers=cfg.data.num_workers > 0)
@@ -88,19 +104,14 @@ class EmbeddingTask:
         over those classes."""
         from pytorch_metric_learning import losses
 
-        from baselines.cells import make_grid
+        from baselines.cells import cell_classes_of
 
-        cells = make_grid(cfg, self.train).assign(self.train.lat, self.train.lon)
         bins = cfg.embedding.cell_heading_bins
-        if bins > 1:
-            if self.train.heading is None or np.isnan(self.train.heading).any():
-                raise GeolocError(f"embedding.cell_heading_bins={bins}: needs a heading for every training photo, "
-                                  f"and {cfg.data.train} lacks some")
-            width = 360.0 / bins
-            cells = cells * bins + ((self.train.heading + width / 2) % 360 // width).astype(int)
-        _, cell_of_photo = np.unique(cells, return_inverse=True)  # classes numbered in cell order
-        return torch.as_tensor(cell_of_photo), losses.NormalizedSoftmaxLoss(int(cell_of_photo.max()) + 1,
-                                                                             cfg.model.embed_dim)
+        if bins > 1 and (self.train.heading is None or np.isnan(self.train.heading).any()):
+            raise GeolocError(f"embedding.cell_heading_bins={bins}: needs a heading for every training photo, "
+                              f"and {cfg.data.train} lacks some")
+        cell_of_photo = torch.as_tensor(cell_classes_of(cfg, self.train, bins))
+        return cell_of_photo, losses.NormalizedSoftmaxLoss(int(cell_of_photo.max()) + 1, cfg.model.embed_dim)
 
     def loss(self, model, batch) -> torch.Tensor:
         images, _, idx = batch
@@ -122,9 +133,13 @@ class EmbeddingTask:
         from retrieval.floors import knn_floor
         from retrieval.vote import vote
 
-        if self.val is None:
+        if self.val is None and not self.sampler.hard:
             return {}
         db = embed(model, self.images, self.cfg, "validate: database")
+        if self.sampler.hard:
+            self.sampler.set_neighbours(nearest_photos(db, HARD_NEIGHBOURS))
+        if self.val is None:
+            return {}
         q = embed(model, self.val_images, self.cfg, "validate: queries")
         sims = q @ db.T
         ids = np.argsort(-sims, axis=1)[:, :min(self.cfg.index.k, len(db))]
@@ -139,6 +154,7 @@ class EmbeddingTask:
         return {"positives": e.positives, "streets": street_source(self.cfg), "loss": e.loss, "miner": e.miner,
                 "supervision": self.supervision, "arch": self.cfg.model.arch,
                 "cell_loss_weight": e.cell_loss_weight, "cell_heading_bins": e.cell_heading_bins,
+                "hard_places": e.hard_places,
                 "cell_classes": None if self.extra is None else int(self.extra.W.shape[1]),
                 "positive_candidates": int(self.rules.cand.nnz),
                 "excluded_from_mining": self.excluded, "pairs_within_neg_radius": int(self.dist.nnz),

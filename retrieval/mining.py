@@ -96,11 +96,17 @@ class PlaceBatchSampler(torch.utils.data.Sampler):
     With several processes (world > 1) every rank draws the same global batch of world x P places and
     keeps its own contiguous share of the places, so ranks see distinct places, the concatenation of
     the ranks' batches (in rank order) is the global batch, and every rank yields exactly len() batches.
+
+    Hard batches (hard_places = n >= 2, once set_neighbours has given each photo's nearest photos in
+    embedding space): each random place brings the n-1 places that look most like it, taken in order
+    from its anchor's neighbours, skipping photos within neg_radius_m of the batch's places (pairs that
+    close are never negatives, so they would teach nothing). The look-alikes far away are exactly the
+    wrong first answers a query gets (GPM, Ali-bey et al. 2022, builds batches the same way).
     """
 
     def __init__(self, dist: sp.csr_matrix, places: int = 8, photos_per_place: int = 4,
                  pos_radius_m: float = 25.0, candidates: sp.csr_matrix | None = None, batches: int = 0,
-                 seed: int = 0, rank: int = 0, world: int = 1):
+                 seed: int = 0, rank: int = 0, world: int = 1, hard_places: int = 0):
         if places < 1 or photos_per_place < 2:
             raise GeolocError(f"batches need >= 1 place and >= 2 photos per place "
                               f"(got {places} x {photos_per_place})")
@@ -117,6 +123,14 @@ class PlaceBatchSampler(torch.utils.data.Sampler):
             raise GeolocError(f"rank {rank} is not in a world of {world} processes")
         self.rank, self.world = rank, world
         self.batches = batches or max(1, len(self.anchors) // (places * photos_per_place * world))
+        self.dist, self.hard, self.neighbours = dist.tocsr(), hard_places, None
+
+    def set_neighbours(self, neighbours: np.ndarray | None) -> None:
+        """(N, k) photo indices, each row a photo's nearest photos in embedding space (itself may be
+        among them); None goes back to random batches."""
+        if neighbours is not None and len(neighbours) != self.cand.shape[0]:
+            raise ValueError(f"set_neighbours: {len(neighbours)} rows for {self.cand.shape[0]} photos")
+        self.neighbours = neighbours
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -139,19 +153,34 @@ class PlaceBatchSampler(torch.utils.data.Sampler):
 
     def _global_batch(self, rng: np.random.Generator) -> list[list[int]]:
         used = np.zeros(self.cand.shape[0], dtype=bool)
+        blocked = np.zeros(self.cand.shape[0], dtype=bool)  # within neg_radius_m of a place in the batch
+        has_cand = np.diff(self.cand.indptr) > 0
         groups: list[list[int]] = []
-        for anchor in rng.permutation(self.anchors):
-            if len(groups) == self.places * self.world:
-                break
-            if used[anchor]:
-                continue
-            group = self._place(int(anchor), used, rng)
+        wanted = self.places * self.world
+
+        def add(anchor: int) -> bool:
+            group = self._place(anchor, used, rng)
             if len(group) < 2:
-                continue
+                return False
             used[group] = True
             for p in group:
                 used[self._row(self.near, p)] = True
+                blocked[self._row(self.dist, p)] = True
             groups.append(group)
+            return True
+
+        hard = self.hard >= 2 and self.neighbours is not None
+        for anchor in rng.permutation(self.anchors):
+            if len(groups) == wanted:
+                break
+            if used[anchor] or not add(int(anchor)) or not hard:
+                continue
+            alike = 1
+            for c in self.neighbours[anchor]:
+                if alike == self.hard or len(groups) == wanted:
+                    break
+                if has_cand[c] and not used[c] and not blocked[c] and add(int(c)):
+                    alike += 1
         return groups
 
     def __iter__(self):

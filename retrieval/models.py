@@ -180,11 +180,26 @@ def cell_classifier(weights: str, n_classes: int, lock_factor: float = 0.0,
     return model
 
 
+class CoordinateRegressor(nn.Module):
+    """trunk -> Linear(features, hidden) -> ReLU -> Linear(hidden, 2): normalised (lat, lon). With
+    `cell_classes`, also a linear cell classifier on the trunk's features, whose logits follow the two
+    coordinates in the output (a training signal; predictions read the first two columns)."""
+
+    def __init__(self, trunk: nn.Module, n_features: int, hidden: int = 256, cell_classes: int = 0):
+        super().__init__()
+        self.trunk, self.hidden, self.relu, self.head = trunk, nn.Linear(n_features, hidden), nn.ReLU(), \
+            nn.Linear(hidden, 2)
+        self.cells = nn.Linear(n_features, cell_classes) if cell_classes else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.trunk(x)
+        y = self.head(self.relu(self.hidden(f)))
+        return y if self.cells is None else torch.cat([y, self.cells(f)], 1)
+
+
 def coordinate_regressor(weights: str, lock_factor: float = 0.0, hidden: int = 256,
-                         arch: str = "resnet50") -> nn.Sequential:
-    model = nn.Sequential(OrderedDict(
-        trunk=build_resnet(weights, arch), hidden=nn.Linear(features(arch), hidden), relu=nn.ReLU(inplace=True),
-        head=nn.Linear(hidden, 2)))
+                         arch: str = "resnet50", cell_classes: int = 0) -> CoordinateRegressor:
+    model = CoordinateRegressor(build_resnet(weights, arch), features(arch), hidden, cell_classes)
     apply_lock_factor(model, lock_factor)
     return model
 

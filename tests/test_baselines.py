@@ -162,3 +162,39 @@ def test_study_configs_cover_the_experiments():
             "regression"} <= names
     locks = {load_config(p).model.lock_factor for p in STUDY_CONFIGS}
     assert {0.0, 0.3, 0.5, 0.7, 0.9} <= locks
+
+
+def test_regression_cell_loss_adds_a_cross_entropy_over_the_cells(city, tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    from baselines.cells import cell_classes_of, make_grid
+    from baselines.regression import RegressionTask
+
+    sets = [s for s in FAST if s != "--set"] + ["model.lock_factor=0", "regression.cell_loss_weight=0.3",
+                                                 "cells.cell_size_m=300", "cells.border_spacing_m=0"]
+    cfg = load_config(None, [*sets, f"data.train={city / 'train.csv'}"])
+    splits = load_data(cfg)
+    task = RegressionTask(cfg, splits)
+    cells = make_grid(cfg, splits["train"]).assign(splits["train"].lat, splits["train"].lon)
+    assert np.array_equal(cell_classes_of(cfg, splits["train"]), np.searchsorted(np.unique(cells), cells))
+    assert task.cell_classes == len(np.unique(cells)) > 1
+    images, targets, idx = next(iter(task.train_loader))
+    task.model.eval()  # BatchNorm's running statistics: the same output however often it runs
+    with torch.no_grad():
+        out = task.model(images).float()
+        assert out.shape == (len(images), 2 + task.cell_classes)
+        assert torch.equal(targets[:, :2], torch.from_numpy(scale(splits["train"].lat, splits["train"].lon,
+                                                                  task.box)).float()[idx])
+        mse = F.mse_loss(out[:, :2], targets[:, :2])
+        ce = F.cross_entropy(out[:, 2:], torch.as_tensor(np.searchsorted(np.unique(cells), cells))[idx])
+        assert float(task.loss(task.model, (images, targets, idx))) == pytest.approx(float(mse + 0.3 * ce), rel=1e-5)
+
+    run = tmp_path / "reg_cells"
+    run_cli("train", "regression", "--data", city, "--out", run, *FAST, "--set", "train.epochs=1",
+            "--set", "regression.cell_loss_weight=0.3", "--set", "cells.cell_size_m=300",
+            "--set", "cells.border_spacing_m=0")
+    assert json.loads((run / "run.json").read_text())["cell_classes"] == task.cell_classes
+    run_cli("evaluate", "--run", run, "--data", city)
+    pred = read_csv(run / "predictions.csv")
+    assert len(pred) == 16 and all(abs(float(r["pred_lat"]) - 51.514) < 0.1 for r in pred)

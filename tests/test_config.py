@@ -92,6 +92,11 @@ def test_atomic_write_keeps_ordinary_permissions_and_no_temp_files(tmp_path):
     ("embedding.miner=semihard", r"embedding\.miner='semihard': with embedding\.loss=multi_similarity"),
     ("data.split_mode=blocks", r"data\.split_mode='blocks': choose one of place, spatial, random"),
     ("train.lr=.nan", r"train\.lr=nan: must be > 0"),
+    ("embedding.hard_places=1", r"embedding\.hard_places=1: must be 0 \(random batches\) or 2 to "
+                                r"embedding\.places_per_batch \(32\)"),
+    ("embedding.hard_places=33", r"embedding\.hard_places=33: must be 0"),
+    ("embedding.cell_heading_bins=0", r"embedding\.cell_heading_bins=0: must be in \[1, 36\]"),
+    ("regression.cell_loss_weight=-1", r"regression\.cell_loss_weight=-1\.0: must be >= 0"),
     ("data.resize=100", r"data\.resize=100: must be >= data\.image_size \(224\)"),
 ])
 def test_settings_are_checked_when_the_config_loads(override, message):

@@ -187,3 +187,22 @@ def test_cell_heading_bins_split_each_cell_by_the_way_the_camera_faces(tiny_data
     train.heading = None
     with pytest.raises(GeolocError, match="cell_heading_bins=4: needs a heading for every training photo"):
         EmbeddingTask(cfg, {"train": train})
+
+
+def test_hard_batches_take_their_look_alikes_from_each_validation(tiny_data):
+    from retrieval.embedding import EmbeddingTask, embed
+
+    cfg = load_config(None, [*TINY, f"data.train={tiny_data}", "embedding.hard_places=2"])
+    train = read_manifest(tiny_data / "train.csv")
+    task = EmbeddingTask(cfg, {"train": train})
+    assert task.sampler.neighbours is None and task.info()["hard_places"] == 2
+    task.model.eval()
+    with torch.no_grad():
+        assert task.validate(task.model) == {}  # no validation set, yet the database is embedded
+        db = embed(task.model, task.images, cfg)
+    n = len(train)
+    ids = task.sampler.neighbours
+    assert ids.shape == (n, min(64, n - 1)) and not (ids == np.arange(n)[:, None]).any()
+    sims = db @ db.T
+    np.fill_diagonal(sims, -np.inf)
+    assert np.array_equal(ids[:, 0], sims.argmax(1))  # each photo's first look-alike: its most similar

@@ -332,3 +332,39 @@ def test_informative_pairs_follow_the_multi_similarity_rule():
     neg[0, 3] = neg[0, 4] = True
     p, n = informative_pairs(sim, pos, neg, 0.1)
     assert np.argwhere(p.numpy()).tolist() == [[0, 2]] and np.argwhere(n.numpy()).tolist() == [[0, 3]]
+
+
+def test_hard_batches_bring_the_look_alike_places_beyond_the_negative_radius():
+    # five places of two photos on a line: A at 0 m, B 1 km, C 2 km, D 3 km, E 3.05 km (within 100 m of D)
+    xs = [0, 5, 1000, 1005, 2000, 2005, 3000, 3005, 3050, 3055]
+    proj = LocalProjection(51.5138, -0.0984)
+    x0, y0 = proj.to_xy(51.5138, -0.0984)
+    lat, lon = proj.to_latlon(x0 + np.asarray(xs, float), np.full(len(xs), y0))
+    dist = euclidean_neighbours(lat, lon, 100.0, projection=proj)
+    place = np.arange(10) // 2
+    alike = {0: [2], 1: [3], 2: [4], 3: [4, 0], 4: [1]}  # by hand: D's look-alike E is too near, so A
+    rows = [[p ^ 1] + [q for t in alike[place[p]] for q in (2 * t, 2 * t + 1)] for p in range(10)]
+    neighbours = np.array([r + [p ^ 1] * (5 - len(r)) for p, r in enumerate(rows)])  # padded to equal length
+    expected = {0: 2, 1: 3, 2: 4, 3: 0, 4: 1}
+
+    kw = dict(places=2, photos_per_place=2, pos_radius_m=25.0, batches=20, seed=7)
+    random = list(PlaceBatchSampler(dist, **kw))
+    sampler = PlaceBatchSampler(dist, hard_places=2, **kw)
+    assert list(sampler) == random  # no neighbours yet: the random batches, unchanged
+    sampler.set_neighbours(neighbours)
+    batches = list(sampler)
+    assert all(len(b) == 4 and place[b[2]] == expected[place[b[0]]] for b in batches)
+    assert len({place[b[0]] for b in batches}) == 5  # the first place is still drawn at random
+    assert any(place[b[2]] != expected[place[b[0]]] for b in random)
+    with pytest.raises(ValueError, match="3 rows for 10 photos"):
+        sampler.set_neighbours(neighbours[:3])
+
+
+def test_nearest_photos_match_a_brute_force_sort():
+    from retrieval.embedding import nearest_photos
+
+    emb = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    assert np.array_equal(nearest_photos(emb, 5), np.argsort(-sims, axis=1, kind="stable")[:, :5])
