@@ -101,14 +101,32 @@ def render(cfg: Config, osm: Path, out: Path) -> Path:
     return data
 
 
-def train_method(name: str, mcfg: Config, run: Path) -> None:
+# Sections a method's training never reads: a difference there is no reason to mention.
+OTHER_METHODS_SETTINGS = {"cells": ("embedding.", "regression.", "index."), "regression": ("embedding.", "index."),
+                          "embedding": ("regression.",)}
+
+
+def train_method(name: str, mcfg: Config, run: Path) -> str:
+    """Train the method unless its run already finished; returns a note when a finished run was trained
+    with other settings than this benchmark gives it (a run copied in, or the config edited since)."""
+    from retrieval.config import load_run_config
+    from retrieval.runs import config_changes
+
     info_path = run / "run.json"
     if info_path.is_file() and "train" in json.loads(info_path.read_text(encoding="utf-8")):
-        return
+        changes = {k: v for k, v in config_changes(mcfg, load_run_config(run)).items()
+                   if not k.startswith(OTHER_METHODS_SETTINGS[method_kind(name)])}
+        if not changes:
+            return ""
+        note = (f"{name} reuses the trained run in {run}, whose settings differ from this config's: "
+                + "; ".join(f"{k} {a!r} here, {b!r} in the run" for k, (a, b) in changes.items()))
+        tqdm.write(f"== warning: {note}")
+        return note
     resume = (run / "last.pt").is_file()
     prepare_run_dir(run, mcfg)
     tqdm.write(f"== {name}: {'resuming' if resume else 'training'} in {run}")
     import_target(TRAINERS[method_kind(name)])(mcfg, run, resume)
+    return ""
 
 
 def evaluate_method(run: Path, data: Path) -> dict:
@@ -220,17 +238,17 @@ def run_benchmark(cfg: Config, out: str | Path) -> Path:
     prepare_run_dir(out, cfg)
     osm = make_city(cfg, out)
     data = render(cfg, osm, out)
-    rows, runs = [], {}
+    rows, runs, reused = [], {}, []
     for name, overrides in cfg.bench.methods.items():
         run = out / "methods" / name
         mcfg = method_config(cfg, overrides, data)
-        train_method(name, mcfg, run)
+        reused.append(train_method(name, mcfg, run))
         metrics = evaluate_method(run, data)
         rows.append({"method": name, **metrics})
         runs[name] = run
     commands = [command_line()] + [f"geoloc evaluate --run {shlex.quote(str(r))} --data {shlex.quote(str(data))}"
                                    for r in runs.values()]
-    notes = [note] if note else []
+    notes = [n for n in [note, *reused] if n]
     notes.append(f"Total wall time of this job: {time.perf_counter() - t0:.0f} s "
                  "(steps already done in an earlier, interrupted run are not counted).")
     return write_report(cfg, out, rows, runs, data, commands, notes)

@@ -40,3 +40,12 @@ def test_demo_toy_end_to_end(tmp_path):
     # Run again: every step is found done and skipped, the report is rewritten.
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and "training in" not in again.stderr + again.stdout
+    assert "reuses the trained run" not in (rep / "report.md").read_text()
+    # Once more with another learning rate: the finished runs are reused, and the report says so.
+    changed = subprocess.run(cmd + ["--set", "train.lr=0.0042"], capture_output=True, text=True, cwd=REPO,
+                             timeout=600)
+    assert changed.returncode == 0 and "training in" not in changed.stderr + changed.stdout
+    report = (rep / "report.md").read_text()
+    for m in ("cells_voronoi", "regression", "embedding_geodesic"):
+        assert f"{m} reuses the trained run in {out / 'methods' / m}" in report
+    assert "train.lr 0.0042 here, 0.005 in the run" in report
