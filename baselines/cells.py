@@ -154,16 +154,25 @@ def train_cells(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     return fit(task, cfg, run_dir, resume)
 
 
-def predict(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
-    grid, props = Grid.load(run_dir / GRID_FILE)
+def load_classifier(run_dir: Path, cfg: Config) -> tuple[torch.nn.Module, Grid, dict[str, list]]:
+    """A trained cells run's classifier (best.pt, else last.pt), grid and cell table."""
+    grid, props = Grid.load(Path(run_dir) / GRID_FILE)
     table = {k: [p.get(k) for p in props] for k in ("n_train", "class", "photo_lat", "photo_lon",
                                                      "poly_lat", "poly_lon")}
-    cell_of_class = _cell_of_class(table)
-    model = cell_classifier("none", len(cell_of_class), arch=cfg.model.arch)
+    model = cell_classifier("none", len(_cell_of_class(table)), arch=cfg.model.arch)
     load_trained(model, run_dir)
-    precision = resolve_precision(cfg.train.precision)
-    images = decode_images(test, cfg.data.resize, "decode test")
-    logits = infer(model, images, test_transform(cfg.data), cfg.train.batch_size, precision, desc="predict")
+    return model, grid, table
+
+
+def class_logits(model: torch.nn.Module, images: list[torch.Tensor], cfg: Config, desc: str = "predict"):
+    return infer(model, images, test_transform(cfg.data), cfg.train.batch_size,
+                 resolve_precision(cfg.train.precision), desc=desc)
+
+
+def predict(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
+    model, grid, table = load_classifier(run_dir, cfg)
+    cell_of_class = _cell_of_class(table)
+    logits = class_logits(model, decode_images(test, cfg.data.resize, "decode test"), cfg)
     pred = predicted_cells(cell_of_class, logits)
     true = grid.assign(test.lat, test.lon)
     lat, lon = _centroids(table, cfg.cells.centroid)

@@ -133,6 +133,10 @@ class EmbeddingConfig:
     # the ground); 0: every place at random. One process only (the neighbours live on rank 0); a resumed
     # run draws random batches until its first validation.
     hard_places: int = 0
+    # > 0: this share of train.max_minutes trains a cells classifier after the embedding (RUN/cells),
+    # whose log p(cell | query) reranks the query's neighbours (retrieval.prior): the two models fail on
+    # different photos (benchmarks/RESULTS.md). 0: the embedding alone.
+    cell_prior_share: float = 0.0
     streets: str = ""  # .osm/.osm.bz2/.graphml file, or bbox:lon_min,lat_min,lon_max,lat_max / place:NAME (online)
     network_type: str = "walk"  # walk | all, for downloaded graphs
     max_snap_m: float = 30.0  # photos farther than this from any street are left out of mining
@@ -155,6 +159,7 @@ class IndexConfig:
     k: int = 10
     vote: str = "pool"  # pool | top1 | weighted_mean
     vote_radius_m: float = 50.0
+    cell_prior_candidates: int = 1000  # with a cells prior: nearest neighbours it reranks
 
 
 @dataclass
@@ -293,7 +298,8 @@ RANGES = {
     "embedding.ms_base": (-1, 1, True, True),
     "embedding.memory_size": (0, None, True, True), "embedding.cell_loss_weight": (0, None, True, True),
     "embedding.cell_heading_bins": (1, 36, True, True), "regression.cell_loss_weight": (0, None, True, True),
-    "embedding.hard_places": (0, None, True, True),
+    "embedding.hard_places": (0, None, True, True), "embedding.cell_prior_share": (0, 1, True, False),
+    "index.cell_prior_candidates": (1, None, True, True),
     "embedding.max_snap_m": (0, None, False, True), "embedding.never_negative_within_m": (0, None, True, True),
     "index.nlist": (1, None, True, True), "index.pq_m": (1, None, True, True), "index.pq_nbits": (1, 16, True, True),
     "index.k_factor": (1, None, True, True), "index.nprobe": (1, None, True, True),
@@ -345,6 +351,8 @@ def validate(cfg: "Config", where: str = "config") -> "Config":
     if e.hard_places == 1 or e.hard_places > e.places_per_batch:
         bad("embedding.hard_places", f"must be 0 (random batches) or 2 to embedding.places_per_batch "
                                      f"({e.places_per_batch})")
+    if e.cell_prior_share > 0 and cfg.train.max_minutes <= 0:
+        bad("embedding.cell_prior_share", "splits a time budget: set train.max_minutes too")
     if e.miner not in MINERS[e.loss]:
         bad("embedding.miner", f"with embedding.loss={e.loss} choose one of {', '.join(MINERS[e.loss])}")
     if cfg.index.kind == "ivfpq" and cfg.model.embed_dim % cfg.index.pq_m:

@@ -162,7 +162,13 @@ class EmbeddingTask:
 
 
 def train_embedding(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+    from retrieval import prior
+
     distributed.init()  # before the task, whose sampler takes this process's rank
+    full, cfg = cfg, prior.budgets(cfg)[0] if cfg.embedding.cell_prior_share > 0 else cfg
+    if full is not cfg and distributed.world_size() > 1:
+        raise GeolocError("embedding.cell_prior_share: one process only (the cells prior trains after the "
+                          "embedding, on rank 0's data)")
     splits = load_data(cfg)
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
@@ -174,7 +180,12 @@ def train_embedding(cfg: Config, run_dir: str | Path, resume: bool = False) -> d
                f"{info['excluded_from_mining']} photos excluded from mining (too far from a street); "
                f"{info['batches_per_epoch']} batches of {cfg.embedding.places_per_batch} places x "
                f"{cfg.embedding.photos_per_place} photos per epoch")
-    return fit(task, cfg, run_dir, resume)
+    summary = fit(task, cfg, run_dir, resume)
+    if full is not cfg:
+        del task  # its decoded images
+        tqdm.write(f"== cells prior: {full.embedding.cell_prior_share:g} of the budget, in {Path(run_dir) / prior.PRIOR_DIR}")
+        summary = prior.record_in_run(Path(run_dir), summary, prior.train_prior(full, Path(run_dir), resume))
+    return summary
 
 
 # --- index and prediction --------------------------------------------------------------------------
@@ -310,18 +321,42 @@ def open_index(run_dir: Path, cfg: Config):
 
 
 def predict(run_dir: Path, cfg: Config, test: Manifest):
-    """Test-photo locations by each vote mode (cfg.index.vote is the headline), plus recall@N within 25 m."""
+    """Test-photo locations by each vote mode (cfg.index.vote is the headline), plus recall@N within 25 m.
+    With a cells prior (retrieval.prior) the neighbours are reranked first; the embedding alone's figures
+    stay in metrics["cell_prior"]["without"]."""
     from retrieval.evaluate import Predictions
     from retrieval.index import search
-    from retrieval.metrics import error_metrics, recall_at_n
-    from retrieval.vote import VOTE_MODES, vote
+    from retrieval.prior import CellPrior, check_complete, rerank
 
     run_dir = Path(run_dir)
+    check_complete(run_dir, cfg)
     if not (run_dir / INDEX_DIR / "index.json").is_file():
         build_run_index(run_dir, cfg)
     model, index, side = open_index(run_dir, cfg)
-    q = embed(model, decode_images(test, cfg.data.resize, "decode test"), cfg, "embed test")
-    sims, ids = search(index, q, max(cfg.index.k, 10))
+    images = decode_images(test, cfg.data.resize, "decode test")
+    q = embed(model, images, cfg, "embed test")
+    prior = CellPrior.load(run_dir)
+    n = max(cfg.index.k, 10)
+    sims, ids = search(index, q, max(n, cfg.index.cell_prior_candidates) if prior else n)
+    alone = None
+    if prior is not None:
+        alone = _scores(sims[:, :n], ids[:, :n], side, test, cfg)[2]
+        sims, ids = rerank(sims, ids, prior.log_probs(images), prior.classes(side.lat, side.lon), prior.weight)
+    sims, ids = sims[:, :n], ids[:, :n]
+    (lat, lon, conf), nb_dist, metrics = _scores(sims, ids, side, test, cfg)
+    if prior is not None:
+        metrics["cell_prior"] = {"weight": prior.weight, "without": alone}
+    return Predictions(lat=lat, lon=lon, metrics=metrics,
+                       columns={"confidence": np.round(conf, 4), "top1_error_m": np.round(nb_dist[:, 0], 2)},
+                       arrays={"neighbour_ids": ids, "similarities": sims, "confidence": conf})
+
+
+def _scores(sims, ids, side, test: Manifest, cfg: Config):
+    """The headline vote's (lat, lon, confidence), the neighbours' distances to the truth, and the metrics
+    (recall@N within 25 m, every vote mode's errors)."""
+    from retrieval.metrics import error_metrics, recall_at_n
+    from retrieval.vote import VOTE_MODES, vote
+
     missing = ids < 0  # an approximate index may find fewer than k
     nb_lat, nb_lon = np.where(missing, np.nan, side.lat[ids]), np.where(missing, np.nan, side.lon[ids])
     nb_dist = np.where(missing, np.inf, errors_m(nb_lat, nb_lon, test.lat[:, None], test.lon[:, None]))
@@ -334,6 +369,4 @@ def predict(run_dir: Path, cfg: Config, test: Manifest):
     metrics = {**recall_at_n(nb_dist, (1, 5, 10), 25.0), "vote": cfg.index.vote,
                "vote_modes": {m: error_metrics(errors_m(a, b, test.lat, test.lon)) for m, (a, b, _) in modes.items()},
                "median_confidence": float(np.median(conf))}
-    return Predictions(lat=lat, lon=lon, metrics=metrics,
-                       columns={"confidence": np.round(conf, 4), "top1_error_m": np.round(nb_dist[:, 0], 2)},
-                       arrays={"neighbour_ids": ids, "similarities": sims, "confidence": conf})
+    return (lat, lon, conf), nb_dist, metrics

@@ -113,8 +113,11 @@ def train_method(name: str, mcfg: Config, run: Path) -> str:
     from retrieval.config import load_run_config
     from retrieval.runs import config_changes
 
+    from retrieval.prior import PRIOR_DIR, PRIOR_FILE
+
     info_path = run / "run.json"
-    if info_path.is_file() and "train" in json.loads(info_path.read_text(encoding="utf-8")):
+    prior_done = mcfg.embedding.cell_prior_share == 0 or (run / PRIOR_DIR / PRIOR_FILE).is_file()
+    if info_path.is_file() and "train" in json.loads(info_path.read_text(encoding="utf-8")) and prior_done:
         changes = {k: v for k, v in config_changes(mcfg, load_run_config(run)).items()
                    if not k.startswith(OTHER_METHODS_SETTINGS[method_kind(name)])}
         if not changes:
@@ -207,7 +210,7 @@ def write_report(cfg: Config, out: Path, rows: list[dict], runs: dict[str, Path]
     preds = {name: _predictions(run) for name, run in runs.items()}
     error_cdf_png({n: p["error_m"] for n, p in preds.items()}, rep / "error_cdf.png")
     lines = street_lines(data)
-    best = min(rows, key=lambda r: r["median_error_m"])["method"]
+    best = min((r for r in rows if r["method"] in runs), key=lambda r: r["median_error_m"])["method"]
     p = preds[best]
     map_png(lines, np.column_stack([p["true_lon"], p["true_lat"]]), np.column_stack([p["pred_lon"], p["pred_lat"]]),
             p["error_m"], rep / "map.png", title=f"{best}: test cameras coloured by error; arrows truth -> prediction")
@@ -229,6 +232,13 @@ def write_report(cfg: Config, out: Path, rows: list[dict], runs: dict[str, Path]
     return rep
 
 
+def without_prior_row(name: str, metrics: dict) -> dict:
+    """The report row of an embedding run's own neighbours, before its cells prior reranked them."""
+    alone = metrics["cell_prior"]["without"]
+    return {"method": f"{name}: the embedding alone", **alone, **alone["vote_modes"][alone["vote"]],
+            "backbone": metrics["backbone"].replace(" + cells prior", "")}
+
+
 def run_benchmark(cfg: Config, out: str | Path) -> Path:
     """Run every step of the comparison in `out`; returns the report folder."""
     from retrieval.util import command_line
@@ -247,6 +257,8 @@ def run_benchmark(cfg: Config, out: str | Path) -> Path:
         metrics = evaluate_method(run, data)
         rows.append({"method": name, **metrics})
         runs[name] = run
+        if "cell_prior" in metrics:
+            rows.append(without_prior_row(name, metrics))
     commands = [command_line()] + [f"geoloc evaluate --run {shlex.quote(str(r))} --data {shlex.quote(str(data))}"
                                    for r in runs.values()]
     notes = [n for n in [note, *reused] if n]

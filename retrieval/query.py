@@ -53,6 +53,7 @@ def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list
         raise GeolocError(f"--k {k}: at least 1 neighbour must vote")
     from retrieval.embedding import embed, open_index
     from retrieval.index import search
+    from retrieval.prior import CellPrior, check_complete, rerank
     from retrieval.transforms import to_cached
     from retrieval.vote import vote
 
@@ -60,7 +61,10 @@ def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list
     cfg = load_run_config(run_dir)
     files = image_files(inputs)
     k = k or cfg.index.k
+    check_complete(run_dir, cfg)
     model, index, side = open_index(run_dir, cfg)
+    prior = CellPrior.load(run_dir)
+    db_class = prior.classes(side.lat, side.lon) if prior else None
     answers = []
     for path in files:
         t0 = time.perf_counter()
@@ -72,8 +76,12 @@ def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list
             continue
         if warning:
             warnings.warn(warning, stacklevel=2)
-        q = embed(model, [to_cached(image, cfg.data.resize)], cfg, "embed query")
-        sims, ids = search(index, q, k)
+        cached = [to_cached(image, cfg.data.resize)]
+        q = embed(model, cached, cfg, "embed query")
+        sims, ids = search(index, q, max(k, cfg.index.cell_prior_candidates) if prior else k)
+        if prior is not None:
+            sims, ids = rerank(sims, ids, prior.log_probs(cached), db_class, prior.weight)
+            sims, ids = sims[:, :k], ids[:, :k]
         ok = ids[0] >= 0
         sims, ids = sims[:, ok], ids[:, ok]
         v = vote(side.lat[ids], side.lon[ids], sims, cfg.index.vote, cfg.index.vote_radius_m)

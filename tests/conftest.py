@@ -35,3 +35,15 @@ def photo_dir(tmp_path):
         rows.append(f"images/{i:02d}.jpg,{lat:.6f},{lon:.6f},{i * 30}")
     (tmp_path / "photos.csv").write_text("\n".join(rows) + "\n")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A tiny rendered city (90 training and 10 test views at 36 px) for the embedding's end-to-end tests."""
+    from retrieval.synth.cameras import render_dataset
+    from retrieval.synth.city import write_demo_city
+
+    root = tmp_path_factory.mktemp("city")
+    osm = write_demo_city(root / "city.osm", seed=1, size_m=600)
+    render_dataset(osm, root / "data", n_train=90, n_test=10, size=36, seed=1, workers=1)
+    return root / "data"

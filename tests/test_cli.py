@@ -1,8 +1,6 @@
 import subprocess
 import sys
 
-import pytest
-
 from tests.conftest import REPO, write_image
 
 

@@ -10,7 +10,6 @@ import torch
 from retrieval.mining import PlaceBatchSampler
 from retrieval.streets import euclidean_neighbours
 from tests.conftest import REPO
-from tests.test_embedding import tiny_data  # noqa: F401 (a fixture)
 
 # fp32, no augmentation and fixed BatchNorm statistics make one step a deterministic function of the
 # global batch; validation is off so both runs see every photo. SGD: Adam's per-parameter normalisation
@@ -63,7 +62,7 @@ def test_ranks_share_out_the_global_batch():
         PlaceBatchSampler(dist, rank=2, world=2)
 
 
-def test_two_processes_train_what_one_trains_on_the_concatenated_batch(tiny_data, tmp_path):  # noqa: F811
+def test_two_processes_train_what_one_trains_on_the_concatenated_batch(tiny_data, tmp_path):
     train = ["train", "embedding", "--data", str(tiny_data), "--out"]
     one, two, small = tmp_path / "one", tmp_path / "two", tmp_path / "small"
     geoloc([*train, str(one)], [*EXACT, "train.epochs=1", "embedding.places_per_batch=4"])
@@ -91,7 +90,7 @@ def test_two_processes_train_what_one_trains_on_the_concatenated_batch(tiny_data
 
 
 @pytest.mark.parametrize("kind", ["cells", "regression"])
-def test_baselines_train_under_torchrun(kind, tiny_data, tmp_path):  # noqa: F811
+def test_baselines_train_under_torchrun(kind, tiny_data, tmp_path):
     run = tmp_path / kind
     sets = [*EXACT, "train.epochs=1", "train.batch_size=4", "train.max_steps_per_epoch=2",
             "data.val_fraction=0.2", "cells.cell_size_m=200"]

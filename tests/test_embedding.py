@@ -24,17 +24,6 @@ TINY = ["model.weights=none", "model.lock_factor=0", "train.epochs=1", "train.ma
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from retrieval.synth.cameras import render_dataset
-    from retrieval.synth.city import write_demo_city
-
-    root = tmp_path_factory.mktemp("city")
-    osm = write_demo_city(root / "city.osm", seed=1, size_m=600)
-    render_dataset(osm, root / "data", n_train=90, n_test=10, size=36, seed=1, workers=1)
-    return root / "data"
-
-
-@pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "emb"
     cfg = load_config(None, [*TINY, f"data.train={tiny_data}"])
