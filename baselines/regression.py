@@ -1,6 +1,7 @@
 """Coordinate regression, as in the study: ResNet-50 -> Linear(2048, 256) -> ReLU -> Linear(256, 2)
 trained with MSE on lat/lon scaled to [0, 1] over the training photos' bounding box; optionally with a
-cross-entropy over the cells grid beside it (`regression.cell_loss_weight`)."""
+cross-entropy over the cells grid beside it (`regression.cell_loss_weight`), or a mixture of Gaussians
+over the coordinates trained by likelihood instead of the MSE (`regression.components`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,7 @@ from retrieval.config import Config
 from retrieval.data import Manifest
 from retrieval.evaluate import Predictions, read_run_info
 from retrieval.metrics import errors_m
-from retrieval.models import coordinate_regressor
+from retrieval.models import MIXTURE_COLUMNS, coordinate_regressor, mixture_nll
 from retrieval.train import fit, infer, load_data, load_trained, resolve_precision, seed_everything
 from retrieval.transforms import decode_images, test_transform, train_loader
 
@@ -59,8 +60,9 @@ class RegressionTask:
         images = decode_images(train, cfg.data.resize, "decode train")
         self.train_loader = train_loader(images, targets, cfg.data, cfg.augment, cfg.train.batch_size,
                                          cfg.seed)
+        self.components = cfg.regression.components
         self.model = coordinate_regressor(cfg.model.weights, cfg.model.lock_factor, arch=cfg.model.arch,
-                                          cell_classes=self.cell_classes)
+                                          cell_classes=self.cell_classes, components=self.components)
         self.val = splits.get("val")
         if self.val is not None:
             self.val_images = decode_images(self.val, cfg.data.resize, "decode val")
@@ -70,9 +72,13 @@ class RegressionTask:
     def loss(self, model, batch) -> torch.Tensor:
         images, targets, _ = batch
         out = model(images).float()
-        loss = F.mse_loss(out[:, :2], targets[:, :2])
+        if self.components == 1:
+            loss, logits = F.mse_loss(out[:, :2], targets[:, :2]), out[:, 2:]
+        else:
+            end = 2 + MIXTURE_COLUMNS * self.components
+            loss, logits = mixture_nll(out[:, 2:end], self.components, targets[:, :2]), out[:, end:]
         if self.cell_classes:
-            loss = loss + self.cfg.regression.cell_loss_weight * F.cross_entropy(out[:, 2:], targets[:, 2].long())
+            loss = loss + self.cfg.regression.cell_loss_weight * F.cross_entropy(logits, targets[:, 2].long())
         return loss
 
     def validate(self, model) -> dict[str, float]:
@@ -87,7 +93,7 @@ class RegressionTask:
 
     def info(self) -> dict:
         return {"bbox": self.box, "n_train": self.n_train, "cell_loss_weight": self.cfg.regression.cell_loss_weight,
-                "cell_classes": self.cell_classes}
+                "cell_classes": self.cell_classes, "components": self.components}
 
 
 def train_regression(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
@@ -104,8 +110,9 @@ def predict(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
     box = read_run_info(run_dir).get("bbox")
     if not box:
         raise GeolocError(f"{run_dir}/run.json: no bbox recorded for this regression run")
-    model = coordinate_regressor("none", arch=cfg.model.arch,
-                                 cell_classes=read_run_info(run_dir).get("cell_classes") or 0)
+    info = read_run_info(run_dir)
+    model = coordinate_regressor("none", arch=cfg.model.arch, cell_classes=info.get("cell_classes") or 0,
+                                 components=info.get("components") or 1)
     load_trained(model, run_dir)
     images = decode_images(test, cfg.data.resize, "decode test")
     y = infer(model, images, test_transform(cfg.data), cfg.train.batch_size,

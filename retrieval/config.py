@@ -88,6 +88,10 @@ class RegressionConfig:
     # trunk's features, added to the coordinates' MSE in training: the trunk learns the district from
     # 100-odd classes faster than from two numbers (benchmarks/RESULTS.md). 0: the study's MSE alone.
     cell_loss_weight: float = 0.0
+    # > 1: the last layer gives a mixture of this many Gaussians over the coordinates, trained by
+    # likelihood, and the answer is the most probable component's mean: MSE puts a photo that could be
+    # in two districts at their midpoint (a mixture density network). 1: the study's MSE head.
+    components: int = 1
 
 
 @dataclass
@@ -298,6 +302,7 @@ RANGES = {
     "embedding.ms_base": (-1, 1, True, True),
     "embedding.memory_size": (0, None, True, True), "embedding.cell_loss_weight": (0, None, True, True),
     "embedding.cell_heading_bins": (1, 36, True, True), "regression.cell_loss_weight": (0, None, True, True),
+    "regression.components": (1, 256, True, True),
     "embedding.hard_places": (0, None, True, True), "embedding.cell_prior_share": (0, 1, True, False),
     "index.cell_prior_candidates": (1, None, True, True),
     "embedding.max_snap_m": (0, None, False, True), "embedding.never_negative_within_m": (0, None, True, True),

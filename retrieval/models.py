@@ -7,6 +7,7 @@ training from random weights on a CPU (benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
+import math
 import types
 from collections import OrderedDict
 from pathlib import Path
@@ -182,24 +183,56 @@ def cell_classifier(weights: str, n_classes: int, lock_factor: float = 0.0,
 
 class CoordinateRegressor(nn.Module):
     """trunk -> Linear(features, hidden) -> ReLU -> Linear(hidden, 2): normalised (lat, lon). With
-    `cell_classes`, also a linear cell classifier on the trunk's features, whose logits follow the two
-    coordinates in the output (a training signal; predictions read the first two columns)."""
+    `components` > 1 the last layer gives a mixture of that many isotropic Gaussians instead (a mixture
+    density network: a photo that could be in two districts gets two modes, not their midpoint), and
+    the coordinates are the mean of the most probable component, followed in the output by the
+    mixture's parameters (MIXTURE_COLUMNS per component). With `cell_classes`, a linear cell classifier
+    on the trunk's features adds its logits last. Predictions read the first two columns."""
 
-    def __init__(self, trunk: nn.Module, n_features: int, hidden: int = 256, cell_classes: int = 0):
+    def __init__(self, trunk: nn.Module, n_features: int, hidden: int = 256, cell_classes: int = 0,
+                 components: int = 1):
         super().__init__()
+        self.components = components
+        out = 2 if components == 1 else MIXTURE_COLUMNS * components
         self.trunk, self.hidden, self.relu, self.head = trunk, nn.Linear(n_features, hidden), nn.ReLU(), \
-            nn.Linear(hidden, 2)
+            nn.Linear(hidden, out)
+        if components > 1:  # means start spread over the unit square, so every component has photos near it
+            with torch.no_grad():
+                self.head.bias[components:3 * components].uniform_(0.0, 1.0)
         self.cells = nn.Linear(n_features, cell_classes) if cell_classes else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.trunk(x)
         y = self.head(self.relu(self.hidden(f)))
+        if self.components > 1:
+            logits, means, _ = split_mixture(y, self.components)
+            best = logits.argmax(dim=1)
+            y = torch.cat([means[torch.arange(len(y)), best], y], 1)
         return y if self.cells is None else torch.cat([y, self.cells(f)], 1)
 
 
+MIXTURE_COLUMNS = 4  # per component: logit, mean (2), log sigma
+LOG_SIGMA_RANGE = (math.log(1e-3), 0.0)  # in units of the bounding box
+
+
+def split_mixture(raw: torch.Tensor, components: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits (N, K), means (N, K, 2), log sigmas (N, K)) from a mixture head's raw output."""
+    k = components
+    log_sigma = raw[:, 3 * k:4 * k].clamp(*LOG_SIGMA_RANGE)
+    return raw[:, :k], raw[:, k:3 * k].reshape(-1, k, 2), log_sigma
+
+
+def mixture_nll(raw: torch.Tensor, components: int, y: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of targets y (N, 2) under the mixtures (without the constant log 2 pi)."""
+    logits, means, log_sigma = split_mixture(raw, components)
+    sq = ((y[:, None, :] - means) ** 2).sum(dim=2)
+    log_n = -0.5 * sq * torch.exp(-2 * log_sigma) - 2 * log_sigma
+    return -(torch.logsumexp(torch.log_softmax(logits, dim=1) + log_n, dim=1)).mean()
+
+
 def coordinate_regressor(weights: str, lock_factor: float = 0.0, hidden: int = 256,
-                         arch: str = "resnet50", cell_classes: int = 0) -> CoordinateRegressor:
-    model = CoordinateRegressor(build_resnet(weights, arch), features(arch), hidden, cell_classes)
+                         arch: str = "resnet50", cell_classes: int = 0, components: int = 1) -> CoordinateRegressor:
+    model = CoordinateRegressor(build_resnet(weights, arch), features(arch), hidden, cell_classes, components)
     apply_lock_factor(model, lock_factor)
     return model
 

@@ -198,3 +198,29 @@ def test_regression_cell_loss_adds_a_cross_entropy_over_the_cells(city, tmp_path
     run_cli("evaluate", "--run", run, "--data", city)
     pred = read_csv(run / "predictions.csv")
     assert len(pred) == 16 and all(abs(float(r["pred_lat"]) - 51.514) < 0.1 for r in pred)
+
+
+def test_regression_with_a_mixture_head_trains_by_likelihood_and_predicts_inside_the_city(city, tmp_path):
+    import torch
+
+    from baselines.regression import RegressionTask
+    from retrieval.models import mixture_nll
+
+    sets = [s for s in FAST if s != "--set"] + ["model.lock_factor=0", "regression.components=4"]
+    cfg = load_config(None, [*sets, f"data.train={city / 'train.csv'}"])
+    task = RegressionTask(cfg, load_data(cfg))
+    images, targets, idx = next(iter(task.train_loader))
+    task.model.eval()
+    with torch.no_grad():
+        out = task.model(images).float()
+        assert out.shape == (len(images), 2 + 16)
+        expected = mixture_nll(out[:, 2:], 4, targets[:, :2])
+        assert float(task.loss(task.model, (images, targets, idx))) == pytest.approx(float(expected), rel=1e-5)
+
+    run = tmp_path / "reg_mdn"
+    run_cli("train", "regression", "--data", city, "--out", run, *FAST, "--set", "train.epochs=1",
+            "--set", "regression.components=4")
+    assert json.loads((run / "run.json").read_text())["components"] == 4
+    run_cli("evaluate", "--run", run, "--data", city)
+    pred = read_csv(run / "predictions.csv")
+    assert len(pred) == 16 and all(abs(float(r["pred_lat"]) - 51.514) < 0.1 for r in pred)

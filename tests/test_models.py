@@ -1,3 +1,4 @@
+import math
 import urllib.error
 
 import pytest
@@ -192,3 +193,22 @@ def test_gem_matches_its_formula_and_survives_huge_activations():
     big = gem(x * 1e20).flatten(1)
     assert torch.isfinite(big).all()
     torch.testing.assert_close(big / 1e20, ref)
+
+
+def test_mixture_likelihood_by_hand_and_the_answer_is_the_likeliest_components_mean():
+    from retrieval.models import mixture_nll, split_mixture
+
+    # two components, equal weights, means (0, 0) and (1, 1), sigma 1; target (0, 0):
+    # log N = -|y - mu|^2 / 2 - 2 log sigma = 0 and -1, so NLL = -ln(0.5 + 0.5 e^-1) = 0.37989
+    raw = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]])
+    assert float(mixture_nll(raw, 2, torch.zeros(1, 2))) == pytest.approx(-math.log(0.5 + 0.5 * math.exp(-1)), abs=1e-6)
+    logits, means, log_sigma = split_mixture(raw, 2)
+    assert means.tolist() == [[[0.0, 0.0], [1.0, 1.0]]] and log_sigma.tolist() == [[0.0, 0.0]]
+    reg = coordinate_regressor("none", arch="resnet18", components=3, cell_classes=5).eval()
+    assert reg.head.out_features == 12
+    with torch.no_grad():
+        out = reg(torch.randn(4, 3, 32, 32))
+    assert out.shape == (4, 2 + 12 + 5)
+    logits, means, _ = split_mixture(out[:, 2:14], 3)
+    best = logits.argmax(dim=1)
+    assert torch.equal(out[:, :2], means[torch.arange(4), best])
