@@ -82,6 +82,11 @@ def _cell_of_class(table: dict[str, list]) -> np.ndarray:
     return np.array([c for c, k in enumerate(table["class"]) if k is not None], dtype=np.int64)
 
 
+def class_of_cell(table: dict[str, list]) -> np.ndarray:
+    """Each cell's class, -1 for cells without training photos."""
+    return np.array([-1 if k is None else k for k in table["class"]])
+
+
 def predicted_cells(cell_of_class: np.ndarray, logits: torch.Tensor) -> np.ndarray:
     return cell_of_class[logits.argmax(dim=1).numpy()]
 
@@ -96,8 +101,8 @@ class CellsTask:
         self.cfg, self.grid = cfg, grid
         self.table = cell_table(grid, train)
         self.cell_of_class = _cell_of_class(self.table)
-        class_of_cell = np.array([-1 if k is None else k for k in self.table["class"]])
-        labels = torch.from_numpy(class_of_cell[grid.assign(train.lat, train.lon)])
+        classes = class_of_cell(self.table)
+        labels = torch.from_numpy(classes[grid.assign(train.lat, train.lon)])
         self.centroid_lat, self.centroid_lon = _centroids(self.table, cfg.cells.centroid)
         images = decode_images(train, cfg.data.resize, "decode train")
         self.train_loader = train_loader(images, labels, cfg.data, cfg.augment, cfg.train.batch_size,
@@ -108,7 +113,7 @@ class CellsTask:
         if self.val is not None:
             self.val_images = decode_images(self.val, cfg.data.resize, "decode val")
             self.val_cells = grid.assign(self.val.lat, self.val.lon)
-            self.val_labels = torch.from_numpy(class_of_cell[self.val_cells])
+            self.val_labels = torch.from_numpy(classes[self.val_cells])
         self.precision = resolve_precision(cfg.train.precision)
 
     def loss(self, model, batch) -> torch.Tensor:

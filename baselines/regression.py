@@ -107,10 +107,10 @@ def train_regression(cfg: Config, run_dir: str | Path, resume: bool = False) -> 
 
 
 def predict(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
-    box = read_run_info(run_dir).get("bbox")
+    info = read_run_info(run_dir)
+    box = info.get("bbox")
     if not box:
         raise GeolocError(f"{run_dir}/run.json: no bbox recorded for this regression run")
-    info = read_run_info(run_dir)
     model = coordinate_regressor("none", arch=cfg.model.arch, cell_classes=info.get("cell_classes") or 0,
                                  components=info.get("components") or 1)
     load_trained(model, run_dir)

@@ -111,9 +111,8 @@ def train_method(name: str, mcfg: Config, run: Path) -> str:
     """Train the method unless its run already finished; returns a note when a finished run was trained
     with other settings than this benchmark gives it (a run copied in, or the config edited since)."""
     from retrieval.config import load_run_config
-    from retrieval.runs import config_changes
-
     from retrieval.prior import PRIOR_DIR, PRIOR_FILE
+    from retrieval.runs import config_changes
 
     info_path = run / "run.json"
     prior_done = mcfg.embedding.cell_prior_share == 0 or (run / PRIOR_DIR / PRIOR_FILE).is_file()

@@ -74,7 +74,7 @@ class CellPrior:
 
     @classmethod
     def from_folder(cls, folder: Path, weight: float) -> "CellPrior":
-        from baselines.cells import load_classifier
+        from baselines.cells import class_of_cell, load_classifier
         from retrieval.config import load_run_config
 
         from retrieval.train import prepare_model, resolve_precision
@@ -82,8 +82,7 @@ class CellPrior:
         cfg = load_run_config(folder)
         model, grid, table = load_classifier(folder, cfg)
         model = prepare_model(model, resolve_precision(cfg.train.precision)).eval()
-        cells = np.array([-1 if k is None else k for k in table["class"]])
-        return cls(model, cfg, grid, cells, float(weight))
+        return cls(model, cfg, grid, class_of_cell(table), float(weight))
 
     @classmethod
     def load(cls, run_dir: Path) -> "CellPrior | None":
