@@ -176,6 +176,9 @@ class BenchConfig:
     val_views: int = 100  # rendered like the test views (0: carve validation out of train)
     test_views: int = 150
     image_size: int = 128
+    # shorter side of the rendered views; 0: image_size x 256/224, the side the models resize to. A larger
+    # one renders finer and is downsampled (antialiased) on decoding, which the renderer does not do itself
+    render_size: int = 0
     test_condition_shift: bool = False
     render_workers: int = 2
     # method name -> its overrides on top of the shared config (same data, epochs, batch, precision)
@@ -315,7 +318,7 @@ RANGES = {
     "bench.city_size_m": (100, None, True, True), "bench.train_views": (1, None, True, True),
     "bench.headings": (1, 36, True, True), "bench.val_views": (0, None, True, True),
     "bench.test_views": (1, None, True, True), "bench.image_size": (16, None, True, True),
-    "bench.render_workers": (1, None, True, True),
+    "bench.render_workers": (1, None, True, True), "bench.render_size": (0, None, True, True),
 }
 
 

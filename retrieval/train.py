@@ -82,7 +82,7 @@ def autocast(precision: str, device_type: str = "cpu"):
 
 def prepare_model(model: nn.Module) -> nn.Module:
     # oneDNN's convolutions are fastest on NHWC tensors, in fp32 too: on an AVX2-only CPU (no native
-    # bf16, so fp32) ResNet-18 at 64 px trains 3-14% and infers 30-45% faster (RESULTS.md, session 11).
+    # bf16, so fp32) ResNet-18 trains 0-9% and infers 28-43% faster at 48-64 px (RESULTS.md, session 11).
     return model.to(memory_format=torch.channels_last)
 
 

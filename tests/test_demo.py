@@ -4,11 +4,13 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from retrieval.report import COLUMNS
 from tests.conftest import REPO
 
 TOY = ["bench.city_size_m=500", "bench.train_views=48", "bench.test_views=8", "bench.image_size=32",
+       "bench.render_size=48",
        "bench.render_workers=1", "train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=8",
        "data.num_workers=0", "model.embed_dim=32", "cells.cell_size_m=150", "cells.border_spacing_m=20",
        "embedding.pos_radius_m=80", "embedding.neg_radius_m=160", "embedding.places_per_batch=2",
@@ -37,6 +39,11 @@ def test_demo_toy_end_to_end(tmp_path):
     assert all(m["n"] == 8 for m in metrics.values())
     assert "recall@1_25m" in metrics["embedding_geodesic"] and "cell_acc" in metrics["cells_voronoi"]
     assert "geoloc query --run" in run.stdout
+    # Rendered at bench.render_size, decoded down to the resize side (32 x 256/224) for 32 px crops.
+    first = next((out / "data" / "images").glob("*.jpg"))
+    assert min(Image.open(first).size) == 48
+    run_cfg = (out / "methods" / "embedding_geodesic" / "config.yaml").read_text()
+    assert "resize: 37" in run_cfg and "image_size: 32" in run_cfg
     # Run again: every step is found done and skipped, the report is rewritten.
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and "training in" not in again.stderr + again.stdout
