@@ -80,14 +80,13 @@ def autocast(precision: str, device_type: str = "cpu"):
     return contextlib.nullcontext()
 
 
-def prepare_model(model: nn.Module) -> nn.Module:
-    # oneDNN's convolutions are fastest on NHWC tensors, in fp32 too: on an AVX2-only CPU (no native
-    # bf16, so fp32) ResNet-18 trains 0-9% and infers 28-43% faster at 48-64 px (RESULTS.md, session 11).
-    return model.to(memory_format=torch.channels_last)
+def prepare_model(model: nn.Module, precision: str) -> nn.Module:
+    # oneDNN's bf16 convolutions are fastest on NHWC tensors.
+    return model.to(memory_format=torch.channels_last) if precision == "bf16" else model
 
 
-def prepare_images(images: torch.Tensor) -> torch.Tensor:
-    return images.contiguous(memory_format=torch.channels_last)
+def prepare_images(images: torch.Tensor, precision: str) -> torch.Tensor:
+    return images.contiguous(memory_format=torch.channels_last) if precision == "bf16" else images
 
 
 def infer(model: nn.Module, images: list[torch.Tensor], transform, batch_size: int, precision: str,
@@ -101,7 +100,7 @@ def infer(model: nn.Module, images: list[torch.Tensor], transform, batch_size: i
         for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
             with one_thread():
                 x = torch.stack([transform(im) for im in images[start:start + batch_size]])
-            outs.append(model(prepare_images(x.to(dev))).float().cpu())
+            outs.append(model(prepare_images(x.to(dev), precision)).float().cpu())
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
 
@@ -283,7 +282,7 @@ class _Epochs:
     def _step(self, batch, epoch: int, n: int) -> tuple[float, int, bool]:
         """One optimiser step: (loss x images, images, whether the step was skipped), over all ranks."""
         batch = [b.to(self.dev) if isinstance(b, torch.Tensor) else b for b in batch]
-        images = prepare_images(batch[0])
+        images = prepare_images(batch[0], self.precision)
         with torch.enable_grad(), autocast(self.precision, self.dev.type):  # whatever grad mode the caller left on
             loss = self.task.loss(self.stepped, (images, *batch[1:]))
         # Summed over ranks: the log shows the global batch, and a bad loss on any rank stops all
@@ -362,7 +361,7 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
     precision = resolve_precision(t.precision)
     if t.threads > 0:
         torch.set_num_threads(t.threads)
-    model = prepare_model(task.model).to(dev)
+    model = prepare_model(task.model, precision).to(dev)
     if cfg.model.freeze_bn:
         freeze_batchnorm(model)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -52,7 +52,7 @@ def bench(args, size: int) -> dict:
     tf = test_transform(cfg.data)
     with one_thread():
         x = torch.stack([tf(to_cached(load_rgb(p), cfg.data.resize)) for p in db.paths[:args.batch]])
-    x = prepare_images(x)
+    x = prepare_images(x, precision)
     raw: list[float] = []
 
     def raw_batches(n: int) -> None:

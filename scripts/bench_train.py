@@ -48,10 +48,10 @@ class RawSteps:
     def __init__(self, n_classes: int, batch: torch.Tensor, labels: torch.Tensor, cfg: Config,
                  precision: str, warmup: int = 3):
         torch.manual_seed(0)
-        self.model = prepare_model(cell_classifier("none", n_classes, cfg.model.lock_factor)).train()
+        self.model = prepare_model(cell_classifier("none", n_classes, cfg.model.lock_factor), precision).train()
         self.opt = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], lr=cfg.train.lr,
                                    momentum=cfg.train.momentum)
-        self.x, self.labels, self.precision = prepare_images(batch), labels, precision
+        self.x, self.labels, self.precision = prepare_images(batch, precision), labels, precision
         self.times: list[float] = []
         self.run(warmup)
         self.times.clear()
