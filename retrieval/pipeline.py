@@ -50,7 +50,11 @@ def resize_side(cfg: Config) -> int:
 def render_size(cfg: Config) -> int:
     """Views are rendered at bench.render_size, by default at the resize side (the crop the models see is
     then at native resolution)."""
-    return max(cfg.bench.render_size, resize_side(cfg))
+    side = resize_side(cfg)
+    if 0 < cfg.bench.render_size < side:
+        raise GeolocError(f"bench.render_size={cfg.bench.render_size}: below the {side} px the models resize "
+                          f"bench.image_size={cfg.bench.image_size} views to (0 renders at {side})")
+    return max(cfg.bench.render_size, side)
 
 
 def method_config(cfg: Config, overrides: list[str], data_dir: Path) -> Config:

@@ -4,9 +4,11 @@ Each round times, for every input size and both memory formats, a few training s
 a loss, backward, AdamW step) and a few inference batches on random images, after 2 warm-up steps
 (oneDNN builds its kernels); a figure is the median step of its round. Rounds alternate the formats, so
 a drifting machine moves both alike. Precision is the project's own choice for this CPU
-(`retrieval.train.resolve_precision`: bf16 where the CPU has it natively, else fp32).
+(`retrieval.train.resolve_precision`: bf16 where the CPU has it natively, else fp32) unless --precision
+forces one (bf16 on a CPU without it: what the fallback to fp32 avoids).
 
     .venv/bin/python scripts/bench_memory_format.py --sizes 64 48 --rounds 2
+    .venv/bin/python scripts/bench_memory_format.py --precision bf16 --sizes 64 --rounds 1
 """
 from __future__ import annotations
 
@@ -52,8 +54,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=49, help="49: what a 16 x 4 places batch holds on average")
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     a = ap.parse_args()
-    precision = resolve_precision("bf16")
+    precision = resolve_precision("bf16") if a.precision == "auto" else a.precision
     print(f"{a.arch}, {precision}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}")
     print("| round | px | train NCHW | train channels_last | infer NCHW | infer channels_last |")

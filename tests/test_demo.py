@@ -6,6 +6,7 @@ import sys
 import pytest
 from PIL import Image
 
+from retrieval.config import load_run_config
 from retrieval.report import COLUMNS
 from tests.conftest import REPO
 
@@ -42,8 +43,8 @@ def test_demo_toy_end_to_end(tmp_path):
     # Rendered at bench.render_size, decoded down to the resize side (32 x 256/224) for 32 px crops.
     first = next((out / "data" / "images").glob("*.jpg"))
     assert min(Image.open(first).size) == 48
-    run_cfg = (out / "methods" / "embedding_geodesic" / "config.yaml").read_text()
-    assert "resize: 37" in run_cfg and "image_size: 32" in run_cfg
+    run_cfg = load_run_config(out / "methods" / "embedding_geodesic")
+    assert (run_cfg.data.resize, run_cfg.data.image_size) == (37, 32)
     # Run again: every step is found done and skipped, the report is rewritten.
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and "training in" not in again.stderr + again.stdout
@@ -56,3 +57,14 @@ def test_demo_toy_end_to_end(tmp_path):
     for m in ("cells_voronoi", "regression", "embedding_geodesic"):
         assert f"{m} reuses the trained run in {out / 'methods' / m}" in report
     assert "train.lr 0.0042 here, 0.005 in the run" in report
+
+
+def test_render_size_below_the_resize_side_is_refused():
+    from retrieval import GeolocError
+    from retrieval.config import load_config
+    from retrieval.pipeline import DEMO, render_size
+
+    assert render_size(load_config(None, [], base=DEMO)) == 73
+    assert render_size(load_config(None, ["bench.render_size=0"], base=DEMO)) == 55  # 48 x 256/224
+    with pytest.raises(GeolocError, match=r"bench.render_size=40: below the 55 px"):
+        render_size(load_config(None, ["bench.render_size=40"], base=DEMO))
