@@ -207,7 +207,7 @@ def load_model(run_dir: Path, cfg: Config):
     model = embedding_net("none", cfg.model.embed_dim, arch=cfg.model.arch)
     load_trained(model, run_dir)
     # channels_last weights, as infer() feeds channels_last images under bf16
-    return prepare_model(model, resolve_precision(cfg.train.precision)).eval(), sha256_file(path)
+    return prepare_model(model, cfg.train.precision).eval(), sha256_file(path)
 
 
 def database(cfg: Config) -> Manifest:

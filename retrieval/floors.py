@@ -98,7 +98,7 @@ def floors(cfg, db, test) -> dict:
     same views computes them once."""
     from retrieval.embedding import embed
     from retrieval.models import embedding_net
-    from retrieval.train import prepare_model, resolve_precision
+    from retrieval.train import prepare_model
     from retrieval.transforms import decode_images
 
     key = _key(cfg, db, test)
@@ -116,7 +116,7 @@ def floors(cfg, db, test) -> dict:
     except GeolocError as exc:  # e.g. ImageNet weights offline: the other floors still stand
         warnings.warn(f"floors: no untrained-network k-NN ({exc})", stacklevel=2)
     else:
-        net = prepare_model(net, resolve_precision(cfg.train.precision))
+        net = prepare_model(net, cfg.train.precision)
         untrained = knn_floor(embed(net, db_im, cfg, "floors: untrained database"),
                               embed(net, q_im, cfg, "floors: untrained test"), *geo)
         out["untrained_knn"] = {**untrained, "arch": cfg.model.arch, "weights": cfg.model.weights}

@@ -77,11 +77,11 @@ class CellPrior:
         from baselines.cells import class_of_cell, load_classifier
         from retrieval.config import load_run_config
 
-        from retrieval.train import prepare_model, resolve_precision
+        from retrieval.train import prepare_model
 
         cfg = load_run_config(folder)
         model, grid, table = load_classifier(folder, cfg)
-        model = prepare_model(model, resolve_precision(cfg.train.precision)).eval()
+        model = prepare_model(model, cfg.train.precision).eval()
         return cls(model, cfg, grid, class_of_cell(table), float(weight))
 
     @classmethod

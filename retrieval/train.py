@@ -81,8 +81,10 @@ def autocast(precision: str, device_type: str = "cpu"):
 
 
 def prepare_model(model: nn.Module, precision: str) -> nn.Module:
+    """The model in the memory format infer() and training feed it, for train.precision as configured
+    (resolved here: a resolved precision resolves to itself)."""
     # oneDNN's bf16 convolutions are fastest on NHWC tensors.
-    return model.to(memory_format=torch.channels_last) if precision == "bf16" else model
+    return model.to(memory_format=torch.channels_last) if resolve_precision(precision) == "bf16" else model
 
 
 def prepare_images(images: torch.Tensor, precision: str) -> torch.Tensor:
