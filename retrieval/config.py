@@ -164,6 +164,11 @@ class IndexConfig:
     vote: str = "pool"  # pool | top1 | weighted_mean
     vote_radius_m: float = 50.0
     cell_prior_candidates: int = 1000  # with a cells prior: nearest neighbours it reranks
+    # > 0: each database descriptor is indexed as itself plus the mean of the database photos within this
+    # many metres (straight line) facing within place_mean_heading_deg where headings are known
+    # (retrieval.places; also at validation). 0: every photo as embedded.
+    place_mean_m: float = 25.0
+    place_mean_heading_deg: float = 45.0
 
 
 @dataclass
@@ -314,7 +319,8 @@ RANGES = {
     "index.train_size": (0, None, True, True), "index.shard_size": (0, None, True, True),
     "index.hnsw_m": (2, None, True, True), "index.ef_construction": (1, None, True, True),
     "index.ef_search": (1, None, True, True), "index.k": (1, None, True, True),
-    "index.vote_radius_m": (0, None, False, True),
+    "index.vote_radius_m": (0, None, False, True), "index.place_mean_m": (0, None, True, True),
+    "index.place_mean_heading_deg": (0, 180, False, True),
     "bench.city_size_m": (100, None, True, True), "bench.train_views": (1, None, True, True),
     "bench.headings": (1, 36, True, True), "bench.val_views": (0, None, True, True),
     "bench.test_views": (1, None, True, True), "bench.image_size": (16, None, True, True),

@@ -19,6 +19,7 @@ from retrieval.metrics import errors_m
 from retrieval.mining import (GroundRules, PhotoMemory, PlaceBatchSampler, kept_photos, make_loss, make_miner,
                               positive_candidates, resolve_supervision)
 from retrieval.models import embedding_net
+from retrieval.places import place_means, same_place
 from retrieval.streets import euclidean_neighbours, photo_distances
 from retrieval.train import fit, infer, load_data, resolve_precision, seed_everything
 from retrieval.transforms import CachedImages, decode_images, test_transform, train_transform
@@ -54,6 +55,14 @@ def nearest_photos(emb: np.ndarray, k: int) -> np.ndarray:
     index.add(np.ascontiguousarray(emb, np.float32))
     _, ids = index.search(np.ascontiguousarray(emb, np.float32), min(k + 1, len(emb)))
     return np.array([row[row != i][:k] for i, row in enumerate(ids)])
+
+
+def place_neighbours(cfg: Config, db: Manifest):
+    """The same-place neighbours of index.place_mean_m among db's photos, or None when it is off."""
+    i = cfg.index
+    if i.place_mean_m <= 0:
+        return None
+    return same_place(db.lat, db.lon, db.heading, i.place_mean_m, i.place_mean_heading_deg)
 
 
 def embed(model, images: list[torch.Tensor], cfg: Config, desc: str = "embed") -> np.ndarray:
@@ -98,6 +107,7 @@ class EmbeddingTask:
         self.val = splits.get("val")
         if self.val is not None:
             self.val_images = decode_images(self.val, cfg.data.resize, "decode val")
+            self.place_nb = place_neighbours(cfg, self.train)  # validation searches what the index holds
 
     def _cell_head(self, cfg: Config) -> tuple[torch.Tensor, torch.nn.Module]:
         """Each training photo's class (its cell, or its cell and heading bin), and the cosine classifier
@@ -141,6 +151,8 @@ class EmbeddingTask:
         if self.val is None:
             return {}
         q = embed(model, self.val_images, self.cfg, "validate: queries")
+        if self.place_nb is not None:
+            db = place_means(db, self.place_nb)
         sims = q @ db.T
         ids = np.argsort(-sims, axis=1)[:, :min(self.cfg.index.k, len(db))]
         v = vote(self.train.lat[ids], self.train.lon[ids], np.take_along_axis(sims, ids, 1), self.cfg.index.vote,
@@ -192,6 +204,7 @@ def train_embedding(cfg: Config, run_dir: str | Path, resume: bool = False) -> d
 
 INDEX_DIR = "index"
 EMBEDDINGS, PROGRESS = "embeddings.npy", "embeddings.json"
+PLACE_EMBEDDINGS = "place_embeddings.npy"  # what the index holds when index.place_mean_m > 0
 # Photos decoded and embedded between two progress records: the most a killed build loses, and the
 # most uint8 images (at data.resize) it holds in memory.
 EMBED_CHUNK = 1024
@@ -302,12 +315,55 @@ def build_run_index(run_dir: str | Path, cfg: Config, db: Manifest | None = None
     model, sha = load_model(run_dir, cfg)
     t0 = time.perf_counter()
     store, state, embedded = embed_database(model, sha, db, cfg, run_dir / INDEX_DIR, chunk, on_chunk)
-    index = build_index(NpyRows(store), seed=cfg.seed, **index_params(cfg.index))
+    rows, place_mean = indexed_rows(store, db, cfg, chunk)
+    index = build_index(NpyRows(rows), seed=cfg.seed, **index_params(cfg.index))
     save_index(run_dir / INDEX_DIR, index, Sidecar(paths=[str(p) for p in db.paths], lat=db.lat, lon=db.lon,
-                                                   dim=cfg.model.embed_dim, checkpoint_sha256=sha, kind=cfg.index.kind))
+                                                   dim=cfg.model.embed_dim, checkpoint_sha256=sha, kind=cfg.index.kind,
+                                                   place_mean=place_mean))
     return {"photos": len(db), "dim": cfg.model.embed_dim, "kind": cfg.index.kind, "shards": len(shards_of(index)),
             "embedded": embedded, "embed_images_per_s": round(len(db) / max(state["embed_seconds"], 1e-9), 2),
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def indexed_rows(store: Path, db: Manifest, cfg: Config, chunk: int = EMBED_CHUNK) -> tuple[Path, dict]:
+    """The vectors to index: the embeddings file itself, or with index.place_mean_m > 0 their place means
+    (retrieval.places), written beside it a chunk of rows at a time. Returns the file and the settings."""
+    from numpy.lib.format import open_memmap
+
+    from retrieval.util import atomic_write, create_npy
+
+    place = store.parent / PLACE_EMBEDDINGS
+    nb = place_neighbours(cfg, db)
+    if nb is None:
+        place.unlink(missing_ok=True)  # a file of an earlier build would no longer be what the index holds
+        return store, {}
+    emb = np.load(store, mmap_mode="r")
+
+    def write(tmp: Path) -> None:
+        create_npy(tmp, emb.shape)
+        out = open_memmap(tmp, mode="r+")
+        for start in range(0, len(emb), chunk):
+            out[start:start + chunk] = place_means(emb, nb, slice(start, start + chunk))
+        out.flush()
+        del out
+
+    atomic_write(place, write)
+    return place, {"radius_m": cfg.index.place_mean_m, "heading_tol_deg": cfg.index.place_mean_heading_deg,
+                   "photos_with_neighbours": int((np.diff(nb.indptr) > 0).sum())}
+
+
+def _place_setting(source) -> tuple:
+    """(radius, heading tolerance) of place means, from a Config or an index's place_mean record; () if off."""
+    if isinstance(source, dict):
+        return (source.get("radius_m"), source.get("heading_tol_deg")) if source else ()
+    i = source.index
+    return (i.place_mean_m, i.place_mean_heading_deg) if i.place_mean_m > 0 else ()
+
+
+def indexed_file(folder: Path) -> Path:
+    """The vectors an index folder's index was built from (see indexed_rows)."""
+    place = Path(folder) / PLACE_EMBEDDINGS
+    return place if place.is_file() else Path(folder) / EMBEDDINGS
 
 
 def open_index(run_dir: Path, cfg: Config):
@@ -333,6 +389,9 @@ def predict(run_dir: Path, cfg: Config, test: Manifest):
     if not (run_dir / INDEX_DIR / "index.json").is_file():
         build_run_index(run_dir, cfg)
     model, index, side = open_index(run_dir, cfg)
+    if _place_setting(side.place_mean) != _place_setting(cfg):
+        build_run_index(run_dir, cfg)  # index.place_mean_* changed: the stored embeddings are reused
+        model, index, side = open_index(run_dir, cfg)
     images = decode_images(test, cfg.data.resize, "decode test")
     q = embed(model, images, cfg, "embed test")
     prior = CellPrior.load(run_dir)

@@ -234,6 +234,7 @@ class Sidecar:
     checkpoint_sha256: str
     kind: str = "flat"
     search_params: dict = field(default_factory=dict)
+    place_mean: dict = field(default_factory=dict)  # how the rows were made from the embeddings (empty: as embedded)
 
 
 def save_index(folder: str | Path, index: faiss.Index, sidecar: Sidecar) -> Path:
@@ -269,6 +270,7 @@ def save_index(folder: str | Path, index: faiss.Index, sidecar: Sidecar) -> Path
         "metric": "inner_product", "checkpoint_sha256": sidecar.checkpoint_sha256, "shards": shards,
         "arrays_sha256": sha256_file(folder / ARRAYS_FILE),
         "search_params": {**sidecar.search_params, **set_search_params(index)},
+        "place_mean": sidecar.place_mean,
     })
     # files of an earlier build with other sharding, which the new index.json no longer lists
     kept = {s["file"] for s in shards}
@@ -356,4 +358,5 @@ def load_index(folder: str | Path, expected_checkpoint_hash: str | None = None,
                           f"{meta['count']} x {meta['dim']} ({len(paths)} paths)")
     set_search_params(index, **meta["search_params"])
     return index, Sidecar(paths=paths, lat=lat, lon=lon, dim=meta["dim"], kind=meta["kind"],
-                          checkpoint_sha256=meta["checkpoint_sha256"], search_params=meta["search_params"])
+                          checkpoint_sha256=meta["checkpoint_sha256"], search_params=meta["search_params"],
+                          place_mean=meta.get("place_mean") if isinstance(meta.get("place_mean"), dict) else {})

@@ -5,7 +5,7 @@ read and decode from disk, resize, test transform, embed (bf16), FAISS search, v
 and index once is not counted (query() times each photo itself). The first --warmup photos are left
 out (oneDNN builds its kernels on the first call). The same photos are then timed step by step.
 Search: the run's flat (exact) index against numpy brute force (q @ X.T, argpartition, sort) over the
-same vectors (RUN/index/embeddings.npy), one query at a time and as one batch; ids compared.
+same vectors (RUN/index/embeddings.npy, or place_embeddings.npy), one query at a time and as one batch; ids compared.
 
     .venv/bin/python scripts/bench_query.py --work /tmp/bench_query          # renders and trains a tiny run
     .venv/bin/python scripts/bench_query.py --work /tmp/bench_query --run runs/demo/methods/embedding_geodesic
@@ -29,7 +29,7 @@ import numpy as np
 from bench_index import median_time  # scripts/ is on sys.path when run as a script
 from retrieval.config import load_config, load_run_config, prepare_run_dir
 from retrieval.data import load_rgb
-from retrieval.embedding import EMBEDDINGS, INDEX_DIR, build_run_index, embed, open_index
+from retrieval.embedding import INDEX_DIR, build_run_index, embed, indexed_file, open_index
 from retrieval.index import build_index, search
 from retrieval.query import query
 from retrieval.train import load_data
@@ -118,7 +118,7 @@ def main() -> None:
             for name, a, b in (("decode_resize", t0, t1), ("embed", t1, t2), ("search", t2, t3), ("vote", t3, t4)):
                 steps[name].append(b - a)
 
-    x, q = np.load(run / INDEX_DIR / EMBEDDINGS), np.stack(qs)
+    x, q = np.load(indexed_file(run / INDEX_DIR)), np.stack(qs)
     if cfg.index.kind != "flat":
         index = build_index(x, progress=False)
     f_s, f_i = index.search(q, k)

@@ -8,7 +8,7 @@ import torch
 import retrieval.embedding as embedding
 from retrieval.config import Config
 from retrieval.data import read_manifest
-from retrieval.embedding import EMBEDDINGS, INDEX_DIR, PROGRESS, build_run_index
+from retrieval.embedding import EMBEDDINGS, INDEX_DIR, PLACE_EMBEDDINGS, PROGRESS, build_run_index
 from retrieval.index import load_index, search
 from retrieval.models import embedding_net
 from retrieval.util import save_checkpoint
@@ -29,9 +29,10 @@ def photos(tmp_path_factory):
     return read_manifest(root / "photos.csv")
 
 
-def make_run(path, seed=0):
+def make_run(path, seed=0, place_mean_m=0.0):
     cfg = Config(name="t")
     cfg.model.embed_dim, cfg.data.image_size, cfg.data.resize, cfg.train.batch_size = 64, 32, 36, 8
+    cfg.index.place_mean_m = place_mean_m  # 0: the index holds the embeddings themselves
     torch.manual_seed(seed)
     save_checkpoint(path / "best.pt", {"model": embedding_net("none", 64).state_dict()})
     return path, cfg
@@ -100,3 +101,25 @@ def test_a_rebuild_reuses_the_embeddings_only_for_the_same_model_and_photos(tmp_
     counted.clear()
     s = build_run_index(run, cfg, photos.subset(np.arange(N - 1)), chunk=CHUNK)  # other photos
     assert counted == [8, 8, 3] and s["photos"] == N - 1
+
+
+def test_the_index_holds_each_photo_plus_the_mean_of_its_place(tmp_path, photos):
+    from retrieval.places import same_place
+
+    run, cfg = make_run(tmp_path / "run", place_mean_m=25.0)
+    build_run_index(run, cfg, photos, chunk=CHUNK)
+    raw = np.load(run / INDEX_DIR / EMBEDDINGS)
+    index, side = load_index(run / INDEX_DIR)
+    # consecutive photos stand 13 m apart: each has the one or two next to it within 25 m
+    nb = same_place(photos.lat, photos.lon, None, 25.0)
+    assert sorted(set(np.diff(nb.indptr))) == [1, 2]
+    expected = np.stack([raw[i] + raw[nb[i].indices].mean(axis=0) for i in range(N)])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.allclose(index.reconstruct_n(0, N), expected, atol=1e-5)
+    assert side.place_mean == {"radius_m": 25.0, "heading_tol_deg": 45.0, "photos_with_neighbours": N}
+
+    cfg.index.place_mean_m = 0.0  # off again: the embeddings as they are, and no stale file beside them
+    build_run_index(run, cfg, photos, chunk=CHUNK)
+    index, side = load_index(run / INDEX_DIR)
+    assert np.array_equal(index.reconstruct_n(0, N), raw) and side.place_mean == {}
+    assert not (run / INDEX_DIR / PLACE_EMBEDDINGS).exists()
