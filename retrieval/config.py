@@ -161,7 +161,10 @@ class IndexConfig:
     ef_construction: int = 80
     ef_search: int = 64
     k: int = 10
-    vote: str = "pool"  # pool | top1 | weighted_mean
+    # pool | top1 | weighted_mean, or auto: the one with the lowest median error on the validation views
+    # (chosen once per checkpoint, RUN/vote.json). On London pool put the queries 100 m off at the
+    # median and top1 46 m; on the demo pool did best (benchmarks/RESULTS.md, session 13).
+    vote: str = "auto"
     vote_radius_m: float = 50.0
     cell_prior_candidates: int = 1000  # with a cells prior: nearest neighbours it reranks
     # > 0: each database descriptor is indexed as itself plus the mean of the database photos within this
@@ -283,7 +286,7 @@ CHOICES = {
     "embedding.network_type": ("walk", "all", "drive", "bike", "all_public", "drive_service"),
     "index.kind": ("flat", "ivfpq", "hnsw"),
     "index.refine": ("flat", "sq8", "none"),
-    "index.vote": ("pool", "top1", "weighted_mean"),
+    "index.vote": ("auto", "pool", "top1", "weighted_mean"),
 }
 MINERS = {"triplet": ("semihard", "hard", "all", "hardest"),
           "multi_similarity": ("multi_similarity", "all"), "contrastive": ("multi_similarity", "all")}

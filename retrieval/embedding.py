@@ -20,6 +20,7 @@ from retrieval.mining import (GroundRules, PhotoMemory, PlaceBatchSampler, kept_
                               positive_candidates, resolve_supervision)
 from retrieval.models import embedding_net
 from retrieval.places import place_means, same_place
+from retrieval.vote import VOTE_MODES
 from retrieval.streets import euclidean_neighbours, photo_distances
 from retrieval.train import fit, infer, load_data, resolve_precision, seed_everything
 from retrieval.transforms import CachedImages, decode_images, test_transform, train_transform
@@ -49,11 +50,7 @@ HARD_NEIGHBOURS = 64  # look-alikes kept per photo for hard batches: enough to f
 
 def nearest_photos(emb: np.ndarray, k: int) -> np.ndarray:
     """(N, k) indices of each row's k most similar rows (inner product, itself excluded), exact (FAISS)."""
-    import faiss
-
-    index = faiss.IndexFlatIP(emb.shape[1])
-    index.add(np.ascontiguousarray(emb, np.float32))
-    _, ids = index.search(np.ascontiguousarray(emb, np.float32), min(k + 1, len(emb)))
+    ids = nearest_of(emb, emb, k + 1)[1]
     return np.array([row[row != i][:k] for i, row in enumerate(ids)])
 
 
@@ -63,6 +60,15 @@ def place_neighbours(cfg: Config, db: Manifest):
     if i.place_mean_m <= 0:
         return None
     return same_place(db.lat, db.lon, db.heading, i.place_mean_m, i.place_mean_heading_deg)
+
+
+def nearest_of(db: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, k) similarities and indices of each query's k most similar db rows (inner product), exact (FAISS)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(db.shape[1])
+    index.add(np.ascontiguousarray(db, np.float32))
+    return index.search(np.ascontiguousarray(q, np.float32), min(k, len(db)))
 
 
 def embed(model, images: list[torch.Tensor], cfg: Config, desc: str = "embed") -> np.ndarray:
@@ -155,7 +161,8 @@ class EmbeddingTask:
             db = place_means(db, self.place_nb)
         sims = q @ db.T
         ids = np.argsort(-sims, axis=1)[:, :min(self.cfg.index.k, len(db))]
-        v = vote(self.train.lat[ids], self.train.lon[ids], np.take_along_axis(sims, ids, 1), self.cfg.index.vote,
+        mode = "pool" if self.cfg.index.vote == "auto" else self.cfg.index.vote  # auto chooses after training
+        v = vote(self.train.lat[ids], self.train.lon[ids], np.take_along_axis(sims, ids, 1), mode,
                  self.cfg.index.vote_radius_m)
         r = knn_floor(db, q, self.train.lat, self.train.lon, self.val.lat, self.val.lon)  # the same k-NN rule
         return {"val_recall@1_25m": r["recall@1_25m"], "val_recall@5_25m": r["recall@5_25m"],
@@ -376,6 +383,49 @@ def open_index(run_dir: Path, cfg: Config):
     return model, index, side
 
 
+VOTE_FILE = "vote.json"
+
+
+def resolve_vote(run_dir: Path, cfg: Config, model, side) -> tuple[str, dict]:
+    """index.vote, or for auto the mode chosen on the validation views (searched against the training
+    photos alone, with the index's place means) and its record; chosen once per checkpoint and kept in
+    RUN/vote.json. The training photos' stored index rows are reused when the index holds them first."""
+    import json
+
+    from retrieval.util import atomic_write_json
+    from retrieval.vote import choose_mode
+
+    if cfg.index.vote != "auto":
+        return cfg.index.vote, {}
+    path, key = Path(run_dir) / VOTE_FILE, {"checkpoint_sha256": side.checkpoint_sha256,
+                                           "place_mean": list(_place_setting(cfg)), "k": cfg.index.k,
+                                           "vote_radius_m": cfg.index.vote_radius_m}
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(rec, dict) and all(rec.get(f) == v for f, v in key.items()) and rec.get("mode") in VOTE_MODES:
+            return rec["mode"], rec
+    except (OSError, ValueError):
+        pass
+    splits = load_data(cfg)
+    train, val = splits["train"], splits.get("val")
+    if val is None or len(val) == 0:
+        rec = {**key, "mode": "pool", "why": "no validation views: the default mode"}
+    else:
+        stored = Path(run_dir) / INDEX_DIR / EMBEDDINGS
+        if stored.is_file() and side.paths[:len(train)] == [str(p) for p in train.paths]:
+            db = np.asarray(np.load(stored, mmap_mode="r")[:len(train)], dtype=np.float32)
+        else:
+            db = embed(model, decode_images(train, cfg.data.resize, "vote: decode train"), cfg, "vote: embed train")
+        nb = place_neighbours(cfg, train)
+        db = place_means(db, nb) if nb is not None else db
+        q = embed(model, decode_images(val, cfg.data.resize, "vote: decode val"), cfg, "vote: embed val")
+        sims, ids = nearest_of(db, q, cfg.index.k)
+        mode, medians = choose_mode(train.lat[ids], train.lon[ids], sims, val.lat, val.lon, cfg.index.vote_radius_m)
+        rec = {**key, "mode": mode, "val_median_error_m": medians, "val_views": len(val)}
+    atomic_write_json(path, rec)
+    return rec["mode"], rec
+
+
 def predict(run_dir: Path, cfg: Config, test: Manifest):
     """Test-photo locations by each vote mode (cfg.index.vote is the headline), plus recall@N within 25 m.
     With a cells prior (retrieval.prior) the neighbours are reranked first; the embedding alone's figures
@@ -392,6 +442,7 @@ def predict(run_dir: Path, cfg: Config, test: Manifest):
     if _place_setting(side.place_mean) != _place_setting(cfg):
         build_run_index(run_dir, cfg)  # index.place_mean_* changed: the stored embeddings are reused
         model, index, side = open_index(run_dir, cfg)
+    mode, choice = resolve_vote(run_dir, cfg, model, side)
     images = decode_images(test, cfg.data.resize, "decode test")
     q = embed(model, images, cfg, "embed test")
     prior = CellPrior.load(run_dir)
@@ -399,10 +450,12 @@ def predict(run_dir: Path, cfg: Config, test: Manifest):
     sims, ids = search(index, q, max(n, cfg.index.cell_prior_candidates) if prior else n)
     alone = None
     if prior is not None:
-        alone = _scores(sims[:, :n], ids[:, :n], side, test, cfg)[2]
+        alone = _scores(sims[:, :n], ids[:, :n], side, test, cfg, mode)[2]
         sims, ids = rerank(sims, ids, prior.log_probs(images), prior.classes(side.lat, side.lon), prior.weight)
     sims, ids = sims[:, :n], ids[:, :n]
-    (lat, lon, conf), nb_dist, metrics = _scores(sims, ids, side, test, cfg)
+    (lat, lon, conf), nb_dist, metrics = _scores(sims, ids, side, test, cfg, mode)
+    if choice:
+        metrics["vote_choice"] = {k: choice[k] for k in ("val_median_error_m", "val_views", "why") if k in choice}
     if prior is not None:
         metrics["cell_prior"] = {"weight": prior.weight, "without": alone}
     return Predictions(lat=lat, lon=lon, metrics=metrics,
@@ -410,7 +463,7 @@ def predict(run_dir: Path, cfg: Config, test: Manifest):
                        arrays={"neighbour_ids": ids, "similarities": sims, "confidence": conf})
 
 
-def _scores(sims, ids, side, test: Manifest, cfg: Config):
+def _scores(sims, ids, side, test: Manifest, cfg: Config, headline: str):
     """The headline vote's (lat, lon, confidence), the neighbours' distances to the truth, and the metrics
     (recall@N within 25 m, every vote mode's errors)."""
     from retrieval.metrics import error_metrics, recall_at_n
@@ -424,8 +477,8 @@ def _scores(sims, ids, side, test: Manifest, cfg: Config):
     for mode in VOTE_MODES:
         v = vote(nb_lat[:, :k], nb_lon[:, :k], sims[:, :k], mode, cfg.index.vote_radius_m)
         modes[mode] = (v.lat, v.lon, v.confidence)
-    lat, lon, conf = modes[cfg.index.vote]
-    metrics = {**recall_at_n(nb_dist, (1, 5, 10), 25.0), "vote": cfg.index.vote,
+    lat, lon, conf = modes[headline]
+    metrics = {**recall_at_n(nb_dist, (1, 5, 10), 25.0), "vote": headline,
                "vote_modes": {m: error_metrics(errors_m(a, b, test.lat, test.lon)) for m, (a, b, _) in modes.items()},
                "median_confidence": float(np.median(conf))}
     return (lat, lon, conf), nb_dist, metrics

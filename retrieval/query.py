@@ -51,7 +51,7 @@ def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list
 
     if k is not None and k < 1:
         raise GeolocError(f"--k {k}: at least 1 neighbour must vote")
-    from retrieval.embedding import embed, open_index
+    from retrieval.embedding import embed, open_index, resolve_vote
     from retrieval.index import search
     from retrieval.prior import CellPrior, check_complete, rerank
     from retrieval.transforms import to_cached
@@ -63,6 +63,7 @@ def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list
     k = k or cfg.index.k
     check_complete(run_dir, cfg)
     model, index, side = open_index(run_dir, cfg)
+    mode = resolve_vote(run_dir, cfg, model, side)[0]
     prior = CellPrior.load(run_dir)
     db_class = prior.classes(side.lat, side.lon) if prior else None
     answers = []
@@ -84,12 +85,12 @@ def query(run_dir: str | Path, inputs: list[Path], k: int | None = None) -> list
             sims, ids = sims[:, :k], ids[:, :k]
         ok = ids[0] >= 0
         sims, ids = sims[:, ok], ids[:, ok]
-        v = vote(side.lat[ids], side.lon[ids], sims, cfg.index.vote, cfg.index.vote_radius_m)
+        v = vote(side.lat[ids], side.lon[ids], sims, mode, cfg.index.vote_radius_m)
         ms = 1000 * (time.perf_counter() - t0)
         dist = haversine_m(v.lat[0], v.lon[0], side.lat[ids[0]], side.lon[ids[0]])
         answers.append({
             "path": str(path), "lat": float(v.lat[0]), "lon": float(v.lon[0]), "confidence": float(v.confidence[0]),
-            "vote": cfg.index.vote, "ms": round(ms, 1), **({"warning": warning} if warning else {}),
+            "vote": mode, "ms": round(ms, 1), **({"warning": warning} if warning else {}),
             "neighbours": [{"path": side.paths[i], "lat": float(side.lat[i]), "lon": float(side.lon[i]),
                             "similarity": float(s), "distance_m": float(d)}
                            for i, s, d in zip(ids[0], sims[0], dist)],

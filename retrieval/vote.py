@@ -94,3 +94,16 @@ def vote(lat, lon, sim, mode: str = "pool", radius_m: float = 50.0) -> Vote:
     else:
         raise GeolocError(f"vote mode {mode!r}: expected one of {', '.join(VOTE_MODES)}")
     return Vote(lat=out_lat, lon=out_lon, confidence=_share(w, support), support=support)
+
+
+def choose_mode(lat, lon, sim, true_lat, true_lon, radius_m: float = 50.0) -> tuple[str, dict[str, float]]:
+    """The vote mode with the lowest median error on held-out queries whose positions are known (the
+    neighbours' arrays as for vote), and every mode's median in metres; a tie goes to the earlier of
+    VOTE_MODES."""
+    from retrieval.metrics import errors_m
+
+    medians = {}
+    for mode in VOTE_MODES:
+        v = vote(lat, lon, sim, mode, radius_m)
+        medians[mode] = float(np.median(errors_m(v.lat, v.lon, true_lat, true_lon)))
+    return min(VOTE_MODES, key=lambda m: medians[m]), medians

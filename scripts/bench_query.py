@@ -29,7 +29,7 @@ import numpy as np
 from bench_index import median_time  # scripts/ is on sys.path when run as a script
 from retrieval.config import load_config, load_run_config, prepare_run_dir
 from retrieval.data import load_rgb
-from retrieval.embedding import INDEX_DIR, build_run_index, embed, indexed_file, open_index
+from retrieval.embedding import INDEX_DIR, build_run_index, embed, indexed_file, open_index, resolve_vote
 from retrieval.index import build_index, search
 from retrieval.query import query
 from retrieval.train import load_data
@@ -100,6 +100,7 @@ def main() -> None:
     end_to_end = [a["ms"] / 1e3 for a in answers]
 
     model, index, side = open_index(run, cfg)
+    mode = resolve_vote(run, cfg, model, side)[0]
     k = cfg.index.k
     steps: dict[str, list[float]] = {"decode_resize": [], "embed": [], "search": [], "vote": []}
     qs = []
@@ -111,7 +112,7 @@ def main() -> None:
         t2 = time.perf_counter()
         sims, ids = search(index, q, k)
         t3 = time.perf_counter()
-        vote(side.lat[ids], side.lon[ids], sims, cfg.index.vote, cfg.index.vote_radius_m)
+        vote(side.lat[ids], side.lon[ids], sims, mode, cfg.index.vote_radius_m)
         t4 = time.perf_counter()
         if i >= args.warmup:
             qs.append(q[0])

@@ -15,6 +15,7 @@ from retrieval.embedding import build_run_index, train_embedding
 from retrieval.evaluate import evaluate_run
 from retrieval.geo import haversine_m
 from retrieval.query import query
+from retrieval.vote import VOTE_MODES
 from tests.conftest import REPO
 
 TINY = ["model.weights=none", "model.lock_factor=0", "train.epochs=1", "train.max_steps_per_epoch=2",
@@ -60,8 +61,13 @@ def test_evaluate_writes_metrics_for_every_vote_mode(trained, tiny_data):
     for key in ("recall@1_25m", "recall@5_25m", "recall@10_25m"):
         assert 0.0 <= m[key] <= 1.0
     assert m["recall@1_25m"] <= m["recall@5_25m"] <= m["recall@10_25m"]
-    # The headline numbers are those of the configured vote mode.
-    assert m["median_error_m"] == pytest.approx(m["vote_modes"]["pool"]["median_error_m"])
+    # The headline numbers are those of the mode index.vote=auto chose on the validation views.
+    chosen = json.loads((run / "vote.json").read_text())
+    medians = chosen["val_median_error_m"]
+    assert m["vote"] == chosen["mode"] == min(VOTE_MODES, key=lambda mode: medians[mode])
+    assert m["vote_choice"]["val_median_error_m"] == medians
+    assert m["median_error_m"] == pytest.approx(m["vote_modes"][m["vote"]]["median_error_m"])
+    assert query(run, [tiny_data / "images"])[0]["vote"] == m["vote"]  # the query tool answers the same way
     rows = (run / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("path,true_lat,true_lon,pred_lat,pred_lon,error_m") and len(rows) == 11
 

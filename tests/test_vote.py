@@ -3,7 +3,7 @@ import pytest
 
 from retrieval import GeolocError
 from retrieval.geo import LocalProjection, haversine_m
-from retrieval.vote import vote, vote_weights, weighted_centre
+from retrieval.vote import choose_mode, vote, vote_weights, weighted_centre
 
 PROJ = LocalProjection(51.5138, -0.0984)
 X0, Y0 = PROJ.to_xy(51.5138, -0.0984)
@@ -95,3 +95,18 @@ def test_weighted_centre_across_the_antimeridian():
 def test_unknown_mode():
     with pytest.raises(GeolocError, match="vote mode 'median'"):
         vote([[51.5]], [[-0.1]], [[1.0]], "median")
+
+
+def test_choose_mode_takes_the_lowest_median_on_held_out_queries():
+    # the neighbours of test_pool_beats_a_lone_best_match: pool answers (2, 3), top1 (1000, 0)
+    lat, lon = at((1000, 0), (1010, 0), (0, 0), (6, 0), (0, 9))
+    sim = np.array([[0.9, 0.8, 0.6, 0.6, 0.6]])
+    t_near, t_far = at((2, 3)), at((1000, 0))
+    mode, medians = choose_mode(lat, lon, sim, t_near[0][0], t_near[1][0], radius_m=50)
+    assert mode == "pool" and medians["pool"] == pytest.approx(0.0, abs=0.05)
+    assert medians["top1"] == pytest.approx(haversine_m(lat[0, 0], lon[0, 0], t_near[0][0, 0], t_near[1][0, 0]), abs=0.05)
+    mode, medians = choose_mode(lat, lon, sim, t_far[0][0], t_far[1][0], radius_m=50)
+    assert mode == "top1" and medians["top1"] == pytest.approx(0.0, abs=0.05)
+    # a tie goes to the earlier mode of VOTE_MODES: one neighbour, every mode answers the same
+    mode, _ = choose_mode(*at((5, 5)), np.array([[0.5]]), *(a[0] for a in at((0, 0))), radius_m=50)
+    assert mode == "pool"
