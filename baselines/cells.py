@@ -87,6 +87,15 @@ def class_of_cell(table: dict[str, list]) -> np.ndarray:
     return np.array([-1 if k is None else k for k in table["class"]])
 
 
+def distance_labels(photo_xy: np.ndarray, class_xy: np.ndarray, smooth_m: float) -> np.ndarray:
+    """(photos, classes) soft labels: softmax over classes of -distance(photo, class centroid) / smooth_m,
+    metres in a planar projection."""
+    d = np.hypot(photo_xy[:, None, 0] - class_xy[None, :, 0], photo_xy[:, None, 1] - class_xy[None, :, 1])
+    z = -(d - d.min(axis=1, keepdims=True)) / smooth_m
+    q = np.exp(z)
+    return q / q.sum(axis=1, keepdims=True)
+
+
 def predicted_cells(cell_of_class: np.ndarray, logits: torch.Tensor) -> np.ndarray:
     return cell_of_class[logits.argmax(dim=1).numpy()]
 
@@ -104,6 +113,12 @@ class CellsTask:
         classes = class_of_cell(self.table)
         labels = torch.from_numpy(classes[grid.assign(train.lat, train.lon)])
         self.centroid_lat, self.centroid_lon = _centroids(self.table, cfg.cells.centroid)
+        self.photo_xy = self.class_xy = None
+        if cfg.cells.label_smooth_m > 0:
+            proj = grid.projection
+            self.photo_xy = np.stack(proj.to_xy(train.lat, train.lon), axis=1)
+            c = self.cell_of_class
+            self.class_xy = np.stack(proj.to_xy(self.centroid_lat[c], self.centroid_lon[c]), axis=1)
         images = decode_images(train, cfg.data.resize, "decode train")
         self.train_loader = train_loader(images, labels, cfg.data, cfg.augment, cfg.train.batch_size,
                                          cfg.seed)
@@ -117,8 +132,11 @@ class CellsTask:
         self.precision = resolve_precision(cfg.train.precision)
 
     def loss(self, model, batch) -> torch.Tensor:
-        images, labels, _ = batch
-        return F.cross_entropy(model(images).float(), labels)
+        images, labels, idx = batch
+        if self.photo_xy is None:
+            return F.cross_entropy(model(images).float(), labels)
+        soft = distance_labels(self.photo_xy[idx.numpy()], self.class_xy, self.cfg.cells.label_smooth_m)
+        return F.cross_entropy(model(images).float(), torch.from_numpy(soft).float())
 
     def validate(self, model) -> dict[str, float]:
         if self.val is None:

@@ -80,6 +80,10 @@ class CellsConfig:
     border_spacing_m: float = 40.0  # Voronoi centres keep this far from the boundary
     boundary: str = ""  # GeoJSON or lat,lng CSV; empty: hull of the training photos
     centroid: str = "photos"  # photos | polygon: where a predicted cell puts the photo
+    # > 0: train on soft labels, each class weighted exp(-d / label_smooth_m) by the distance d from the
+    # photo to the class's centroid (PIGEON's haversine smoothing): a neighbouring cell is nearly right,
+    # not as wrong as the far side of the city. 0: the study's one-hot labels.
+    label_smooth_m: float = 0.0
 
 
 @dataclass
@@ -306,6 +310,7 @@ RANGES = {
     "train.warmup_steps": (0, None, True, True), "train.max_minutes": (0, None, True, True),
     "train.max_steps_per_epoch": (0, None, True, True), "train.threads": (0, None, True, True),
     "cells.cell_size_m": (0, None, False, True), "cells.border_spacing_m": (0, None, True, True),
+    "cells.label_smooth_m": (0, None, True, True),
     "embedding.pos_radius_m": (0, None, False, True), "embedding.neg_radius_m": (0, None, False, True),
     "embedding.heading_tol_deg": (0, 180, False, True), "embedding.places_per_batch": (1, None, True, True),
     "embedding.photos_per_place": (2, None, True, True), "embedding.margin": (0, None, False, True),

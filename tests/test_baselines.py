@@ -224,3 +224,43 @@ def test_regression_with_a_mixture_head_trains_by_likelihood_and_predicts_inside
     run_cli("evaluate", "--run", run, "--data", city)
     pred = read_csv(run / "predictions.csv")
     assert len(pred) == 16 and all(abs(float(r["pred_lat"]) - 51.514) < 0.1 for r in pred)
+
+
+def test_distance_labels_weigh_each_class_by_its_distance():
+    from baselines.cells import distance_labels
+
+    photos = np.array([[0.0, 0.0], [100.0, 0.0]])
+    classes = np.array([[0.0, 0.0], [100.0, 0.0], [0.0, 300.0]])
+    q = distance_labels(photos, classes, 100.0)
+    w = np.exp([0.0, -1.0, -3.0])  # distances 0, 100, 300 m over 100 m
+    assert np.allclose(q[0], w / w.sum())
+    d = np.hypot(100, 300)  # the second photo: 100, 0 and 316.2 m
+    w2 = np.exp([-1.0, 0.0, -d / 100])
+    assert np.allclose(q[1], w2 / w2.sum())
+    assert distance_labels(photos, classes, 1.0)[1].argmax() == 1  # a small scale: one-hot on the nearest
+
+
+def test_cells_label_smoothing_trains_on_the_distance_labels(city):
+    import torch
+    import torch.nn.functional as F
+
+    from baselines.cells import CellsTask, distance_labels, make_grid
+
+    sets = [s for s in FAST if s != "--set"] + ["model.lock_factor=0", "cells.label_smooth_m=80",
+                                                 "cells.cell_size_m=300", "cells.border_spacing_m=0"]
+    cfg = load_config(None, [*sets, f"data.train={city / 'train.csv'}"])
+    splits = load_data(cfg)
+    task = CellsTask(cfg, splits, make_grid(cfg, splits["train"]))
+    images, labels, idx = next(iter(task.train_loader))
+    task.model.eval()
+    with torch.no_grad():
+        logits = task.model(images).float()
+        train = splits["train"]
+        xy = np.stack(task.grid.projection.to_xy(train.lat, train.lon), axis=1)[idx.numpy()]
+        c = task.cell_of_class
+        cxy = np.stack(task.grid.projection.to_xy(task.centroid_lat[c], task.centroid_lon[c]), axis=1)
+        soft = torch.from_numpy(distance_labels(xy, cxy, 80.0)).float()
+        want = -(soft * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        got = float(task.loss(task.model, (images, labels, idx)))
+    assert got == pytest.approx(float(want), rel=1e-5)
+    assert got != pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-3)
