@@ -1,5 +1,7 @@
 """Cell classification, as in the study: a ResNet-50 picks the photo's cell (square or Voronoi), and
-the photo is placed at the centroid of that cell's training photos (or of its polygon).
+the photo is placed at the centroid of that cell's training photos (or of its polygon). The cell is the
+most probable one (`cells.decision: argmax`, the study's), or by default the one with the most
+probability within a radius of its centroid, the radius chosen on the validation views.
 
 Classes are the cells that hold at least one training photo; empty cells stay in the grid (and in
 grid.geojson, with n_train 0 and class null) but are never predicted. A test photo in an empty cell
@@ -26,6 +28,8 @@ from retrieval.train import fit, infer, load_data, load_trained, resolve_precisi
 from retrieval.transforms import decode_images, test_transform, train_loader
 
 GRID_FILE = "grid.geojson"
+DECISION_FILE = "decision.json"
+DECISION_RADII_CELLS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)  # cells.decision auto's candidates, in cell sizes
 
 
 def make_grid(cfg: Config, train: Manifest) -> Grid:
@@ -100,6 +104,28 @@ def predicted_cells(cell_of_class: np.ndarray, logits: torch.Tensor) -> np.ndarr
     return cell_of_class[logits.argmax(dim=1).numpy()]
 
 
+def mass_choice(probs: np.ndarray, class_xy: np.ndarray, radius_m: float) -> np.ndarray:
+    """Each row's class whose centroid has the most probability within radius_m of it (planar metres):
+    the answer most likely within radius_m of the truth, were every photo at its cell's centroid. Ties go
+    to the lower class; radius_m 0 is the argmax."""
+    if radius_m <= 0:
+        return probs.argmax(axis=1)
+    d = np.hypot(class_xy[:, None, 0] - class_xy[None, :, 0], class_xy[:, None, 1] - class_xy[None, :, 1])
+    return (probs @ (d <= radius_m).astype(probs.dtype)).argmax(axis=1)
+
+
+def choose_radius(probs: np.ndarray, class_xy: np.ndarray, class_lat: np.ndarray, class_lon: np.ndarray,
+                  true_lat: np.ndarray, true_lon: np.ndarray, radii_m) -> tuple[float, dict[str, float]]:
+    """The radius of mass_choice with the lowest median error on held-out photos, and each radius's
+    median in metres (keys: the radius as text); a tie goes to the smaller radius."""
+    medians = {}
+    for r in radii_m:
+        c = mass_choice(probs, class_xy, r)
+        medians[f"{r:g}"] = float(np.median(errors_m(class_lat[c], class_lon[c], true_lat, true_lon)))
+    best = min(radii_m, key=lambda r: (medians[f"{r:g}"], r))
+    return float(best), medians
+
+
 class CellsTask:
     kind = "cells"
     metric = "val_cell_acc"  # the study kept the epoch with the best validation accuracy
@@ -115,10 +141,8 @@ class CellsTask:
         self.centroid_lat, self.centroid_lon = _centroids(self.table, cfg.cells.centroid)
         self.photo_xy = self.class_xy = None
         if cfg.cells.label_smooth_m > 0:
-            proj = grid.projection
-            self.photo_xy = np.stack(proj.to_xy(train.lat, train.lon), axis=1)
-            c = self.cell_of_class
-            self.class_xy = np.stack(proj.to_xy(self.centroid_lat[c], self.centroid_lon[c]), axis=1)
+            self.photo_xy = np.stack(grid.projection.to_xy(train.lat, train.lon), axis=1)
+            self.class_xy = class_centroids(cfg, grid, self.table)[2]
         images = decode_images(train, cfg.data.resize, "decode train")
         self.train_loader = train_loader(images, labels, cfg.data, cfg.augment, cfg.train.batch_size,
                                          cfg.seed)
@@ -177,6 +201,50 @@ def train_cells(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     return fit(task, cfg, run_dir, resume)
 
 
+def class_centroids(cfg: Config, grid: Grid, table: dict[str, list]):
+    """Per class: lat, lon of its centroid (cells.centroid) and x, y in the grid's projection."""
+    lat, lon = _centroids(table, cfg.cells.centroid)
+    c = _cell_of_class(table)
+    xy = np.stack(grid.projection.to_xy(lat[c], lon[c]), axis=1)
+    return lat[c], lon[c], xy
+
+
+def resolve_decision(run_dir: Path, cfg: Config, model, grid: Grid, table: dict[str, list]) -> dict:
+    """cells.decision as a radius for mass_choice, with its record: for auto, chosen on the validation
+    views once per checkpoint and kept in RUN/decision.json."""
+    import json
+
+    from retrieval.index import sha256_file
+    from retrieval.train import trained_checkpoint
+    from retrieval.util import atomic_write_json
+
+    if cfg.cells.decision == "argmax":
+        return {"decision": "argmax", "radius_m": 0.0}
+    path = Path(run_dir) / DECISION_FILE
+    key = {"decision": cfg.cells.decision, "checkpoint_sha256": sha256_file(trained_checkpoint(run_dir)),
+           "centroid": cfg.cells.centroid}
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(rec, dict) and all(rec.get(f) == v for f, v in key.items()) \
+                and isinstance(rec.get("radius_m"), (int, float)):
+            return rec
+    except (OSError, ValueError):
+        pass
+    val = load_data(cfg).get("val")
+    if val is None or len(val) == 0:
+        rec = {**key, "radius_m": 0.0, "why": "no validation views: the most probable cell"}
+    else:
+        lat, lon, xy = class_centroids(cfg, grid, table)
+        logits = class_logits(model, decode_images(val, cfg.data.resize, "decision: decode val"), cfg,
+                              "decision: classify val")
+        radii = [f * cfg.cells.cell_size_m for f in DECISION_RADII_CELLS]
+        radius, medians = choose_radius(torch.softmax(logits.float(), dim=1).numpy(), xy, lat, lon,
+                                        val.lat, val.lon, radii)
+        rec = {**key, "radius_m": radius, "val_median_error_m": medians, "val_views": len(val)}
+    atomic_write_json(path, rec)
+    return rec
+
+
 def load_classifier(run_dir: Path, cfg: Config) -> tuple[torch.nn.Module, Grid, dict[str, list]]:
     """A trained cells run's classifier (best.pt, else last.pt), grid and cell table."""
     grid, props = Grid.load(Path(run_dir) / GRID_FILE)
@@ -195,13 +263,21 @@ def class_logits(model: torch.nn.Module, images: list[torch.Tensor], cfg: Config
 def predict(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
     model, grid, table = load_classifier(run_dir, cfg)
     cell_of_class = _cell_of_class(table)
+    decision = resolve_decision(run_dir, cfg, model, grid, table)
     logits = class_logits(model, decode_images(test, cfg.data.resize, "decode test"), cfg)
-    pred = predicted_cells(cell_of_class, logits)
+    probs = torch.softmax(logits.float(), dim=1).numpy()
+    pred = cell_of_class[mass_choice(probs, class_centroids(cfg, grid, table)[2], decision["radius_m"])]
     true = grid.assign(test.lat, test.lon)
     lat, lon = _centroids(table, cfg.cells.centroid)
     other = "polygon" if cfg.cells.centroid == "photos" else "photos"
     o_lat, o_lon = _centroids(table, other)
+    top = predicted_cells(cell_of_class, logits)
     metrics = {
+        "decision": {k: v for k, v in decision.items() if k != "checkpoint_sha256"},
+        "answer": (f"cell with most probability within {decision['radius_m']:g} m" if decision["radius_m"] > 0
+                   else "most probable cell"),
+        "argmax": {**error_metrics(errors_m(lat[top], lon[top], test.lat, test.lon)),
+                   "cell_acc": cell_accuracy(true, top)},
         "cell_acc": cell_accuracy(true, pred),
         "study_distance_m": study_distance_m(true, pred, lat, lon),
         "centroid": cfg.cells.centroid,
@@ -212,5 +288,5 @@ def predict(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
     return Predictions(
         lat=lat[pred], lon=lon[pred], metrics=metrics,
         columns={"true_cell": true, "pred_cell": pred},
-        arrays={"probabilities": torch.softmax(logits, dim=1).numpy().astype(np.float32),
+        arrays={"probabilities": probs.astype(np.float32),
                 "class_cells": cell_of_class, "true_cell": true, "pred_cell": pred})

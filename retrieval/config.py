@@ -84,6 +84,11 @@ class CellsConfig:
     # photo to the class's centroid (PIGEON's haversine smoothing): a neighbouring cell is nearly right,
     # not as wrong as the far side of the city. 0: the study's one-hot labels.
     label_smooth_m: float = 0.0
+    # auto: answer with the cell whose centroid has the most probability within R of it, R chosen on the
+    # validation views among 0-3 cell sizes (RUN/decision.json): when the classifier spreads its belief
+    # over neighbouring cells, their neighbourhood beats a lone likelier cell far away. argmax: the
+    # study's most probable cell.
+    decision: str = "auto"
 
 
 @dataclass
@@ -284,6 +289,7 @@ CHOICES = {
     "train.precision": ("bf16", "fp32"),
     "cells.grid": ("voronoi", "square"),
     "cells.centroid": ("photos", "polygon"),
+    "cells.decision": ("auto", "argmax"),
     "embedding.positives": ("geodesic", "euclidean"),
     "embedding.supervision": ("auto", "heading", "weak", "radius"),
     "embedding.loss": ("multi_similarity", "triplet", "contrastive"),

@@ -130,7 +130,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> dict:
     train = info.get("train", {})
     metrics = {"kind": info["kind"], "data": str(cfg.data.train), **error_metrics(err), **pred.metrics,
                "backbone": f"{cfg.model.arch} {cfg.data.image_size}px"
-                           + (" + cells prior" if "cell_prior" in pred.metrics else ""), "weights": cfg.model.weights,
+                           + (" + cells prior" if "cell_prior" in pred.metrics else "")
+                           + (f", {pred.metrics['answer']}" if "answer" in pred.metrics else ""),
+               "weights": cfg.model.weights,
                "query_ms": round(1000 * seconds / len(test), 2), "model_mb": _model_mb(run_dir),
                "train_seconds": train.get("train_seconds"), "train_images_per_s": train.get("train_images_per_s"),
                "floors": floors(cfg, concat_manifests([splits[s] for s in ("train", "val") if s in splits]), test)}

@@ -450,10 +450,15 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
     return summary
 
 
+def trained_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint a trained run answers with: best.pt, else last.pt."""
+    run_dir = Path(run_dir)
+    return run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
+
+
 def load_trained(model: nn.Module, run_dir: str | Path) -> dict:
     """Load best.pt (else last.pt) of a run into model; returns the checkpoint."""
-    run_dir = Path(run_dir)
-    path = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
+    path = trained_checkpoint(run_dir)
     state = load_checkpoint(path)
     try:
         model.load_state_dict(state["model"])

@@ -168,7 +168,7 @@ def scale(args, rng) -> None:
             for k_factor in args.k_factor if refine != "none" else [1]:
                 set_search_params(index, nprobe=nprobe, k_factor=k_factor)
                 _, ids = search(index, q, args.k)
-                batch = median_time(lambda: search(index, q, args.k), 3) / args.queries
+                batch = median_time(lambda idx=index: search(idx, q, args.k), 3) / args.queries
                 single = single_query_ms(index, q, args.k)
                 print(f"| {refine} | {nprobe} | {k_factor:g} | {recall_at(ids, exact):.4f} | {batch * 1e3:.3f} | "
                       f"{single:.2f} |", flush=True)

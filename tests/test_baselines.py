@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from baselines.cells import DECISION_RADII_CELLS, mass_choice
 from baselines.grids import Grid
 from baselines.regression import scale, unscale
 from retrieval import GeolocError
@@ -98,7 +99,24 @@ def test_cells_voronoi_train_and_evaluate(city, tmp_path):
     npz = np.load(run / "predictions.npz")
     assert npz["probabilities"].shape == (16, info["n_classes"])
     assert np.allclose(npz["probabilities"].sum(axis=1), 1, atol=1e-5)
-    assert np.array_equal(npz["class_cells"][npz["probabilities"].argmax(1)], pred_cell)
+    # cells.decision auto: the radius chosen on the validation views, recorded, and applied to the test
+    decision = json.loads((run / "decision.json").read_text())
+    cfg = load_run_config(run)
+    assert decision["radius_m"] in [f * cfg.cells.cell_size_m for f in DECISION_RADII_CELLS]
+    assert decision["val_median_error_m"][f"{decision['radius_m']:g}"] == min(decision["val_median_error_m"].values())
+    assert metrics["decision"]["radius_m"] == decision["radius_m"]
+    assert metrics["backbone"].endswith(", most probable cell" if decision["radius_m"] == 0 else
+                                        f", cell with most probability within {decision['radius_m']:g} m")
+    c = npz["class_cells"]
+    xy = np.stack(grid.projection.to_xy(np.array([props[k]["photo_lat"] for k in c]),
+                                        np.array([props[k]["photo_lon"] for k in c])), axis=1)
+    assert np.array_equal(c[mass_choice(npz["probabilities"], xy, decision["radius_m"])], pred_cell)
+    top = c[npz["probabilities"].argmax(1)]
+    argmax_err = haversine_m(true_lat, true_lon, [props[k]["photo_lat"] for k in top], [props[k]["photo_lon"] for k in top])
+    assert metrics["argmax"]["median_error_m"] == pytest.approx(np.median(argmax_err), abs=0.05)
+    mtime = (run / "decision.json").stat().st_mtime_ns
+    run_cli("evaluate", "--run", run)  # the same checkpoint: the choice is reused, not made again
+    assert (run / "decision.json").stat().st_mtime_ns == mtime
 
 
 def test_square_cells_from_a_config_file(city, tmp_path):
@@ -154,6 +172,8 @@ def test_study_configs_load(path):
     assert cfg.data.image_size == 224 and cfg.train.epochs == 25 and cfg.train.lr == 0.001
     assert cfg.train.lr_decay == 0.99 and cfg.train.momentum == 0.9
     assert cfg.model.weights in ("imagenet", "places365:resnet50_places365.pth.tar")
+    if path.stem.startswith("cells"):
+        assert cfg.cells.decision == "argmax" and cfg.cells.label_smooth_m == 0  # the study's answer and labels
 
 
 def test_study_configs_cover_the_experiments():
@@ -264,3 +284,48 @@ def test_cells_label_smoothing_trains_on_the_distance_labels(city):
         got = float(task.loss(task.model, (images, labels, idx)))
     assert got == pytest.approx(float(want), rel=1e-5)
     assert got != pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-3)
+
+
+def test_mass_choice_takes_the_neighbourhood_with_the_most_probability():
+    from baselines.cells import choose_radius
+
+    xy = np.array([[0.0, 0.0], [100.0, 0.0], [200.0, 0.0]])
+    probs = np.array([[0.4, 0.3, 0.3], [0.1, 0.2, 0.7]])
+    assert list(mass_choice(probs, xy, 0)) == [0, 2]  # the argmax
+    # within 150 m: class 1 holds all three of each row (1.0), against 0.7 and 0.6 (row 1), 0.3 and 0.9 (row 2)
+    assert list(mass_choice(probs, xy, 150)) == [1, 1]
+    assert list(mass_choice(probs, xy, 50)) == [0, 2]  # each class alone: the argmax again
+    lat, lon = 51.5 + np.array([0.0, 0.0009, 0.0018]), np.full(3, -0.1)  # 0, 100, 200 m north
+    radius, medians = choose_radius(probs[:1], xy, lat, lon, np.array([lat[1]]), np.array([lon[1]]), [0, 50, 150])
+    assert radius == 150 and medians["150"] == pytest.approx(0, abs=0.01)
+    assert medians["0"] == medians["50"] == pytest.approx(100, abs=0.5)
+    # a tie goes to the smaller radius: with the truth at class 0 radii 0 and 50 both answer 0
+    assert choose_radius(probs[:1], xy, lat, lon, lat[:1], lon[:1], [50, 0, 150])[0] == 0
+
+
+def test_regression_cell_loss_takes_the_distance_labels_too(city):
+    import torch
+    import torch.nn.functional as F
+
+    from baselines.cells import distance_labels, make_grid
+    from baselines.regression import RegressionTask
+
+    sets = [s for s in FAST if s != "--set"] + ["model.lock_factor=0", "regression.cell_loss_weight=0.3",
+                                                 "cells.label_smooth_m=80", "cells.cell_size_m=300",
+                                                 "cells.border_spacing_m=0"]
+    cfg = load_config(None, [*sets, f"data.train={city / 'train.csv'}"])
+    train = load_data(cfg)["train"]
+    task = RegressionTask(cfg, {"train": train})
+    grid = make_grid(cfg, train)
+    cells = grid.assign(train.lat, train.lon)
+    occupied = np.unique(cells)
+    centre = np.array([np.stack(grid.projection.to_xy(train.lat[cells == c], train.lon[cells == c]), 1).mean(0)
+                       for c in occupied])  # each class's centroid: the mean of its photos, in metres
+    images, targets, idx = next(iter(task.train_loader))
+    task.model.eval()
+    with torch.no_grad():
+        out = task.model(images).float()
+        xy = np.stack(grid.projection.to_xy(train.lat, train.lon), 1)[idx.numpy()]
+        soft = torch.from_numpy(distance_labels(xy, centre, 80.0)).float()
+        want = F.mse_loss(out[:, :2], targets[:, :2]) - 0.3 * (soft * F.log_softmax(out[:, 2:], 1)).sum(1).mean()
+        assert float(task.loss(task.model, (images, targets, idx))) == pytest.approx(float(want), rel=1e-4)
