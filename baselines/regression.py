@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.cells import cell_classes_of, cell_table, class_centroids, distance_labels, make_grid
+from baselines.cells import cell_classes_of
 from retrieval import GeolocError, distributed
 from retrieval.config import Config
 from retrieval.data import Manifest
@@ -57,11 +57,6 @@ class RegressionTask:
             cell_of_photo = cell_classes_of(cfg, train)
             self.cell_classes = int(cell_of_photo.max()) + 1
             targets = torch.cat([targets, torch.from_numpy(cell_of_photo).float()[:, None]], 1)
-        self.photo_xy = self.class_xy = None
-        if self.cell_classes and cfg.cells.label_smooth_m > 0:  # the cells baseline's soft labels
-            grid = make_grid(cfg, train)
-            self.photo_xy = np.stack(grid.projection.to_xy(train.lat, train.lon), axis=1)
-            self.class_xy = class_centroids(cfg, grid, cell_table(grid, train))[2]
         images = decode_images(train, cfg.data.resize, "decode train")
         self.train_loader = train_loader(images, targets, cfg.data, cfg.augment, cfg.train.batch_size,
                                          cfg.seed)
@@ -75,7 +70,7 @@ class RegressionTask:
         self.precision = resolve_precision(cfg.train.precision)
 
     def loss(self, model, batch) -> torch.Tensor:
-        images, targets, idx = batch
+        images, targets, _ = batch
         out = model(images).float()
         if self.components == 1:
             loss, logits = F.mse_loss(out[:, :2], targets[:, :2]), out[:, 2:]
@@ -83,9 +78,7 @@ class RegressionTask:
             end = 2 + MIXTURE_COLUMNS * self.components
             loss, logits = mixture_nll(out[:, 2:end], self.components, targets[:, :2]), out[:, end:]
         if self.cell_classes:
-            labels = targets[:, 2].long() if self.photo_xy is None else torch.from_numpy(
-                distance_labels(self.photo_xy[idx.numpy()], self.class_xy, self.cfg.cells.label_smooth_m)).float()
-            loss = loss + self.cfg.regression.cell_loss_weight * F.cross_entropy(logits, labels)
+            loss = loss + self.cfg.regression.cell_loss_weight * F.cross_entropy(logits, targets[:, 2].long())
         return loss
 
     def validate(self, model) -> dict[str, float]:

@@ -303,29 +303,14 @@ def test_mass_choice_takes_the_neighbourhood_with_the_most_probability():
     assert choose_radius(probs[:1], xy, lat, lon, lat[:1], lon[:1], [50, 0, 150])[0] == 0
 
 
-def test_regression_cell_loss_takes_the_distance_labels_too(city):
-    import torch
-    import torch.nn.functional as F
 
-    from baselines.cells import distance_labels, make_grid
-    from baselines.regression import RegressionTask
+def test_a_benchmark_report_shows_the_most_probable_cell_beside_the_chosen_answer():
+    from retrieval.pipeline import argmax_row
 
-    sets = [s for s in FAST if s != "--set"] + ["model.lock_factor=0", "regression.cell_loss_weight=0.3",
-                                                 "cells.label_smooth_m=80", "cells.cell_size_m=300",
-                                                 "cells.border_spacing_m=0"]
-    cfg = load_config(None, [*sets, f"data.train={city / 'train.csv'}"])
-    train = load_data(cfg)["train"]
-    task = RegressionTask(cfg, {"train": train})
-    grid = make_grid(cfg, train)
-    cells = grid.assign(train.lat, train.lon)
-    occupied = np.unique(cells)
-    centre = np.array([np.stack(grid.projection.to_xy(train.lat[cells == c], train.lon[cells == c]), 1).mean(0)
-                       for c in occupied])  # each class's centroid: the mean of its photos, in metres
-    images, targets, idx = next(iter(task.train_loader))
-    task.model.eval()
-    with torch.no_grad():
-        out = task.model(images).float()
-        xy = np.stack(grid.projection.to_xy(train.lat, train.lon), 1)[idx.numpy()]
-        soft = torch.from_numpy(distance_labels(xy, centre, 80.0)).float()
-        want = F.mse_loss(out[:, :2], targets[:, :2]) - 0.3 * (soft * F.log_softmax(out[:, 2:], 1)).sum(1).mean()
-        assert float(task.loss(task.model, (images, targets, idx))) == pytest.approx(float(want), rel=1e-4)
+    metrics = {"median_error_m": 455.0, "backbone": "resnet18 64px, cell with most probability within 360 m",
+               "answer": "cell with most probability within 360 m", "decision": {"radius_m": 360.0},
+               "argmax": {"median_error_m": 606.0, "acc@100m": 0.214, "cell_acc": 0.18}}
+    row = argmax_row("cells_voronoi", metrics)
+    assert row["method"] == "cells_voronoi: most probable cell"
+    assert row["median_error_m"] == 606.0 and row["acc@100m"] == 0.214
+    assert row["backbone"] == "resnet18 64px, most probable cell"
