@@ -91,10 +91,15 @@ def class_of_cell(table: dict[str, list]) -> np.ndarray:
     return np.array([-1 if k is None else k for k in table["class"]])
 
 
+def _pairwise_m(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) distances between planar points (x, y in metres)."""
+    return np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
+
+
 def distance_labels(photo_xy: np.ndarray, class_xy: np.ndarray, smooth_m: float) -> np.ndarray:
     """(photos, classes) soft labels: softmax over classes of -distance(photo, class centroid) / smooth_m,
     metres in a planar projection."""
-    d = np.hypot(photo_xy[:, None, 0] - class_xy[None, :, 0], photo_xy[:, None, 1] - class_xy[None, :, 1])
+    d = _pairwise_m(photo_xy, class_xy)
     z = -(d - d.min(axis=1, keepdims=True)) / smooth_m
     q = np.exp(z)
     return q / q.sum(axis=1, keepdims=True)
@@ -110,7 +115,7 @@ def mass_choice(probs: np.ndarray, class_xy: np.ndarray, radius_m: float) -> np.
     to the lower class; radius_m 0 is the argmax."""
     if radius_m <= 0:
         return probs.argmax(axis=1)
-    d = np.hypot(class_xy[:, None, 0] - class_xy[None, :, 0], class_xy[:, None, 1] - class_xy[None, :, 1])
+    d = _pairwise_m(class_xy, class_xy)
     return (probs @ (d <= radius_m).astype(probs.dtype)).argmax(axis=1)
 
 
@@ -212,24 +217,18 @@ def class_centroids(cfg: Config, grid: Grid, table: dict[str, list]):
 def resolve_decision(run_dir: Path, cfg: Config, model, grid: Grid, table: dict[str, list]) -> dict:
     """cells.decision as a radius for mass_choice, with its record: for auto, chosen on the validation
     views once per checkpoint and kept in RUN/decision.json."""
-    import json
-
     from retrieval.index import sha256_file
     from retrieval.train import trained_checkpoint
-    from retrieval.util import atomic_write_json
+    from retrieval.util import atomic_write_json, matching_record
 
     if cfg.cells.decision == "argmax":
         return {"decision": "argmax", "radius_m": 0.0}
     path = Path(run_dir) / DECISION_FILE
     key = {"decision": cfg.cells.decision, "checkpoint_sha256": sha256_file(trained_checkpoint(run_dir)),
            "centroid": cfg.cells.centroid}
-    try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(rec, dict) and all(rec.get(f) == v for f, v in key.items()) \
-                and isinstance(rec.get("radius_m"), (int, float)):
-            return rec
-    except (OSError, ValueError):
-        pass
+    rec = matching_record(path, key, lambda r: isinstance(r.get("radius_m"), (int, float)))
+    if rec is not None:
+        return rec
     val = load_data(cfg).get("val")
     if val is None or len(val) == 0:
         rec = {**key, "radius_m": 0.0, "why": "no validation views: the most probable cell"}

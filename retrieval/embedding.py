@@ -390,9 +390,7 @@ def resolve_vote(run_dir: Path, cfg: Config, model, side) -> tuple[str, dict]:
     """index.vote, or for auto the mode chosen on the validation views (searched against the training
     photos alone, with the index's place means) and its record; chosen once per checkpoint and kept in
     RUN/vote.json. The training photos' stored index rows are reused when the index holds them first."""
-    import json
-
-    from retrieval.util import atomic_write_json
+    from retrieval.util import atomic_write_json, matching_record
     from retrieval.vote import choose_mode
 
     if cfg.index.vote != "auto":
@@ -400,12 +398,9 @@ def resolve_vote(run_dir: Path, cfg: Config, model, side) -> tuple[str, dict]:
     path, key = Path(run_dir) / VOTE_FILE, {"checkpoint_sha256": side.checkpoint_sha256,
                                            "place_mean": list(_place_setting(cfg)), "k": cfg.index.k,
                                            "vote_radius_m": cfg.index.vote_radius_m}
-    try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(rec, dict) and all(rec.get(f) == v for f, v in key.items()) and rec.get("mode") in VOTE_MODES:
-            return rec["mode"], rec
-    except (OSError, ValueError):
-        pass
+    rec = matching_record(path, key, lambda r: r.get("mode") in VOTE_MODES)
+    if rec is not None:
+        return rec["mode"], rec
     splits = load_data(cfg)
     train, val = splits["train"], splits.get("val")
     if val is None or len(val) == 0:

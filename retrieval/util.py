@@ -134,6 +134,18 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def matching_record(path: str | Path, key: dict, valid: Callable[[dict], bool]) -> dict | None:
+    """A JSON record written earlier (a choice made once per checkpoint, say) if it holds every field of
+    key with the same value and passes valid; None if it is missing, unreadable or stale."""
+    try:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(rec, dict) and all(rec.get(f) == v for f, v in key.items()) and valid(rec):
+        return rec
+    return None
+
+
 def git_revision(cwd: str | Path | None = None) -> dict:
     """The commit of the code that produced a run, and whether the tree had local changes."""
     cwd = Path(cwd or Path(__file__).resolve().parent)

@@ -135,3 +135,16 @@ def test_data_split_refuses_settings_that_leave_nothing_to_train(tmp_path, args,
                                    "--val", "0.5", "--test", "0.4", *args])
     assert res.exit_code != 0 and message in str(res.exception)
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_matching_record_takes_only_a_record_of_the_same_key(tmp_path):
+    from retrieval.util import atomic_write_json, matching_record
+
+    path = tmp_path / "choice.json"
+    assert matching_record(path, {"sha": "a"}, lambda r: True) is None  # missing
+    path.write_text("{not json", encoding="utf-8")
+    assert matching_record(path, {"sha": "a"}, lambda r: True) is None  # unreadable
+    atomic_write_json(path, {"sha": "a", "k": 10, "mode": "top1"})
+    assert matching_record(path, {"sha": "a", "k": 10}, lambda r: r["mode"] == "top1")["mode"] == "top1"
+    assert matching_record(path, {"sha": "b", "k": 10}, lambda r: True) is None  # another checkpoint
+    assert matching_record(path, {"sha": "a"}, lambda r: r["mode"] == "pool") is None  # fails valid
