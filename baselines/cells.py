@@ -16,36 +16,23 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from baselines.grids import Grid, build_grid
-from retrieval import GeolocError, distributed
+from baselines.cell_answer import DECISION_RADII_CELLS, centroids, choose_radius, mass_choice, pairwise_m
+from baselines.grids import Grid, make_grid
+from retrieval import distributed
+from retrieval.checkpoints import load_trained, trained_checkpoint
 from retrieval.config import Config
-from retrieval.data import Manifest
-from retrieval.evaluate import Predictions, cell_accuracy, study_distance_m
-from retrieval.geo import bounding_polygon
-from retrieval.metrics import error_metrics, errors_m
+from retrieval.files import atomic_write_json, matching_record, sha256_file
+from retrieval.inference import infer
+from retrieval.manifests import Manifest
+from retrieval.metrics import Predictions, cell_accuracy, error_metrics, errors_m, study_distance_m
 from retrieval.models import cell_classifier
-from retrieval.train import fit, infer, load_data, load_trained, resolve_precision, seed_everything
+from retrieval.precision import resolve_precision
+from retrieval.splits import load_data
+from retrieval.train import fit, seed_everything
 from retrieval.transforms import decode_images, test_transform, train_loader
 
 GRID_FILE = "grid.geojson"
 DECISION_FILE = "decision.json"
-DECISION_RADII_CELLS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)  # cells.decision auto's candidates, in cell sizes
-
-
-def make_grid(cfg: Config, train: Manifest) -> Grid:
-    c = cfg.cells
-    boundary = bounding_polygon(c.boundary or None, train.lat, train.lon)
-    return build_grid(c.grid, boundary, c.cell_size_m, c.border_spacing_m, cfg.seed)
-
-
-def cell_classes_of(cfg: Config, train: Manifest, heading_bins: int = 1) -> np.ndarray:
-    """Each training photo's class: its occupied cell of the `cells` grid, or with heading_bins > 1 its
-    (cell, heading bin) pair, bins of 360/heading_bins degrees centred on north; numbered in cell order."""
-    key = make_grid(cfg, train).assign(train.lat, train.lon)
-    if heading_bins > 1:
-        width = 360.0 / heading_bins
-        key = key * heading_bins + ((train.heading + width / 2) % 360 // width).astype(int)
-    return np.unique(key, return_inverse=True)[1]
 
 
 def cell_table(grid: Grid, train: Manifest) -> dict[str, list]:
@@ -58,7 +45,7 @@ def cell_table(grid: Grid, train: Manifest) -> dict[str, list]:
     plat, plon = grid.projection.to_latlon(sx[full] / n[full], sy[full] / n[full])
     photo_lat, photo_lon = np.full(len(grid), np.nan), np.full(len(grid), np.nan)
     photo_lat[full], photo_lon[full] = plat, plon
-    poly_lat, poly_lon = grid.polygon_centroids()
+    poly_lat, poly_lon = grid.polygoncentroids()
     cls = np.cumsum(full) - 1
     return {
         "n_train": [int(v) for v in n],
@@ -70,18 +57,6 @@ def cell_table(grid: Grid, train: Manifest) -> dict[str, list]:
     }
 
 
-def _centroids(table: dict[str, list], which: str) -> tuple[np.ndarray, np.ndarray]:
-    """lat, lon per cell: photo centroid ('photos', the polygon's where a cell is empty) or 'polygon'."""
-    if which not in ("photos", "polygon"):
-        raise GeolocError(f"cells.centroid={which!r}: choose photos or polygon")
-    lat, lon = np.array(table["poly_lat"], float), np.array(table["poly_lon"], float)
-    if which == "photos":
-        has = np.array([v is not None for v in table["photo_lat"]])
-        lat[has] = [table["photo_lat"][c] for c in np.flatnonzero(has)]
-        lon[has] = [table["photo_lon"][c] for c in np.flatnonzero(has)]
-    return lat, lon
-
-
 def _cell_of_class(table: dict[str, list]) -> np.ndarray:
     return np.array([c for c, k in enumerate(table["class"]) if k is not None], dtype=np.int64)
 
@@ -91,15 +66,10 @@ def class_of_cell(table: dict[str, list]) -> np.ndarray:
     return np.array([-1 if k is None else k for k in table["class"]])
 
 
-def _pairwise_m(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) distances between planar points (x, y in metres)."""
-    return np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
-
-
 def distance_labels(photo_xy: np.ndarray, class_xy: np.ndarray, smooth_m: float) -> np.ndarray:
     """(photos, classes) soft labels: softmax over classes of -distance(photo, class centroid) / smooth_m,
     metres in a planar projection."""
-    d = _pairwise_m(photo_xy, class_xy)
+    d = pairwise_m(photo_xy, class_xy)
     z = -(d - d.min(axis=1, keepdims=True)) / smooth_m
     q = np.exp(z)
     return q / q.sum(axis=1, keepdims=True)
@@ -107,28 +77,6 @@ def distance_labels(photo_xy: np.ndarray, class_xy: np.ndarray, smooth_m: float)
 
 def predicted_cells(cell_of_class: np.ndarray, logits: torch.Tensor) -> np.ndarray:
     return cell_of_class[logits.argmax(dim=1).numpy()]
-
-
-def mass_choice(probs: np.ndarray, class_xy: np.ndarray, radius_m: float) -> np.ndarray:
-    """Each row's class whose centroid has the most probability within radius_m of it (planar metres):
-    the answer most likely within radius_m of the truth, were every photo at its cell's centroid. Ties go
-    to the lower class; radius_m 0 is the argmax."""
-    if radius_m <= 0:
-        return probs.argmax(axis=1)
-    d = _pairwise_m(class_xy, class_xy)
-    return (probs @ (d <= radius_m).astype(probs.dtype)).argmax(axis=1)
-
-
-def choose_radius(probs: np.ndarray, class_xy: np.ndarray, class_lat: np.ndarray, class_lon: np.ndarray,
-                  true_lat: np.ndarray, true_lon: np.ndarray, radii_m) -> tuple[float, dict[str, float]]:
-    """The radius of mass_choice with the lowest median error on held-out photos, and each radius's
-    median in metres (keys: the radius as text); a tie goes to the smaller radius."""
-    medians = {}
-    for r in radii_m:
-        c = mass_choice(probs, class_xy, r)
-        medians[f"{r:g}"] = float(np.median(errors_m(class_lat[c], class_lon[c], true_lat, true_lon)))
-    best = min(radii_m, key=lambda r: (medians[f"{r:g}"], r))
-    return float(best), medians
 
 
 class CellsTask:
@@ -143,7 +91,7 @@ class CellsTask:
         self.cell_of_class = _cell_of_class(self.table)
         classes = class_of_cell(self.table)
         labels = torch.from_numpy(classes[grid.assign(train.lat, train.lon)])
-        self.centroid_lat, self.centroid_lon = _centroids(self.table, cfg.cells.centroid)
+        self.centroid_lat, self.centroid_lon = centroids(self.table, cfg.cells.centroid)
         self.photo_xy = self.class_xy = None
         if cfg.cells.label_smooth_m > 0:
             self.photo_xy = np.stack(grid.projection.to_xy(train.lat, train.lon), axis=1)
@@ -208,7 +156,7 @@ def train_cells(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
 
 def class_centroids(cfg: Config, grid: Grid, table: dict[str, list]):
     """Per class: lat, lon of its centroid (cells.centroid) and x, y in the grid's projection."""
-    lat, lon = _centroids(table, cfg.cells.centroid)
+    lat, lon = centroids(table, cfg.cells.centroid)
     c = _cell_of_class(table)
     xy = np.stack(grid.projection.to_xy(lat[c], lon[c]), axis=1)
     return lat[c], lon[c], xy
@@ -217,10 +165,6 @@ def class_centroids(cfg: Config, grid: Grid, table: dict[str, list]):
 def resolve_decision(run_dir: Path, cfg: Config, model, grid: Grid, table: dict[str, list]) -> dict:
     """cells.decision as a radius for mass_choice, with its record: for auto, chosen on the validation
     views once per checkpoint and kept in RUN/decision.json."""
-    from retrieval.index import sha256_file
-    from retrieval.train import trained_checkpoint
-    from retrieval.util import atomic_write_json, matching_record
-
     if cfg.cells.decision == "argmax":
         return {"decision": "argmax", "radius_m": 0.0}
     path = Path(run_dir) / DECISION_FILE
@@ -267,9 +211,9 @@ def predict(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
     probs = torch.softmax(logits.float(), dim=1).numpy()
     pred = cell_of_class[mass_choice(probs, class_centroids(cfg, grid, table)[2], decision["radius_m"])]
     true = grid.assign(test.lat, test.lon)
-    lat, lon = _centroids(table, cfg.cells.centroid)
+    lat, lon = centroids(table, cfg.cells.centroid)
     other = "polygon" if cfg.cells.centroid == "photos" else "photos"
-    o_lat, o_lon = _centroids(table, other)
+    o_lat, o_lon = centroids(table, other)
     top = predicted_cells(cell_of_class, logits)
     metrics = {
         "decision": {k: v for k, v in decision.items() if k != "checkpoint_sha256"},

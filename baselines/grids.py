@@ -19,8 +19,8 @@ from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
 from retrieval import GeolocError
-from retrieval.geo import LocalProjection
-from retrieval.util import atomic_write_json
+from retrieval.files import atomic_write_json
+from retrieval.geo import LocalProjection, bounding_polygon
 
 KINDS = ("square", "voronoi")
 
@@ -138,8 +138,6 @@ def _projected(boundary_lonlat: BaseGeometry) -> tuple[LocalProjection, tuple[fl
 
 def square_grid(boundary_lonlat: BaseGeometry, cell_size_m: float) -> Grid:
     """Squares of cell_size_m from the boundary's south-west corner, clipped; squares off it dropped."""
-    if cell_size_m <= 0:
-        raise GeolocError(f"cells.cell_size_m={cell_size_m}: must be positive")
     proj, ref, poly = _projected(boundary_lonlat)
     x0, y0, x1, y1 = poly.bounds
     nx, ny = int(np.ceil((x1 - x0) / cell_size_m)), int(np.ceil((y1 - y0) / cell_size_m))
@@ -197,8 +195,6 @@ def sample_centres(boundary: BaseGeometry, spacing_m: float, border_m: float, se
 def voronoi_grid(boundary_lonlat: BaseGeometry, spacing_m: float, border_m: float = 0.0,
                  seed: int = 0) -> Grid:
     """Voronoi cells of rejection-sampled centres (see sample_centres), clipped to the boundary."""
-    if spacing_m <= 0 or border_m < 0:
-        raise GeolocError(f"cells.cell_size_m={spacing_m}, border_spacing_m={border_m}: need > 0 and >= 0")
     proj, ref, poly = _projected(boundary_lonlat)
     centres = sample_centres(poly, spacing_m, border_m, seed)
     x0, y0, x1, y1 = poly.bounds
@@ -219,6 +215,20 @@ def build_grid(kind: str, boundary_lonlat: BaseGeometry, cell_size_m: float, bor
                seed: int = 0) -> Grid:
     if kind == "square":
         return square_grid(boundary_lonlat, cell_size_m)
-    if kind == "voronoi":
-        return voronoi_grid(boundary_lonlat, cell_size_m, border_spacing_m, seed)
-    raise GeolocError(f"cells.grid={kind!r}: choose one of {', '.join(KINDS)}")
+    return voronoi_grid(boundary_lonlat, cell_size_m, border_spacing_m, seed)
+
+
+def make_grid(cfg, train) -> Grid:
+    c = cfg.cells
+    boundary = bounding_polygon(c.boundary or None, train.lat, train.lon)
+    return build_grid(c.grid, boundary, c.cell_size_m, c.border_spacing_m, cfg.seed)
+
+
+def cell_classes_of(cfg, train, heading_bins: int = 1) -> np.ndarray:
+    """Each training photo's class: its occupied cell of the `cells` grid, or with heading_bins > 1 its
+    (cell, heading bin) pair, bins of 360/heading_bins degrees centred on north; numbered in cell order."""
+    key = make_grid(cfg, train).assign(train.lat, train.lon)
+    if heading_bins > 1:
+        width = 360.0 / heading_bins
+        key = key * heading_bins + ((train.heading + width / 2) % 360 // width).astype(int)
+    return np.unique(key, return_inverse=True)[1]

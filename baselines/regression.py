@@ -10,14 +10,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.cells import cell_classes_of
+from baselines.grids import cell_classes_of
 from retrieval import GeolocError, distributed
+from retrieval.checkpoints import load_trained
 from retrieval.config import Config
-from retrieval.data import Manifest
-from retrieval.evaluate import Predictions, read_run_info
-from retrieval.metrics import errors_m
+from retrieval.inference import infer
+from retrieval.manifests import Manifest
+from retrieval.metrics import Predictions, errors_m
 from retrieval.models import MIXTURE_COLUMNS, coordinate_regressor, mixture_nll
-from retrieval.train import fit, infer, load_data, load_trained, resolve_precision, seed_everything
+from retrieval.precision import resolve_precision
+from retrieval.runs import read_run_info
+from retrieval.splits import load_data
+from retrieval.train import fit, seed_everything
 from retrieval.transforms import decode_images, test_transform, train_loader
 
 

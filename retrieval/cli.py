@@ -35,7 +35,8 @@ def data_import(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Warn about and skip unreadable photos."),
 ):
     """Make a manifest (path,lat,lon[,heading]) from photos in a known naming or EXIF convention."""
-    from retrieval.data import import_photos, write_manifest
+    from retrieval.manifests import write_manifest
+    from retrieval.photo_import import import_photos
 
     m = import_photos(src, fmt, skip_bad=skip_bad)
     write_manifest(out, m)
@@ -48,7 +49,7 @@ def data_check(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad rows as warnings and count them."),
 ):
     """Check every row of a manifest: coordinates, duplicates, files, and that each image decodes."""
-    from retrieval.data import read_manifest
+    from retrieval.manifests import read_manifest
 
     m = read_manifest(manifest, skip_bad=skip_bad, check_images=True, check_far=True)
     typer.echo(f"{manifest}: {len(m)} good photos" + (f", {m.skipped} bad rows skipped" if m.skipped else ""))
@@ -70,7 +71,8 @@ def data_split(
     seed: int = typer.Option(0),
 ):
     """Split a manifest into train/val/test (see --mode), so nothing is asked that the task does not ask."""
-    from retrieval.data import read_manifest, split_counts, split_photos, write_manifest
+    from retrieval.manifests import read_manifest, write_manifest
+    from retrieval.splits import split_counts, split_photos
 
     if block_m <= 0 or gap_m < 0 or radius_m <= 0:
         raise GeolocError(f"data split: --block-m ({block_m:g}) and --radius-m ({radius_m:g}) must be > 0 "
@@ -218,11 +220,11 @@ def train_cells_cmd(
     overrides: Optional[List[str]] = SetOption,
 ):
     """Cell classification (the study): ResNet-50 over square or Voronoi cells."""
-    from baselines.cells import train_cells
+    from retrieval.methods import trainer
 
     extra = [f"cells.grid={grid}"] if grid else []
     cfg, run_dir = _train_setup("cells", data, config, out, resume, [*(overrides or []), *extra])
-    _echo_summary(train_cells(cfg, run_dir, resume))
+    _echo_summary(trainer("cells")(cfg, run_dir, resume))
 
 
 @train_app.command("regression")
@@ -234,10 +236,10 @@ def train_regression_cmd(
     overrides: Optional[List[str]] = SetOption,
 ):
     """Coordinate regression (the study): ResNet-50 + 256-unit head on normalised lat/lon."""
-    from baselines.regression import train_regression
+    from retrieval.methods import trainer
 
     cfg, run_dir = _train_setup("regression", data, config, out, resume, overrides)
-    _echo_summary(train_regression(cfg, run_dir, resume))
+    _echo_summary(trainer("regression")(cfg, run_dir, resume))
 
 
 @app.command("evaluate")
@@ -270,12 +272,12 @@ def train_embedding_cmd(
     overrides: Optional[List[str]] = SetOption,
 ):
     """Geodesic metric learning: triplets by walking distance along the street graph."""
-    from retrieval.embedding import train_embedding
+    from retrieval.methods import trainer
 
     extra = [f"embedding.positives={positives}"] if positives else []
     extra += [f"embedding.streets={streets}"] if streets else []
     cfg, run_dir = _train_setup("embedding", data, config, out, resume, [*(overrides or []), *extra])
-    _echo_summary(train_embedding(cfg, run_dir, resume))
+    _echo_summary(trainer("embedding")(cfg, run_dir, resume))
 
 
 @index_app.command("build")
@@ -287,7 +289,7 @@ def index_build_cmd(
 ):
     """Embed the training photos and save a FAISS index with its sidecar in RUN/index."""
     from retrieval.config import load_config
-    from retrieval.embedding import build_run_index
+    from retrieval.run_index import build_run_index
 
     cfg = load_config(run / "config.yaml", [*(overrides or []), *([f"index.kind={kind}"] if kind else [])])
     if data is not None:
@@ -296,6 +298,20 @@ def index_build_cmd(
     shards = f", {s['shards']} shards" if s["shards"] > 1 else ""
     typer.echo(f"indexed {s['photos']} photos ({s['kind']}, {s['dim']}-d{shards}) in {s['seconds']:.1f} s, "
                f"{s['embed_images_per_s']:.1f} img/s, {s['embedded']} embedded now: {run / 'index'}")
+
+
+def _answer_text(a) -> str:
+    lines = [f"{a.source}: {a.lat:.6f}, {a.lon:.6f}  confidence {a.confidence:.2f}  ({a.vote} vote, {a.ms:.0f} ms)"]
+    for n in a.neighbours:
+        lines.append(f"    {n.similarity:.3f}  {n.lat:.6f}, {n.lon:.6f}  {n.distance_m:7.0f} m  {Path(n.path).name}")
+    return "\n".join(lines)
+
+
+def _answers_summary(answers) -> str:
+    ms = [a.ms for a in answers if not a.error]
+    bad = sum(bool(a.error) for a in answers)
+    text = f"{len(ms)} image(s)" + (f", median {sorted(ms)[len(ms) // 2]:.0f} ms per image" if ms else "")
+    return text + (f"; {bad} could not be located" if bad else "")
 
 
 @app.command("query")
@@ -308,20 +324,25 @@ def query_cmd(
     """Where was this photo taken? Prints lat, lon, confidence and the neighbours that voted."""
     import json
 
-    from retrieval.query import format_answer, query, summary
+    from retrieval.api import Locator
 
-    answers = query(run, images, k)
-    bad = [a for a in answers if "error" in a]
+    if k is not None and k < 1:
+        raise GeolocError(f"--k {k}: at least 1 neighbour must vote")
+    answers = Locator.load(run).locate(images, k)
+    for a in answers:
+        if a.warning:
+            print(f"warning: {a.warning}", file=sys.stderr)
     if as_json:
-        typer.echo(json.dumps(answers, indent=2))
+        typer.echo(json.dumps([a.to_dict() for a in answers], indent=2))
     else:
         for a in answers:
-            if "error" not in a:
-                typer.echo(format_answer(a))
-        typer.echo(summary(answers))
+            if not a.error:
+                typer.echo(_answer_text(a))
+        typer.echo(_answers_summary(answers))
+    bad = [a for a in answers if a.error]
     if bad:  # the good images are answered above; each bad one is named, and the status says so
         for a in bad:
-            print(f"error: {a['error']}", file=sys.stderr)
+            print(f"error: {a.error}", file=sys.stderr)
         raise typer.Exit(2)
 
 
@@ -336,7 +357,7 @@ def benchmark_cmd(
     """Render a city, train every method of bench.methods under one budget, evaluate, report.
     Run it again with the same --out to resume after a kill."""
     from retrieval.config import load_config
-    from retrieval.pipeline import run_benchmark
+    from retrieval.benchmark import run_benchmark
 
     cfg = load_config(config, overrides)
     report = run_benchmark(cfg, out or Path("runs") / cfg.name)
@@ -350,7 +371,7 @@ def demo_cmd(
 ):
     """The whole job on the embedded procedural demo city: no data files needed."""
     from retrieval.config import load_config
-    from retrieval.pipeline import DEMO, demo_query_hint, run_benchmark
+    from retrieval.benchmark import DEMO, demo_query_hint, run_benchmark
 
     cfg = load_config(None, overrides, base=DEMO)
     report = run_benchmark(cfg, out)
@@ -373,7 +394,7 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except (OSError, RuntimeError) as exc:
-        from retrieval.util import disk_full_message, is_disk_full
+        from retrieval.files import disk_full_message, is_disk_full
 
         if not is_disk_full(exc):
             raise

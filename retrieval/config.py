@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -10,7 +11,21 @@ from typing import Any
 
 import yaml
 
+from baselines.cell_answer import CENTROIDS, DECISIONS
+from baselines.grids import KINDS as GRID_KINDS
 from retrieval import GeolocError
+from retrieval.files import atomic_write_json, atomic_write_text, command_line, git_revision
+from retrieval.index import KINDS as INDEX_KINDS
+from retrieval.index import REFINES
+from retrieval.losses import LOSSES, MINERS
+from retrieval.methods import METHODS
+from retrieval.mining import SUPERVISION
+from retrieval.models import ARCHS
+from retrieval.optim import OPTIMIZERS, SCHEDULES
+from retrieval.precision import PRECISIONS
+from retrieval.splits import SPLIT_MODES
+from retrieval.streets import NETWORK_TYPES, POSITIVES
+from retrieval.vote import VOTE_MODES
 
 
 @dataclass
@@ -280,26 +295,24 @@ def _merge(base: dict, update: dict, where: str = "config") -> dict:
 
 # --- validation: every setting checked once, when the config loads ----------------------------------
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
+# Each list of choices is declared by the module that owns it.
 CHOICES = {
-    "data.split_mode": ("place", "spatial", "random"),
-    "model.arch": ARCHS,
-    "train.optimizer": ("adamw", "sgd"),
-    "train.schedule": ("cosine", "exponential"),
-    "train.precision": ("bf16", "fp32"),
-    "cells.grid": ("voronoi", "square"),
-    "cells.centroid": ("photos", "polygon"),
-    "cells.decision": ("auto", "argmax"),
-    "embedding.positives": ("geodesic", "euclidean"),
-    "embedding.supervision": ("auto", "heading", "weak", "radius"),
-    "embedding.loss": ("multi_similarity", "triplet", "contrastive"),
-    "embedding.network_type": ("walk", "all", "drive", "bike", "all_public", "drive_service"),
-    "index.kind": ("flat", "ivfpq", "hnsw"),
-    "index.refine": ("flat", "sq8", "none"),
-    "index.vote": ("auto", "pool", "top1", "weighted_mean"),
+    "data.split_mode": SPLIT_MODES,
+    "model.arch": tuple(ARCHS),
+    "train.optimizer": OPTIMIZERS,
+    "train.schedule": SCHEDULES,
+    "train.precision": PRECISIONS,
+    "cells.grid": GRID_KINDS,
+    "cells.centroid": CENTROIDS,
+    "cells.decision": DECISIONS,
+    "embedding.positives": POSITIVES,
+    "embedding.supervision": SUPERVISION,
+    "embedding.loss": LOSSES,
+    "embedding.network_type": NETWORK_TYPES,
+    "index.kind": INDEX_KINDS,
+    "index.refine": tuple(REFINES),
+    "index.vote": ("auto", *VOTE_MODES),
 }
-MINERS = {"triplet": ("semihard", "hard", "all", "hardest"),
-          "multi_similarity": ("multi_similarity", "all"), "contrastive": ("multi_similarity", "all")}
 # key -> (low, high, low inclusive, high inclusive); None: unbounded
 RANGES = {
     "data.val_fraction": (0, 1, True, False), "data.test_fraction": (0, 1, True, False),
@@ -356,8 +369,6 @@ def _range_text(lo, hi, lo_inc, hi_inc) -> str:
 def validate(cfg: "Config", where: str = "config") -> "Config":
     """Raise a one-line GeolocError for the first setting out of its range or choices, or two settings
     that cannot go together; returns cfg."""
-    import math
-
     def bad(key: str, why: str) -> None:
         raise GeolocError(f"{where}: {key}={_get(cfg, key)!r}: {why}")
 
@@ -386,8 +397,8 @@ def validate(cfg: "Config", where: str = "config") -> "Config":
     if cfg.index.kind == "ivfpq" and cfg.model.embed_dim % cfg.index.pq_m:
         bad("index.pq_m", f"must divide model.embed_dim ({cfg.model.embed_dim})")
     for name in cfg.bench.methods:
-        if name.split("_", 1)[0] not in ("cells", "regression", "embedding"):
-            raise GeolocError(f"{where}: bench.methods: {name!r} must start with cells, regression or embedding")
+        if name.split("_", 1)[0] not in METHODS:
+            raise GeolocError(f"{where}: bench.methods: {name!r} must start with one of {', '.join(METHODS)}")
     return cfg
 
 
@@ -440,8 +451,6 @@ def dump_yaml(cfg: Config) -> str:
 
 def prepare_run_dir(run_dir: str | Path, cfg: Config) -> Path:
     """Create the run directory and record what produced it: resolved config, command line, git revision."""
-    from retrieval.util import atomic_write_json, atomic_write_text, command_line, git_revision
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))

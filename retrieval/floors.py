@@ -17,10 +17,15 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
 
 from retrieval import GeolocError
+from retrieval.geo import LocalProjection, heading_gap_deg
+from retrieval.inference import embed
 from retrieval.metrics import error_metrics, errors_m, recall_at_n
-from retrieval.mining import heading_gap_deg
+from retrieval.models import embedding_net
+from retrieval.precision import prepare_model
+from retrieval.transforms import decode_images
 
 RADIUS_M, FACING_DEG, THUMB = 25.0, 45.0, 16
 
@@ -46,10 +51,6 @@ def oracle(db_lat, db_lon, q_lat, q_lon, db_heading=None, q_heading=None) -> dic
     """The nearest training view by ground position: its distance (as an error), the share of queries
     within 25 m of any training view, and with headings the share with one within 25 m facing within
     45 degrees."""
-    from scipy.spatial import cKDTree
-
-    from retrieval.geo import LocalProjection
-
     db_lat, db_lon, q_lat, q_lon = (np.asarray(a, float) for a in (db_lat, db_lon, q_lat, q_lon))
     proj = LocalProjection.for_points(np.r_[db_lat, q_lat], np.r_[db_lon, q_lon])
     tree = cKDTree(np.column_stack(proj.to_xy(db_lat, db_lon)))
@@ -96,11 +97,6 @@ def floors(cfg, db, test) -> dict:
     """Every floor and the oracle for test queries against database db (Manifests), with the run's
     backbone for the untrained k-NN. Cached per process: a benchmark evaluating several methods on the
     same views computes them once."""
-    from retrieval.embedding import embed
-    from retrieval.models import embedding_net
-    from retrieval.train import prepare_model
-    from retrieval.transforms import decode_images
-
     key = _key(cfg, db, test)
     if key in _CACHE:
         return _CACHE[key]

@@ -113,3 +113,9 @@ def bounding_polygon(boundary: str | Path | None = None, lat=None, lon=None,
 
         return shapely.concave_hull(pts, ratio=concave_ratio)
     return pts.convex_hull
+
+
+def heading_gap_deg(a, b) -> np.ndarray:
+    """Smallest angle between headings a and b (degrees, 0..180)."""
+    d = np.abs(np.asarray(a, float) - np.asarray(b, float)) % 360.0
+    return np.minimum(d, 360.0 - d)

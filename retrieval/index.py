@@ -11,7 +11,6 @@ ADD_CHUNK rows at a time, so a million 512-d vectors (2 GiB) never need to be in
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from retrieval import GeolocError
-from retrieval.util import atomic_write, atomic_write_json
+from retrieval.files import STALE_TMP_S, atomic_write, atomic_write_json, remove_stale_tmp, sha256_file
 
 FORMAT_VERSION = 2  # 2: index files listed under "shards" (1 had a single index_sha256)
 KINDS = ("flat", "ivfpq", "hnsw")
@@ -35,14 +34,6 @@ REFINES = {"flat": ",RFlat", "sq8": ",Refine(SQ8)", "none": ""}
 # query's lists on one thread), 1.8x faster with 4 shards of 1M photos; batches take as long either
 # way (benchmarks/RESULTS.md, "Chunked and sharded index build").
 THREADED_SHARDS = True
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class NpyRows:
@@ -247,9 +238,6 @@ def save_index(folder: str | Path, index: faiss.Index, sidecar: Sidecar) -> Path
     if index.d != sidecar.dim:
         raise GeolocError(f"save_index: index dimension {index.d} != sidecar dim {sidecar.dim}")
     parts = shards_of(index)
-    from retrieval.runs import STALE_TMP_S
-    from retrieval.util import remove_stale_tmp
-
     # temporary files a killed build left (".index.faiss.xxxx.tmp", ...): never read, only in the way
     remove_stale_tmp(folder, [INDEX_FILE, ARRAYS_FILE, META_FILE, *(f"index-{i:03d}.faiss" for i in range(len(parts)))],
                      min_age_s=STALE_TMP_S)
@@ -280,7 +268,8 @@ def save_index(folder: str | Path, index: faiss.Index, sidecar: Sidecar) -> Path
     return folder
 
 
-def _read_meta(path: Path) -> dict:
+def read_meta(path: Path) -> dict:
+    """An index folder's index.json, checked field by field (a sidecar cannot point outside its folder)."""
     if not path.is_file():
         raise GeolocError(f"{path.parent}: no index here ({path.name} missing); build one with `geoloc index build`")
     try:
@@ -330,7 +319,7 @@ def load_index(folder: str | Path, expected_checkpoint_hash: str | None = None,
     """Read an index folder, refusing one that does not belong to the expected model or is damaged.
     Several shard files come back as one faiss.IndexShards whose ids are row numbers."""
     folder = Path(folder)
-    meta = _read_meta(folder / META_FILE)
+    meta = read_meta(folder / META_FILE)
     if expected_checkpoint_hash is not None and meta["checkpoint_sha256"] != expected_checkpoint_hash:
         raise GeolocError(f"{folder}: index was built with model checkpoint sha256 {meta['checkpoint_sha256'][:12]}, "
                           f"not this model's {expected_checkpoint_hash[:12]}; rebuild it with `geoloc index build`")
@@ -360,3 +349,10 @@ def load_index(folder: str | Path, expected_checkpoint_hash: str | None = None,
     return index, Sidecar(paths=paths, lat=lat, lon=lon, dim=meta["dim"], kind=meta["kind"],
                           checkpoint_sha256=meta["checkpoint_sha256"], search_params=meta["search_params"],
                           place_mean=meta.get("place_mean") if isinstance(meta.get("place_mean"), dict) else {})
+
+
+def nearest_of(db: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, k) similarities and indices of each query's k most similar db rows (inner product), exact."""
+    index = faiss.IndexFlatIP(db.shape[1])
+    index.add(np.ascontiguousarray(db, np.float32))
+    return index.search(np.ascontiguousarray(q, np.float32), min(k, len(db)))

@@ -1,5 +1,8 @@
-"""Localisation metrics as pure functions: distances in, numbers out."""
+"""Localisation metrics as pure functions: distances in, numbers out; and the predictions every method
+hands to evaluation."""
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,3 +57,32 @@ def paired_bootstrap(a, b, n: int = 10_000, seed: int = 0, level: float = 0.95) 
         means = np.array([d[rng.integers(0, s, s)][:, rng.integers(0, v, v)].mean() for _ in range(n)])
     tail = (1 - level) / 2
     return float(d.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def cell_accuracy(true_cell, pred_cell) -> float:
+    true_cell, pred_cell = np.asarray(true_cell), np.asarray(pred_cell)
+    if true_cell.shape != pred_cell.shape or true_cell.size == 0:
+        raise ValueError("cell_accuracy: need two non-empty arrays of the same shape")
+    return float(np.mean(true_cell == pred_cell))
+
+
+def study_distance_m(true_cell, pred_cell, centroid_lat, centroid_lon) -> float:
+    """The study's "distance": for each true cell, the mean centroid-to-centroid distance of its
+    misclassified photos; then the mean over cells that have any (metres). NaN if nothing is wrong."""
+    true_cell, pred_cell = np.asarray(true_cell), np.asarray(pred_cell)
+    lat, lon = np.asarray(centroid_lat, float), np.asarray(centroid_lon, float)
+    wrong = true_cell != pred_cell
+    if not wrong.any():
+        return float("nan")
+    t, p = true_cell[wrong], pred_cell[wrong]
+    d = haversine_m(lat[t], lon[t], lat[p], lon[p])
+    return float(np.mean([d[t == c].mean() for c in np.unique(t)]))
+
+
+@dataclass
+class Predictions:
+    lat: np.ndarray
+    lon: np.ndarray
+    metrics: dict = field(default_factory=dict)  # method's own figures (cell accuracy, ...)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # extra predictions.csv columns
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # saved to predictions.npz

@@ -15,13 +15,11 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
-from pytorch_metric_learning import distances, losses
+from pytorch_metric_learning import distances
 
 from retrieval import GeolocError
+from retrieval.geo import heading_gap_deg
 
-TRIPLET_STRATEGIES = ("semihard", "hard", "all", "hardest")
-PAIR_STRATEGIES = ("multi_similarity", "all")
-LOSSES = ("triplet", "multi_similarity", "contrastive")
 SUPERVISION = ("auto", "heading", "weak", "radius")
 
 
@@ -54,16 +52,8 @@ def batch_distances(dist: sp.csr_matrix, photo_idx, ref_idx=None) -> np.ndarray:
     return out
 
 
-def heading_gap_deg(a, b) -> np.ndarray:
-    """Smallest angle between headings a and b (degrees, 0..180)."""
-    d = np.abs(np.asarray(a, float) - np.asarray(b, float)) % 360.0
-    return np.minimum(d, 360.0 - d)
-
-
 def resolve_supervision(supervision: str, heading) -> str:
     """auto -> heading where every photo has a heading, else weak."""
-    if supervision not in SUPERVISION:
-        raise GeolocError(f"embedding.supervision={supervision!r}: choose one of {', '.join(SUPERVISION)}")
     known = heading is not None and len(heading) > 0 and bool(np.isfinite(heading).all())
     if supervision == "heading" and not known:
         raise GeolocError("embedding.supervision=heading: the training manifest has no heading for every "
@@ -277,8 +267,6 @@ class GeodesicTripletMiner:
 
     def __init__(self, rules: GroundRules, strategy: str = "semihard", margin: float = 0.1,
                  distance: distances.BaseDistance | None = None):
-        if strategy not in TRIPLET_STRATEGIES:
-            raise GeolocError(f"miner {strategy!r}: expected one of {', '.join(TRIPLET_STRATEGIES)}")
         self.rules, self.strategy, self.margin = rules, strategy, margin
         self.distance = distance or distances.LpDistance()  # TripletMarginLoss's own default
 
@@ -320,8 +308,6 @@ class GeodesicPairMiner:
     """
 
     def __init__(self, rules: GroundRules, strategy: str = "multi_similarity", epsilon: float = 0.1):
-        if strategy not in PAIR_STRATEGIES:
-            raise GeolocError(f"pair miner {strategy!r}: expected one of {', '.join(PAIR_STRATEGIES)}")
         self.rules, self.strategy, self.epsilon = rules, strategy, epsilon
 
     def __call__(self, embeddings: torch.Tensor, photo_idx, ref_emb: torch.Tensor | None = None,
@@ -339,23 +325,3 @@ class GeodesicPairMiner:
 
 def _as_numpy(photo_idx) -> np.ndarray:
     return photo_idx.detach().cpu().numpy() if isinstance(photo_idx, torch.Tensor) else np.asarray(photo_idx)
-
-
-def make_loss(cfg) -> losses.BaseMetricLossFunction:
-    """The pml loss named by cfg.loss (an EmbeddingConfig); call it as loss(emb, indices_tuple=miner(emb, idx))."""
-    if cfg.loss == "triplet":
-        return losses.TripletMarginLoss(margin=cfg.margin)
-    if cfg.loss == "multi_similarity":
-        return losses.MultiSimilarityLoss(alpha=cfg.ms_alpha, beta=cfg.ms_beta, base=cfg.ms_base)
-    if cfg.loss == "contrastive":
-        return losses.ContrastiveLoss(pos_margin=0.0, neg_margin=1.0)
-    raise GeolocError(f"embedding.loss {cfg.loss!r}: expected one of {', '.join(LOSSES)}")
-
-
-def make_miner(cfg, rules: GroundRules):
-    """The miner for cfg.loss: triplets chosen by cfg.miner for the triplet loss, pairs for pair losses."""
-    if cfg.loss == "triplet":
-        return GeodesicTripletMiner(rules, cfg.miner, cfg.margin)
-    if cfg.loss in LOSSES:
-        return GeodesicPairMiner(rules, cfg.miner)
-    raise GeolocError(f"embedding.loss {cfg.loss!r}: expected one of {', '.join(LOSSES)}")

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.spatial import cKDTree
 
-from retrieval.mining import heading_gap_deg
+from retrieval.geo import LocalProjection, heading_gap_deg
 
 
 def same_place(lat, lon, heading, radius_m: float, heading_tol_deg: float = 180.0) -> sp.csr_matrix:
     """Boolean (N, N) matrix: distinct photos within radius_m of each other (straight line) and, where
     both headings are known, facing within heading_tol_deg."""
-    from scipy.spatial import cKDTree
-
-    from retrieval.geo import LocalProjection
-
     lat, lon = np.asarray(lat, float), np.asarray(lon, float)
     n = len(lat)
     if n == 0 or radius_m <= 0:
@@ -52,3 +49,12 @@ def place_means(emb, neighbours: sp.csr_matrix, rows: slice | None = None) -> np
         deg = np.asarray(nb.sum(axis=1)).ravel()
         out += sums / np.maximum(deg, 1.0)[:, None]
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def place_neighbours(cfg, db) -> sp.csr_matrix | None:
+    """The same-place neighbours of index.place_mean_m among db's photos (a Config, a Manifest), or None
+    when place means are off."""
+    i = cfg.index
+    if i.place_mean_m <= 0:
+        return None
+    return same_place(db.lat, db.lon, db.heading, i.place_mean_m, i.place_mean_heading_deg)

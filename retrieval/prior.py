@@ -18,9 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from retrieval import GeolocError
-from retrieval.config import Config, load_config, to_dict
+from baselines.cells import class_logits, class_of_cell, load_classifier, train_cells
+from retrieval import GeolocError, distributed
+from retrieval.config import Config, load_config, load_run_config, prepare_run_dir, to_dict
+from retrieval.embedding import train_embedding
+from retrieval.files import atomic_write_json
+from retrieval.inference import embed, load_embedding_model
+from retrieval.metrics import errors_m
+from retrieval.precision import prepare_model
+from retrieval.splits import load_data
+from retrieval.transforms import decode_images
 
 PRIOR_DIR, PRIOR_FILE = "cells", "prior.json"
 WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
@@ -53,8 +63,6 @@ def choose_weight(sims, ids, logp, db_class, db_lat, db_lon, lat, lon, weights=W
                   radius_m: float = 25.0) -> tuple[float, dict[float, float]]:
     """The weight whose reranked first neighbour lies within radius_m of the truth for the most queries
     (ties: the smaller weight), and that share for every weight tried."""
-    from retrieval.metrics import errors_m
-
     recall = {}
     for w in weights:
         _, top = rerank(sims, ids, logp, db_class, w)
@@ -74,11 +82,6 @@ class CellPrior:
 
     @classmethod
     def from_folder(cls, folder: Path, weight: float) -> "CellPrior":
-        from baselines.cells import class_of_cell, load_classifier
-        from retrieval.config import load_run_config
-
-        from retrieval.train import prepare_model
-
         cfg = load_run_config(folder)
         model, grid, table = load_classifier(folder, cfg)
         model = prepare_model(model, cfg.train.precision).eval()
@@ -96,10 +99,6 @@ class CellPrior:
         return self.class_of_cell[self.grid.assign(np.asarray(lat), np.asarray(lon))]
 
     def log_probs(self, images, desc: str = "cells prior") -> np.ndarray:
-        import torch
-
-        from baselines.cells import class_logits
-
         return torch.log_softmax(class_logits(self.model, images, self.cfg, desc).float(), dim=1).numpy()
 
 
@@ -115,9 +114,6 @@ def top_candidates(q: np.ndarray, db: np.ndarray, n: int) -> tuple[np.ndarray, n
 def train_prior(cfg: Config, run_dir: Path, resume: bool) -> dict:
     """Train the cells classifier in RUN/cells with the share of the budget, then choose the weight on
     the validation views."""
-    from baselines.cells import train_cells
-    from retrieval.config import prepare_run_dir
-
     folder = Path(run_dir) / PRIOR_DIR
     cells_cfg = budgets(cfg)[1]
     resume = resume and (folder / "last.pt").is_file()
@@ -129,17 +125,12 @@ def train_prior(cfg: Config, run_dir: Path, resume: bool) -> dict:
 def choose_and_record_weight(cfg: Config, run_dir: Path) -> float:
     """Choose the prior's weight on the validation views (database: the training photos, as in the
     embedding's own validation) and write it to RUN/cells/prior.json."""
-    from retrieval.embedding import embed, load_model
-    from retrieval.train import load_data
-    from retrieval.transforms import decode_images
-    from retrieval.util import atomic_write_json
-
     folder = run_dir / PRIOR_DIR
     splits = load_data(cfg)
     train, val = splits["train"], splits.get("val")
     record = {"weight": DEFAULT_WEIGHT, "chosen_on": "default (no validation views)", "val_recall@1_25m": {}}
     if val is not None:
-        model, _ = load_model(run_dir, cfg)
+        model, _ = load_embedding_model(run_dir, cfg)
         db = embed(model, decode_images(train, cfg.data.resize, "decode train"), cfg, "prior: database")
         val_images = decode_images(val, cfg.data.resize, "decode val")
         sims, ids = top_candidates(embed(model, val_images, cfg, "prior: validation"), db,
@@ -155,8 +146,6 @@ def choose_and_record_weight(cfg: Config, run_dir: Path) -> float:
 def record_in_run(run_dir: Path, summary: dict, cells: dict) -> dict:
     """run.json's training summary for both networks: time and images of the two together (the method's
     budget), the embedding's own under "embedding", the prior's under "cell_prior"."""
-    from retrieval.util import atomic_write_json
-
     seconds = summary["train_seconds"] + cells["train_seconds"]
     images = summary["train_images"] + cells["train_images"]
     total = {**summary, "train_seconds": round(seconds, 3), "train_images": images,
@@ -174,3 +163,17 @@ def check_complete(run_dir: Path, cfg: Config) -> None:
         raise GeolocError(f"{run_dir}: embedding.cell_prior_share={cfg.embedding.cell_prior_share:g} but the "
                           f"cells prior was not trained to the end ({PRIOR_DIR}/{PRIOR_FILE} missing); "
                           "resume the training with --resume")
+
+
+def train_embedding_and_prior(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+    """The embedding method's training (retrieval.methods): the embedding, then with
+    embedding.cell_prior_share > 0 the cells prior in that share of the budget."""
+    if cfg.embedding.cell_prior_share <= 0:
+        return train_embedding(cfg, run_dir, resume)
+    distributed.init()
+    if distributed.world_size() > 1:
+        raise GeolocError("embedding.cell_prior_share: one process only (the cells prior trains after the "
+                          "embedding, on rank 0's data)")
+    summary = train_embedding(budgets(cfg)[0], run_dir, resume)
+    tqdm.write(f"== cells prior: {cfg.embedding.cell_prior_share:g} of the budget, in {Path(run_dir) / PRIOR_DIR}")
+    return record_in_run(Path(run_dir), summary, train_prior(cfg, Path(run_dir), resume))

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from retrieval.util import atomic_write, atomic_write_text  # noqa: E402
+from retrieval.files import atomic_write, atomic_write_text  # noqa: E402
 
 COLUMNS = [
     ("method", "method", "{}"),

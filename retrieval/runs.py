@@ -7,10 +7,12 @@ in load_state_dict). Resuming may change only the budget: how many epochs, how l
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from retrieval import GeolocError
 from retrieval.config import Config, dump_yaml, load_config, to_dict
+from retrieval.files import STALE_TMP_S, atomic_write_text, command_line, remove_stale_tmp
 
 # Settings a resumed run may change: the training budget and how the work is spread over threads,
 # plus what only later commands use (index, benchmark bookkeeping, the run's name).
@@ -21,7 +23,6 @@ PATH_KEYS = ("data.train", "data.test", "embedding.streets", "cells.boundary", "
 # What atomic_write names its temporary files after in a run directory.
 RUN_FILES = ("best.pt", "last.pt", "log.csv", "run.json", "config.yaml", "command.txt", "git.json",
              "grid.geojson")
-STALE_TMP_S = 30.0  # a temporary file untouched this long is no live process's (a write takes seconds)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -82,8 +83,6 @@ def check_resume(run_dir: str | Path, kind: str, cfg: Config) -> dict[str, tuple
 def record_resume(run_dir: str | Path, cfg: Config, changes: dict) -> None:
     """A resume that was accepted: config.yaml takes the new budget, command.txt gains the command
     (the command that started the run stays its first line)."""
-    from retrieval.util import atomic_write_text, command_line
-
     run_dir = Path(run_dir)
     if changes:
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
@@ -95,13 +94,19 @@ def record_resume(run_dir: str | Path, cfg: Config, changes: dict) -> None:
 def clean_stale_tmp(run_dir: str | Path) -> list[Path]:
     """Remove the temporary files of our own naming (".best.pt.*.tmp", ...) that a killed run left
     in run_dir; files modified in the last STALE_TMP_S seconds are left alone."""
-    import warnings
-
-    from retrieval.util import remove_stale_tmp
-
     removed = remove_stale_tmp(run_dir, RUN_FILES, min_age_s=STALE_TMP_S)
     if removed:
         warnings.warn(f"{run_dir}: removed {len(removed)} temporary file(s) left by a killed run "
                       f"({', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''})",
                       stacklevel=2)
     return removed
+
+
+def read_run_info(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise GeolocError(f"{run_dir}: not a trained run (no run.json)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise GeolocError(f"{path}: not valid JSON ({exc})") from None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import math
 import os
 import random
 import time
@@ -28,11 +27,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from retrieval import GeolocError, distributed
+from retrieval.checkpoints import load_checkpoint, save_checkpoint
 from retrieval.config import Config, TrainConfig
-from retrieval.data import Manifest, load_splits, read_manifest
+from retrieval.files import atomic_write, atomic_write_json, read_log
 from retrieval.models import freeze_batchnorm
-from retrieval.transforms import one_thread
-from retrieval.util import atomic_write, atomic_write_json, load_checkpoint, read_log, save_checkpoint
+from retrieval.optim import lr_factor, make_optimizer
+from retrieval.precision import autocast, prepare_images, prepare_model, resolve_precision
 
 
 class Task(Protocol):
@@ -57,69 +57,7 @@ def extra_module(task) -> nn.Module | None:
     return getattr(task, "extra", None)
 
 
-# --- precision and inference -----------------------------------------------------------------------
-
-def bf16_supported() -> bool:
-    """Native bf16 matmul on this CPU (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    cpu = torch.cpu
-    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
-def resolve_precision(precision: str) -> str:
-    if precision not in ("bf16", "fp32"):
-        raise GeolocError(f"train.precision={precision!r}: choose bf16 or fp32")
-    if precision == "bf16" and not bf16_supported():
-        warnings.warn("train.precision=bf16: this CPU has no native bf16, using fp32", stacklevel=2)
-        return "fp32"
-    return precision
-
-
-def autocast(precision: str, device_type: str = "cpu"):
-    if precision == "bf16":
-        return torch.autocast(device_type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def prepare_model(model: nn.Module, precision: str) -> nn.Module:
-    """The model in the memory format infer() and training feed it, for train.precision as configured
-    (resolved here: a resolved precision resolves to itself)."""
-    # oneDNN's bf16 convolutions are fastest on NHWC tensors.
-    return model.to(memory_format=torch.channels_last) if resolve_precision(precision) == "bf16" else model
-
-
-def prepare_images(images: torch.Tensor, precision: str) -> torch.Tensor:
-    return images.contiguous(memory_format=torch.channels_last) if precision == "bf16" else images
-
-
-def infer(model: nn.Module, images: list[torch.Tensor], transform, batch_size: int, precision: str,
-          desc: str = "infer") -> torch.Tensor:
-    """Model outputs (float32, N x out) for cached uint8 images, in eval mode."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    outs = []
-    with torch.inference_mode(), autocast(precision, dev.type):
-        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-            with one_thread():
-                x = torch.stack([transform(im) for im in images[start:start + batch_size]])
-            outs.append(model(prepare_images(x.to(dev), precision)).float().cpu())
-    model.train(was_training)
-    return torch.cat(outs) if outs else torch.empty(0)
-
-
-# --- data and seeds --------------------------------------------------------------------------------
-
-def load_data(cfg: Config) -> dict[str, Manifest]:
-    """train/val[/test] manifests from data.train (a data folder or one manifest) and data.test."""
-    d = cfg.data
-    if not d.train:
-        raise GeolocError("data.train is empty: pass --data DIR (a data folder or a manifest CSV)")
-    splits = load_splits(d.train, d.val_fraction, 0.0 if d.test else d.test_fraction, d.split_gap_m,
-                         d.split_block_m, cfg.seed, d.skip_bad, d.split_mode, d.place_radius_m)
-    if d.test:
-        splits["test"] = read_manifest(d.test, skip_bad=d.skip_bad)
-    return splits
-
+# --- seeds -----------------------------------------------------------------------------------------
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -145,33 +83,6 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
-
-
-# --- optimiser and schedule ------------------------------------------------------------------------
-
-def make_optimizer(params: list, t) -> torch.optim.Optimizer:
-    """train.optimizer over params (a TrainConfig t)."""
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    raise GeolocError(f"train.optimizer={t.optimizer!r}: choose adamw or sgd")
-
-
-def lr_factor(t, step: int, epoch: int, total_steps: int, train_seconds: float) -> float:
-    """Multiplier of train.lr for optimiser step `step` (0-based) of epoch `epoch` (1-based).
-
-    exponential: lr_decay ** (epoch - 1), the study's per-epoch decay. cosine: linear warmup over
-    warmup_steps, then half a cosine from 1 to 0 over the budget, whichever of the step budget
-    (total_steps) or the time budget (max_minutes) is further spent, so a run cut by time still anneals.
-    """
-    if t.schedule == "exponential":
-        return t.lr_decay ** (epoch - 1)
-    warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else 1.0
-    done = step / max(total_steps, 1)
-    if t.max_minutes > 0:
-        done = max(done, train_seconds / (60.0 * t.max_minutes))
-    return warm * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -263,8 +174,9 @@ def _resume(task: Task, model: nn.Module, opt: torch.optim.Optimizer, cfg: Confi
 
 @dataclass
 class _Epochs:
-    """What every epoch of one fit() shares; `run` trains one epoch."""
+    """What every epoch of one fit() shares, and where training stands; `run` trains one epoch."""
     task: Task
+    model: nn.Module
     stepped: nn.Module  # what the loss runs: the model, or its DDP wrapper under torchrun
     opt: torch.optim.Optimizer
     params: list
@@ -275,6 +187,18 @@ class _Epochs:
     total_steps: int
     main: bool
     world: int
+    run_dir: Path
+    info: dict  # run.json's header
+    start: int  # epochs done before this fit()
+    best: float | None
+    best_epoch: int
+    step: int  # optimiser steps done
+    rows: list[dict]  # log.csv
+    metric: str = ""
+    maximize: bool = True
+
+    def __post_init__(self):
+        self.metric, self.maximize = self.task.metric, self.task.maximize
 
     def _elapsed(self, spent: float, t0: float) -> float:
         # Every rank must stop at the same step, so rank 0's clock decides.
@@ -305,10 +229,10 @@ class _Epochs:
             self.opt.step()
         return weighted, int(count), not finite
 
-    def run(self, epoch: int, step: int, spent: float) -> tuple[dict, int, bool]:
-        """Train epoch `epoch` from optimiser step `step`, `spent` seconds of the time budget gone:
-        (its log figures, the next step, whether the time budget ran out)."""
-        t = self.t
+    def run(self, epoch: int, spent: float) -> tuple[dict, bool]:
+        """Train epoch `epoch`, `spent` seconds of the time budget gone: (its log figures, whether the time
+        budget ran out). Advances self.step."""
+        t, step = self.t, self.step
         loss_sum, n_images, n_steps, skipped, out_of_time = 0.0, 0, 0, 0, False
         t0 = time.perf_counter()
         lr = t.lr * lr_factor(t, step, epoch, self.total_steps, spent)
@@ -338,8 +262,9 @@ class _Epochs:
             warnings.warn(f"epoch {epoch}: skipped {skipped} of {n_steps} steps with a non-finite gradient",
                           stacklevel=2)
         train_s = time.perf_counter() - t0
+        self.step = step
         return ({"train_loss": loss_sum / n_images, "lr": lr, "images": n_images, "train_seconds": round(train_s, 3),
-                 "images_per_s": round(n_images / train_s, 3), "skipped_steps": skipped}, step, out_of_time)
+                 "images_per_s": round(n_images / train_s, 3), "skipped_steps": skipped}, out_of_time)
 
 
 def _validate(task: Task, model: nn.Module, precision: str, dev: torch.device, main: bool) -> dict:
@@ -351,14 +276,10 @@ def _validate(task: Task, model: nn.Module, precision: str, dev: torch.device, m
     return distributed.gather_objects(val)[0]
 
 
-def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
-    """Train task.model for cfg.train.epochs; writes log.csv, last.pt, best.pt and run.json in run_dir.
-
-    Returns the summary also stored in run.json["train"]: best metric/epoch, epochs, time, images/s
-    (all ranks together under torchrun).
-    """
+def _setup(task: Task, cfg: Config, run_dir: Path, resume: bool) -> "_Epochs":
+    """The model in its memory format on its device, the optimiser over it (and the task's extra
+    weights), the state resumed from last.pt, the DDP wrapper under torchrun, and run.json's header."""
     t = cfg.train
-    run_dir = Path(run_dir)
     main, world, dev = distributed.is_main(), distributed.world_size(), distributed.device()
     precision = resolve_precision(t.precision)
     if t.threads > 0:
@@ -378,90 +299,90 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
     # DDP averages gradients over ranks in backward; the optimiser and checkpoints keep the bare model.
     stepped = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \
         if world > 1 else model
-
-    metric, maximize = task.metric, task.maximize
-    info = {"kind": task.kind, "metric": metric, "maximize": maximize, "precision": precision,
+    info = {"kind": task.kind, "metric": task.metric, "maximize": task.maximize, "precision": precision,
             "processes": world, **task.info()}
     if main:
         atomic_write_json(run_dir / "run.json", info)
-    tb = _tensorboard(run_dir) if main else None
     steps = len(task.train_loader) if hasattr(task.train_loader, "__len__") else None  # for the bar
     if t.max_steps_per_epoch:
         steps = min(steps or t.max_steps_per_epoch, t.max_steps_per_epoch)
-    epochs = _Epochs(task, stepped, opt, params, t, precision, dev, steps, t.epochs * (steps or 1), main, world)
-    spent = sum(float(r["train_seconds"]) for r in rows)  # of the time budget, before this call
+    return _Epochs(task, model, stepped, opt, params, t, precision, dev, steps, t.epochs * (steps or 1), main, world,
+                   run_dir, info, start, best, best_epoch, step, rows)
 
-    # A sampler that draws its batches from (seed, epoch) must hear the epoch, or every epoch repeats
-    # the first one's batches (and a resumed run would repeat them again).
+
+def _sampler_epoch(task: Task):
+    """The batch sampler's set_epoch, or None. A sampler that draws its batches from (seed, epoch) must
+    hear the epoch, or every epoch repeats the first one's batches (and a resumed run repeats them again)."""
     batch_sampler = getattr(task.train_loader, "batch_sampler", None)
-    set_epoch = getattr(batch_sampler, "set_epoch", None) or getattr(getattr(batch_sampler, "sampler", None),
-                                                                    "set_epoch", None)
+    return getattr(batch_sampler, "set_epoch", None) or getattr(getattr(batch_sampler, "sampler", None),
+                                                               "set_epoch", None)
+
+
+def _end_of_epoch(e: "_Epochs", epoch: int, figures: dict, tb) -> None:
+    """Validate, log (log.csv, TensorBoard, one line) and checkpoint (last.pt, best.pt when better)."""
+    t0 = time.perf_counter()
+    val = _validate(e.task, e.model, e.precision, e.dev, e.main)
+    row = {"epoch": epoch, "train_loss": figures["train_loss"], **val, "lr": figures["lr"], "steps": e.step,
+           "images": figures["images"], "train_seconds": figures["train_seconds"],
+           "val_seconds": round(time.perf_counter() - t0, 3), "images_per_s": figures["images_per_s"],
+           "skipped_steps": figures["skipped_steps"]}
+    if e.metric not in row:  # no validation set: fall back to the training loss
+        e.metric, e.maximize = "train_loss", False
+    improved = _better(float(row[e.metric]), e.best, e.maximize)
+    if improved:
+        e.best, e.best_epoch = float(row[e.metric]), epoch
+    e.rows.append(row)
+    rngs = distributed.gather_objects(rng_state())
+    if not e.main:
+        return
+    _write_log(e.run_dir / "log.csv", e.rows)
+    if tb is not None:
+        for k, v in row.items():
+            if k != "epoch":
+                tb.add_scalar(k, float(v), epoch)
+    state = {"kind": e.task.kind, "model": e.model.state_dict(), "optimizer": e.opt.state_dict(),
+             "step": e.step, "epoch": epoch, "best": e.best, "best_epoch": e.best_epoch,
+             "metric": e.metric, "rng": rngs[0], "rng_ranks": rngs}
+    extra = extra_module(e.task)
+    if extra is not None:
+        state["extra"] = extra.state_dict()
+    if improved:
+        save_checkpoint(e.run_dir / "best.pt", state)
+    save_checkpoint(e.run_dir / "last.pt", state)
+    tqdm.write(f"epoch {epoch}/{e.t.epochs}: train_loss {row['train_loss']:.4f}"
+               + "".join(f", {k} {v:.4g}" for k, v in val.items())
+               + f", {row['images_per_s']:.1f} img/s" + (" *" if improved else ""))
+
+
+def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+    """Train task.model for cfg.train.epochs; writes log.csv, last.pt, best.pt and run.json in run_dir.
+
+    Returns the summary also stored in run.json["train"]: best metric/epoch, epochs, time, images/s
+    (all ranks together under torchrun).
+    """
+    t, run_dir = cfg.train, Path(run_dir)
+    e = _setup(task, cfg, run_dir, resume)
+    tb = _tensorboard(run_dir) if e.main else None
+    set_epoch = _sampler_epoch(task)
+    spent = sum(float(r["train_seconds"]) for r in e.rows)  # of the time budget, before this call
     out_of_time = t.max_minutes > 0 and spent >= 60.0 * t.max_minutes
-    for epoch in range(start + 1, t.epochs + 1):
+    for epoch in range(e.start + 1, t.epochs + 1):
         if out_of_time:
             break
-        model.train()
+        e.model.train()
         if set_epoch is not None:
             set_epoch(epoch)
-        figures, step, out_of_time = epochs.run(epoch, step, spent)
+        figures, out_of_time = e.run(epoch, spent)
         spent += figures["train_seconds"]
-        t0 = time.perf_counter()
-        val = _validate(task, model, precision, dev, main)
-        row = {"epoch": epoch, "train_loss": figures["train_loss"], **val, "lr": figures["lr"], "steps": step,
-               "images": figures["images"], "train_seconds": figures["train_seconds"],
-               "val_seconds": round(time.perf_counter() - t0, 3), "images_per_s": figures["images_per_s"],
-               "skipped_steps": figures["skipped_steps"]}
-        if metric not in row:  # no validation set: fall back to the training loss
-            metric, maximize = "train_loss", False
-        improved = _better(float(row[metric]), best, maximize)
-        if improved:
-            best, best_epoch = float(row[metric]), epoch
-        rows.append(row)
-        rngs = distributed.gather_objects(rng_state())
-        if not main:
-            continue
-        _write_log(run_dir / "log.csv", rows)
-        if tb is not None:
-            for k, v in row.items():
-                if k != "epoch":
-                    tb.add_scalar(k, float(v), epoch)
-        state = {"kind": task.kind, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "step": step, "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                 "metric": metric, "rng": rngs[0], "rng_ranks": rngs}
-        if extra is not None:
-            state["extra"] = extra.state_dict()
-        if improved:
-            save_checkpoint(run_dir / "best.pt", state)
-        save_checkpoint(run_dir / "last.pt", state)
-        tqdm.write(f"epoch {epoch}/{t.epochs}: train_loss {row['train_loss']:.4f}"
-                   + "".join(f", {k} {v:.4g}" for k, v in val.items())
-                   + f", {row['images_per_s']:.1f} img/s" + (" *" if improved else ""))
+        _end_of_epoch(e, epoch, figures, tb)
     if tb is not None:
         tb.close()
-
-    train_s = sum(float(r["train_seconds"]) for r in rows)
-    images = sum(int(r["images"]) for r in rows)
-    summary = {"epochs": len(rows), "metric": metric, "maximize": maximize, "best": best,
-               "best_epoch": best_epoch, "train_seconds": round(train_s, 3), "train_images": images,
+    train_s = sum(float(r["train_seconds"]) for r in e.rows)
+    images = sum(int(r["images"]) for r in e.rows)
+    summary = {"epochs": len(e.rows), "metric": e.metric, "maximize": e.maximize, "best": e.best,
+               "best_epoch": e.best_epoch, "train_seconds": round(train_s, 3), "train_images": images,
                "train_images_per_s": round(images / train_s, 3) if train_s else None}
-    if main:
-        atomic_write_json(run_dir / "run.json", {**info, "train": summary})
+    if e.main:
+        atomic_write_json(run_dir / "run.json", {**e.info, "train": summary})
     distributed.barrier()  # no rank returns (and maybe reads the run) before rank 0 has written it
     return summary
-
-
-def trained_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint a trained run answers with: best.pt, else last.pt."""
-    run_dir = Path(run_dir)
-    return run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
-
-
-def load_trained(model: nn.Module, run_dir: str | Path) -> dict:
-    """Load best.pt (else last.pt) of a run into model; returns the checkpoint."""
-    path = trained_checkpoint(run_dir)
-    state = load_checkpoint(path)
-    try:
-        model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as exc:
-        raise GeolocError(f"{path}: does not fit this model ({str(exc).splitlines()[0]})") from None
-    return state

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from retrieval import GeolocError, distributed
 from retrieval.config import AugmentConfig, DataConfig
-from retrieval.data import Manifest, load_rgb
+from retrieval.manifests import Manifest, load_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -17,6 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.benchmark import method_config
+from retrieval.config import load_config, prepare_run_dir
+from retrieval.embedding import train_embedding
+from retrieval.evaluate import evaluate_run
+from retrieval.files import atomic_write_json
+from retrieval.metrics import paired_bootstrap
+
 ARMS = ("geodesic", "euclidean")
 
 
@@ -26,11 +33,6 @@ def top1_hits(run: Path) -> np.ndarray:
 
 
 def run_arm(arm: str, seed: int, args) -> Path:
-    from retrieval.config import load_config, prepare_run_dir
-    from retrieval.embedding import train_embedding
-    from retrieval.evaluate import evaluate_run
-    from retrieval.pipeline import method_config
-
     run = Path(args.out) / f"{arm}_s{seed}"
     if (run / "metrics.json").is_file():
         return run
@@ -54,8 +56,6 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args()
-    from retrieval.metrics import paired_bootstrap
-    from retrieval.util import atomic_write_json
 
     hits = {arm: np.stack([top1_hits(run_arm(arm, s, args)) for s in args.seeds]) for arm in ARMS}
     # over test views (the seed-mean hit rate of each view), and over seeds and test views together:

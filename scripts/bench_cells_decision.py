@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from baselines.grids import Grid
+from retrieval.config import load_run_config
 from retrieval.geo import haversine_m
 from retrieval.metrics import paired_bootstrap
 
@@ -26,9 +28,6 @@ WITHIN_M = 325.0  # London's target: half the constant guess's 651 m
 
 def errors(run: Path) -> dict[str, np.ndarray]:
     """Per test view: the error of the answer evaluated (the decision) and of the most probable cell."""
-    from baselines.grids import Grid
-    from retrieval.config import load_run_config
-
     if load_run_config(run).cells.centroid != "photos":
         raise SystemExit(f"{run}: cells.centroid is not photos; this script reads the photo centroids")
     with (run / "predictions.csv").open(newline="", encoding="utf-8") as f:

@@ -22,15 +22,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ablation import top1_hits  # noqa: E402
+from retrieval.config import dump_yaml, load_run_config  # noqa: E402
+from retrieval.evaluate import evaluate_run  # noqa: E402
+from retrieval.metrics import paired_bootstrap  # noqa: E402
+from retrieval.run_index import EMBEDDINGS, INDEX_DIR, PROGRESS  # noqa: E402
 
 COPIED = ("best.pt", "last.pt", "run.json", "git.json", "log.csv")
 
 
 def copy_run(run: Path, dest: Path, radius_m: float, heading_deg: float) -> Path:
     """A copy of run that evaluates with these place-mean settings, reusing its stored embeddings."""
-    from retrieval.config import dump_yaml, load_run_config
-    from retrieval.embedding import EMBEDDINGS, INDEX_DIR, PROGRESS
-
     dest.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         if (run / name).is_file() and not (dest / name).is_file():
@@ -46,9 +47,6 @@ def copy_run(run: Path, dest: Path, radius_m: float, heading_deg: float) -> Path
 
 
 def main() -> None:
-    from retrieval.evaluate import evaluate_run
-    from retrieval.metrics import paired_bootstrap
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path, help="trained embedding run directories")
     ap.add_argument("--out", type=Path, required=True)

@@ -28,11 +28,11 @@ import numpy as np
 
 from bench_index import median_time  # scripts/ is on sys.path when run as a script
 from retrieval.config import load_config, load_run_config, prepare_run_dir
-from retrieval.data import load_rgb
 from retrieval.embedding import INDEX_DIR, build_run_index, embed, indexed_file, open_index, resolve_vote
 from retrieval.index import build_index, search
+from retrieval.manifests import load_rgb
 from retrieval.query import query
-from retrieval.train import load_data
+from retrieval.splits import load_data
 from retrieval.transforms import to_cached
 from retrieval.vote import vote
 

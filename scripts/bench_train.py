@@ -23,16 +23,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from baselines.cells import CellsTask, make_grid
+from baselines.cells import CellsTask
+from baselines.grids import make_grid
 from retrieval.config import Config
 from retrieval.models import cell_classifier
-from retrieval.train import fit, load_data, prepare_images, prepare_model, seed_everything
+from retrieval.precision import prepare_images, prepare_model
+from retrieval.splits import load_data
+from retrieval.synth.cameras import render_dataset
+from retrieval.synth.city import write_demo_city
+from retrieval.train import fit, seed_everything
 
 
 def demo_data(work: Path, n_train: int, size: int) -> Path:
-    from retrieval.synth.cameras import render_dataset
-    from retrieval.synth.city import write_demo_city
-
     out = work / f"demo-{n_train}-{size}"
     if not (out / "train.csv").is_file():
         osm = work / "demo_city.osm"

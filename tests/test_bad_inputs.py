@@ -159,7 +159,7 @@ def test_data_check(tmp_path, make, skip_bad, status, expected):
 
 
 def test_bom_manifest_reads_every_column(tmp_path):
-    from retrieval.data import read_manifest
+    from retrieval.manifests import read_manifest
 
     m = read_manifest(write_csv(tmp_path / "m.csv", "path,lat,lon,heading",
                                 [(*r, 10 * i) for i, r in enumerate(london_photos(tmp_path, 3))], bom=True))
@@ -208,7 +208,7 @@ def test_import(tmp_path, fmt, name, exif, skip_bad, expected):
 
 
 def test_exif_position_is_read(tmp_path):
-    from retrieval.data import read_exif_gps
+    from retrieval.photo_import import read_exif_gps
 
     lat, lon, _ = read_exif_gps(write_image(tmp_path / "a.jpg", exif=_gps(51.5138, -0.0984)))
     assert lat == pytest.approx(51.5138, abs=1e-5) and lon == pytest.approx(-0.0984, abs=1e-5)
@@ -218,7 +218,7 @@ def test_exif_position_is_read(tmp_path):
 
 def test_16_bit_grayscale_png_keeps_its_brightness(tmp_path):
     # "A 16-bit grayscale PNG is decoded as an all-white image (mean 255 instead of 97.7)"
-    from retrieval.data import load_rgb
+    from retrieval.manifests import load_rgb
 
     rng = np.random.default_rng(0)
     a = np.clip(rng.normal(97.7 * 257, 40 * 257, (48, 64)), 0, 65535).astype(np.uint16)
@@ -233,7 +233,7 @@ def test_16_bit_grayscale_png_keeps_its_brightness(tmp_path):
 
 def test_decompression_bomb_is_one_error_naming_the_file(tmp_path):
     # "... DecompressionBombError in ... training and query" (decoding goes through load_rgb)
-    from retrieval.data import load_rgb
+    from retrieval.manifests import load_rgb
 
     with pytest.raises(GeolocError, match=r"big\.png: cannot read image: image too large to decode"):
         load_rgb(bomb_png(tmp_path / "big.png"))
@@ -242,7 +242,7 @@ def test_decompression_bomb_is_one_error_naming_the_file(tmp_path):
 def test_skip_bad_in_training_skips_corrupt_images(tmp_path):
     # "data.skip_bad=true in training skips 5 bad rows and then stops on a corrupt image"
     from retrieval.config import load_config
-    from retrieval.train import load_data
+    from retrieval.splits import load_data
 
     rows = london_photos(tmp_path, 12)
     (tmp_path / "03.jpg").write_bytes((tmp_path / "03.jpg").read_bytes()[:200])  # truncated
@@ -267,9 +267,9 @@ def query_run(tmp_path_factory):
     import torch
 
     from retrieval.config import load_config, prepare_run_dir
-    from retrieval.data import read_manifest
-    from retrieval.embedding import build_run_index
+    from retrieval.manifests import read_manifest
     from retrieval.models import embedding_net
+    from retrieval.run_index import build_run_index
 
     root = tmp_path_factory.mktemp("query")
     write_csv(root / "db" / "train.csv", "path,lat,lon", london_photos(root / "db", 12, size=(40, 40)))
@@ -291,16 +291,14 @@ def query_run(tmp_path_factory):
     ((600, 60), None),
 ], ids=["1x1", "3000x1", "600x60"])
 def test_query_refuses_tiny_and_warns_on_slivers(query_run, tmp_path, size, error):
-    from retrieval.query import query
+    from retrieval.api import Locator
 
     image = write_image(tmp_path / "q.png", size=size)
+    (a,) = Locator.load(query_run).locate([image])
     if error:
-        (a,) = query(query_run, [image])
-        assert set(a) == {"path", "error"} and error in a["error"] and "q.png" in a["error"]
+        assert set(a.to_dict()) == {"path", "error"} and error in a.error and "q.png" in a.error
         return
-    with pytest.warns(UserWarning, match=r"q\.png: image is 600 x 60 px \(aspect 10\.0:1\)"):
-        (a,) = query(query_run, [image])
-    assert "aspect 10.0:1" in a["warning"] and np.isfinite([a["lat"], a["lon"]]).all()
+    assert "q.png: image is 600 x 60 px (aspect 10.0:1)" in a.warning and np.isfinite([a.lat, a.lon]).all()
 
 
 def test_query_folder_with_one_truncated_image_answers_the_others(query_run, tmp_path):
@@ -397,7 +395,7 @@ def test_photos_all_off_the_streets_are_named_not_blamed_on_pos_radius(tmp_path)
 
 def test_photo_off_the_streets_is_named_by_its_row(tmp_path):
     # "training then warns about 'photos #60' (an index, not the file or row)"
-    from retrieval.data import read_manifest
+    from retrieval.manifests import read_manifest
     from retrieval.streets import load_graph, photo_distances, photos_along_streets
     from retrieval.synth.city import write_demo_city
 
@@ -414,7 +412,7 @@ def test_photo_off_the_streets_is_named_by_its_row(tmp_path):
 
 def test_split_without_training_photos_is_an_error():
     # "data split ... exits 0 with 'train 0, val 3, test 29'" (the helper data split calls)
-    from retrieval.data import split_counts
+    from retrieval.splits import split_counts
 
     assert split_counts(np.array(["train", "val", "", "test"]), "m.csv") == {"train": 1, "val": 1, "test": 1}
     with pytest.raises(GeolocError, match=r"m\.csv: the split leaves no training photos \(train 0, val 3, test 29"):
@@ -440,7 +438,7 @@ def test_data_split_on_a_full_disk_keeps_the_old_file(tmp_path):
 def test_full_disk_while_writing_is_one_error_and_leaves_nothing(tmp_path):
     import errno
 
-    from retrieval.util import atomic_write
+    from retrieval.files import atomic_write
 
     (tmp_path / "a.txt").write_text("old")
 
@@ -458,7 +456,8 @@ import json, sys
 import numpy as np
 import faiss, torch
 from retrieval import GeolocError
-from retrieval.util import atomic_write, create_npy, save_checkpoint
+from retrieval.checkpoints import save_checkpoint
+from retrieval.files import atomic_write, create_npy
 out, seen = sys.argv[1], {}
 index = faiss.IndexFlatIP(64)
 index.add(np.ones((2000, 64), dtype=np.float32))
@@ -493,7 +492,7 @@ def test_checkpoint_index_and_embeddings_on_a_full_disk(tmp_path):
 
 
 def test_embeddings_file_is_allocated_not_sparse(tmp_path):
-    from retrieval.util import create_npy
+    from retrieval.files import create_npy
 
     path = create_npy(tmp_path / "e.npy", (1000, 64))
     rows = np.load(path, mmap_mode="r")
@@ -569,7 +568,7 @@ def test_resume_of_nothing_changes_no_file(run_dir):
 
 KILLED_WRITER = """
 import sys, time
-from retrieval.util import atomic_write
+from retrieval.files import atomic_write
 def write(p):
     p.write_bytes(b"half a checkpoint")
     print("writing", flush=True)
@@ -635,7 +634,7 @@ def test_demo_query_hint_works_as_printed(tmp_path):
     # "After make demo, the demo prints `geoloc query --run ...`, and geoloc is not on the PATH"
     import shlex
 
-    from retrieval.pipeline import demo_query_hint
+    from retrieval.benchmark import demo_query_hint
 
     (tmp_path / "methods" / "embedding_geodesic").mkdir(parents=True)
     (tmp_path / "data").mkdir()

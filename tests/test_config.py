@@ -70,7 +70,7 @@ def test_shipped_configs_load():
 def test_atomic_write_keeps_ordinary_permissions_and_no_temp_files(tmp_path):
     import os
 
-    from retrieval.util import atomic_write_text
+    from retrieval.files import atomic_write_text
 
     p = atomic_write_text(tmp_path / "a.txt", "x")
     umask = os.umask(0)
@@ -138,7 +138,7 @@ def test_data_split_refuses_settings_that_leave_nothing_to_train(tmp_path, args,
 
 
 def test_matching_record_takes_only_a_record_of_the_same_key(tmp_path):
-    from retrieval.util import atomic_write_json, matching_record
+    from retrieval.files import atomic_write_json, matching_record
 
     path = tmp_path / "choice.json"
     assert matching_record(path, {"sha": "a"}, lambda r: True) is None  # missing

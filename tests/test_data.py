@@ -2,14 +2,14 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pyproj import Transformer
 
 from retrieval import GeolocError
-from retrieval.data import (PhotoDataset, import_photos, load_rgb, load_splits, parse_vpr_name,
-                            read_exif_gps, read_manifest, spatial_split, write_manifest)
 from retrieval.geo import LocalProjection, haversine_m
+from retrieval.manifests import load_rgb, read_manifest, write_manifest
+from retrieval.photo_import import import_photos, parse_vpr_name, read_exif_gps
+from retrieval.splits import load_splits, spatial_split
 from tests.conftest import write_image
 
 
@@ -86,7 +86,7 @@ def test_capture_dates_come_from_exif_and_survive_a_manifest_round_trip(tmp_path
 
 
 def test_parse_date_accepts_iso_and_exif_and_names_what_it_wants():
-    from retrieval.data import parse_date
+    from retrieval.manifests import parse_date
 
     want = np.datetime64("2024-05-01T14:03:07")
     assert parse_date("2024-05-01T14:03:07") == parse_date("2024:05:01 14:03:07") == want
@@ -169,10 +169,10 @@ def test_corrupt_and_truncated_images(photo_dir):
     with pytest.warns(UserWarning):
         m = read_manifest(path, check_images=True, skip_bad=True)
     assert len(m) == 1 and m.skipped == 2
-    # Without the up-front check, the dataset names the photo when it fails to decode.
-    ds = PhotoDataset(read_manifest(path))
+    # Without the up-front check, decoding names the photo (as the image cache does) when it fails.
+    m = read_manifest(path)
     with pytest.raises(GeolocError, match=r"row 3: .*junk\.jpg: cannot read image"):
-        ds[1]
+        load_rgb(m.paths[1], where=m.describe(1))
 
 
 def test_skip_bad_counts_rows(photo_dir):
@@ -204,16 +204,6 @@ def test_any_mode_becomes_rgb(tmp_path, mode, suffix):
     assert im.mode == "RGB" and im.size == (32, 32)
 
 
-def test_dataset_applies_transform(photo_dir):
-    import torchvision.transforms.v2 as T
-
-    ds = PhotoDataset(read_manifest(photo_dir / "photos.csv"),
-                      T.Compose([T.PILToTensor(), T.Resize((16, 16))]))
-    x, i = ds[3]
-    assert i == 3 and x.shape == (3, 16, 16) and x.dtype == torch.uint8
-    assert tuple(x[:, 8, 8].tolist()) == pytest.approx((60, 100, 170), abs=6)
-
-
 # --- spatial split ---------------------------------------------------------------------------------
 
 def _grid_photos(n_side=40, step_m=10.0):
@@ -224,7 +214,7 @@ def _grid_photos(n_side=40, step_m=10.0):
 
 
 def test_place_split_holds_out_only_photos_with_a_training_photo_near():
-    from retrieval.data import place_split, split_photos
+    from retrieval.splits import place_split, split_photos
 
     lat, lon = _grid_photos(n_side=20, step_m=20.0)  # a 20 m grid: neighbours at 20 m, diagonals at 28 m
     split = place_split(lat, lon, val_fraction=0.1, test_fraction=0.2, radius_m=25.0, seed=1)
@@ -240,7 +230,7 @@ def test_place_split_holds_out_only_photos_with_a_training_photo_near():
 
 
 def test_place_split_by_date_holds_out_later_visits_of_earlier_places():
-    from retrieval.data import place_split
+    from retrieval.splits import place_split
 
     # two visits to the same 20 m grid: 2022 (photos 0..99) and 2024 (100..199, 2 m off), plus a few undated
     lat, lon = _grid_photos(n_side=10, step_m=20.0)
@@ -261,7 +251,7 @@ def test_place_split_by_date_holds_out_later_visits_of_earlier_places():
 
 
 def test_random_split_draws_the_requested_counts():
-    from retrieval.data import random_split, split_photos
+    from retrieval.splits import random_split, split_photos
 
     split = random_split(50, 0.1, 0.2, seed=0)
     assert (split == "val").sum() == 5 and (split == "test").sum() == 10 and (split == "train").sum() == 35

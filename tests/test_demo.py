@@ -64,7 +64,7 @@ def test_demo_toy_end_to_end(tmp_path):
 def test_render_size_below_the_resize_side_is_refused():
     from retrieval import GeolocError
     from retrieval.config import load_config
-    from retrieval.pipeline import DEMO, render_size
+    from retrieval.benchmark import DEMO, render_size
 
     assert render_size(load_config(None, [], base=DEMO)) == 73
     assert render_size(load_config(None, ["bench.render_size=0"], base=DEMO)) == 55  # 48 x 256/224

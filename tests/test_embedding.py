@@ -10,11 +10,12 @@ import torch
 
 from retrieval import GeolocError
 from retrieval.config import load_config, prepare_run_dir
-from retrieval.data import read_manifest
-from retrieval.embedding import build_run_index, train_embedding
+from retrieval.api import Locator
+from retrieval.embedding import train_embedding
 from retrieval.evaluate import evaluate_run
 from retrieval.geo import haversine_m
-from retrieval.query import query
+from retrieval.manifests import read_manifest
+from retrieval.run_index import build_run_index
 from retrieval.vote import VOTE_MODES
 from tests.conftest import REPO
 
@@ -46,11 +47,11 @@ def test_index_holds_the_database_and_finds_itself(trained, tiny_data):
     db = read_manifest(tiny_data / "train.csv")
     assert side["count"] == len(db) and side["dim"] == 64
     # A database photo's nearest neighbour is itself: similarity ~1, at distance 0.
-    a = query(run, [db.paths[7]], k=3)[0]
-    top = a["neighbours"][0]
-    assert top["path"] == str(db.paths[7]) and top["similarity"] == pytest.approx(1.0, abs=1e-2)
-    assert haversine_m(top["lat"], top["lon"], db.lat[7], db.lon[7]) < 0.01
-    assert 0.0 <= a["confidence"] <= 1.0 and len(a["neighbours"]) == 3
+    a = Locator.load(run).locate([db.paths[7]], k=3)[0]
+    top = a.neighbours[0]
+    assert top.path == str(db.paths[7]) and top.similarity == pytest.approx(1.0, abs=1e-2)
+    assert haversine_m(top.lat, top.lon, db.lat[7], db.lon[7]) < 0.01
+    assert 0.0 <= a.confidence <= 1.0 and len(a.neighbours) == 3
 
 
 def test_evaluate_writes_metrics_for_every_vote_mode(trained, tiny_data):
@@ -67,17 +68,17 @@ def test_evaluate_writes_metrics_for_every_vote_mode(trained, tiny_data):
     assert m["vote"] == chosen["mode"] == min(VOTE_MODES, key=lambda mode: medians[mode])
     assert m["vote_choice"]["val_median_error_m"] == medians
     assert m["median_error_m"] == pytest.approx(m["vote_modes"][m["vote"]]["median_error_m"])
-    assert query(run, [tiny_data / "images"])[0]["vote"] == m["vote"]  # the query tool answers the same way
+    assert Locator.load(run).locate(tiny_data / "images")[0].vote == m["vote"]  # the query tool answers the same way
     rows = (run / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("path,true_lat,true_lon,pred_lat,pred_lon,error_m") and len(rows) == 11
 
 
 def test_query_on_real_photos(trained, shared_data):
     run, _ = trained
-    answers = query(run, [shared_data / "photos" / "berlin"])
+    answers = Locator.load(run).locate([shared_data / "photos" / "berlin"])
     assert len(answers) == 3
     for a in answers:
-        assert np.isfinite([a["lat"], a["lon"]]).all() and 0 <= a["confidence"] <= 1
+        assert a.error is None and np.isfinite([a.lat, a.lon]).all() and 0 <= a.confidence <= 1
 
 
 def test_mismatched_index_is_refused(trained, tiny_data, tmp_path):
@@ -89,7 +90,7 @@ def test_mismatched_index_is_refused(trained, tiny_data, tmp_path):
     torch.save(state, other / "best.pt")
     image = read_manifest(tiny_data / "test.csv").paths[0]
     with pytest.raises(GeolocError, match="index was built with model checkpoint"):
-        query(other, [image])
+        Locator.load(other)
     out = subprocess.run([sys.executable, "-m", "retrieval.cli", "query", "--run", str(other), str(image)],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -131,9 +132,9 @@ def test_memory_mines_earlier_batches_in_the_task(tiny_data):
 
 
 def test_cell_loss_trains_a_classifier_over_the_cells_grid(tiny_data, tmp_path):
-    from baselines.cells import make_grid
+    from baselines.grids import make_grid
+    from retrieval.checkpoints import load_checkpoint
     from retrieval.embedding import EmbeddingTask
-    from retrieval.util import load_checkpoint
 
     cfg = load_config(None, [*TINY, f"data.train={tiny_data}", "embedding.cell_loss_weight=0.5",
                              "cells.cell_size_m=200", "cells.border_spacing_m=0"])
@@ -163,7 +164,7 @@ def test_cell_loss_trains_a_classifier_over_the_cells_grid(tiny_data, tmp_path):
 
 
 def test_cell_heading_bins_split_each_cell_by_the_way_the_camera_faces(tiny_data):
-    from baselines.cells import make_grid
+    from baselines.grids import make_grid
     from retrieval.embedding import EmbeddingTask
 
     cfg = load_config(None, [*TINY, f"data.train={tiny_data}", "embedding.cell_loss_weight=0.1",
@@ -185,7 +186,8 @@ def test_cell_heading_bins_split_each_cell_by_the_way_the_camera_faces(tiny_data
 
 
 def test_hard_batches_take_their_look_alikes_from_each_validation(tiny_data):
-    from retrieval.embedding import EmbeddingTask, embed
+    from retrieval.embedding import EmbeddingTask
+    from retrieval.inference import embed
 
     cfg = load_config(None, [*TINY, f"data.train={tiny_data}", "embedding.hard_places=2"])
     train = read_manifest(tiny_data / "train.csv")

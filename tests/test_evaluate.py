@@ -8,9 +8,11 @@ from conftest import write_image
 
 from retrieval import GeolocError
 from retrieval.config import Config, prepare_run_dir
-from retrieval.evaluate import PREDICTORS, Predictions, cell_accuracy, evaluate_run, study_distance_m
+from retrieval import evaluate
+from retrieval.evaluate import evaluate_run
+from retrieval.files import atomic_write_json
 from retrieval.geo import EARTH_RADIUS_M, haversine_m
-from retrieval.util import atomic_write_json
+from retrieval.metrics import Predictions, cell_accuracy, study_distance_m
 
 METRES_PER_DEG_LAT = EARTH_RADIUS_M * math.pi / 180  # along a meridian
 
@@ -50,7 +52,7 @@ def fixed_run(tmp_path, monkeypatch):
                            metrics={"cell_acc": 0.4}, columns={"pred_cell": np.arange(5)},
                            arrays={"probabilities": np.eye(5, dtype=np.float32)})
 
-    monkeypatch.setitem(PREDICTORS, "fixed", predict)
+    monkeypatch.setattr(evaluate, "predictor", lambda kind: predict if kind == "fixed" else None)
     run = tmp_path / "run"
     cfg = Config()
     cfg.data.train = str(data)

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import retrieval.embedding as embedding
+from retrieval.checkpoints import save_checkpoint
 from retrieval.config import Config
-from retrieval.data import read_manifest
-from retrieval.embedding import EMBEDDINGS, INDEX_DIR, PLACE_EMBEDDINGS, PROGRESS, build_run_index
+from retrieval.run_index import EMBEDDINGS, INDEX_DIR, PLACE_EMBEDDINGS, PROGRESS, build_run_index
 from retrieval.index import load_index, search
+from retrieval.manifests import read_manifest
 from retrieval.models import embedding_net
-from retrieval.util import save_checkpoint
 from tests.conftest import write_image
 
 N, CHUNK = 20, 8

@@ -6,11 +6,11 @@ import torch
 
 from retrieval import GeolocError
 from retrieval.config import EmbeddingConfig
+from retrieval.geo import LocalProjection, heading_gap_deg
+from retrieval.losses import make_loss, make_miner
 from retrieval.mining import (GeodesicPairMiner, GeodesicTripletMiner, GroundRules, PhotoMemory, PlaceBatchSampler,
-                              batch_distances, heading_gap_deg, informative_pairs, make_loss, make_miner,
-                              positive_candidates, resolve_supervision)
+                              batch_distances, informative_pairs, positive_candidates, resolve_supervision)
 from retrieval.streets import euclidean_neighbours
-from retrieval.geo import LocalProjection
 
 POS, NEG = 50.0, 250.0
 

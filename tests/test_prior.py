@@ -64,10 +64,10 @@ def test_budgets_split_the_minutes_and_the_config_refuses_a_share_without_them()
 
 
 def test_a_run_with_a_prior_trains_both_networks_evaluates_and_answers(tiny_data, tmp_path):
-    from retrieval.embedding import train_embedding
+    from retrieval.api import Locator
     from retrieval.evaluate import evaluate_run
-    from retrieval.query import query
-    from retrieval.data import read_manifest
+    from retrieval.manifests import read_manifest
+    from retrieval.prior import train_embedding_and_prior
 
     # epochs=1 ends each network's training long before its share of the 10 minutes
     cfg = load_config(None, [*TINY, f"data.train={tiny_data}", "train.max_minutes=10",
@@ -75,7 +75,7 @@ def test_a_run_with_a_prior_trains_both_networks_evaluates_and_answers(tiny_data
                              "index.cell_prior_candidates=50"])
     run = tmp_path / "emb"
     prepare_run_dir(run, cfg)
-    summary = train_embedding(cfg, run)
+    summary = train_embedding_and_prior(cfg, run)
     record = json.loads((run / PRIOR_DIR / PRIOR_FILE).read_text())
     assert record["weight"] in WEIGHTS and set(map(float, record["val_recall@1_25m"])) == set(WEIGHTS)
     assert json.loads((run / PRIOR_DIR / "run.json").read_text())["kind"] == "cells"
@@ -89,8 +89,8 @@ def test_a_run_with_a_prior_trains_both_networks_evaluates_and_answers(tiny_data
     assert m["backbone"].endswith("+ cells prior") and m["cell_prior"]["weight"] == record["weight"]
     alone = m["cell_prior"]["without"]
     assert 0 <= alone["recall@1_25m"] <= alone["recall@5_25m"] <= 1
-    a = query(run, [read_manifest(tiny_data / "test.csv").paths[0]], k=3)[0]
-    assert len(a["neighbours"]) == 3 and np.isfinite([a["lat"], a["lon"]]).all()
+    a = Locator.load(run).locate(read_manifest(tiny_data / "test.csv").paths[0], k=3)[0]
+    assert len(a.neighbours) == 3 and np.isfinite([a.lat, a.lon]).all()
 
     (run / PRIOR_DIR / PRIOR_FILE).unlink()  # as if killed while the prior trained
     with pytest.raises(GeolocError, match=r"cells prior was not trained to the end .*--resume"):

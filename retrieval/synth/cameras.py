@@ -177,7 +177,7 @@ def _init_worker(world: World) -> None:
 def _render_one(job) -> str:
     from PIL import Image
 
-    from retrieval.util import atomic_write
+    from retrieval.files import atomic_write
 
     view, path = job
     img = _WORKER["renderer"].render(view.camera, view.look)
@@ -227,10 +227,10 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
     `headings` headings; validation views are drawn like the test views (same condition), so model
     selection sees the queries the test asks. Same arguments, same bytes; a killed run picks up where
     it stopped."""
-    from retrieval.data import Manifest, write_manifest
+    from retrieval.files import atomic_write, atomic_write_json, atomic_write_text, command_line, git_revision
+    from retrieval.manifests import Manifest, write_manifest
     from retrieval.synth.osm import load_city
     from retrieval.synth.scene import world_from_city
-    from retrieval.util import atomic_write, atomic_write_json, atomic_write_text, command_line, git_revision
 
     t0 = time.perf_counter()
     osm_path, out_dir = Path(osm_path), Path(out_dir)

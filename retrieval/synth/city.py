@@ -240,7 +240,7 @@ def write_demo_city(path: str | Path, seed: int = 0, size_m: float = 1500.0) -> 
     """Write the demo city as OSM XML (.osm, or .osm.bz2 if the name ends so). Same seed, same bytes."""
     import bz2
 
-    from retrieval.util import atomic_write
+    from retrieval.files import atomic_write
 
     plan = build_plan(seed, size_m)
     lat0, lon0 = CENTRE

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -176,13 +177,99 @@ def _sky_gradient(up, look, out):
         out[c] = look[L_HOR_R + c] * (1 - g) + look[L_ZEN_R + c] * g
 
 
-@njit(cache=True)
-def _trace_ray(ox, oy, dx, dy, smax, tmax, eye, walls, bld, wstart, witems, trees, tstart, titems,
-               cell, nx, ny, hs, hw, hfront, ts, tidx):
-    """Walk the grid cells along one horizontal ray; fill the ordered wall crossings (hs, hw, hfront)
-    and tree candidates (ts, tidx). Stops once a wall hides everything this ray's pixels look at."""
-    nh = 0
-    nt = 0
+# --- the scene as the kernels read it ----------------------------------------------------------------
+
+class Scene(NamedTuple):
+    """One World's arrays as the numba kernels read them (numba passes a namedtuple as a struct)."""
+
+    walls: np.ndarray  # (n, 9) wall segments, W_* columns
+    buildings: np.ndarray  # (m, 19) B_* columns
+    wall_start: np.ndarray  # the wall grid: cell c holds wall_items[wall_start[c]:wall_start[c + 1]]
+    wall_items: np.ndarray
+    cell_hmax: np.ndarray  # tallest wall top in each cell: shadow rays skip lower cells
+    hmax: float  # the tallest building (0 if none is taller)
+    trees: np.ndarray  # (t, 10) trees and street lamps, T_* columns
+    tree_start: np.ndarray  # the tree grid (same cells)
+    tree_items: np.ndarray
+    cell: float  # side of a grid cell in metres; the wall, tree and mark grids share their cells
+    nx: int
+    ny: int
+    ground: np.ndarray  # uint8 material raster
+    road_soft: np.ndarray  # uint8 blurred road mask
+    ground_res: float  # metres per raster pixel
+    marks: np.ndarray  # (d, 4) lane-marking dashes
+    mark_start: np.ndarray  # the mark grid (same cells)
+    mark_items: np.ndarray
+
+
+def scene_of(world: World) -> Scene:
+    g, tg, mg = world.wall_grid, world.tree_grid, world.mark_grid
+    hmax = max(0.0, float(world.buildings[:, B_HEIGHT].max())) if len(world.buildings) else 0.0
+    return Scene(walls=world.walls, buildings=world.buildings, wall_start=g.start, wall_items=g.items,
+                 cell_hmax=world.cell_hmax, hmax=hmax, trees=world.trees, tree_start=tg.start,
+                 tree_items=tg.items, cell=float(g.cell), nx=int(g.nx), ny=int(g.ny), ground=world.ground,
+                 road_soft=world.road_soft, ground_res=float(world.ground_res), marks=world.marks,
+                 mark_start=mg.start, mark_items=mg.items)
+
+
+class Pose(NamedTuple):
+    """The camera as the kernel reads it: scene metres and radians."""
+
+    x: float
+    y: float
+    eye: float
+    yaw: float
+    pitch: float
+    roll: float
+    fov: float
+
+
+class Frame(NamedTuple):
+    """Buffers for one image size, reused between images: fresh megabytes per image would cost more in
+    page faults than some of the shading."""
+
+    img: np.ndarray  # (H, W, 3) linear colour 0..1
+    depth: np.ndarray  # (H, W) metres along the ray; inf = sky
+    pix: np.ndarray  # (5, H, W): tan(azimuth) from the heading, unit horizontal direction x, y, slope, length
+    ray: np.ndarray  # (H, W) the horizontal ray each pixel walks
+    hs: np.ndarray  # (2W, MAX_WALL_HITS) each ray's wall crossings: ray length,
+    hw: np.ndarray  # wall,
+    hf: np.ndarray  # 1 if seen from outside
+
+
+class Sun(NamedTuple):
+    x: float  # horizontal unit direction towards the sun
+    y: float
+    up: float  # sin(elevation)
+    h: float  # cos(elevation)
+    tan_el: float
+
+
+class Rays(NamedTuple):
+    """What each horizontal ray of one image crosses, in order (built by _cast_rays)."""
+
+    dx: np.ndarray  # unit direction
+    dy: np.ndarray
+    n_walls: np.ndarray  # wall crossings: Frame.hs/hw/hf[k, :n_walls[k]]
+    wall_s: np.ndarray
+    wall_id: np.ndarray
+    wall_front: np.ndarray
+    n_trees: np.ndarray  # tree candidates sorted by where the ray enters their crown's footprint
+    tree_s: np.ndarray
+    tree_id: np.ndarray
+    veh_in: np.ndarray  # (NR, MAX_VEHICLES) ray length into each vehicle's box (1e30: missed),
+    veh_out: np.ndarray  # out of it,
+    veh_u: np.ndarray  # where along the face it enters,
+    veh_face: np.ndarray  # which face: 0..3 for +a, -a, +b, -b
+    skyline: np.ndarray  # elevation (as a slope) of the far skyline
+
+
+# --- grid walk and ray casting ------------------------------------------------------------------------
+
+@njit(cache=True, inline="always")
+def _walk_start(ox, oy, dx, dy, cell):
+    """Start a walk through the grid cells along the ray (ox, oy) + s (dx, dy). The walk is a tuple
+    (i, j, step_i, step_j, s across a cell in x, in y, s at the next x border, at the next y border)."""
     i = int(math.floor(ox / cell))
     j = int(math.floor(oy / cell))
     step_i = 1 if dx > 0 else -1
@@ -192,128 +279,375 @@ def _trace_ray(ox, oy, dx, dy, smax, tmax, eye, walls, bld, wstart, witems, tree
     tdy = abs(cell / dy) if dy != 0 else big
     tmx = (((i + 1) * cell - ox) / dx if dx > 0 else (i * cell - ox) / dx) if dx != 0 else big
     tmy = (((j + 1) * cell - oy) / dy if dy > 0 else (j * cell - oy) / dy) if dy != 0 else big
+    return i, j, step_i, step_j, tdx, tdy, tmx, tmy
+
+
+@njit(cache=True, inline="always")
+def _walk_cell(walk, nx, ny):
+    """The walk's cell index (-1 once it has left the grid) and the ray length where it leaves the cell."""
+    i, j = walk[0], walk[1]
+    c = j * nx + i if 0 <= i < nx and 0 <= j < ny else -1
+    return c, min(walk[6], walk[7])
+
+
+@njit(cache=True, inline="always")
+def _walk_next(walk):
+    i, j, step_i, step_j, tdx, tdy, tmx, tmy = walk
+    if tmx < tmy:
+        return i + step_i, j, step_i, step_j, tdx, tdy, tmx + tdx, tmy
+    return i, j + step_j, step_i, step_j, tdx, tdy, tmx, tmy + tdy
+
+
+@njit(cache=True, inline="always")
+def _crossing(walls, w, ox, oy, dx, dy):
+    """Where the ray (ox, oy) + s (dx, dy) meets the line of wall w: (s, v), v the fraction along the
+    wall (0..1 on it); s = -1 if they are parallel."""
+    ex = walls[w, W_X1] - walls[w, W_X0]
+    ey = walls[w, W_Y1] - walls[w, W_Y0]
+    den = dx * ey - dy * ex
+    if abs(den) < 1e-12:
+        return -1.0, -1.0
+    wx = walls[w, W_X0] - ox
+    wy = walls[w, W_Y0] - oy
+    return (wx * ey - wy * ex) / den, (wx * dy - wy * dx) / den
+
+
+@njit(cache=True, inline="always")
+def _add_wall_crossings(scene, c, ox, oy, dx, dy, s_in, s_out, nh, hs, hw, hfront):
+    """Insert the walls of cell c that the ray crosses between s_in and s_out into its ordered crossings
+    (hs, hw, hfront: ray length, wall, 1 if seen from outside); returns their new count."""
+    walls = scene.walls
+    first_new = nh
+    for q in range(scene.wall_start[c], scene.wall_start[c + 1]):
+        w = scene.wall_items[q]
+        s, v = _crossing(walls, w, ox, oy, dx, dy)
+        if s < s_in or s >= s_out or s < 0.05:
+            continue  # each crossing is taken in the cell that contains it, so once, in order
+        if v < 0.0 or v > 1.0 or nh >= MAX_WALL_HITS:
+            continue
+        k = nh
+        while k > first_new and hs[k - 1] > s:
+            hs[k] = hs[k - 1]
+            hw[k] = hw[k - 1]
+            hfront[k] = hfront[k - 1]
+            k -= 1
+        hs[k] = s
+        hw[k] = w
+        hfront[k] = 1 if dx * walls[w, W_NX] + dy * walls[w, W_NY] < 0 else 0
+        nh += 1
+    return nh
+
+
+@njit(cache=True, inline="always")
+def _hides_the_rest(scene, first, nh, hs, hw, hfront, tmax, eye):
+    """Does one of crossings first..nh-1 cover the ray's topmost pixel, so that nothing behind it shows?"""
+    bld = scene.buildings
+    for k in range(first, nh):
+        b = int(scene.walls[hw[k], W_BLD])
+        if hfront[k] == 1 and bld[b, B_MINH] <= 0.0 and (bld[b, B_HEIGHT] - eye) >= tmax * hs[k]:
+            return True
+    return False
+
+
+@njit(cache=True, inline="always")
+def _add_tree_candidates(scene, c, ox, oy, dx, dy, nt, ts, tidx):
+    """Add the trees of cell c whose crown's footprint the ray passes through, ordered by where it enters
+    (ts, tidx); returns their new count."""
+    trees = scene.trees
+    for q in range(scene.tree_start[c], scene.tree_start[c + 1]):
+        t = scene.tree_items[q]
+        cx = trees[t, T_X] - ox
+        cy = trees[t, T_Y] - oy
+        s0 = cx * dx + cy * dy
+        p = abs(cx * dy - cy * dx)
+        r = trees[t, T_R]
+        if p >= r or s0 + r < 0.05 or nt >= MAX_TREE_HITS:
+            continue
+        seen = False
+        for k in range(nt):
+            if tidx[k] == t:
+                seen = True
+        if seen:
+            continue
+        e = s0 - math.sqrt(r * r - p * p)
+        k = nt
+        while k > 0 and ts[k - 1] > e:
+            ts[k] = ts[k - 1]
+            tidx[k] = tidx[k - 1]
+            k -= 1
+        ts[k] = e
+        tidx[k] = t
+        nt += 1
+    return nt
+
+
+@njit(cache=True, inline="always")
+def _trace_ray(scene, ox, oy, dx, dy, smax, tmax, eye, hs, hw, hfront, ts, tidx):
+    """Walk the grid cells along one horizontal ray; fill the ordered wall crossings (hs, hw, hfront)
+    and tree candidates (ts, tidx). Stops once a wall hides everything this ray's pixels look at."""
+    nh = 0
+    nt = 0
+    walk = _walk_start(ox, oy, dx, dy, scene.cell)
     s_in = 0.0
     done = False
-    while not done and s_in < smax and 0 <= i < nx and 0 <= j < ny:
-        s_out = min(tmx, tmy)
-        c = j * nx + i
+    while not done and s_in < smax:
+        c, s_out = _walk_cell(walk, scene.nx, scene.ny)
+        if c < 0:
+            break
         first_new = nh
-        for q in range(wstart[c], wstart[c + 1]):
-            w = witems[q]
-            ex = walls[w, W_X1] - walls[w, W_X0]
-            ey = walls[w, W_Y1] - walls[w, W_Y0]
-            den = dx * ey - dy * ex
-            if abs(den) < 1e-12:
-                continue
-            wx = walls[w, W_X0] - ox
-            wy = walls[w, W_Y0] - oy
-            s = (wx * ey - wy * ex) / den
-            if s < s_in or s >= s_out or s < 0.05:
-                continue  # each crossing is taken in the cell that contains it, so once, in order
-            v = (wx * dy - wy * dx) / den
-            if v < 0.0 or v > 1.0 or nh >= MAX_WALL_HITS:
-                continue
-            k = nh
-            while k > first_new and hs[k - 1] > s:
-                hs[k] = hs[k - 1]
-                hw[k] = hw[k - 1]
-                hfront[k] = hfront[k - 1]
-                k -= 1
-            hs[k] = s
-            hw[k] = w
-            hfront[k] = 1 if dx * walls[w, W_NX] + dy * walls[w, W_NY] < 0 else 0
-            nh += 1
-        for k in range(first_new, nh):
-            b = int(walls[hw[k], W_BLD])
-            if hfront[k] == 1 and bld[b, B_MINH] <= 0.0 and (bld[b, B_HEIGHT] - eye) >= tmax * hs[k]:
-                done = True  # this wall covers the ray's topmost pixel: nothing behind it shows
-                break
-        if nh >= MAX_WALL_HITS:
-            done = True
-        for q in range(tstart[c], tstart[c + 1]):
-            t = titems[q]
-            cx = trees[t, T_X] - ox
-            cy = trees[t, T_Y] - oy
-            s0 = cx * dx + cy * dy
-            p = abs(cx * dy - cy * dx)
-            r = trees[t, T_R]
-            if p >= r or s0 + r < 0.05 or nt >= MAX_TREE_HITS:
-                continue
-            seen = False
-            for k in range(nt):
-                if tidx[k] == t:
-                    seen = True
-            if seen:
-                continue
-            e = s0 - math.sqrt(r * r - p * p)
-            k = nt
-            while k > 0 and ts[k - 1] > e:
-                ts[k] = ts[k - 1]
-                tidx[k] = tidx[k - 1]
-                k -= 1
-            ts[k] = e
-            tidx[k] = t
-            nt += 1
+        nh = _add_wall_crossings(scene, c, ox, oy, dx, dy, s_in, s_out, nh, hs, hw, hfront)
+        done = _hides_the_rest(scene, first_new, nh, hs, hw, hfront, tmax, eye) or nh >= MAX_WALL_HITS
+        nt = _add_tree_candidates(scene, c, ox, oy, dx, dy, nt, ts, tidx)
         s_in = s_out
-        if tmx < tmy:
-            tmx += tdx
-            i += step_i
-        else:
-            tmy += tdy
-            j += step_j
+        walk = _walk_next(walk)
     return nh, nt
 
 
+@njit(cache=True, inline="always")
+def _in_shadow(scene, px, py, z0, sun):
+    """Does a wall stand between the point (px, py, z0) and the sun? A 2D grid walk towards the sun,
+    skipping cells whose walls are all lower than the sun ray there."""
+    sx, sy, tan_el = sun.x, sun.y, sun.tan_el
+    if tan_el <= 0:
+        return True
+    qmax = min((scene.hmax - z0) / tan_el, 100.0)  # longer shadows are rare and far away
+    if qmax <= 0:
+        return False
+    walls, bld = scene.walls, scene.buildings
+    walk = _walk_start(px, py, sx, sy, scene.cell)
+    q_in = 0.0
+    while q_in < qmax:
+        c, q_out = _walk_cell(walk, scene.nx, scene.ny)
+        if c < 0:
+            break
+        if scene.cell_hmax[c] > z0 + q_in * tan_el:
+            for q in range(scene.wall_start[c], scene.wall_start[c + 1]):
+                w = scene.wall_items[q]
+                s, v = _crossing(walls, w, px, py, sx, sy)
+                if s < 0.03 or s < q_in - 1e-9 or s > q_out + 1e-9 or v < 0.0 or v > 1.0:
+                    continue
+                b = int(walls[w, W_BLD])
+                zq = z0 + s * tan_el
+                if bld[b, B_MINH] <= zq <= bld[b, B_HEIGHT]:
+                    return True
+        q_in = q_out
+        walk = _walk_next(walk)
+    return False
+
+
 @njit(cache=True)
-def _shade_wall(bld, b, u, z, fp, look, sky):
-    """Facade colour at (u metres along the building's perimeter, z metres up), before lighting, and
-    1.0 if sunlight applies (0.0 for a lit window, which glows by itself)."""
-    style = int(bld[b, B_STYLE])
-    height = bld[b, B_HEIGHT]
-    bseed = np.int64(bld[b, B_SEED])
-    br, bg, bb = bld[b, B_R], bld[b, B_G], bld[b, B_B]
-    weather = 0.88 + 0.16 * _noise(u * 0.35, z * 0.35, bseed) - 0.08 * max(0.0, 1.0 - z / 3.0)
-    br, bg, bb = br * weather, bg * weather, bb * weather
-    floor_h = bld[b, B_FLOOR]
-    spacing = bld[b, B_SPACING]
-    ww, wh = bld[b, B_WINW], bld[b, B_WINH]
+def _vehicle_spans(vehicles, nv, ox, oy, dx, dy, k, vin, vout, vu, vface):
+    """Where horizontal ray k enters and leaves each vehicle's box (slab test in the vehicle's axes)."""
+    for v in range(nv):
+        ax, ay = vehicles[v, V_AX], vehicles[v, V_AY]
+        lx = (ox - vehicles[v, V_X]) * ax + (oy - vehicles[v, V_Y]) * ay
+        ly = -(ox - vehicles[v, V_X]) * ay + (oy - vehicles[v, V_Y]) * ax
+        ddx = dx * ax + dy * ay
+        ddy = -dx * ay + dy * ax
+        hl, hwd = vehicles[v, V_HL], vehicles[v, V_HW]
+        t0, t1, f = -1e30, 1e30, -1
+        if abs(ddx) > 1e-12:
+            a1, a2 = (-hl - lx) / ddx, (hl - lx) / ddx
+            if min(a1, a2) > t0:
+                t0 = min(a1, a2)
+                f = 1 if ddx > 0 else 0
+            t1 = min(t1, max(a1, a2))
+        elif abs(lx) > hl:
+            continue
+        if abs(ddy) > 1e-12:
+            b1, b2 = (-hwd - ly) / ddy, (hwd - ly) / ddy
+            if min(b1, b2) > t0:
+                t0 = min(b1, b2)
+                f = 3 if ddy > 0 else 2
+            t1 = min(t1, max(b1, b2))
+        elif abs(ly) > hwd:
+            continue
+        if t0 < t1 and t0 > 0.05:
+            vin[k, v], vout[k, v], vface[k, v] = t0, t1, f
+            vu[k, v] = (ly + t0 * ddy) if f < 2 else (lx + t0 * ddx)
+
+
+@njit(cache=True)
+def _pixel_rays(pose, pix):
+    """Each pixel's direction: tan(azimuth) from the heading, unit horizontal direction, slope (dz per
+    horizontal metre) and 3D length per horizontal metre, into pix[0..4]. Returns the azimuths' range."""
+    H, W = pix.shape[1], pix.shape[2]
+    yaw, pitch, roll = pose.yaw, pose.pitch, pose.roll
+    # Camera basis: x east, y north, z up.
+    fx, fy, fz = math.sin(yaw) * math.cos(pitch), math.cos(yaw) * math.cos(pitch), math.sin(pitch)
+    rx0, ry0 = math.cos(yaw), -math.sin(yaw)
+    ux0, uy0, uz0 = -math.sin(yaw) * math.sin(pitch), -math.cos(yaw) * math.sin(pitch), math.cos(pitch)
+    cr, sr = math.cos(roll), math.sin(roll)
+    rx, ry, rz = cr * rx0 + sr * ux0, cr * ry0 + sr * uy0, sr * uz0
+    ux, uy, uz = -sr * rx0 + cr * ux0, -sr * ry0 + cr * uy0, cr * uz0
+    tanh = math.tan(pose.fov * 0.5)
+    # Rays are spaced evenly in tan(azimuth) relative to the heading: no trigonometry per pixel.
+    fhx, fhy = math.sin(yaw), math.cos(yaw)
+    taz, pdxs, pdys, slope, hlen = pix[0], pix[1], pix[2], pix[3], pix[4]
+    amin, amax = 1e9, -1e9
+    for i in range(H):
+        py = (1 - (i + 0.5) / H * 2) * tanh * H / W
+        for j in range(W):
+            px = ((j + 0.5) / W * 2 - 1) * tanh
+            dx = fx + px * rx + py * ux
+            dy = fy + px * ry + py * uy
+            dz = fz + px * rz + py * uz
+            hl = math.sqrt(dx * dx + dy * dy)
+            a = (dx * rx0 + dy * ry0) / max(dx * fhx + dy * fhy, 1e-6)
+            taz[i, j] = a
+            pdxs[i, j] = dx / hl
+            pdys[i, j] = dy / hl
+            t = dz / hl
+            slope[i, j] = t
+            hlen[i, j] = math.sqrt(1 + t * t)
+            amin = min(amin, a)
+            amax = max(amax, a)
+    return amin, amax
+
+
+@njit(cache=True)
+def _cast_rays(pose, look, vehicles, scene, frame, amin, da):
+    """Bin the pixels into 2W horizontal rays evenly spaced in tan(azimuth) (frame.ray) and cast each:
+    its walls, trees and vehicles in order, and the far skyline above it."""
+    pix, ray = frame.pix, frame.ray
+    H, W = ray.shape[0], ray.shape[1]
+    NR = 2 * W
+    tmax = np.full(NR, -1e9)  # each ray's steepest pixel
+    for i in range(H):
+        for j in range(W):
+            k = min(int((pix[0, i, j] - amin) / da), NR - 1)
+            ray[i, j] = k
+            tmax[k] = max(tmax[k], pix[3, i, j])
+    rays = Rays(dx=np.empty(NR), dy=np.empty(NR), n_walls=np.zeros(NR, np.int64), wall_s=frame.hs,
+                wall_id=frame.hw, wall_front=frame.hf, n_trees=np.zeros(NR, np.int64),
+                tree_s=np.empty((NR, MAX_TREE_HITS)), tree_id=np.empty((NR, MAX_TREE_HITS), np.int64),
+                veh_in=np.full((NR, MAX_VEHICLES), 1e30), veh_out=np.empty((NR, MAX_VEHICLES)),
+                veh_u=np.empty((NR, MAX_VEHICLES)), veh_face=np.empty((NR, MAX_VEHICLES), np.int64),
+                skyline=np.empty(NR))
+    nv = min(vehicles.shape[0], MAX_VEHICLES)
+    fhx, fhy = math.sin(pose.yaw), math.cos(pose.yaw)
+    rx0, ry0 = math.cos(pose.yaw), -math.sin(pose.yaw)
+    smax = look[L_MAXDIST]
+    for k in range(NR):
+        a = amin + (k + 0.5) * da
+        dx, dy = fhx + a * rx0, fhy + a * ry0
+        norm = math.sqrt(dx * dx + dy * dy)
+        dx, dy = dx / norm, dy / norm
+        rays.dx[k], rays.dy[k] = dx, dy
+        lim = smax
+        if tmax[k] < 0:
+            lim = min(smax, pose.eye / -tmax[k] + 1.0)
+        rays.n_walls[k], rays.n_trees[k] = _trace_ray(
+            scene, pose.x, pose.y, dx, dy, lim, tmax[k], pose.eye, frame.hs[k], frame.hw[k], frame.hf[k],
+            rays.tree_s[k], rays.tree_id[k])
+        _vehicle_spans(vehicles, nv, pose.x, pose.y, dx, dy, k, rays.veh_in, rays.veh_out, rays.veh_u,
+                       rays.veh_face)
+        # A far skyline on the horizon, the same from everywhere (like distant hills or towers).
+        azd = ((pose.yaw + math.atan(amin + (k + 0.5) * da)) % (2 * math.pi)) * 40.0
+        rays.skyline[k] = 0.012 + 0.03 * _noise(azd * 0.15, 0.5, 99) * (_hash(math.floor(azd), 1, 98) > 0.35) \
+            + 0.02 * _noise(azd * 0.03, 0.5, 97)
+    return rays
+
+
+@njit(cache=True, inline="always")
+def _first_hit(scene, rays, vehicles, k, t, ox, oy, eye):
+    """The nearest surface along ray k at slope t: (ray length, wall/tree/vehicle index, height, K_*)."""
+    best, hit, hz, kind = 1e30, -1, 0.0, K_SKY
+    if t < 0:
+        best = eye / -t
+        kind = K_GROUND
+    bld, trees = scene.buildings, scene.trees
+    for q in range(rays.n_walls[k]):
+        s = rays.wall_s[k, q]
+        if s >= best:
+            break
+        w = rays.wall_id[k, q]
+        b = int(scene.walls[w, W_BLD])
+        z = eye + t * s
+        if z <= bld[b, B_HEIGHT] and z >= bld[b, B_MINH]:
+            best, hit, hz = s, w, z
+            kind = K_WALL if rays.wall_front[k, q] == 1 else K_ROOF
+            break
+    dx, dy = rays.dx[k], rays.dy[k]
+    for q in range(rays.n_trees[k]):
+        if rays.tree_s[k, q] >= best:
+            break
+        tr_ = rays.tree_id[k, q]
+        cx, cy = trees[tr_, T_X] - ox, trees[tr_, T_Y] - oy
+        s0 = cx * dx + cy * dy
+        p2 = (cx * dy - cy * dx) ** 2
+        r, rz_, cz = trees[tr_, T_R], trees[tr_, T_RZ], trees[tr_, T_Z]
+        qa = 1 / (r * r) + t * t / (rz_ * rz_)
+        qb = -2 * s0 / (r * r) + 2 * t * (eye - cz) / (rz_ * rz_)
+        qc = (s0 * s0 + p2) / (r * r) + (eye - cz) ** 2 / (rz_ * rz_) - 1
+        disc = qb * qb - 4 * qa * qc
+        if disc >= 0:
+            s = (-qb - math.sqrt(disc)) / (2 * qa)
+            if 0.05 < s < best:
+                zc = eye + t * s
+                # Ragged outline: rays that only graze the crown may pass between leaves.
+                graze = disc / (4 * qa)
+                hx, hy = ox + dx * s, oy + dy * s
+                hole = graze < 0.2 and trees[tr_, T_LAMP] == 0.0 and \
+                    _noise(hx * 3.0, zc * 3.0, tr_) * _noise(hy * 3.0, zc * 3.0 + 17, tr_) < 0.15
+                if not hole:
+                    best, hit, hz, kind = s, tr_, zc, K_TREE
+        rt = trees[tr_, T_TRUNK]
+        if p2 < rt * rt:
+            s = s0 - math.sqrt(rt * rt - p2)
+            zt = eye + t * s
+            if 0.05 < s < best and 0 <= zt <= cz - rz_ * 0.5:
+                best, hit, hz, kind = s, tr_, zt, K_TRUNK
+    for v in range(min(vehicles.shape[0], MAX_VEHICLES)):
+        s = rays.veh_in[k, v]
+        if s >= best:
+            continue
+        z = eye + t * s
+        hv = vehicles[v, V_H]
+        if 0.0 <= z <= hv:
+            best, hit, hz, kind = s, v, z, K_VEHICLE
+        elif z > hv and t < 0:
+            st = (hv - eye) / t
+            if st <= rays.veh_out[k, v] and st < best:
+                best, hit, hz, kind = st, v, hv, K_VTOP
+    return best, hit, hz, kind
+
+
+# --- shading ------------------------------------------------------------------------------------------
+
+@njit(cache=True)
+def _shop_front(bld, b, u, z, br, bg, bb, look, sky):
+    """A shop's ground floor below its fascia line: fascia with lettering, plinth, lit shop windows."""
     ground = bld[b, B_GROUND]
-    tr, tg, tb = bld[b, B_TR], bld[b, B_TG], bld[b, B_TB]
-    refl = 0.3 if style == CURTAIN else 0.18
-    # Average facade colour, used when windows are smaller than a pixel (anti-aliasing).
-    wf = ww * wh
-    ar = br * (1 - wf) + (tr * 0.6 + refl * sky[0]) * wf
-    ag = bg * (1 - wf) + (tg * 0.6 + refl * sky[1]) * wf
-    ab = bb * (1 - wf) + (tb * 0.6 + refl * sky[2]) * wf
-    r, g, bl = br, bg, bb
-    if bld[b, B_SHOP] > 0 and z < ground and height > ground + 1.0:
-        if z > ground - 0.85:
-            letter = _hash(math.floor(u * 2.5), math.floor(z * 4.0), bseed) > 0.55 and z < ground - 0.2 \
-                and _frac(u / 9.0) < 0.6
-            r, g, bl = bld[b, B_AR], bld[b, B_AG], bld[b, B_AB]
-            if letter:
-                r, g, bl = 0.95 - r * 0.5, 0.95 - g * 0.5, 0.92 - bl * 0.5
-        elif z < 0.3:
-            r, g, bl = br * 0.55, bg * 0.55, bb * 0.55
+    bseed = np.int64(bld[b, B_SEED])
+    if z > ground - 0.85:
+        letter = _hash(math.floor(u * 2.5), math.floor(z * 4.0), bseed) > 0.55 and z < ground - 0.2 \
+            and _frac(u / 9.0) < 0.6
+        r, g, bl = bld[b, B_AR], bld[b, B_AG], bld[b, B_AB]
+        if letter:
+            r, g, bl = 0.95 - r * 0.5, 0.95 - g * 0.5, 0.92 - bl * 0.5
+    elif z < 0.3:
+        r, g, bl = br * 0.55, bg * 0.55, bb * 0.55
+    else:
+        pane = _frac(u / 2.7)
+        if pane < 0.07 or z > ground - 1.05:
+            r, g, bl = bld[b, B_AR] * 0.6, bld[b, B_AG] * 0.6, bld[b, B_AB] * 0.6
         else:
-            pane = _frac(u / 2.7)
-            if pane < 0.07 or z > ground - 1.05:
-                r, g, bl = bld[b, B_AR] * 0.6, bld[b, B_AG] * 0.6, bld[b, B_AB] * 0.6
-            else:
-                inside = 0.08 + 0.12 * _hash(math.floor(u / 2.7), 7, bseed)
-                lit = 0.25 * look[L_LIT] * 2
-                r = inside + lit + 0.28 * sky[0] * (1.0 - z / ground)
-                g = inside + lit * 0.85 + 0.28 * sky[1] * (1.0 - z / ground)
-                bl = inside + lit * 0.6 + 0.28 * sky[2] * (1.0 - z / ground)
-        return r, g, bl, 1.0
-    if z > height - 0.45 and style != CURTAIN:
-        return br * 1.12, bg * 1.12, bb * 1.1, 1.0
-    zz = z - ground if z >= ground else z
-    fh = floor_h if z >= ground else ground
-    fl = math.floor(zz / fh)
-    zf = zz / fh - fl
-    col = math.floor(u / spacing)
-    uf = u / spacing - col
+            inside = 0.08 + 0.12 * _hash(math.floor(u / 2.7), 7, bseed)
+            lit = 0.25 * look[L_LIT] * 2
+            r = inside + lit + 0.28 * sky[0] * (1.0 - z / ground)
+            g = inside + lit * 0.85 + 0.28 * sky[1] * (1.0 - z / ground)
+            bl = inside + lit * 0.6 + 0.28 * sky[2] * (1.0 - z / ground)
+    return r, g, bl
+
+
+@njit(cache=True)
+def _facade_pattern(bld, b, style, u, z, uf, zf, fh, br, bg, bb):
+    """The facade's pattern at (uf, zf), the position within its window bay (0..1 across, 0..1 up a floor
+    of fh metres): wall colour, or glass = 1.0 where a window pane is."""
+    ww, wh = bld[b, B_WINW], bld[b, B_WINH]
+    spacing = bld[b, B_SPACING]
+    r, g, bl = br, bg, bb
     glass = 0.0
     if style == CURTAIN:
         if uf < 0.07 or zf < 0.1:
@@ -327,7 +661,7 @@ def _shade_wall(bld, b, u, z, fp, look, sky):
             r, g, bl = br * 0.82, bg * 0.82, bb * 0.82
     else:
         inw = abs(uf - 0.5) < ww * 0.5 and abs(zf - 0.55) < wh * 0.5
-        if style == HOUSE and z < ground and _frac(u / 11.0) < 0.09 and z < 2.2:
+        if style == HOUSE and z < bld[b, B_GROUND] and _frac(u / 11.0) < 0.09 and z < 2.2:
             r, g, bl = bld[b, B_AR] * 0.8, bld[b, B_AG] * 0.8, bld[b, B_AB] * 0.8  # front doors
         elif inw:
             edge = min(ww * 0.5 - abs(uf - 0.5), (wh * 0.5 - abs(zf - 0.55)) * fh / spacing) * spacing
@@ -342,6 +676,36 @@ def _shade_wall(bld, b, u, z, fp, look, sky):
         elif style == CLASSICAL and zf > 0.55 + wh * 0.5 and zf < 0.62 + wh * 0.5 \
                 and abs(uf - 0.5) < ww * 0.65:
             r, g, bl = br * 1.2, bg * 1.2, bb * 1.15  # window pediments
+    return r, g, bl, glass
+
+
+@njit(cache=True)
+def _shade_wall(bld, b, u, z, fp, look, sky):
+    """Facade colour at (u metres along the building's perimeter, z metres up), before lighting, and
+    1.0 if sunlight applies (0.0 for a lit window, which glows by itself). fp: a pixel's footprint in
+    metres; sky: what glass reflects."""
+    style = int(bld[b, B_STYLE])
+    height = bld[b, B_HEIGHT]
+    bseed = np.int64(bld[b, B_SEED])
+    br, bg, bb = bld[b, B_R], bld[b, B_G], bld[b, B_B]
+    weather = 0.88 + 0.16 * _noise(u * 0.35, z * 0.35, bseed) - 0.08 * max(0.0, 1.0 - z / 3.0)
+    br, bg, bb = br * weather, bg * weather, bb * weather
+    ground = bld[b, B_GROUND]
+    if bld[b, B_SHOP] > 0 and z < ground and height > ground + 1.0:
+        r, g, bl = _shop_front(bld, b, u, z, br, bg, bb, look, sky)
+        return r, g, bl, 1.0
+    if z > height - 0.45 and style != CURTAIN:
+        return br * 1.12, bg * 1.12, bb * 1.1, 1.0
+    spacing = bld[b, B_SPACING]
+    zz = z - ground if z >= ground else z
+    fh = bld[b, B_FLOOR] if z >= ground else ground
+    fl = math.floor(zz / fh)
+    zf = zz / fh - fl
+    col = math.floor(u / spacing)
+    uf = u / spacing - col
+    r, g, bl, glass = _facade_pattern(bld, b, style, u, z, uf, zf, fh, br, bg, bb)
+    tr, tg, tb = bld[b, B_TR], bld[b, B_TG], bld[b, B_TB]
+    refl = 0.3 if style == CURTAIN else 0.18
     if glass > 0:
         h = _hash(col, fl, bseed)
         lit = _hash(col, fl, bseed + 5) < look[L_LIT]
@@ -351,76 +715,42 @@ def _shade_wall(bld, b, u, z, fp, look, sky):
         g = tg * dark + refl * sky[1] * vert
         bl = tb * dark + refl * sky[2] * vert
         if lit:
-            r, g, bl = 1.0, 0.82, 0.55
-            return r, g, bl, 0.0
-    # Blend to the average as windows shrink below a pixel.
+            return 1.0, 0.82, 0.55, 0.0
+    # Blend to the average facade colour as windows shrink below a pixel (anti-aliasing).
     period = min(spacing, fh)
     a = min(max((fp / period - 0.3) * 1.6, 0.0), 1.0)
     if a > 0:
+        wf = bld[b, B_WINW] * bld[b, B_WINH]
+        ar = br * (1 - wf) + (tr * 0.6 + refl * sky[0]) * wf
+        ag = bg * (1 - wf) + (tg * 0.6 + refl * sky[1]) * wf
+        ab = bb * (1 - wf) + (tb * 0.6 + refl * sky[2]) * wf
         r, g, bl = r * (1 - a) + ar * a, g * (1 - a) + ag * a, bl * (1 - a) + ab * a
     return r, g, bl, 1.0
 
 
-@njit(cache=True)
-def _in_shadow(px, py, z0, sx, sy, tan_el, walls, bld, wstart, witems, cell, nx, ny, cell_hmax, hmax):
-    """Does a wall stand between the point (px, py, z0) and the sun? A 2D grid walk towards the sun,
-    skipping cells whose walls are all lower than the sun ray there."""
-    if tan_el <= 0:
-        return True
-    qmax = min((hmax - z0) / tan_el, 100.0)  # longer shadows are rare and far away
-    if qmax <= 0:
-        return False
-    i = int(math.floor(px / cell))
-    j = int(math.floor(py / cell))
-    step_i = 1 if sx > 0 else -1
-    step_j = 1 if sy > 0 else -1
-    big = 1e30
-    tdx = abs(cell / sx) if sx != 0 else big
-    tdy = abs(cell / sy) if sy != 0 else big
-    tmx = (((i + 1) * cell - px) / sx if sx > 0 else (i * cell - px) / sx) if sx != 0 else big
-    tmy = (((j + 1) * cell - py) / sy if sy > 0 else (j * cell - py) / sy) if sy != 0 else big
-    q_in = 0.0
-    while q_in < qmax and 0 <= i < nx and 0 <= j < ny:
-        q_out = min(tmx, tmy)
-        c = j * nx + i
-        if cell_hmax[c] > z0 + q_in * tan_el:
-            for q in range(wstart[c], wstart[c + 1]):
-                w = witems[q]
-                ex = walls[w, W_X1] - walls[w, W_X0]
-                ey = walls[w, W_Y1] - walls[w, W_Y0]
-                den = sx * ey - sy * ex
-                if abs(den) < 1e-12:
-                    continue
-                wx = walls[w, W_X0] - px
-                wy = walls[w, W_Y0] - py
-                s = (wx * ey - wy * ex) / den
-                if s < 0.03 or s < q_in - 1e-9 or s > q_out + 1e-9:
-                    continue
-                v = (wx * sy - wy * sx) / den
-                if v < 0.0 or v > 1.0:
-                    continue
-                b = int(walls[w, W_BLD])
-                zq = z0 + s * tan_el
-                if bld[b, B_MINH] <= zq <= bld[b, B_HEIGHT]:
-                    return True
-        q_in = q_out
-        if tmx < tmy:
-            tmx += tdx
-            i += step_i
-        else:
-            tmy += tdy
-            j += step_j
-    return False
+@njit(cache=True, inline="always")
+def _wall_colour(scene, w, x, y, z, dzn, fp, look, sky):
+    """_shade_wall at the point (x, y, z) of wall w, seen along a ray of vertical direction dzn."""
+    walls = scene.walls
+    ex = walls[w, W_X1] - walls[w, W_X0]
+    ey = walls[w, W_Y1] - walls[w, W_Y0]
+    along = ((x - walls[w, W_X0]) * ex + (y - walls[w, W_Y0]) * ey) / walls[w, W_LEN]
+    u = walls[w, W_U0] + along
+    # What glass reflects: the sky's gradient at the mirrored elevation (no sun, no clouds).
+    _sky_gradient(abs(dzn) + 0.15, look, sky)
+    return _shade_wall(scene.buildings, int(walls[w, W_BLD]), u, z, fp, look, sky)
 
 
-@njit(cache=True)
-def _on_mark(x, y, marks, mstart, mitems, cell, nx, ny, half_width):
-    i, j = int(x / cell), int(y / cell)
-    if not (0 <= i < nx and 0 <= j < ny):
+@njit(cache=True, inline="always")
+def _on_mark(scene, x, y, half_width):
+    """Is (x, y) within half_width of a lane-marking dash?"""
+    i, j = int(x / scene.cell), int(y / scene.cell)
+    if not (0 <= i < scene.nx and 0 <= j < scene.ny):
         return False
-    c = j * nx + i
-    for q in range(mstart[c], mstart[c + 1]):
-        m = mitems[q]
+    marks = scene.marks
+    c = j * scene.nx + i
+    for q in range(scene.mark_start[c], scene.mark_start[c + 1]):
+        m = scene.mark_items[q]
         ex, ey = marks[m, 2] - marks[m, 0], marks[m, 3] - marks[m, 1]
         ll = ex * ex + ey * ey
         a = ((x - marks[m, 0]) * ex + (y - marks[m, 1]) * ey) / ll
@@ -429,6 +759,37 @@ def _on_mark(x, y, marks, mstart, mitems, cell, nx, ny, half_width):
             if px * px + py * py < half_width * half_width:
                 return True
     return False
+
+
+@njit(cache=True, inline="always")
+def _ground_material(scene, x, y, fp):
+    """The ground material at (x, y): the raster's, but kerbs follow the bilinear 50% contour of the
+    blurred road mask (not the raster's steps) and lane markings are tested exactly."""
+    gres, ground, road_soft = scene.ground_res, scene.ground, scene.road_soft
+    gi, gj = int(y / gres), int(x / gres)
+    m = FOOTPRINT
+    if 0 <= gi < ground.shape[0] - 1 and 0 <= gj < ground.shape[1] - 1:
+        m = ground[gi, gj]
+        fy_, fx_ = y / gres - 0.5 - gi, x / gres - 0.5 - gj
+        if fy_ < 0:
+            fy_ += 1
+            gi -= 1
+        if fx_ < 0:
+            fx_ += 1
+            gj -= 1
+        if gi >= 0 and gj >= 0:
+            rs = (road_soft[gi, gj] * (1 - fx_) + road_soft[gi, gj + 1] * fx_) * (1 - fy_) \
+                + (road_soft[gi + 1, gj] * (1 - fx_) + road_soft[gi + 1, gj + 1] * fx_) * fy_
+            if rs > 140:
+                stencil = m == MARKING
+                m = ROAD
+                if stencil and _on_mark(scene, x, y, max(0.08, fp * 0.5)):
+                    m = MARKING
+            elif rs > 100:
+                m = KERB
+            elif m == ROAD or m == MARKING:
+                m = PAVEMENT
+    return m
 
 
 @njit(cache=True)
@@ -464,211 +825,119 @@ def _shade_ground(m, x, y, fp):
 
 
 @njit(cache=True)
-def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstart, titems, cell, nx, ny,
-                  ground, road_soft, marks, mstart, mitems, gres, vehicles, img, depth, pix, ray, hs, hw, hf):
-    """Fill img (H, W, 3, linear 0..1) and depth (H, W, metres along the ray; inf = sky). pix (5, H, W),
-    ray (H, W) and hs/hw/hf (2W, MAX_WALL_HITS) are scratch buffers, reused between images: fresh
-    megabytes per image would cost more in page faults than some of the shading."""
+def _shade_tree(trees, t, x, y, z, sun, look):
+    """A crown at (x, y, z), lit; a street lamp's (lit at dusk) or a tree's."""
+    if trees[t, T_LAMP] > 0:
+        if z < trees[t, T_Z] - 0.03 and look[L_LIT] > 0.1:
+            return 1.0, 0.86, 0.6  # lit at dusk
+        return 0.22 * look[L_AMB_R] * 2.5, 0.23 * look[L_AMB_G] * 2.5, 0.25 * look[L_AMB_B] * 2.5
+    cx, cy, cz = trees[t, T_X], trees[t, T_Y], trees[t, T_Z]
+    nxv, nyv, nzv = (x - cx) / trees[t, T_R], (y - cy) / trees[t, T_R], (z - cz) / trees[t, T_RZ]
+    nn = math.sqrt(nxv * nxv + nyv * nyv + nzv * nzv) + 1e-9
+    diff = max(0.0, (nxv * sun.x * sun.h + nyv * sun.y * sun.h + nzv * sun.up) / nn)
+    # Clumps of leaves: a product of two noises over the crown, plus fine flicker.
+    leaf = 0.45 + 1.1 * _noise(x * 1.8, z * 1.8, t) * _noise(y * 1.8, z * 1.8 + 17, t) \
+        + 0.25 * _hash(math.floor(x * 9), math.floor(y * 9) + 31 * math.floor(z * 9), t)
+    r = trees[t, T_CR] * leaf * (look[L_AMB_R] * 1.3 + look[L_SUN_R] * diff * 1.2)
+    g = trees[t, T_CG] * leaf * (look[L_AMB_G] * 1.3 + look[L_SUN_G] * diff * 1.2)
+    bl = trees[t, T_CB] * leaf * (look[L_AMB_B] * 1.3 + look[L_SUN_B] * diff * 1.2)
+    return r, g, bl
+
+
+@njit(cache=True)
+def _shade_vehicle(vehicles, v, kind, f, u, z, dzn, sun, look, sky):
+    """Vehicle v's roof (kind K_VTOP) or its side f (0..3: +a, -a, +b, -b) at u metres along it, z up."""
+    vr, vg, vb = vehicles[v, V_R], vehicles[v, V_G], vehicles[v, V_B]
+    hv = vehicles[v, V_H]
+    vk = int(vehicles[v, V_KIND])
+    if kind == K_VTOP:
+        if vk == CAR:
+            return 0.12, 0.14, 0.17
+        return vr * 1.1, vg * 1.1, vb * 1.1
+    hl = vehicles[v, V_HL] if f >= 2 else vehicles[v, V_HW]
+    r, g, bl = vr, vg, vb
+    if vk == BUS:
+        band = (1.4 < z < 2.1) or (2.7 < z < 3.6)
+    elif vk == VAN:
+        band = hv - 0.85 < z < hv - 0.25 and (f < 2 or u > hl - 2.0 or u < -hl + 2.0)
+    else:
+        band = hv - 0.55 < z < hv - 0.08 and abs(u) < hl - 0.35
+    if band:
+        _sky_gradient(abs(dzn) + 0.2, look, sky)
+        r, g, bl = 0.05 + 0.3 * sky[0], 0.06 + 0.3 * sky[1], 0.07 + 0.3 * sky[2]
+    elif z < 0.7 and f >= 2 and (abs(u - (hl - 0.9)) < 0.36 or abs(u + hl - 0.9) < 0.36):
+        r, g, bl = 0.04, 0.04, 0.045
+    elif z < 0.28:
+        r, g, bl = 0.08, 0.08, 0.08
+    elif f < 2 and z < 0.9 and abs(abs(u) - hl + 0.35) < 0.2:
+        # Lamps: white at the front (+a face), red at the back.
+        r, g, bl = (0.95, 0.92, 0.8) if f == 0 else (0.7, 0.05, 0.04)
+    nxv = 0.0
+    nyv = 0.0
+    if f == 0:
+        nxv, nyv = vehicles[v, V_AX], vehicles[v, V_AY]
+    elif f == 1:
+        nxv, nyv = -vehicles[v, V_AX], -vehicles[v, V_AY]
+    elif f == 2:
+        nxv, nyv = -vehicles[v, V_AY], vehicles[v, V_AX]
+    else:
+        nxv, nyv = vehicles[v, V_AY], -vehicles[v, V_AX]
+    diff = max(0.0, nxv * sun.x + nyv * sun.y) * sun.h
+    r *= (look[L_AMB_R] + look[L_SUN_R] * diff) * 1.2
+    g *= (look[L_AMB_G] + look[L_SUN_G] * diff) * 1.2
+    bl *= (look[L_AMB_B] + look[L_SUN_B] * diff) * 1.2
+    return r, g, bl
+
+
+@njit(cache=True)
+def render_kernel(pose, look, vehicles, scene, frame):
+    """Fill frame.img (H, W, 3, linear 0..1) and frame.depth (H, W, metres along the ray; inf = sky):
+    the view from `pose` of `scene` in the light of `look` (L_* entries), with `vehicles` (V_* columns)."""
+    img, depth, pix = frame.img, frame.depth, frame.pix
     H, W = img.shape[0], img.shape[1]
-    ox, oy, eye = cam[0], cam[1], cam[2]
-    yaw, pitch, roll, fov = cam[3], cam[4], cam[5], cam[6]
+    ox, oy, eye = pose.x, pose.y, pose.eye
     seed = np.int64(look[L_SEED])
-    # Camera basis: x east, y north, z up.
-    fx, fy, fz = math.sin(yaw) * math.cos(pitch), math.cos(yaw) * math.cos(pitch), math.sin(pitch)
-    rx0, ry0 = math.cos(yaw), -math.sin(yaw)
-    ux0, uy0, uz0 = -math.sin(yaw) * math.sin(pitch), -math.cos(yaw) * math.sin(pitch), math.cos(pitch)
-    cr, sr = math.cos(roll), math.sin(roll)
-    rx, ry, rz = cr * rx0 + sr * ux0, cr * ry0 + sr * uy0, sr * uz0
-    ux, uy, uz = -sr * rx0 + cr * ux0, -sr * ry0 + cr * uy0, cr * uz0
-    tanh = math.tan(fov * 0.5)
-    pa = 2 * tanh / W  # radians per pixel at the centre
-    # Rays are spaced evenly in tan(azimuth) relative to the heading: no trigonometry per pixel.
-    fhx, fhy = math.sin(yaw), math.cos(yaw)
-    taz, pdxs, pdys, slope, hlen = pix[0], pix[1], pix[2], pix[3], pix[4]
-    amin, amax = 1e9, -1e9
-    for i in range(H):
-        py = (1 - (i + 0.5) / H * 2) * tanh * H / W
-        for j in range(W):
-            px = ((j + 0.5) / W * 2 - 1) * tanh
-            dx = fx + px * rx + py * ux
-            dy = fy + px * ry + py * uy
-            dz = fz + px * rz + py * uz
-            hl = math.sqrt(dx * dx + dy * dy)
-            a = (dx * rx0 + dy * ry0) / max(dx * fhx + dy * fhy, 1e-6)
-            taz[i, j] = a
-            pdxs[i, j] = dx / hl
-            pdys[i, j] = dy / hl
-            t = dz / hl
-            slope[i, j] = t
-            hlen[i, j] = math.sqrt(1 + t * t)
-            amin = min(amin, a)
-            amax = max(amax, a)
-    NR = 2 * W
-    da = (amax - amin) / NR + 1e-12
-    tmax = np.full(NR, -1e9)
-    for i in range(H):
-        for j in range(W):
-            k = min(int((taz[i, j] - amin) / da), NR - 1)
-            ray[i, j] = k
-            tmax[k] = max(tmax[k], slope[i, j])
-    nh = np.zeros(NR, np.int64)
-    ts = np.empty((NR, MAX_TREE_HITS))
-    tid = np.empty((NR, MAX_TREE_HITS), np.int64)
-    nt = np.zeros(NR, np.int64)
-    nv = min(vehicles.shape[0], MAX_VEHICLES)
-    vin = np.full((NR, MAX_VEHICLES), 1e30)
-    vout = np.empty((NR, MAX_VEHICLES))
-    vu = np.empty((NR, MAX_VEHICLES))
-    vface = np.empty((NR, MAX_VEHICLES), np.int64)  # 0..3: +a, -a, +b, -b
-    rdx = np.empty(NR)
-    rdy = np.empty(NR)
-    smax = look[L_MAXDIST]
-    for k in range(NR):
-        a = amin + (k + 0.5) * da
-        dx, dy = fhx + a * rx0, fhy + a * ry0
-        norm = math.sqrt(dx * dx + dy * dy)
-        dx, dy = dx / norm, dy / norm
-        rdx[k], rdy[k] = dx, dy
-        lim = smax
-        if tmax[k] < 0:
-            lim = min(smax, eye / -tmax[k] + 1.0)
-        nh[k], nt[k] = _trace_ray(ox, oy, dx, dy, lim, tmax[k], eye, walls, bld, wstart, witems, trees,
-                                  tstart, titems, cell, nx, ny, hs[k], hw[k], hf[k], ts[k], tid[k])
-        for v in range(nv):
-            ax, ay = vehicles[v, V_AX], vehicles[v, V_AY]
-            lx = (ox - vehicles[v, V_X]) * ax + (oy - vehicles[v, V_Y]) * ay
-            ly = -(ox - vehicles[v, V_X]) * ay + (oy - vehicles[v, V_Y]) * ax
-            ddx = dx * ax + dy * ay
-            ddy = -dx * ay + dy * ax
-            hl, hwd = vehicles[v, V_HL], vehicles[v, V_HW]
-            t0, t1, f = -1e30, 1e30, -1
-            if abs(ddx) > 1e-12:
-                a1, a2 = (-hl - lx) / ddx, (hl - lx) / ddx
-                if min(a1, a2) > t0:
-                    t0 = min(a1, a2)
-                    f = 1 if ddx > 0 else 0
-                t1 = min(t1, max(a1, a2))
-            elif abs(lx) > hl:
-                continue
-            if abs(ddy) > 1e-12:
-                b1, b2 = (-hwd - ly) / ddy, (hwd - ly) / ddy
-                if min(b1, b2) > t0:
-                    t0 = min(b1, b2)
-                    f = 3 if ddy > 0 else 2
-                t1 = min(t1, max(b1, b2))
-            elif abs(ly) > hwd:
-                continue
-            if t0 < t1 and t0 > 0.05:
-                vin[k, v], vout[k, v], vface[k, v] = t0, t1, f
-                vu[k, v] = (ly + t0 * ddy) if f < 2 else (lx + t0 * ddx)
+    pa = 2 * math.tan(pose.fov * 0.5) / W  # radians per pixel at the centre
+    amin, amax = _pixel_rays(pose, pix)
+    da = (amax - amin) / (2 * W) + 1e-12
+    rays = _cast_rays(pose, look, vehicles, scene, frame, amin, da)
     sa, se = look[L_SUN_AZ], look[L_SUN_EL]
-    sunx, suny = math.sin(sa), math.cos(sa)
-    sun_up = math.sin(se)
-    sun_h = math.cos(se)
-    tan_el = math.tan(se)
-    hmax = 0.0
-    for b in range(bld.shape[0]):
-        hmax = max(hmax, bld[b, B_HEIGHT])
+    sun = Sun(math.sin(sa), math.cos(sa), math.sin(se), math.cos(se), math.tan(se))
+    sunv = np.array([sun.x * sun.h, sun.y * sun.h, sun.up])
     sky = np.empty(3)
-    sunv = np.array([sunx * sun_h, suny * sun_h, sun_up])
-    # A far skyline on the horizon, the same from everywhere (like distant hills or towers).
-    sil = np.empty(NR)
-    for k in range(NR):
-        azd = ((yaw + math.atan(amin + (k + 0.5) * da)) % (2 * math.pi)) * 40.0
-        sil[k] = 0.012 + 0.03 * _noise(azd * 0.15, 0.5, 99) * (_hash(math.floor(azd), 1, 98) > 0.35) \
-            + 0.02 * _noise(azd * 0.03, 0.5, 97)
+    walls, trees = scene.walls, scene.trees
     for i in range(H):
         # Shadow rays are the dearest part of shading: an odd column takes its left neighbour's answer
         # when both see the same surface (shadow edges may shift by one pixel sideways).
         prev_surface = -2
         prev_shadow = False
         for j in range(W):
-            k = ray[i, j]
-            t = slope[i, j]
-            dx, dy = rdx[k], rdy[k]
-            best = 1e30
-            kind = K_SKY
-            hit = -1
-            hz = 0.0
-            if t < 0:
-                best = eye / -t
-                kind = K_GROUND
-            for q in range(nh[k]):
-                s = hs[k, q]
-                if s >= best:
-                    break
-                w = hw[k, q]
-                b = int(walls[w, W_BLD])
-                z = eye + t * s
-                if z <= bld[b, B_HEIGHT] and z >= bld[b, B_MINH]:
-                    best, hit, hz = s, w, z
-                    kind = K_WALL if hf[k, q] == 1 else K_ROOF
-                    break
-            for q in range(nt[k]):
-                if ts[k, q] >= best:
-                    break
-                tr_ = tid[k, q]
-                cx, cy = trees[tr_, T_X] - ox, trees[tr_, T_Y] - oy
-                s0 = cx * dx + cy * dy
-                p2 = (cx * dy - cy * dx) ** 2
-                r, rz_, cz = trees[tr_, T_R], trees[tr_, T_RZ], trees[tr_, T_Z]
-                qa = 1 / (r * r) + t * t / (rz_ * rz_)
-                qb = -2 * s0 / (r * r) + 2 * t * (eye - cz) / (rz_ * rz_)
-                qc = (s0 * s0 + p2) / (r * r) + (eye - cz) ** 2 / (rz_ * rz_) - 1
-                disc = qb * qb - 4 * qa * qc
-                if disc >= 0:
-                    s = (-qb - math.sqrt(disc)) / (2 * qa)
-                    if 0.05 < s < best:
-                        zc = eye + t * s
-                        # Ragged outline: rays that only graze the crown may pass between leaves.
-                        graze = disc / (4 * qa)
-                        hx, hy = ox + dx * s, oy + dy * s
-                        hole = graze < 0.2 and trees[tr_, T_LAMP] == 0.0 and \
-                            _noise(hx * 3.0, zc * 3.0, tr_) * _noise(hy * 3.0, zc * 3.0 + 17, tr_) < 0.15
-                        if not hole:
-                            best, hit, hz, kind = s, tr_, zc, K_TREE
-                rt = trees[tr_, T_TRUNK]
-                if p2 < rt * rt:
-                    s = s0 - math.sqrt(rt * rt - p2)
-                    zt = eye + t * s
-                    if 0.05 < s < best and 0 <= zt <= cz - rz_ * 0.5:
-                        best, hit, hz, kind = s, tr_, zt, K_TRUNK
-            for v in range(nv):
-                s = vin[k, v]
-                if s >= best:
-                    continue
-                z = eye + t * s
-                hv = vehicles[v, V_H]
-                if 0.0 <= z <= hv:
-                    best, hit, hz, kind = s, v, z, K_VEHICLE
-                elif z > hv and t < 0:
-                    st = (hv - eye) / t
-                    if st <= vout[k, v] and st < best:
-                        best, hit, hz, kind = st, v, hv, K_VTOP
+            k = frame.ray[i, j]
+            t = pix[3, i, j]
+            dx, dy = rays.dx[k], rays.dy[k]
+            best, hit, hz, kind = _first_hit(scene, rays, vehicles, k, t, ox, oy, eye)
             if kind == K_WALL or kind == K_ROOF or kind == K_GROUND:
                 # The grid walk used the nearest of the sampled azimuths; redo the winning intersection
                 # with this pixel's exact direction so depth and texture coordinates are exact.
-                pdx, pdy = pdxs[i, j], pdys[i, j]
+                pdx, pdy = pix[1, i, j], pix[2, i, j]
                 if kind != K_GROUND:
-                    ex = walls[hit, W_X1] - walls[hit, W_X0]
-                    ey = walls[hit, W_Y1] - walls[hit, W_Y0]
-                    den = pdx * ey - pdy * ex
-                    if abs(den) > 1e-12:
-                        se = ((walls[hit, W_X0] - ox) * ey - (walls[hit, W_Y0] - oy) * ex) / den
-                        if se > 0.05 and abs(se - best) < 0.05 * best + 0.5:
-                            best = se
-                            hz = eye + t * se
+                    s, _ = _crossing(walls, hit, ox, oy, pdx, pdy)
+                    if s > 0.05 and abs(s - best) < 0.05 * best + 0.5:
+                        best = s
+                        hz = eye + t * s
                 dx, dy = pdx, pdy
-            dist = best * hlen[i, j]
+            hl = pix[4, i, j]
+            dist = best * hl
             # 3D unit view direction of this pixel.
-            dzn = t / hlen[i, j]
-            dxn, dyn = dx / hlen[i, j], dy / hlen[i, j]
+            dzn = t / hl
+            dxn, dyn = dx / hl, dy / hl
             fp = dist * pa
             if kind == K_SKY:
                 _sky(dxn, dyn, dzn, look, sunv, sky)
                 r, g, bl = sky[0], sky[1], sky[2]
-                if dzn < sil[k]:
-                    a = 0.55 + 0.15 * (dzn / sil[k])
+                sil = rays.skyline[k]
+                if dzn < sil:
+                    a = 0.55 + 0.15 * (dzn / sil)
                     r = r * a + (1 - a) * look[L_ZEN_R] * 0.5
                     g = g * a + (1 - a) * look[L_ZEN_G] * 0.5
                     bl = bl * a + (1 - a) * look[L_ZEN_B] * 0.55
@@ -676,29 +945,20 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                 img[i, j, 0], img[i, j, 1], img[i, j, 2] = r, g, bl
                 prev_surface = -2
                 continue
+            x, y = ox + dx * best, oy + dy * best
             surface = hit if kind == K_WALL else (-1 if kind == K_GROUND else -2)
             reuse = (j & 1) == 1 and surface == prev_surface and surface != -2
             if kind == K_ROOF:
                 # A wall seen from behind: the ray passed over a low building and comes down on its roof.
                 r, g, bl = 0.3 * look[L_AMB_R] * 2, 0.29 * look[L_AMB_G] * 2, 0.28 * look[L_AMB_B] * 2
             elif kind == K_WALL:
-                b = int(walls[hit, W_BLD])
-                ex = walls[hit, W_X1] - walls[hit, W_X0]
-                ey = walls[hit, W_Y1] - walls[hit, W_Y0]
-                along = ((ox + dx * best - walls[hit, W_X0]) * ex + (oy + dy * best - walls[hit, W_Y0]) * ey) \
-                    / walls[hit, W_LEN]
-                u = walls[hit, W_U0] + along
-                # What glass reflects: the sky's gradient at the mirrored elevation (no sun, no clouds).
-                _sky_gradient(abs(dzn) + 0.15, look, sky)
-                r, g, bl, lit_by_sun = _shade_wall(bld, b, u, hz, fp, look, sky)
+                r, g, bl, lit_by_sun = _wall_colour(scene, hit, x, y, hz, dzn, fp, look, sky)
                 if lit_by_sun > 0:  # (lit windows glow by themselves)
                     nxw, nyw = walls[hit, W_NX], walls[hit, W_NY]
-                    diff = max(0.0, nxw * sunx + nyw * suny) * sun_h
+                    diff = max(0.0, nxw * sun.x + nyw * sun.y) * sun.h
                     if diff > 0:
                         if not reuse:
-                            prev_shadow = _in_shadow(ox + dx * best + nxw * 0.05, oy + dy * best + nyw * 0.05,
-                                                     hz, sunx, suny, tan_el, walls, bld, wstart, witems, cell,
-                                                     nx, ny, cell_hmax, hmax)
+                            prev_shadow = _in_shadow(scene, x + nxw * 0.05, y + nyw * 0.05, hz, sun)
                         if prev_shadow:
                             diff = 0.0
                     ao = 0.72 + 0.28 * min(1.0, hz / 1.8)  # darker at the foot of the wall
@@ -706,31 +966,7 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                     g *= (look[L_AMB_G] + look[L_SUN_G] * diff) * ao
                     bl *= (look[L_AMB_B] + look[L_SUN_B] * diff) * ao
             elif kind == K_GROUND:
-                x, y = ox + dx * best, oy + dy * best
-                gi, gj = int(y / gres), int(x / gres)
-                m = FOOTPRINT
-                if 0 <= gi < ground.shape[0] - 1 and 0 <= gj < ground.shape[1] - 1:
-                    m = ground[gi, gj]
-                    # Kerbs follow the bilinear 50% contour of the blurred road mask, not the raster's steps.
-                    fy_, fx_ = y / gres - 0.5 - gi, x / gres - 0.5 - gj
-                    if fy_ < 0:
-                        fy_ += 1
-                        gi -= 1
-                    if fx_ < 0:
-                        fx_ += 1
-                        gj -= 1
-                    if gi >= 0 and gj >= 0:
-                        rs = (road_soft[gi, gj] * (1 - fx_) + road_soft[gi, gj + 1] * fx_) * (1 - fy_) \
-                            + (road_soft[gi + 1, gj] * (1 - fx_) + road_soft[gi + 1, gj + 1] * fx_) * fy_
-                        if rs > 140:
-                            stencil = m == MARKING
-                            m = ROAD
-                            if stencil and _on_mark(x, y, marks, mstart, mitems, cell, nx, ny, max(0.08, fp * 0.5)):
-                                m = MARKING
-                        elif rs > 100:
-                            m = KERB
-                        elif m == ROAD or m == MARKING:
-                            m = PAVEMENT
+                m = _ground_material(scene, x, y, fp)
                 if m == WATER:
                     surface = -2
                     _sky(dxn, dyn, -dzn, look, sunv, sky, 0.3)
@@ -738,77 +974,21 @@ def render_kernel(cam, look, walls, bld, wstart, witems, cell_hmax, trees, tstar
                     r, g, bl = sky[0] * 0.55 * wv + 0.03, sky[1] * 0.6 * wv + 0.06, sky[2] * 0.6 * wv + 0.07
                 else:
                     r, g, bl = _shade_ground(m, x, y, fp)
-                    sun_k = sun_up
+                    sun_k = sun.up
                     if not reuse:
-                        prev_shadow = best < 120.0 and _in_shadow(x, y, 0.0, sunx, suny, tan_el, walls, bld,
-                                                                  wstart, witems, cell, nx, ny, cell_hmax, hmax)
+                        prev_shadow = best < 120.0 and _in_shadow(scene, x, y, 0.0, sun)
                     if prev_shadow:
                         sun_k = 0.0
                     r *= look[L_AMB_R] + look[L_SUN_R] * sun_k
                     g *= look[L_AMB_G] + look[L_SUN_G] * sun_k
                     bl *= look[L_AMB_B] + look[L_SUN_B] * sun_k
-            elif kind == K_TREE and trees[hit, T_LAMP] > 0:
-                if hz < trees[hit, T_Z] - 0.03 and look[L_LIT] > 0.1:
-                    r, g, bl = 1.0, 0.86, 0.6  # lit at dusk
-                else:
-                    r, g, bl = 0.22 * look[L_AMB_R] * 2.5, 0.23 * look[L_AMB_G] * 2.5, 0.25 * look[L_AMB_B] * 2.5
             elif kind == K_TREE:
-                x, y = ox + dx * best, oy + dy * best
-                cx, cy, cz = trees[hit, T_X], trees[hit, T_Y], trees[hit, T_Z]
-                nxv, nyv, nzv = (x - cx) / trees[hit, T_R], (y - cy) / trees[hit, T_R], (hz - cz) / trees[hit, T_RZ]
-                nn = math.sqrt(nxv * nxv + nyv * nyv + nzv * nzv) + 1e-9
-                diff = max(0.0, (nxv * sunx * sun_h + nyv * suny * sun_h + nzv * sun_up) / nn)
-                # Clumps of leaves: a product of two noises over the crown, plus fine flicker.
-                leaf = 0.45 + 1.1 * _noise(x * 1.8, hz * 1.8, hit) * _noise(y * 1.8, hz * 1.8 + 17, hit) \
-                    + 0.25 * _hash(math.floor(x * 9), math.floor(y * 9) + 31 * math.floor(hz * 9), hit)
-                r = trees[hit, T_CR] * leaf * (look[L_AMB_R] * 1.3 + look[L_SUN_R] * diff * 1.2)
-                g = trees[hit, T_CG] * leaf * (look[L_AMB_G] * 1.3 + look[L_SUN_G] * diff * 1.2)
-                bl = trees[hit, T_CB] * leaf * (look[L_AMB_B] * 1.3 + look[L_SUN_B] * diff * 1.2)
+                r, g, bl = _shade_tree(trees, hit, x, y, hz, sun, look)
             elif kind == K_TRUNK:
                 r, g, bl = (0.14, 0.15, 0.16) if trees[hit, T_LAMP] > 0 else (0.2, 0.16, 0.12)
             else:
-                vr, vg, vb = vehicles[hit, V_R], vehicles[hit, V_G], vehicles[hit, V_B]
-                hv = vehicles[hit, V_H]
-                vk = int(vehicles[hit, V_KIND])
-                if kind == K_VTOP:
-                    r, g, bl = vr * 1.1, vg * 1.1, vb * 1.1
-                    if vk == CAR:
-                        r, g, bl = 0.12, 0.14, 0.17
-                else:
-                    f = vface[k, hit]
-                    u = vu[k, hit]
-                    hl = vehicles[hit, V_HL] if f >= 2 else vehicles[hit, V_HW]
-                    r, g, bl = vr, vg, vb
-                    if vk == BUS:
-                        band = (1.4 < hz < 2.1) or (2.7 < hz < 3.6)
-                    elif vk == VAN:
-                        band = hv - 0.85 < hz < hv - 0.25 and (f < 2 or u > hl - 2.0 or u < -hl + 2.0)
-                    else:
-                        band = hv - 0.55 < hz < hv - 0.08 and abs(u) < hl - 0.35
-                    if band:
-                        _sky_gradient(abs(dzn) + 0.2, look, sky)
-                        r, g, bl = 0.05 + 0.3 * sky[0], 0.06 + 0.3 * sky[1], 0.07 + 0.3 * sky[2]
-                    elif hz < 0.7 and f >= 2 and (abs(u - (hl - 0.9)) < 0.36 or abs(u + hl - 0.9) < 0.36):
-                        r, g, bl = 0.04, 0.04, 0.045
-                    elif hz < 0.28:
-                        r, g, bl = 0.08, 0.08, 0.08
-                    elif f < 2 and hz < 0.9 and abs(abs(u) - hl + 0.35) < 0.2:
-                        # Lamps: white at the front (+a face), red at the back.
-                        r, g, bl = (0.95, 0.92, 0.8) if f == 0 else (0.7, 0.05, 0.04)
-                    nxv = 0.0
-                    nyv = 0.0
-                    if f == 0:
-                        nxv, nyv = vehicles[hit, V_AX], vehicles[hit, V_AY]
-                    elif f == 1:
-                        nxv, nyv = -vehicles[hit, V_AX], -vehicles[hit, V_AY]
-                    elif f == 2:
-                        nxv, nyv = -vehicles[hit, V_AY], vehicles[hit, V_AX]
-                    else:
-                        nxv, nyv = vehicles[hit, V_AY], -vehicles[hit, V_AX]
-                    diff = max(0.0, nxv * sunx + nyv * suny) * sun_h
-                    r *= (look[L_AMB_R] + look[L_SUN_R] * diff) * 1.2
-                    g *= (look[L_AMB_G] + look[L_SUN_G] * diff) * 1.2
-                    bl *= (look[L_AMB_B] + look[L_SUN_B] * diff) * 1.2
+                r, g, bl = _shade_vehicle(vehicles, hit, kind, rays.veh_face[k, hit], rays.veh_u[k, hit], hz,
+                                          dzn, sun, look, sky)
             # Haze: fade towards the horizon colour with distance.
             xh = dist / look[L_HAZE_D]
             hz_a = 1.0 - 1.0 / (1.0 + xh + 0.5 * xh * xh)  # 1 - exp(-x), to second order: cheaper
@@ -849,27 +1029,24 @@ class Renderer:
 
     def __init__(self, world: World):
         self.world = world
-        g, tg = world.wall_grid, world.tree_grid
-        self._args = (world.walls, world.buildings, g.start, g.items, world.cell_hmax, world.trees, tg.start,
-                      tg.items,
-                      float(g.cell), int(g.nx), int(g.ny), world.ground, world.road_soft, world.marks,
-                      world.mark_grid.start, world.mark_grid.items,
-                      float(world.ground_res))
-        self._buffers: dict = {}
+        self.scene = scene_of(world)
+        self._frames: dict = {}
+
+    def _frame(self, H: int, W: int) -> Frame:
+        if (H, W) not in self._frames:
+            self._frames[(H, W)] = Frame(
+                img=np.empty((H, W, 3)), depth=np.empty((H, W), np.float32), pix=np.empty((5, H, W)),
+                ray=np.empty((H, W), np.int64), hs=np.empty((2 * W, MAX_WALL_HITS)),
+                hw=np.empty((2 * W, MAX_WALL_HITS), np.int64), hf=np.empty((2 * W, MAX_WALL_HITS), np.int64))
+        return self._frames[(H, W)]
 
     def render(self, cam: Camera, look: Look, with_depth: bool = False):
         """uint8 (H, W, 3) image; with_depth also returns float32 depth in metres (inf for sky)."""
-        H, W = cam.height, cam.width
-        if (H, W) not in self._buffers:
-            self._buffers[(H, W)] = (
-                np.empty((H, W, 3)), np.empty((H, W), np.float32), np.empty((5, H, W)),
-                np.empty((H, W), np.int64), np.empty((2 * W, MAX_WALL_HITS)),
-                np.empty((2 * W, MAX_WALL_HITS), np.int64), np.empty((2 * W, MAX_WALL_HITS), np.int64))
-        img, depth, *scratch = self._buffers[(H, W)]
-        c = np.array([cam.x, cam.y, cam.eye, math.radians(cam.heading), math.radians(cam.pitch),
-                      math.radians(cam.roll), math.radians(cam.fov)])
+        frame = self._frame(cam.height, cam.width)
+        pose = Pose(float(cam.x), float(cam.y), float(cam.eye), math.radians(cam.heading),
+                    math.radians(cam.pitch), math.radians(cam.roll), math.radians(cam.fov))
         veh = np.ascontiguousarray(look.vehicles, dtype=np.float64).reshape(-1, 11)
-        render_kernel(c, look.params, *self._args, veh, img, depth, *scratch)
-        out = np.empty((H, W, 3), np.uint8)
-        finish_kernel(img, look.params, GAMMA_LUT, out)
-        return (out, depth.copy()) if with_depth else out
+        render_kernel(pose, look.params, veh, self.scene, frame)
+        out = np.empty((cam.height, cam.width, 3), np.uint8)
+        finish_kernel(frame.img, look.params, GAMMA_LUT, out)
+        return (out, frame.depth.copy()) if with_depth else out

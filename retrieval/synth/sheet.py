@@ -16,8 +16,8 @@ def contact_sheet(data_dir: str | Path, out: str | Path, n: int = 24, cols: int 
     neighbours share content."""
     from PIL import Image, ImageDraw
 
-    from retrieval.data import load_rgb, read_manifest
-    from retrieval.util import atomic_write
+    from retrieval.files import atomic_write
+    from retrieval.manifests import load_rgb, read_manifest
 
     data_dir = Path(data_dir)
     m = read_manifest(data_dir / f"{split}.csv")

@@ -6,8 +6,12 @@ training resumes from its last checkpoint, so a killed run continues where it st
 """
 from __future__ import annotations
 
+import csv
 import json
+import os
 import shlex
+import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -15,16 +19,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from baselines.cells import GRID_FILE
 from retrieval import GeolocError
-from retrieval.config import Config, dump_yaml, load_config, prepare_run_dir, to_dict
-from retrieval.util import atomic_write_text, import_target, read_log
-
-# The first word of a method's name says what it trains; the rest tells variants apart.
-TRAINERS = {
-    "cells": "baselines.cells:train_cells",
-    "regression": "baselines.regression:train_regression",
-    "embedding": "retrieval.embedding:train_embedding",
-}
+from retrieval.config import Config, dump_yaml, load_config, load_run_config, prepare_run_dir, to_dict
+from retrieval.evaluate import evaluate_run
+from retrieval.files import atomic_write_text, command_line, read_log
+from retrieval.methods import method_kind, trainer
+from retrieval.models import build_resnet
+from retrieval.prior import PRIOR_DIR, PRIOR_FILE
+from retrieval.report import (error_cdf_png, floor_rows, learning_png, map_png, neighbourhoods_html, report_md,
+                              terminal_table, versus_floors)
+from retrieval.runs import config_changes
+from retrieval.synth.cameras import render_dataset
+from retrieval.synth.city import write_demo_city
 
 BUDGET_RULES = ("Every method trains on the same rendered training views with the same weights, lock_factor, "
                 "batch size, optimiser, schedule and precision, on the backbone and input size of the backbone "
@@ -33,13 +40,6 @@ BUDGET_RULES = ("Every method trains on the same rendered training views with th
                 "validation views, drawn like the test views; all are scored on the same test views, beside the "
                 "floors (no learning; the untrained network is the benchmark's own model.arch) and the oracle "
                 "measured on them.")
-
-
-def method_kind(name: str) -> str:
-    kind = name.split("_", 1)[0]
-    if kind not in TRAINERS:
-        raise GeolocError(f"bench.methods: {name!r} must start with one of {', '.join(TRAINERS)}")
-    return kind
 
 
 def resize_side(cfg: Config) -> int:
@@ -70,8 +70,6 @@ def resolve_weights(cfg: Config) -> str:
     says so in the report (and trains every layer: freezing random layers would only cripple it)."""
     if cfg.model.weights != "imagenet":
         return ""
-    from retrieval.models import build_resnet
-
     try:
         build_resnet("imagenet", cfg.model.arch)
         return ""
@@ -88,8 +86,6 @@ def make_city(cfg: Config, out: Path) -> Path:
         if not osm.is_file():
             raise GeolocError(f"bench.osm: {osm} not found (an .osm/.osm.bz2 file, or 'demo')")
         return osm
-    from retrieval.synth.city import write_demo_city
-
     osm = out / "city.osm"
     if not osm.is_file():
         write_demo_city(osm, seed=cfg.seed, size_m=cfg.bench.city_size_m)
@@ -97,8 +93,6 @@ def make_city(cfg: Config, out: Path) -> Path:
 
 
 def render(cfg: Config, osm: Path, out: Path) -> Path:
-    from retrieval.synth.cameras import render_dataset
-
     data = out / "data"
     b = cfg.bench
     if not ((data / "train.csv").is_file() and (data / "test.csv").is_file()):
@@ -119,10 +113,6 @@ OTHER_METHODS_SETTINGS = {"cells": ("bench.", "embedding.", "regression.", "inde
 def train_method(name: str, mcfg: Config, run: Path) -> str:
     """Train the method unless its run already finished; returns a note when a finished run was trained
     with other settings than this benchmark gives it (a run copied in, or the config edited since)."""
-    from retrieval.config import load_run_config
-    from retrieval.prior import PRIOR_DIR, PRIOR_FILE
-    from retrieval.runs import config_changes
-
     info_path = run / "run.json"
     prior_done = mcfg.embedding.cell_prior_share == 0 or (run / PRIOR_DIR / PRIOR_FILE).is_file()
     if info_path.is_file() and "train" in json.loads(info_path.read_text(encoding="utf-8")) and prior_done:
@@ -137,13 +127,11 @@ def train_method(name: str, mcfg: Config, run: Path) -> str:
     resume = (run / "last.pt").is_file()
     prepare_run_dir(run, mcfg)
     tqdm.write(f"== {name}: {'resuming' if resume else 'training'} in {run}")
-    import_target(TRAINERS[method_kind(name)])(mcfg, run, resume)
+    trainer(name)(mcfg, run, resume)
     return ""
 
 
 def evaluate_method(run: Path, data: Path) -> dict:
-    from retrieval.evaluate import evaluate_run
-
     path = run / "metrics.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
@@ -169,8 +157,6 @@ def street_lines(data: Path) -> list[np.ndarray]:
 
 
 def _predictions(run: Path) -> dict[str, np.ndarray]:
-    import csv
-
     with (run / "predictions.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return {k: np.array([float(r[k]) for r in rows]) for k in
@@ -179,9 +165,6 @@ def _predictions(run: Path) -> dict[str, np.ndarray]:
 
 def _cells_page(run: Path, lines: list[np.ndarray], out: Path, attribution: str) -> Path | None:
     """The study's neighbourhood plot from a cells run: its grid and per-photo class probabilities."""
-    from baselines.cells import GRID_FILE
-    from retrieval.report import neighbourhoods_html
-
     if not (run / GRID_FILE).is_file() or not (run / "predictions.npz").is_file():
         return None
     grid = json.loads((run / GRID_FILE).read_text(encoding="utf-8"))
@@ -210,9 +193,6 @@ def recall_curve(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
 def write_report(cfg: Config, out: Path, rows: list[dict], runs: dict[str, Path], data: Path,
                  commands: list[str], notes: list[str]) -> Path:
-    from retrieval.report import (error_cdf_png, floor_rows, learning_png, map_png, report_md, terminal_table,
-                                  versus_floors)
-
     rep = out / "report"
     rep.mkdir(parents=True, exist_ok=True)
     preds = {name: _predictions(run) for name, run in runs.items()}
@@ -256,8 +236,6 @@ def argmax_row(name: str, metrics: dict) -> dict:
 
 def run_benchmark(cfg: Config, out: str | Path) -> Path:
     """Run every step of the comparison in `out`; returns the report folder."""
-    from retrieval.util import command_line
-
     out = Path(out)
     t0 = time.perf_counter()
     note = resolve_weights(cfg)
@@ -317,8 +295,6 @@ def demo_query_hint(out: Path) -> str:
     runs = sorted((out / "methods").glob("embedding*"))
     if not runs:
         return ""
-    import shlex
-
     test = out / "data" / "test.csv"
     first = test.read_text(encoding="utf-8").splitlines()[1].split(",")[0] if test.is_file() else "IMAGE.jpg"
     return (f"locate a photo:  {geoloc_command()} query --run {shlex.quote(str(runs[0]))} "
@@ -328,11 +304,6 @@ def demo_query_hint(out: Path) -> str:
 def geoloc_command() -> str:
     """How to run this very geoloc from the current folder, as a user types it: `geoloc` when that is on
     the PATH, else the script installed beside this Python (e.g. .venv/bin/geoloc), else python -m."""
-    import os
-    import shlex
-    import shutil
-    import sys
-
     here = Path(sys.executable).parent  # not resolved: a venv's python is a link to the system one
     script = here / ("geoloc.exe" if os.name == "nt" else "geoloc")
     on_path = shutil.which("geoloc")

@@ -1,15 +1,21 @@
-"""Atomic file writes, run directories and checkpoint save/resume."""
+"""Files written safely: atomic writes (a kill never leaves half a file), a full disk as one clear error,
+preallocated .npy files, stale temporary files, run logs and records, and what produced a run."""
 from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
+
+from retrieval import GeolocError
 
 
 # A write that failed for want of room: disk or quota full, or past the file-size limit (ulimit -f).
@@ -17,6 +23,8 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # How torch.save and faiss.write_index report a failed write (a RuntimeError, not an OSError).
 _WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed", "fwrite", "write error",
                    "No space left")
+
+STALE_TMP_S = 30.0  # a temporary file untouched this long is no live process's (a write takes seconds)
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -38,8 +46,6 @@ def tmp_prefix(path: str | Path) -> str:
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Call writer(tmp_path) and rename the result over path, so a kill never leaves half a file.
     A full disk raises GeolocError naming the path; the old file, if any, stays as it was."""
-    from retrieval import GeolocError
-
     path = Path(path)
     tmp_path = None
     try:
@@ -66,8 +72,6 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
 def remove_stale_tmp(folder: str | Path, names, min_age_s: float = 0.0) -> list[Path]:
     """Delete the temporary files atomic_write leaves behind when killed (".NAME.xxxx.tmp" for each
     NAME in names) in folder; returns those removed. Only files of our own naming are touched."""
-    import time
-
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
@@ -88,10 +92,8 @@ def create_npy(path: str | Path, shape: tuple[int, ...], dtype="float32") -> Pat
     """An .npy file of zeros with every block allocated on disk (not a sparse file: writing through a
     memory map into a sparse file on a full disk kills the process with SIGBUS, with no message).
     A full disk raises GeolocError naming the path, and the file is removed."""
-    import numpy as np
+    import numpy as np  # only this function needs numpy: the rest of this module stays light
     from numpy.lib.format import open_memmap
-
-    from retrieval import GeolocError
 
     path = Path(path)
     try:
@@ -115,6 +117,14 @@ def create_npy(path: str | Path, shape: tuple[int, ...], dtype="float32") -> Pat
             raise GeolocError(disk_full_message(path, exc)) from None
         raise
     return path
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_log(path: str | Path, upto_epoch: int | None = None) -> list[dict]:
@@ -162,35 +172,5 @@ def git_revision(cwd: str | Path | None = None) -> dict:
     return {"revision": rev, "dirty": bool(status) if status is not None else None}
 
 
-def save_checkpoint(path: str | Path, state: dict) -> Path:
-    import torch
-
-    return atomic_write(path, lambda p: torch.save(state, p))
-
-
-def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
-    import torch
-
-    from retrieval import GeolocError
-
-    path = Path(path)
-    if not path.is_file():
-        raise GeolocError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise GeolocError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
-
-
-def import_target(target: str):
-    """The object named by "package.module:name", imported on use (so optional parts load lazily)."""
-    import importlib
-
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def command_line() -> str:
-    import shlex
-
     return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
