@@ -45,7 +45,7 @@ def cell_table(grid: Grid, train: Manifest) -> dict[str, list]:
     plat, plon = grid.projection.to_latlon(sx[full] / n[full], sy[full] / n[full])
     photo_lat, photo_lon = np.full(len(grid), np.nan), np.full(len(grid), np.nan)
     photo_lat[full], photo_lon[full] = plat, plon
-    poly_lat, poly_lon = grid.polygoncentroids()
+    poly_lat, poly_lon = grid.polygon_centroids()
     cls = np.cumsum(full) - 1
     return {
         "n_train": [int(v) for v in n],

@@ -29,8 +29,6 @@ ARCHS = {
 
 def features(arch: str) -> int:
     """Width of the trunk's pooled output."""
-    if arch not in ARCHS:
-        raise GeolocError(f"model.arch={arch!r}: choose one of {', '.join(ARCHS)}")
     return ARCHS[arch][2]
 
 
@@ -120,8 +118,6 @@ def apply_lock_factor(model: nn.Module, lock_factor: float) -> int:
     Frozen BatchNorm layers also keep their running statistics: model.train() leaves them in eval
     mode, since updating the statistics of a frozen layer would still change what it computes.
     """
-    if not 0.0 <= lock_factor <= 1.0:
-        raise GeolocError(f"model.lock_factor={lock_factor}: must be in [0, 1]")
     layers = parameterised_layers(model)
     n_frozen = int(lock_factor * len(layers) + 1e-9)
     for i, layer in enumerate(layers):

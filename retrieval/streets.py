@@ -21,7 +21,7 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from retrieval import GeolocError
-from retrieval.geo import LocalProjection, utm_crs
+from retrieval.geo import LocalProjection, haversine_m, utm_crs
 
 # OSMnx network types, for downloaded graphs (a local OSM file keeps every street whatever the type)
 NETWORK_TYPES = ("walk", "all", "drive", "bike", "all_public", "drive_service")
@@ -333,8 +333,6 @@ def photo_distances(lat, lon, radius_m: float, positives: str = "geodesic", stre
         lat0, lon0 = float(np.median(lat)), float(np.median(lon))
         xy = np.array([[d["x"], d["y"]] for _, d in graph.graph.nodes(data=True)])
         glat, glon = (float(v) for v in graph.projection.to_latlon(*np.median(xy, axis=0)))
-        from retrieval.geo import haversine_m
-
         raise GeolocError(f"none of the {len(snap.edge)} photos is within {max_snap_m:g} m of a street of {streets}: "
                           f"the photos lie around lat {lat0:.5f}, lon {lon0:.5f}, the streets around lat {glat:.5f}, "
                           f"lon {glon:.5f}, {haversine_m(lat0, lon0, glat, glon) / 1000:.0f} km away "

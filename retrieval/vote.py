@@ -20,6 +20,7 @@ import numpy as np
 
 from retrieval import GeolocError
 from retrieval.geo import haversine_m
+from retrieval.metrics import errors_m
 
 VOTE_MODES = ("pool", "top1", "weighted_mean")
 
@@ -100,8 +101,6 @@ def choose_mode(lat, lon, sim, true_lat, true_lon, radius_m: float = 50.0) -> tu
     """The vote mode with the lowest median error on held-out queries whose positions are known (the
     neighbours' arrays as for vote), and every mode's median in metres; a tie goes to the earlier of
     VOTE_MODES."""
-    from retrieval.metrics import errors_m
-
     medians = {}
     for mode in VOTE_MODES:
         v = vote(lat, lon, sim, mode, radius_m)

@@ -52,7 +52,8 @@ def fixed_run(tmp_path, monkeypatch):
                            metrics={"cell_acc": 0.4}, columns={"pred_cell": np.arange(5)},
                            arrays={"probabilities": np.eye(5, dtype=np.float32)})
 
-    monkeypatch.setattr(evaluate, "predictor", lambda kind: predict if kind == "fixed" else None)
+    real = evaluate.predictor
+    monkeypatch.setattr(evaluate, "predictor", lambda kind: predict if kind == "fixed" else real(kind))
     run = tmp_path / "run"
     cfg = Config()
     cfg.data.train = str(data)

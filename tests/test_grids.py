@@ -6,6 +6,7 @@ from shapely.geometry import Polygon
 
 from baselines.grids import Grid, build_grid, square_grid, voronoi_grid
 from retrieval import GeolocError
+from retrieval.config import load_config
 
 # An L-shaped piece of the City of London (lon, lat): non-convex, so clipping matters.
 L_SHAPE = Polygon([(-0.114, 51.511), (-0.100, 51.511), (-0.100, 51.516), (-0.107, 51.516),
@@ -108,9 +109,10 @@ def test_points_outside_go_to_nearest_cell_and_geojson_round_trips(tmp_path, kin
 
 
 def test_grid_errors():
-    with pytest.raises(GeolocError, match="choose one of square, voronoi"):
-        build_grid("hexagon", L_SHAPE, 100.0)
     with pytest.raises(GeolocError, match="border_spacing_m"):
         voronoi_grid(L_SHAPE, 100.0, border_m=2000.0)
-    with pytest.raises(GeolocError, match="must be positive"):
-        square_grid(L_SHAPE, 0.0)
+    # the grid kind and cell size are checked once, when the config loads (the grid module owns the kinds)
+    with pytest.raises(GeolocError, match="cells.grid='hexagon': choose one of square, voronoi"):
+        load_config(None, ["cells.grid=hexagon"])
+    with pytest.raises(GeolocError, match=r"cells.cell_size_m=0.0: must be > 0"):
+        load_config(None, ["cells.cell_size_m=0"])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import retrieval.embedding as embedding
+import retrieval.run_index as run_index
 from retrieval.checkpoints import save_checkpoint
 from retrieval.config import Config
 from retrieval.run_index import EMBEDDINGS, INDEX_DIR, PLACE_EMBEDDINGS, PROGRESS, build_run_index
@@ -46,13 +46,13 @@ class Killed(Exception):
 def counted(monkeypatch):
     """Photos passed through the model, per call of embed."""
     calls = []
-    real = embedding.embed
+    real = run_index.embed
 
     def counting(model, images, cfg, desc="embed"):
         calls.append(len(images))
         return real(model, images, cfg, desc)
 
-    monkeypatch.setattr(embedding, "embed", counting)
+    monkeypatch.setattr(run_index, "embed", counting)
     return calls
 
 

@@ -265,6 +265,10 @@ class Rays(NamedTuple):
 
 
 # --- grid walk and ray casting ------------------------------------------------------------------------
+# The loops per pixel and per grid cell call few functions and hand them plain arrays, not the
+# namedtuples: a call passes each array as several words, and an array taken out of a tuple or handed
+# to an inlined function has its reference counted. In the pixel loop either costs more than the work
+# (the first-hit search as three helpers made the renderer 40% slower), so that search stays inline.
 
 @njit(cache=True, inline="always")
 def _walk_start(ox, oy, dx, dy, cell):
@@ -313,13 +317,12 @@ def _crossing(walls, w, ox, oy, dx, dy):
 
 
 @njit(cache=True, inline="always")
-def _add_wall_crossings(scene, c, ox, oy, dx, dy, s_in, s_out, nh, hs, hw, hfront):
-    """Insert the walls of cell c that the ray crosses between s_in and s_out into its ordered crossings
-    (hs, hw, hfront: ray length, wall, 1 if seen from outside); returns their new count."""
-    walls = scene.walls
+def _add_wall_crossings(walls, items, lo, hi, ox, oy, dx, dy, s_in, s_out, nh, hs, hw, hfront):
+    """Insert the walls items[lo:hi] (one grid cell's) that the ray crosses between s_in and s_out into
+    its ordered crossings (hs, hw, hfront: ray length, wall, 1 if seen from outside); returns their count."""
     first_new = nh
-    for q in range(scene.wall_start[c], scene.wall_start[c + 1]):
-        w = scene.wall_items[q]
+    for q in range(lo, hi):
+        w = items[q]
         s, v = _crossing(walls, w, ox, oy, dx, dy)
         if s < s_in or s >= s_out or s < 0.05:
             continue  # each crossing is taken in the cell that contains it, so once, in order
@@ -339,23 +342,21 @@ def _add_wall_crossings(scene, c, ox, oy, dx, dy, s_in, s_out, nh, hs, hw, hfron
 
 
 @njit(cache=True, inline="always")
-def _hides_the_rest(scene, first, nh, hs, hw, hfront, tmax, eye):
+def _hides_the_rest(walls, bld, first, nh, hs, hw, hfront, tmax, eye):
     """Does one of crossings first..nh-1 cover the ray's topmost pixel, so that nothing behind it shows?"""
-    bld = scene.buildings
     for k in range(first, nh):
-        b = int(scene.walls[hw[k], W_BLD])
+        b = int(walls[hw[k], W_BLD])
         if hfront[k] == 1 and bld[b, B_MINH] <= 0.0 and (bld[b, B_HEIGHT] - eye) >= tmax * hs[k]:
             return True
     return False
 
 
 @njit(cache=True, inline="always")
-def _add_tree_candidates(scene, c, ox, oy, dx, dy, nt, ts, tidx):
-    """Add the trees of cell c whose crown's footprint the ray passes through, ordered by where it enters
-    (ts, tidx); returns their new count."""
-    trees = scene.trees
-    for q in range(scene.tree_start[c], scene.tree_start[c + 1]):
-        t = scene.tree_items[q]
+def _add_tree_candidates(trees, items, lo, hi, ox, oy, dx, dy, nt, ts, tidx):
+    """Add the trees items[lo:hi] (one grid cell's) whose crown's footprint the ray passes through,
+    ordered by where it enters (ts, tidx); returns their count."""
+    for q in range(lo, hi):
+        t = items[q]
         cx = trees[t, T_X] - ox
         cy = trees[t, T_Y] - oy
         s0 = cx * dx + cy * dy
@@ -381,48 +382,54 @@ def _add_tree_candidates(scene, c, ox, oy, dx, dy, nt, ts, tidx):
     return nt
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _trace_ray(scene, ox, oy, dx, dy, smax, tmax, eye, hs, hw, hfront, ts, tidx):
     """Walk the grid cells along one horizontal ray; fill the ordered wall crossings (hs, hw, hfront)
     and tree candidates (ts, tidx). Stops once a wall hides everything this ray's pixels look at."""
+    walls, bld, trees = scene.walls, scene.buildings, scene.trees
+    wall_start, wall_items, tree_start, tree_items = scene.wall_start, scene.wall_items, scene.tree_start, \
+        scene.tree_items
+    nx, ny = scene.nx, scene.ny
     nh = 0
     nt = 0
     walk = _walk_start(ox, oy, dx, dy, scene.cell)
     s_in = 0.0
     done = False
     while not done and s_in < smax:
-        c, s_out = _walk_cell(walk, scene.nx, scene.ny)
+        c, s_out = _walk_cell(walk, nx, ny)
         if c < 0:
             break
         first_new = nh
-        nh = _add_wall_crossings(scene, c, ox, oy, dx, dy, s_in, s_out, nh, hs, hw, hfront)
-        done = _hides_the_rest(scene, first_new, nh, hs, hw, hfront, tmax, eye) or nh >= MAX_WALL_HITS
-        nt = _add_tree_candidates(scene, c, ox, oy, dx, dy, nt, ts, tidx)
+        nh = _add_wall_crossings(walls, wall_items, wall_start[c], wall_start[c + 1], ox, oy, dx, dy, s_in,
+                                 s_out, nh, hs, hw, hfront)
+        done = _hides_the_rest(walls, bld, first_new, nh, hs, hw, hfront, tmax, eye) or nh >= MAX_WALL_HITS
+        nt = _add_tree_candidates(trees, tree_items, tree_start[c], tree_start[c + 1], ox, oy, dx, dy, nt,
+                                  ts, tidx)
         s_in = s_out
         walk = _walk_next(walk)
     return nh, nt
 
 
-@njit(cache=True, inline="always")
-def _in_shadow(scene, px, py, z0, sun):
+@njit(cache=True)
+def _in_shadow(px, py, z0, sun, walls, bld, wall_start, wall_items, cell_hmax, grid, hmax):
     """Does a wall stand between the point (px, py, z0) and the sun? A 2D grid walk towards the sun,
-    skipping cells whose walls are all lower than the sun ray there."""
+    skipping cells whose walls are all lower than the sun ray there. grid: (cell, nx, ny)."""
     sx, sy, tan_el = sun.x, sun.y, sun.tan_el
     if tan_el <= 0:
         return True
-    qmax = min((scene.hmax - z0) / tan_el, 100.0)  # longer shadows are rare and far away
+    qmax = min((hmax - z0) / tan_el, 100.0)  # longer shadows are rare and far away
     if qmax <= 0:
         return False
-    walls, bld = scene.walls, scene.buildings
-    walk = _walk_start(px, py, sx, sy, scene.cell)
+    cell, nx, ny = grid
+    walk = _walk_start(px, py, sx, sy, cell)
     q_in = 0.0
     while q_in < qmax:
-        c, q_out = _walk_cell(walk, scene.nx, scene.ny)
+        c, q_out = _walk_cell(walk, nx, ny)
         if c < 0:
             break
-        if scene.cell_hmax[c] > z0 + q_in * tan_el:
-            for q in range(scene.wall_start[c], scene.wall_start[c + 1]):
-                w = scene.wall_items[q]
+        if cell_hmax[c] > z0 + q_in * tan_el:
+            for q in range(wall_start[c], wall_start[c + 1]):
+                w = wall_items[q]
                 s, v = _crossing(walls, w, px, py, sx, sy)
                 if s < 0.03 or s < q_in - 1e-9 or s > q_out + 1e-9 or v < 0.0 or v > 1.0:
                     continue
@@ -518,13 +525,14 @@ def _cast_rays(pose, look, vehicles, scene, frame, amin, da):
             k = min(int((pix[0, i, j] - amin) / da), NR - 1)
             ray[i, j] = k
             tmax[k] = max(tmax[k], pix[3, i, j])
-    rays = Rays(dx=np.empty(NR), dy=np.empty(NR), n_walls=np.zeros(NR, np.int64), wall_s=frame.hs,
-                wall_id=frame.hw, wall_front=frame.hf, n_trees=np.zeros(NR, np.int64),
-                tree_s=np.empty((NR, MAX_TREE_HITS)), tree_id=np.empty((NR, MAX_TREE_HITS), np.int64),
-                veh_in=np.full((NR, MAX_VEHICLES), 1e30), veh_out=np.empty((NR, MAX_VEHICLES)),
-                veh_u=np.empty((NR, MAX_VEHICLES)), veh_face=np.empty((NR, MAX_VEHICLES), np.int64),
-                skyline=np.empty(NR))
+    hs, hw, hf = frame.hs, frame.hw, frame.hf
+    rdx, rdy, skyline = np.empty(NR), np.empty(NR), np.empty(NR)
+    n_walls, n_trees = np.zeros(NR, np.int64), np.zeros(NR, np.int64)
+    tree_s, tree_id = np.empty((NR, MAX_TREE_HITS)), np.empty((NR, MAX_TREE_HITS), np.int64)
+    veh_in, veh_out = np.full((NR, MAX_VEHICLES), 1e30), np.empty((NR, MAX_VEHICLES))
+    veh_u, veh_face = np.empty((NR, MAX_VEHICLES)), np.empty((NR, MAX_VEHICLES), np.int64)
     nv = min(vehicles.shape[0], MAX_VEHICLES)
+    ox, oy, eye = pose.x, pose.y, pose.eye
     fhx, fhy = math.sin(pose.yaw), math.cos(pose.yaw)
     rx0, ry0 = math.cos(pose.yaw), -math.sin(pose.yaw)
     smax = look[L_MAXDIST]
@@ -533,84 +541,20 @@ def _cast_rays(pose, look, vehicles, scene, frame, amin, da):
         dx, dy = fhx + a * rx0, fhy + a * ry0
         norm = math.sqrt(dx * dx + dy * dy)
         dx, dy = dx / norm, dy / norm
-        rays.dx[k], rays.dy[k] = dx, dy
+        rdx[k], rdy[k] = dx, dy
         lim = smax
         if tmax[k] < 0:
-            lim = min(smax, pose.eye / -tmax[k] + 1.0)
-        rays.n_walls[k], rays.n_trees[k] = _trace_ray(
-            scene, pose.x, pose.y, dx, dy, lim, tmax[k], pose.eye, frame.hs[k], frame.hw[k], frame.hf[k],
-            rays.tree_s[k], rays.tree_id[k])
-        _vehicle_spans(vehicles, nv, pose.x, pose.y, dx, dy, k, rays.veh_in, rays.veh_out, rays.veh_u,
-                       rays.veh_face)
+            lim = min(smax, eye / -tmax[k] + 1.0)
+        n_walls[k], n_trees[k] = _trace_ray(scene, ox, oy, dx, dy, lim, tmax[k], eye, hs[k], hw[k], hf[k],
+                                            tree_s[k], tree_id[k])
+        _vehicle_spans(vehicles, nv, ox, oy, dx, dy, k, veh_in, veh_out, veh_u, veh_face)
         # A far skyline on the horizon, the same from everywhere (like distant hills or towers).
         azd = ((pose.yaw + math.atan(amin + (k + 0.5) * da)) % (2 * math.pi)) * 40.0
-        rays.skyline[k] = 0.012 + 0.03 * _noise(azd * 0.15, 0.5, 99) * (_hash(math.floor(azd), 1, 98) > 0.35) \
+        skyline[k] = 0.012 + 0.03 * _noise(azd * 0.15, 0.5, 99) * (_hash(math.floor(azd), 1, 98) > 0.35) \
             + 0.02 * _noise(azd * 0.03, 0.5, 97)
-    return rays
-
-
-@njit(cache=True, inline="always")
-def _first_hit(scene, rays, vehicles, k, t, ox, oy, eye):
-    """The nearest surface along ray k at slope t: (ray length, wall/tree/vehicle index, height, K_*)."""
-    best, hit, hz, kind = 1e30, -1, 0.0, K_SKY
-    if t < 0:
-        best = eye / -t
-        kind = K_GROUND
-    bld, trees = scene.buildings, scene.trees
-    for q in range(rays.n_walls[k]):
-        s = rays.wall_s[k, q]
-        if s >= best:
-            break
-        w = rays.wall_id[k, q]
-        b = int(scene.walls[w, W_BLD])
-        z = eye + t * s
-        if z <= bld[b, B_HEIGHT] and z >= bld[b, B_MINH]:
-            best, hit, hz = s, w, z
-            kind = K_WALL if rays.wall_front[k, q] == 1 else K_ROOF
-            break
-    dx, dy = rays.dx[k], rays.dy[k]
-    for q in range(rays.n_trees[k]):
-        if rays.tree_s[k, q] >= best:
-            break
-        tr_ = rays.tree_id[k, q]
-        cx, cy = trees[tr_, T_X] - ox, trees[tr_, T_Y] - oy
-        s0 = cx * dx + cy * dy
-        p2 = (cx * dy - cy * dx) ** 2
-        r, rz_, cz = trees[tr_, T_R], trees[tr_, T_RZ], trees[tr_, T_Z]
-        qa = 1 / (r * r) + t * t / (rz_ * rz_)
-        qb = -2 * s0 / (r * r) + 2 * t * (eye - cz) / (rz_ * rz_)
-        qc = (s0 * s0 + p2) / (r * r) + (eye - cz) ** 2 / (rz_ * rz_) - 1
-        disc = qb * qb - 4 * qa * qc
-        if disc >= 0:
-            s = (-qb - math.sqrt(disc)) / (2 * qa)
-            if 0.05 < s < best:
-                zc = eye + t * s
-                # Ragged outline: rays that only graze the crown may pass between leaves.
-                graze = disc / (4 * qa)
-                hx, hy = ox + dx * s, oy + dy * s
-                hole = graze < 0.2 and trees[tr_, T_LAMP] == 0.0 and \
-                    _noise(hx * 3.0, zc * 3.0, tr_) * _noise(hy * 3.0, zc * 3.0 + 17, tr_) < 0.15
-                if not hole:
-                    best, hit, hz, kind = s, tr_, zc, K_TREE
-        rt = trees[tr_, T_TRUNK]
-        if p2 < rt * rt:
-            s = s0 - math.sqrt(rt * rt - p2)
-            zt = eye + t * s
-            if 0.05 < s < best and 0 <= zt <= cz - rz_ * 0.5:
-                best, hit, hz, kind = s, tr_, zt, K_TRUNK
-    for v in range(min(vehicles.shape[0], MAX_VEHICLES)):
-        s = rays.veh_in[k, v]
-        if s >= best:
-            continue
-        z = eye + t * s
-        hv = vehicles[v, V_H]
-        if 0.0 <= z <= hv:
-            best, hit, hz, kind = s, v, z, K_VEHICLE
-        elif z > hv and t < 0:
-            st = (hv - eye) / t
-            if st <= rays.veh_out[k, v] and st < best:
-                best, hit, hz, kind = st, v, hv, K_VTOP
-    return best, hit, hz, kind
+    return Rays(dx=rdx, dy=rdy, n_walls=n_walls, wall_s=hs, wall_id=hw, wall_front=hf, n_trees=n_trees,
+                tree_s=tree_s, tree_id=tree_id, veh_in=veh_in, veh_out=veh_out, veh_u=veh_u, veh_face=veh_face,
+                skyline=skyline)
 
 
 # --- shading ------------------------------------------------------------------------------------------
@@ -728,29 +672,16 @@ def _shade_wall(bld, b, u, z, fp, look, sky):
     return r, g, bl, 1.0
 
 
-@njit(cache=True, inline="always")
-def _wall_colour(scene, w, x, y, z, dzn, fp, look, sky):
-    """_shade_wall at the point (x, y, z) of wall w, seen along a ray of vertical direction dzn."""
-    walls = scene.walls
-    ex = walls[w, W_X1] - walls[w, W_X0]
-    ey = walls[w, W_Y1] - walls[w, W_Y0]
-    along = ((x - walls[w, W_X0]) * ex + (y - walls[w, W_Y0]) * ey) / walls[w, W_LEN]
-    u = walls[w, W_U0] + along
-    # What glass reflects: the sky's gradient at the mirrored elevation (no sun, no clouds).
-    _sky_gradient(abs(dzn) + 0.15, look, sky)
-    return _shade_wall(scene.buildings, int(walls[w, W_BLD]), u, z, fp, look, sky)
-
-
-@njit(cache=True, inline="always")
-def _on_mark(scene, x, y, half_width):
-    """Is (x, y) within half_width of a lane-marking dash?"""
-    i, j = int(x / scene.cell), int(y / scene.cell)
-    if not (0 <= i < scene.nx and 0 <= j < scene.ny):
+@njit(cache=True)
+def _on_mark(x, y, half_width, marks, mark_start, mark_items, grid):
+    """Is (x, y) within half_width of a lane-marking dash? grid: (cell, nx, ny) of the mark grid."""
+    cell, nx, ny = grid
+    i, j = int(x / cell), int(y / cell)
+    if not (0 <= i < nx and 0 <= j < ny):
         return False
-    marks = scene.marks
-    c = j * scene.nx + i
-    for q in range(scene.mark_start[c], scene.mark_start[c + 1]):
-        m = scene.mark_items[q]
+    c = j * nx + i
+    for q in range(mark_start[c], mark_start[c + 1]):
+        m = mark_items[q]
         ex, ey = marks[m, 2] - marks[m, 0], marks[m, 3] - marks[m, 1]
         ll = ex * ex + ey * ey
         a = ((x - marks[m, 0]) * ex + (y - marks[m, 1]) * ey) / ll
@@ -762,12 +693,13 @@ def _on_mark(scene, x, y, half_width):
 
 
 @njit(cache=True, inline="always")
-def _ground_material(scene, x, y, fp):
-    """The ground material at (x, y): the raster's, but kerbs follow the bilinear 50% contour of the
-    blurred road mask (not the raster's steps) and lane markings are tested exactly."""
-    gres, ground, road_soft = scene.ground_res, scene.ground, scene.road_soft
+def _ground_material(ground, road_soft, gres, x, y):
+    """The ground material at (x, y) from the raster, but kerbs follow the bilinear 50% contour of the
+    blurred road mask, not the raster's steps. Also whether a lane marking may be there (then the
+    material is ROAD, and the caller tests the exact dashes)."""
     gi, gj = int(y / gres), int(x / gres)
     m = FOOTPRINT
+    stencil = False
     if 0 <= gi < ground.shape[0] - 1 and 0 <= gj < ground.shape[1] - 1:
         m = ground[gi, gj]
         fy_, fx_ = y / gres - 0.5 - gi, x / gres - 0.5 - gj
@@ -783,13 +715,11 @@ def _ground_material(scene, x, y, fp):
             if rs > 140:
                 stencil = m == MARKING
                 m = ROAD
-                if stencil and _on_mark(scene, x, y, max(0.08, fp * 0.5)):
-                    m = MARKING
             elif rs > 100:
                 m = KERB
             elif m == ROAD or m == MARKING:
                 m = PAVEMENT
-    return m
+    return m, stencil
 
 
 @njit(cache=True)
@@ -893,7 +823,7 @@ def _shade_vehicle(vehicles, v, kind, f, u, z, dzn, sun, look, sky):
 def render_kernel(pose, look, vehicles, scene, frame):
     """Fill frame.img (H, W, 3, linear 0..1) and frame.depth (H, W, metres along the ray; inf = sky):
     the view from `pose` of `scene` in the light of `look` (L_* entries), with `vehicles` (V_* columns)."""
-    img, depth, pix = frame.img, frame.depth, frame.pix
+    img, depth, pix, ray = frame.img, frame.depth, frame.pix, frame.ray
     H, W = img.shape[0], img.shape[1]
     ox, oy, eye = pose.x, pose.y, pose.eye
     seed = np.int64(look[L_SEED])
@@ -905,17 +835,82 @@ def render_kernel(pose, look, vehicles, scene, frame):
     sun = Sun(math.sin(sa), math.cos(sa), math.sin(se), math.cos(se), math.tan(se))
     sunv = np.array([sun.x * sun.h, sun.y * sun.h, sun.up])
     sky = np.empty(3)
-    walls, trees = scene.walls, scene.trees
+    walls, bld, trees, grid = scene.walls, scene.buildings, scene.trees, (scene.cell, scene.nx, scene.ny)
+    wall_start, wall_items, cell_hmax, hmax = scene.wall_start, scene.wall_items, scene.cell_hmax, scene.hmax
+    ground, road_soft, gres = scene.ground, scene.road_soft, scene.ground_res
+    marks, mark_start, mark_items = scene.marks, scene.mark_start, scene.mark_items
+    rdx, rdy, n_walls, n_trees, skyline = rays.dx, rays.dy, rays.n_walls, rays.n_trees, rays.skyline
+    wall_s, wall_id, wall_front, tree_s, tree_id = rays.wall_s, rays.wall_id, rays.wall_front, rays.tree_s, \
+        rays.tree_id
+    veh_in, veh_out, veh_u, veh_face = rays.veh_in, rays.veh_out, rays.veh_u, rays.veh_face
     for i in range(H):
         # Shadow rays are the dearest part of shading: an odd column takes its left neighbour's answer
         # when both see the same surface (shadow edges may shift by one pixel sideways).
         prev_surface = -2
         prev_shadow = False
         for j in range(W):
-            k = frame.ray[i, j]
+            k = ray[i, j]
             t = pix[3, i, j]
-            dx, dy = rays.dx[k], rays.dy[k]
-            best, hit, hz, kind = _first_hit(scene, rays, vehicles, k, t, ox, oy, eye)
+            dx, dy = rdx[k], rdy[k]
+            best = 1e30
+            kind = K_SKY
+            hit = -1
+            hz = 0.0
+            if t < 0:
+                best = eye / -t
+                kind = K_GROUND
+            for q in range(n_walls[k]):
+                s = wall_s[k, q]
+                if s >= best:
+                    break
+                w = wall_id[k, q]
+                b = int(walls[w, W_BLD])
+                z = eye + t * s
+                if z <= bld[b, B_HEIGHT] and z >= bld[b, B_MINH]:
+                    best, hit, hz = s, w, z
+                    kind = K_WALL if wall_front[k, q] == 1 else K_ROOF
+                    break
+            for q in range(n_trees[k]):
+                if tree_s[k, q] >= best:
+                    break
+                tr_ = tree_id[k, q]
+                cx, cy = trees[tr_, T_X] - ox, trees[tr_, T_Y] - oy
+                s0 = cx * dx + cy * dy
+                p2 = (cx * dy - cy * dx) ** 2
+                r, rz_, cz = trees[tr_, T_R], trees[tr_, T_RZ], trees[tr_, T_Z]
+                qa = 1 / (r * r) + t * t / (rz_ * rz_)
+                qb = -2 * s0 / (r * r) + 2 * t * (eye - cz) / (rz_ * rz_)
+                qc = (s0 * s0 + p2) / (r * r) + (eye - cz) ** 2 / (rz_ * rz_) - 1
+                disc = qb * qb - 4 * qa * qc
+                if disc >= 0:
+                    s = (-qb - math.sqrt(disc)) / (2 * qa)
+                    if 0.05 < s < best:
+                        zc = eye + t * s
+                        # Ragged outline: rays that only graze the crown may pass between leaves.
+                        graze = disc / (4 * qa)
+                        hx, hy = ox + dx * s, oy + dy * s
+                        hole = graze < 0.2 and trees[tr_, T_LAMP] == 0.0 and \
+                            _noise(hx * 3.0, zc * 3.0, tr_) * _noise(hy * 3.0, zc * 3.0 + 17, tr_) < 0.15
+                        if not hole:
+                            best, hit, hz, kind = s, tr_, zc, K_TREE
+                rt = trees[tr_, T_TRUNK]
+                if p2 < rt * rt:
+                    s = s0 - math.sqrt(rt * rt - p2)
+                    zt = eye + t * s
+                    if 0.05 < s < best and 0 <= zt <= cz - rz_ * 0.5:
+                        best, hit, hz, kind = s, tr_, zt, K_TRUNK
+            for v in range(min(vehicles.shape[0], MAX_VEHICLES)):
+                s = veh_in[k, v]
+                if s >= best:
+                    continue
+                z = eye + t * s
+                hv = vehicles[v, V_H]
+                if 0.0 <= z <= hv:
+                    best, hit, hz, kind = s, v, z, K_VEHICLE
+                elif z > hv and t < 0:
+                    st = (hv - eye) / t
+                    if st <= veh_out[k, v] and st < best:
+                        best, hit, hz, kind = st, v, hv, K_VTOP
             if kind == K_WALL or kind == K_ROOF or kind == K_GROUND:
                 # The grid walk used the nearest of the sampled azimuths; redo the winning intersection
                 # with this pixel's exact direction so depth and texture coordinates are exact.
@@ -935,7 +930,7 @@ def render_kernel(pose, look, vehicles, scene, frame):
             if kind == K_SKY:
                 _sky(dxn, dyn, dzn, look, sunv, sky)
                 r, g, bl = sky[0], sky[1], sky[2]
-                sil = rays.skyline[k]
+                sil = skyline[k]
                 if dzn < sil:
                     a = 0.55 + 0.15 * (dzn / sil)
                     r = r * a + (1 - a) * look[L_ZEN_R] * 0.5
@@ -952,13 +947,20 @@ def render_kernel(pose, look, vehicles, scene, frame):
                 # A wall seen from behind: the ray passed over a low building and comes down on its roof.
                 r, g, bl = 0.3 * look[L_AMB_R] * 2, 0.29 * look[L_AMB_G] * 2, 0.28 * look[L_AMB_B] * 2
             elif kind == K_WALL:
-                r, g, bl, lit_by_sun = _wall_colour(scene, hit, x, y, hz, dzn, fp, look, sky)
+                ex = walls[hit, W_X1] - walls[hit, W_X0]
+                ey = walls[hit, W_Y1] - walls[hit, W_Y0]
+                along = ((x - walls[hit, W_X0]) * ex + (y - walls[hit, W_Y0]) * ey) / walls[hit, W_LEN]
+                u = walls[hit, W_U0] + along
+                # What glass reflects: the sky's gradient at the mirrored elevation (no sun, no clouds).
+                _sky_gradient(abs(dzn) + 0.15, look, sky)
+                r, g, bl, lit_by_sun = _shade_wall(bld, int(walls[hit, W_BLD]), u, hz, fp, look, sky)
                 if lit_by_sun > 0:  # (lit windows glow by themselves)
                     nxw, nyw = walls[hit, W_NX], walls[hit, W_NY]
                     diff = max(0.0, nxw * sun.x + nyw * sun.y) * sun.h
                     if diff > 0:
                         if not reuse:
-                            prev_shadow = _in_shadow(scene, x + nxw * 0.05, y + nyw * 0.05, hz, sun)
+                            prev_shadow = _in_shadow(x + nxw * 0.05, y + nyw * 0.05, hz, sun, walls, bld,
+                                                     wall_start, wall_items, cell_hmax, grid, hmax)
                         if prev_shadow:
                             diff = 0.0
                     ao = 0.72 + 0.28 * min(1.0, hz / 1.8)  # darker at the foot of the wall
@@ -966,7 +968,9 @@ def render_kernel(pose, look, vehicles, scene, frame):
                     g *= (look[L_AMB_G] + look[L_SUN_G] * diff) * ao
                     bl *= (look[L_AMB_B] + look[L_SUN_B] * diff) * ao
             elif kind == K_GROUND:
-                m = _ground_material(scene, x, y, fp)
+                m, stencil = _ground_material(ground, road_soft, gres, x, y)
+                if stencil and _on_mark(x, y, max(0.08, fp * 0.5), marks, mark_start, mark_items, grid):
+                    m = MARKING
                 if m == WATER:
                     surface = -2
                     _sky(dxn, dyn, -dzn, look, sunv, sky, 0.3)
@@ -976,7 +980,8 @@ def render_kernel(pose, look, vehicles, scene, frame):
                     r, g, bl = _shade_ground(m, x, y, fp)
                     sun_k = sun.up
                     if not reuse:
-                        prev_shadow = best < 120.0 and _in_shadow(scene, x, y, 0.0, sun)
+                        prev_shadow = best < 120.0 and _in_shadow(x, y, 0.0, sun, walls, bld, wall_start,
+                                                                  wall_items, cell_hmax, grid, hmax)
                     if prev_shadow:
                         sun_k = 0.0
                     r *= look[L_AMB_R] + look[L_SUN_R] * sun_k
@@ -987,8 +992,8 @@ def render_kernel(pose, look, vehicles, scene, frame):
             elif kind == K_TRUNK:
                 r, g, bl = (0.14, 0.15, 0.16) if trees[hit, T_LAMP] > 0 else (0.2, 0.16, 0.12)
             else:
-                r, g, bl = _shade_vehicle(vehicles, hit, kind, rays.veh_face[k, hit], rays.veh_u[k, hit], hz,
-                                          dzn, sun, look, sky)
+                r, g, bl = _shade_vehicle(vehicles, hit, kind, veh_face[k, hit], veh_u[k, hit], hz, dzn, sun,
+                                          look, sky)
             # Haze: fade towards the horizon colour with distance.
             xh = dist / look[L_HAZE_D]
             hz_a = 1.0 - 1.0 / (1.0 + xh + 0.5 * xh * xh)  # 1 - exp(-x), to second order: cheaper
