@@ -26,6 +26,7 @@ from retrieval.evaluate import evaluate_run
 from retrieval.files import atomic_write_text, command_line, read_log
 from retrieval.methods import method_kind, trainer
 from retrieval.models import build_resnet
+from retrieval.prediction_images import PAGE, PREDICTIONS_DIR, save_predictions
 from retrieval.prior import PRIOR_DIR, PRIOR_FILE
 from retrieval.report import (error_cdf_png, floor_rows, learning_png, map_png, neighbourhoods_html, report_md,
                               terminal_table, versus_floors)
@@ -208,11 +209,15 @@ def write_report(cfg: Config, out: Path, rows: list[dict], runs: dict[str, Path]
     cells_runs = [r for n, r in runs.items() if method_kind(n) == "cells"]
     page = _cells_page(cells_runs[0], lines, rep, attribution) if cells_runs else None
     floors = rows[0]["floors"]
+    pages = [f"Prediction images of {n}: the worst, the best and a random sample of its test photos beside the "
+             f"database photos they were matched with ([{n}/{PREDICTIONS_DIR}]"
+             f"({os.path.relpath(r / PREDICTIONS_DIR / PAGE, rep)}))."
+             for n, r in runs.items() if (r / PREDICTIONS_DIR / PAGE).is_file()]
     curves = {n: c for n, c in ((n, recall_curve(r)) for n, r in runs.items()) if c is not None}
     if curves:
         learning_png(curves, floors, rep / "learning.png")
     text = report_md(rows, commands, dump_yaml(cfg),
-                     notes="\n\n".join(n for n in [f"Budget: {BUDGET_RULES}", *notes, attribution] if n),
+                     notes="\n\n".join(n for n in [f"Budget: {BUDGET_RULES}", *notes, *pages, attribution] if n),
                      neighbourhoods=page is not None, learning=bool(curves))
     atomic_write_text(rep / "report.md", text)
     tqdm.write("\n" + terminal_table(rows + floor_rows(floors)) + "\n\n"
@@ -234,6 +239,9 @@ def argmax_row(name: str, metrics: dict) -> dict:
             "backbone": metrics["backbone"].replace(f", {metrics['answer']}", ", most probable cell")}
 
 
+PREDICTION_IMAGES = 12  # test photos each embedding run draws for the report (retrieval.prediction_images)
+
+
 def run_benchmark(cfg: Config, out: str | Path) -> Path:
     """Run every step of the comparison in `out`; returns the report folder."""
     out = Path(out)
@@ -248,6 +256,10 @@ def run_benchmark(cfg: Config, out: str | Path) -> Path:
         mcfg = method_config(cfg, overrides, data)
         reused.append(train_method(name, mcfg, run))
         metrics = evaluate_method(run, data)
+        page = run / PREDICTIONS_DIR / PAGE
+        if method_kind(name) == "embedding" and (not page.is_file() or page.stat().st_mtime
+                                                 < (run / "predictions.csv").stat().st_mtime):
+            save_predictions(run, PREDICTION_IMAGES)
         rows.append({"method": name, **metrics})
         runs[name] = run
         if "cell_prior" in metrics:
@@ -298,7 +310,9 @@ def demo_query_hint(out: Path) -> str:
     test = out / "data" / "test.csv"
     first = test.read_text(encoding="utf-8").splitlines()[1].split(",")[0] if test.is_file() else "IMAGE.jpg"
     return (f"locate a photo:  {geoloc_command()} query --run {shlex.quote(str(runs[0]))} "
-            f"{shlex.quote(str(out / 'data' / first))}")
+            f"{shlex.quote(str(out / 'data' / first))}\n"
+            f"or in a browser:  {geoloc_command()} serve --run {shlex.quote(str(runs[0]))}  "
+            "(then open http://127.0.0.1:8000/)")
 
 
 def geoloc_command() -> str:

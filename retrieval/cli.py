@@ -1,6 +1,7 @@
 """The `geoloc` command line: parses arguments and dispatches; the work lives in the modules."""
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -149,6 +150,9 @@ def synth_sheet(
     """A contact sheet of rendered views, each labelled with its coordinates and heading."""
     from retrieval.synth.sheet import contact_sheet
 
+    for name, value, least in (("--n", n, 1), ("--cols", cols, 1), ("--thumb", thumb, 16)):
+        if value < least:
+            raise GeolocError(f"synth sheet: {name} {value}: must be at least {least}")
     contact_sheet(data, out, n=n, cols=cols, split=split, order=order, thumb=thumb)
     typer.echo(f"wrote {out}")
 
@@ -164,7 +168,7 @@ def _train_setup(kind: str, data: Optional[Path], config: Optional[Path], out: O
 
     from retrieval import distributed
     from retrieval.config import load_config, prepare_run_dir
-    from retrieval.runs import check_resume, clean_stale_tmp, record_resume
+    from retrieval.runs import check_resume, clean_stale_tmp, lock_run_dir, record_resume
     from retrieval.train import check_run_dir
 
     distributed.init()
@@ -179,9 +183,12 @@ def _train_setup(kind: str, data: Optional[Path], config: Optional[Path], out: O
         cfg.data.train = str(data)
     run_dir = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(distributed.gather_objects(str(run_dir))[0])  # rank 0's clock names it
+    if run_dir.exists() and not run_dir.is_dir():
+        raise GeolocError(f"{run_dir}: exists and is not a folder; choose another --out")
     check_run_dir(run_dir, resume)
     changes = check_resume(run_dir, kind, cfg) if resume else {}
     if distributed.is_main():
+        lock_run_dir(run_dir, f"train {kind}")  # before anything is written
         clean_stale_tmp(run_dir)
         if resume:
             record_resume(run_dir, cfg, changes)
@@ -246,16 +253,26 @@ def train_regression_cmd(
 def evaluate_cmd(
     run: Path = typer.Option(..., "--run", help="A trained run directory."),
     data: Optional[Path] = typer.Option(None, "--data", help="Data folder or manifest (default: the run's)."),
+    save_predictions: int = typer.Option(0, "--save-predictions", help="Embedding runs: draw N test photos (the "
+                                         "worst, the best and a random sample) beside their neighbours in "
+                                         "RUN/predictions/ (PNGs and index.html)."),
 ):
     """Locate the test photos; writes RUN/metrics.json, predictions.csv (and predictions.npz)."""
     from retrieval.evaluate import evaluate_run
+    from retrieval.prediction_images import save_predictions as draw_predictions
     from retrieval.report import versus_floors
+    from retrieval.runs import read_run_info
 
+    if save_predictions < 0 or (save_predictions and read_run_info(run)["kind"] != "embedding"):
+        raise GeolocError(f"--save-predictions {save_predictions}: draws N >= 1 photos of an embedding run "
+                          "(only its answers have neighbour photos to show)")
     m = evaluate_run(run, data)
     extra = f", cell accuracy {m['cell_acc']:.1%}" if "cell_acc" in m else ""
     typer.echo(f"{run}: {m['n']} test photos, median error {m['median_error_m']:.1f} m, "
                f"acc@100m {m['acc@100m']:.1%}{extra}; wrote metrics.json, predictions.csv")
     typer.echo(versus_floors({"method": run.name, **m}, m["floors"]).replace("**", ""))
+    if save_predictions:
+        typer.echo(f"prediction images: {draw_predictions(run, save_predictions)}")
 
 
 # --- embedding, index, query -----------------------------------------------------------------------
@@ -290,13 +307,19 @@ def index_build_cmd(
     """Embed the training photos and save a FAISS index with its sidecar in RUN/index."""
     from retrieval.config import load_config
     from retrieval.run_index import build_run_index
+    from retrieval.runs import lock_run_dir
 
+    if not (run / "config.yaml").is_file():
+        raise GeolocError(f"{run}: not a run directory (no config.yaml)")
+    lock_run_dir(run, "index build")
     cfg = load_config(run / "config.yaml", [*(overrides or []), *([f"index.kind={kind}"] if kind else [])])
     if data is not None:
-        cfg.data.train, cfg.data.test = str(data), ""
+        # A database to index is not a data set to split: every photo of a manifest is indexed (of a
+        # data folder, train.csv and val.csv; test.csv holds queries).
+        cfg.data.train, cfg.data.test, cfg.data.val_fraction, cfg.data.test_fraction = str(data), "", 0.0, 0.0
     s = build_run_index(run, cfg)
     shards = f", {s['shards']} shards" if s["shards"] > 1 else ""
-    typer.echo(f"indexed {s['photos']} photos ({s['kind']}, {s['dim']}-d{shards}) in {s['seconds']:.1f} s, "
+    typer.echo(f"indexed {s['photos']} photos{' (every photo of ' + str(data) + ')' if data else ''} ({s['kind']}, {s['dim']}-d{shards}) in {s['seconds']:.1f} s, "
                f"{s['embed_images_per_s']:.1f} img/s, {s['embedded']} embedded now: {run / 'index'}")
 
 
@@ -331,7 +354,7 @@ def query_cmd(
     answers = Locator.load(run).locate(images, k)
     for a in answers:
         if a.warning:
-            print(f"warning: {a.warning}", file=sys.stderr)
+            _say(f"warning: {a.warning}")
     if as_json:
         typer.echo(json.dumps([a.to_dict() for a in answers], indent=2))
     else:
@@ -342,8 +365,31 @@ def query_cmd(
     bad = [a for a in answers if a.error]
     if bad:  # the good images are answered above; each bad one is named, and the status says so
         for a in bad:
-            print(f"error: {a.error}", file=sys.stderr)
+            _say(f"error: {a.error}")
         raise typer.Exit(2)
+
+
+@app.command("serve")
+def serve_cmd(
+    run: Path = typer.Option(..., "--run", help="A trained embedding run with an index."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every machine that "
+                             "can reach this one)."),
+    port: int = typer.Option(8000, "--port"),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest upload (one request) accepted."),
+):
+    """A local web page: drop photos, see where they were taken on a map of the city (works offline)."""
+    from retrieval.web.app import load_app, make_http_server
+
+    if not 0 <= port <= 65535 or max_upload_mb <= 0:
+        raise GeolocError(f"--port {port} must be 0-65535 and --max-upload-mb {max_upload_mb:g} > 0")
+    server = make_http_server(load_app(run, max_upload_mb=max_upload_mb), host, port)
+    typer.echo(f"serving {run} on http://{host}:{server.server_port}/  (Ctrl-C to stop)")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: --host {host}: the page and the run's photos are open to other machines", file=sys.stderr)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
 
 
 # --- the main job ----------------------------------------------------------------------------------
@@ -358,9 +404,12 @@ def benchmark_cmd(
     Run it again with the same --out to resume after a kill."""
     from retrieval.config import load_config
     from retrieval.benchmark import run_benchmark
+    from retrieval.runs import lock_run_dir
 
     cfg = load_config(config, overrides)
-    report = run_benchmark(cfg, out or Path("runs") / cfg.name)
+    out = out or Path("runs") / cfg.name
+    lock_run_dir(out, "benchmark")
+    report = run_benchmark(cfg, out)
     typer.echo(f"report: {report / 'report.md'}")
 
 
@@ -372,34 +421,56 @@ def demo_cmd(
     """The whole job on the embedded procedural demo city: no data files needed."""
     from retrieval.config import load_config
     from retrieval.benchmark import DEMO, demo_query_hint, run_benchmark
+    from retrieval.runs import lock_run_dir
 
     cfg = load_config(None, overrides, base=DEMO)
+    lock_run_dir(out, "demo")
     report = run_benchmark(cfg, out)
     typer.echo(f"report: {report / 'report.md'}")
     typer.echo(demo_query_hint(out))
 
 
+def _say(line: str) -> None:
+    """A warning or error on a line of its own, even while a progress bar is drawn."""
+    from tqdm import tqdm
+
+    if sys.stderr.isatty():
+        tqdm.write(line, file=sys.stderr)  # clears the bar, prints, redraws it
+        return
+    # In a log file a live bar's last redraw ends in "\r", not a newline: start a line of our own.
+    live = bool(getattr(tqdm, "_instances", None))
+    sys.stderr.write(("\n" if live else "") + line + "\n")
+    sys.stderr.flush()
+
+
 def _format_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr)
+    _say(f"warning: {message}")
 
 
 def main() -> None:
     """Console entry point: user mistakes become one line on stderr and exit status 2."""
+    if not sys.stderr.isatty():
+        # Redirected to a file: a progress line a minute, not every redraw (tqdm reads TQDM_* when
+        # imported, which the commands do after this). Epoch lines are printed as they come.
+        os.environ.setdefault("TQDM_MININTERVAL", "60")
     warnings.showwarning = _format_warning
     from retrieval import distributed
+    from retrieval.files import disk_full_message, is_disk_full, os_error_message
 
     try:
         app()
     except GeolocError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         sys.exit(2)
-    except (OSError, RuntimeError) as exc:
-        from retrieval.files import disk_full_message, is_disk_full
-
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        _say(f"error: {os_error_message(exc)}")
+        sys.exit(2)
+    except RuntimeError as exc:  # torch and faiss report a failed write this way
         if not is_disk_full(exc):
             raise
-        where = getattr(exc, "filename", None) or "a file"
-        print(f"error: {disk_full_message(where, exc, atomic=False)}".splitlines()[0], file=sys.stderr)
+        _say(f"error: {disk_full_message('a file', exc, atomic=False)}".splitlines()[0])
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -262,8 +262,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise GeolocError(f"{where}: expected true or false, got {value!r}")
     if tp in (int, float):
+        if isinstance(value, str):  # YAML 1.1 reads 1e3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise GeolocError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise GeolocError(f"{where}: expected a finite number, got {value!r}")
         if tp is int and float(value) != int(value):
             raise GeolocError(f"{where}: expected an integer, got {value!r}")
         return tp(value)

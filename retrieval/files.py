@@ -38,6 +38,20 @@ def disk_full_message(path: str | Path, exc: BaseException, atomic: bool = True)
     return f"{path}: cannot write: {why}; free some space" + (" (nothing half-written was kept)" if atomic else "")
 
 
+def os_error_message(exc: OSError, path: str | Path | None = None) -> str:
+    """One line for a failed file operation at a user's path: the path, what went wrong, what to do."""
+    path = path or exc.filename or "a file"
+    if exc.errno in FULL_ERRNOS:
+        return disk_full_message(path, exc, atomic=False)
+    hint = {errno.EROFS: "read-only file system; write somewhere else (e.g. another --out)",
+            errno.EACCES: "permission denied; choose a location you can write to",
+            errno.EPERM: "permission denied; choose a location you can write to",
+            errno.EEXIST: "exists and is not a folder; choose another --out",
+            errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
+            errno.EISDIR: "is a folder; name the file to write"}.get(exc.errno)
+    return f"{path}: {hint or exc.strerror or type(exc).__name__}"
+
+
 def tmp_prefix(path: str | Path) -> str:
     """The name prefix of atomic_write's temporary files for `path` (".NAME." ... ".tmp")."""
     return f".{Path(path).name}."
@@ -62,6 +76,9 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     except (OSError, RuntimeError) as exc:
         if is_disk_full(exc):
             raise GeolocError(disk_full_message(path, exc)) from None
+        if isinstance(exc, OSError) and exc.errno is not None:
+            # the error may name the temporary file or the folder: name the file the user asked for
+            raise GeolocError(os_error_message(exc, path)) from None
         raise
     finally:
         if tmp_path is not None and tmp_path.exists():

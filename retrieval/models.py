@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.models import ResNet, ResNet18_Weights, ResNet34_Weights, ResNet50_Weights, resnet18, resnet34, resnet50
 
 from retrieval import GeolocError
+from retrieval.checkpoints import load_tensors
 
 # arch -> (constructor, ImageNet weights, trunk features)
 ARCHS = {
@@ -36,11 +37,7 @@ def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     """A state dict from a torch file, unwrapped from {'state_dict': ...}/{'model': ...} and 'module.'."""
     if not path.is_file():
         raise GeolocError(f"{path}: {what} file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unsafe pickles, corrupt or non-torch files all land here
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise GeolocError(f"{path}: cannot load {what} as plain tensors (weights_only=True): {reason}") from None
+    obj = load_tensors(path, what)
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -6,7 +6,9 @@ in load_state_dict). Resuming may change only the budget: how many epochs, how l
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -110,3 +112,33 @@ def read_run_info(run_dir: str | Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise GeolocError(f"{path}: not valid JSON ({exc})") from None
+
+
+LOCK_FILE = ".lock"
+_HELD: dict[str, object] = {}  # this process's open lock files, by folder: the kernel releases them at exit
+
+
+def lock_run_dir(run_dir: str | Path, command: str) -> None:
+    """Hold RUN/.lock for the rest of this process, so a second command writing into the same folder is
+    refused instead of mixing its checkpoints and log with this one's. The kernel drops the lock when the
+    process ends, however it ends (kill -9 too), so a lock file left by a dead process is free again."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise GeolocError(f"{run_dir}: exists and is not a folder; choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key = str(run_dir.resolve())
+    if key in _HELD:
+        return
+    f = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise GeolocError(f"{run_dir}: in use by {holder}; wait for it to end or choose another folder") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} (geoloc {command})\n")
+    f.flush()
+    _HELD[key] = f

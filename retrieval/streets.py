@@ -7,6 +7,7 @@ are undirected (one-way streets do not matter for how far apart two photos are) 
 from __future__ import annotations
 
 import collections
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,12 @@ from tqdm import tqdm
 
 from retrieval import GeolocError
 from retrieval.geo import LocalProjection, haversine_m, utm_crs
+from retrieval.synth.osm import clipped_message, is_street, sort_merged_attributes, write_without_dangling
 
 # OSMnx network types, for downloaded graphs (a local OSM file keeps every street whatever the type)
 NETWORK_TYPES = ("walk", "all", "drive", "bike", "all_public", "drive_service")
 POSITIVES = ("geodesic", "euclidean")  # embedding.positives: walking distance, or the straight-line ablation
 GRAPH_SUFFIXES = (".osm", ".osm.bz2", ".xml", ".graphml")
-# ways that are not (yet, or any more) streets; None: not a highway at all
-NOT_STREETS = (None, "proposed", "construction", "abandoned", "razed", "planned")
 
 
 @dataclass
@@ -120,8 +120,9 @@ def load_graph(source: str | Path, network_type: str = "walk") -> StreetGraph:
     """The street graph from a local .osm/.osm.bz2/.xml/.graphml file, or downloaded (needs internet) for
     'bbox:lon_min,lat_min,lon_max,lat_max' or 'place:NAME'.
 
-    From a local OSM file every highway way counts (not proposed or abandoned ones), whatever the
-    network_type, which applies to downloads.
+    From a local OSM file the streets are the ways the renderer takes for streets (retrieval.synth.osm.
+    is_street: not proposed, abandoned, platforms or areas), whatever the network_type, which applies to
+    downloads.
     """
     import osmnx as ox
 
@@ -150,11 +151,7 @@ def load_graph(source: str | Path, network_type: str = "walk") -> StreetGraph:
 def _graph_from_xml(path: Path) -> nx.MultiDiGraph:
     """OSMnx's graph of an OSM XML file; an extract clipped at a bounding box (ways that run on to nodes
     outside it) is read without the missing nodes, with a warning that counts them."""
-    import tempfile
-
     import osmnx as ox
-
-    from retrieval.synth.osm import clipped_message, write_without_dangling
 
     try:
         # retain_all: an extract's streets may be split into pieces at its border
@@ -171,16 +168,14 @@ def _graph_from_xml(path: Path) -> nx.MultiDiGraph:
 
 
 def _streets_only(G: nx.MultiDiGraph, path: Path) -> nx.MultiDiGraph:
-    """graph_from_xml turns every OSM way into edges, buildings and coastlines included: keep the streets."""
+    """graph_from_xml turns every OSM way into edges, buildings and coastlines included: keep the streets
+    (by the renderer's rule, retrieval.synth.osm.is_street)."""
     import osmnx as ox
 
-    G.remove_edges_from([(u, v, k) for u, v, k, d in G.edges(keys=True, data=True)
-                         if d.get("highway") in NOT_STREETS])
+    G.remove_edges_from([(u, v, k) for u, v, k, d in G.edges(keys=True, data=True) if not is_street(d)])
     G.remove_nodes_from(list(nx.isolates(G)))
     if G.number_of_edges() == 0:
         raise GeolocError(f"{path}: no highway ways (is it an OpenStreetMap extract?)")
-    from retrieval.synth.osm import sort_merged_attributes
-
     G = ox.simplify_graph(G)
     sort_merged_attributes(G)  # merged ways' tag lists in one order whatever PYTHONHASHSEED
     return G
@@ -324,8 +319,10 @@ def photo_distances(lat, lon, radius_m: float, positives: str = "geodesic", stre
     the ablation compares the distance, not the photo set."""
     if not streets:
         if positives == "geodesic":
-            raise GeolocError("geodesic positives need a street graph: set embedding.streets "
-                              "(.osm/.osm.bz2/.graphml, bbox:... or place:...)")
+            raise GeolocError("geodesic positives need a street graph, and none was given or found beside "
+                              "the data (streets.graphml): pass --streets (an .osm/.osm.bz2/.graphml file, "
+                              "bbox:W,S,E,N or place:NAME, downloaded) or train on straight-line distances "
+                              "with --positives euclidean")
         return euclidean_neighbours(lat, lon, radius_m)
     graph = load_graph(streets, network_type)
     snap = snap_photos(graph, lat, lon, max_snap_m, describe)

@@ -648,3 +648,161 @@ def test_demo_query_hint_works_as_printed(tmp_path):
     readme = (REPO / "README.md").read_text()
     top = readme.split("## The three methods")[0]
     assert ".venv/bin/geoloc" in top and "source .venv/bin/activate" in top
+
+
+# --- run safety, round three (issue 30) --------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from retrieval.runs import lock_run_dir
+lock_run_dir(sys.argv[1], "train embedding")
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process holding FOLDER's run lock, as a running training does."""
+    p = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                         env=ENV)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_a_second_command_into_a_busy_run_folder_is_refused(tmp_path, photo_dir):
+    # "Two `geoloc train embedding --out runs/same` started 3 s apart both exit 0 with no warning"
+    run = tmp_path / "run"
+    holder = hold_lock(run)
+    try:
+        before = snapshot(run)
+        out = subprocess.run([sys.executable, "-m", "retrieval.cli", "train", "embedding", "--data",
+                              str(photo_dir / "photos.csv"), "--out", str(run), "--positives", "euclidean"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
+        one_error(out, run, f"pid {holder.pid}", "train embedding", "wait for it to end")
+        assert snapshot(run) == before  # nothing of the running one's was touched
+        (run / "config.yaml").write_text("name: x\n")
+        one_error(geoloc("index", "build", "--run", run), run, f"pid {holder.pid}")
+        bench = tmp_path / "bench.yaml"
+        bench.write_text("name: b\n")
+        one_error(geoloc("benchmark", "--config", bench, "--out", run), run, f"pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died (kill -9): its lock file stays, but no process holds it any more
+    assert (run / ".lock").is_file()
+    again = hold_lock(run)
+    again.kill()
+    again.wait()
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "embedding", "--positives", "euclidean", "--out", "{file}"],
+    ["synth", "render", "--train", "4", "--test", "2", "--size", "32", "--out", "{file}"],
+], ids=["train", "synth-render"])
+def test_out_that_is_an_existing_file(tmp_path, photo_dir, args):
+    file = tmp_path / "taken.txt"
+    file.write_text("mine")
+    args = [a.format(file=file) for a in args]
+    if args[0] == "train":
+        args += ["--data", str(photo_dir / "photos.csv")]
+    one_error(geoloc(*args), file, "exists and is not a folder")
+    assert file.read_text() == "mine"
+
+
+def test_data_split_and_import_into_an_existing_folder(tmp_path, photo_dir):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    one_error(geoloc("data", "split", photo_dir / "photos.csv", "--out", folder), folder, "is a folder")
+    seed = tmp_path / "seed"
+    write_image(seed / "51.5100_-0.1000.jpg")
+    one_error(geoloc("data", "import", seed, "--format", "seed", "--out", folder), folder, "is a folder")
+    assert list(folder.iterdir()) == []
+
+
+def test_read_only_destination_is_one_line(tmp_path, photo_dir, monkeypatch):
+    # root ignores permission bits, so a read-only file system is what the kernel says for it
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), kwargs.get("dir") or (args[0] if args else None))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    one_error(geoloc("data", "split", photo_dir / "photos.csv", "--out", tmp_path / "ro" / "s.csv"),
+              tmp_path / "ro" / "s.csv", "read-only file system")
+    monkeypatch.undo()
+    monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: read_only(str(self)))
+    one_error(geoloc("train", "embedding", "--data", photo_dir / "photos.csv", "--out", tmp_path / "ro2"),
+              tmp_path / "ro2", "read-only file system")
+
+
+@pytest.mark.parametrize("value, expected", [(".inf", "expected a finite number, got inf"),
+                                             (".nan", "expected a finite number, got nan"),
+                                             ("1e3", None)])
+def test_epochs_inf_nan_and_exponent(value, expected):
+    from retrieval.config import load_config
+
+    if expected is None:
+        assert load_config(None, [f"train.epochs={value}"]).train.epochs == 1000
+        return
+    with pytest.raises(GeolocError, match=f"train.epochs: {expected}"):
+        load_config(None, [f"train.epochs={value}"])
+
+
+@pytest.mark.parametrize("option", ["--cols", "--n"])
+def test_synth_sheet_zero(tmp_path, option):
+    one_error(geoloc("synth", "sheet", tmp_path, "--out", tmp_path / "s.png", option, "0"), option, "at least 1")
+
+
+def test_index_build_with_a_manifest_indexes_every_photo(query_run, tmp_path):
+    # "given a single manifest and no test set, it carves a test fraction out of it"
+    from retrieval.index import load_index
+
+    rows = london_photos(tmp_path, 20, size=(40, 40))
+    write_csv(tmp_path / "all.csv", "path,lat,lon", rows)
+    run = tmp_path / "run"
+    import shutil
+    shutil.copytree(query_run, run)
+    out = geoloc("index", "build", "--run", run, "--data", tmp_path / "all.csv")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "indexed 20 photos (every photo of" in out.stdout
+    assert load_index(run / "index")[0].ntotal == 20
+
+
+def test_a_checkpoint_that_asks_to_run_code_is_refused_by_name(query_run, tmp_path):
+    import shutil
+
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo this must never run",))
+
+    run = tmp_path / "run"
+    shutil.copytree(query_run, run)
+    torch.save({"model": Payload()}, run / "best.pt")
+    err = one_error(geoloc("query", "--run", run, write_image(tmp_path / "q.jpg", size=(40, 40))),
+                    run / "best.pt", "is not a geoloc checkpoint: it asks to run code (posix.system); refusing")
+    assert "weights_only=False" not in err
+
+
+def test_a_full_disk_while_rendering_is_on_a_line_of_its_own(tmp_path):
+    out = geoloc("synth", "render", "--out", tmp_path / "r", "--train", "40", "--test", "4", "--size", "64",
+                 "--workers", "1", max_file_bytes=20_000)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    lines = [line for line in out.stderr.split("\n") if "error: " in line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-2000:]
+
+
+def test_progress_in_a_log_file_is_not_every_redraw(tmp_path):
+    # "A training log written to a file holds every progress-bar redraw"
+    out = geoloc("synth", "render", "--out", tmp_path / "r", "--train", "300", "--test", "4", "--size", "160",
+                 "--workers", "1", env={})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr.count("\r") <= 12, out.stderr.count("\r")
+
+
+def test_photos_without_a_street_graph_are_told_both_ways(photo_dir, tmp_path):
+    err = one_error(geoloc("train", "embedding", "--data", photo_dir / "photos.csv", "--out", tmp_path / "r"),
+                    "street graph")
+    assert "--streets" in err and "--positives euclidean" in err

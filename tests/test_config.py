@@ -91,7 +91,7 @@ def test_atomic_write_keeps_ordinary_permissions_and_no_temp_files(tmp_path):
     ("embedding.neg_radius_m=20", r"embedding\.neg_radius_m=20\.0: must be above embedding\.pos_radius_m \(25\)"),
     ("embedding.miner=semihard", r"embedding\.miner='semihard': with embedding\.loss=multi_similarity"),
     ("data.split_mode=blocks", r"data\.split_mode='blocks': choose one of place, spatial, random"),
-    ("train.lr=.nan", r"train\.lr=nan: must be > 0"),
+    ("train.lr=.nan", r"train\.lr: expected a finite number, got nan"),
     ("embedding.hard_places=1", r"embedding\.hard_places=1: must be 0 \(random batches\) or 2 to "
                                 r"embedding\.places_per_batch \(32\)"),
     ("embedding.hard_places=33", r"embedding\.hard_places=33: must be 0"),

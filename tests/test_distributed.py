@@ -73,9 +73,10 @@ def test_two_processes_train_what_one_trains_on_the_concatenated_batch(tiny_data
     assert max_diff(params(one), params(two)) < 1e-5
     assert max_diff(params(one), params(small)) > 1e-3
 
-    # Rank 0 alone wrote the run: one set of files, one log row, one message per epoch.
-    assert sorted(p.name for p in two.iterdir()) == ["best.pt", "command.txt", "config.yaml", "git.json",
+    # Rank 0 alone wrote the run (and holds its lock): one set of files, one log row, one message per epoch.
+    assert sorted(p.name for p in two.iterdir()) == [".lock", "best.pt", "command.txt", "config.yaml", "git.json",
                                                      "last.pt", "log.csv", "run.json"]
+    assert (two / ".lock").read_text().startswith("pid ")
     assert len((two / "log.csv").read_text().splitlines()) == 2
     assert stdout.count("epoch 1/1: train_loss") == 1 and "(2 processes)" in stdout
     run = __import__("json").loads((two / "run.json").read_text())

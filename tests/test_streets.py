@@ -108,8 +108,6 @@ def test_bad_sources_fail_with_one_line(tmp_path, monkeypatch):
     bad.write_bytes(b"not bzip2 at all")
     with pytest.raises(GeolocError, match="broken.osm.bz2: cannot read street graph"):
         load_graph(bad)
-    with pytest.raises(GeolocError, match="network type"):
-        load_graph(bad, network_type="drive_service")
     with pytest.raises(GeolocError, match="expected bbox:lon_min"):
         load_graph("bbox:1,2,3")
 

@@ -250,6 +250,39 @@ def test_not_osm_and_truncated_bz2(tmp_path, small_city):
         load_city(cut)
 
 
+def _way_ids(G) -> set:
+    """The OSM ways behind a graph's edges (a simplified edge lists every way it merged)."""
+    ids = set()
+    for *_, d in G.edges(keys=True, data=True):
+        ids.update(d["osmid"] if isinstance(d["osmid"], list) else [d["osmid"]])
+    return ids
+
+
+def test_renderer_and_street_graph_take_the_same_ways_for_streets(small_city, tmp_path):
+    from retrieval.streets import load_graph
+
+    path, city = small_city
+    assert _way_ids(city.graph) == _way_ids(load_graph(path).graph)
+    # Three connected streets, and ways that are no streets touching them: a pedestrian square's outline
+    # (area=yes), a platform, stops, a lift, a race track, and roads planned or being built.
+    xy = {1: (0, 0), 2: (200, 0), 3: (200, 100), 4: (0, 100), 5: (260, 0), 6: (260, 60), 7: (200, 60),
+          8: (300, 100), 9: (0, 300), 20: (50, 20), 21: (80, 20), 22: (80, 40), 23: (50, 40)}
+    nodes = "".join(f'<node id="{n}" lat="{44.0 + y / 111_320:.7f}" lon="{-30.0 + x / 80_000:.7f}"/>\n'
+                    for n, (x, y) in xy.items())
+    ways = {10: ((1, 2), "highway=residential"), 11: ((2, 3), "highway=footway"), 12: ((1, 4), "highway=service"),
+            13: ((2, 5, 6, 7, 2), "highway=pedestrian area=yes"), 14: ((3, 8), "highway=platform"),
+            15: ((4, 9), "highway=planned"), 16: ((3, 9), "highway=construction"), 17: ((8, 9), "highway=bus_stop"),
+            18: ((5, 8), "highway=elevator"), 19: ((6, 8), "highway=raceway"),
+            30: ((20, 21, 22, 23, 20), "building=yes")}
+    body = "".join(f'<way id="{w}">' + "".join(f'<nd ref="{r}"/>' for r in refs)
+                   + "".join('<tag k="{}" v="{}"/>'.format(*kv.split("=")) for kv in tags.split()) + "</way>\n"
+                   for w, (refs, tags) in ways.items())
+    tiny = tmp_path / "tiny.osm"
+    tiny.write_text(OSM_HEAD + nodes + body + "</osm>\n")
+    assert check_osm_xml(tiny)["highways"] == 3
+    assert _way_ids(load_city(tiny).graph) == _way_ids(load_graph(tiny).graph) == {10, 11, 12}
+
+
 def test_cli_reports_bad_osm_in_one_line(tmp_path):
     bad = tmp_path / "bad.osm"
     bad.write_text(OSM_HEAD + NODES + BUILDING + "</osm>\n")

@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from retrieval import GeolocError
+from retrieval.files import atomic_write, atomic_write_json, atomic_write_text, command_line, git_revision
+from retrieval.manifests import Manifest, write_manifest
+from retrieval.synth.osm import load_city
 from retrieval.synth.render import BUS, CAR, VAN, Camera, Look, Renderer, sample_look
-from retrieval.synth.scene import CAMERA_HIGHWAYS, PAVED_AS_STREET, World
+from retrieval.synth.scene import CAMERA_HIGHWAYS, PAVED_AS_STREET, World, world_from_city
 
 CLEARANCE_M = 0.8  # a camera keeps this far from any wall
 TREE_CLEARANCE_M = 1.5  # and this far from a tree's centre
@@ -177,8 +180,6 @@ def _init_worker(world: World) -> None:
 def _render_one(job) -> str:
     from PIL import Image
 
-    from retrieval.files import atomic_write
-
     view, path = job
     img = _WORKER["renderer"].render(view.camera, view.look)
     atomic_write(path, lambda p: Image.fromarray(img).save(p, format="JPEG", quality=view.look.jpeg_quality))
@@ -227,11 +228,6 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
     `headings` headings; validation views are drawn like the test views (same condition), so model
     selection sees the queries the test asks. Same arguments, same bytes; a killed run picks up where
     it stopped."""
-    from retrieval.files import atomic_write, atomic_write_json, atomic_write_text, command_line, git_revision
-    from retrieval.manifests import Manifest, write_manifest
-    from retrieval.synth.osm import load_city
-    from retrieval.synth.scene import world_from_city
-
     t0 = time.perf_counter()
     osm_path, out_dir = Path(osm_path), Path(out_dir)
     if n_train is None and spacing_m is None:

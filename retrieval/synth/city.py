@@ -8,12 +8,18 @@ real extract.
 """
 from __future__ import annotations
 
+import bz2
 import math
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
+from shapely import affinity
+from shapely.geometry import LineString, Point, box
+from shapely.ops import split, unary_union
+from shapely.strtree import STRtree
 
+from retrieval.files import atomic_write
 from retrieval.synth.osm import DEMO_GENERATOR
 
 CENTRE = (44.0, -30.0)  # mid-Atlantic: plainly not a real place
@@ -43,8 +49,6 @@ DISTRICTS = {
 
 
 def _river(size: float):
-    from shapely.geometry import LineString
-
     h = size / 2
     x = np.linspace(-h - 50, h + 50, 200)
     y = -0.12 * size + 0.05 * size * np.sin(2 * np.pi * x / (0.62 * size)) + 0.02 * size * np.sin(
@@ -54,9 +58,6 @@ def _river(size: float):
 
 def _grid_lines(poly, spacing, angle, crooked, rng):
     """Two families of parallel lines over poly's bounds, rotated, optionally made crooked."""
-    from shapely import affinity
-    from shapely.geometry import LineString
-
     cx, cy = poly.centroid.x, poly.centroid.y
     r = math.hypot(poly.bounds[2] - poly.bounds[0], poly.bounds[3] - poly.bounds[1]) / 2 + spacing
     lines = []
@@ -78,16 +79,8 @@ def _parts(geom):
     return [g for g in getattr(geom, "geoms", [geom]) if not g.is_empty]
 
 
-def build_plan(seed: int = 0, size_m: float = 1500.0) -> dict:
-    """The city as shapely geometry in local metres: streets (line, tags), buildings (polygon, tags),
-    parks, the river and trees."""
-    import networkx as nx
-    from shapely import affinity
-    from shapely.geometry import LineString, Point, box
-    from shapely.ops import split, unary_union
-    from shapely.strtree import STRtree
-
-    rng = np.random.default_rng(seed)
+def _districts(size_m: float):
+    """The square town, the river across it and the four districts it and the High Street leave."""
     h = size_m / 2
     square = box(-h, -h, h, h)
     river_line = _river(size_m)
@@ -98,8 +91,14 @@ def build_plan(seed: int = 0, size_m: float = 1500.0) -> dict:
     west_n, east_n = sorted(_parts(split(north, cut)), key=lambda p: p.centroid.x)
     west_s, east_s = sorted(_parts(split(south, cut)), key=lambda p: p.centroid.x)
     districts = {"old town": west_n, "downtown": east_n, "brick terraces": west_s, "warehouses": east_s}
+    return square, river_line, river, cut, districts
 
-    streets: list[tuple] = []  # (line, tags, rank): higher rank wins where pieces coincide
+
+def _street_lines(size_m: float, square, river_line, cut, districts, rng) -> list[tuple]:
+    """Every street as drawn, before noding: (line, tags, rank, may cross the river); where pieces
+    coincide the higher rank's tags win."""
+    h = size_m / 2
+    streets: list[tuple] = []
 
     def street(line, highway, width, name, rank, bridge_ok=False):
         streets.append((line, {"highway": highway, "width": f"{width:g}", "name": name}, rank, bridge_ok))
@@ -129,8 +128,14 @@ def build_plan(seed: int = 0, size_m: float = 1500.0) -> dict:
         y0 = float(river_line.interpolate(river_line.project(Point(bx, -0.12 * size_m))).y)
         street(LineString([(bx, y0 - 40), (bx, y0 + 40)]), "secondary", 10.0, f"Bridge Street {int(bx)}", 4,
                bridge_ok=True)
+    return streets
 
-    # Streets stop at the river, except the bridges.
+
+def _street_network(streets: list[tuple], river) -> list[tuple]:
+    """The streets cut at the river (except the bridges) and at every crossing: (line, tags) pieces,
+    without stubs poking past a border street, of the largest connected network."""
+    import networkx as nx
+
     water_cut = river.buffer(2.0)
     clipped = []
     for line, tags, rank, bridge_ok in streets:
@@ -151,7 +156,6 @@ def build_plan(seed: int = 0, size_m: float = 1500.0) -> dict:
         if g.intersects(river.buffer(-1.0)):
             tags.update(bridge="yes", layer="1")
         pieces.append((g, tags))
-    # Drop stubs that poke past a border street, then keep the largest connected network.
     key = lambda p: (round(p[0], 2), round(p[1], 2))  # noqa: E731
     for _ in range(2):
         deg: dict = {}
@@ -164,49 +168,57 @@ def build_plan(seed: int = 0, size_m: float = 1500.0) -> dict:
     for i, (g, _) in enumerate(pieces):
         G.add_edge(key(g.coords[0]), key(g.coords[-1]), i=i)
     main = max(nx.connected_components(G), key=len)
-    pieces = [p for p in pieces if key(p[0].coords[0]) in main]
+    return [p for p in pieces if key(p[0].coords[0]) in main]
 
-    # Blocks: what the streets, pavements and river leave; then frontage lots along each block's edge.
+
+def _lots(block, name: str, d: dict, rng) -> list[tuple]:
+    """Frontage lots along one block's edge, each a building: (polygon, tags)."""
+    depth = rng.uniform(*d["depth"])
+    inner = block.buffer(-depth)
+    band = block.difference(inner) if not inner.is_empty else block
+    lot = rng.uniform(*d["lot"])
+    cx, cy = block.centroid.x, block.centroid.y
+    r = math.hypot(block.bounds[2] - block.bounds[0], block.bounds[3] - block.bounds[1]) / 2 + lot
+    cells = [affinity.rotate(box(cx + x, cy + y, cx + x + lot * rng.uniform(0.8, 1.25), cy + y + lot),
+                             d["angle"], origin=(cx, cy))
+             for x in np.arange(-r, r, lot) for y in np.arange(-r, r, lot)]
+    buildings = []
+    for cell in cells:
+        piece = band.intersection(cell)
+        for part in _parts(piece):
+            if part.geom_type != "Polygon" or part.area < 25 or rng.random() < 0.05:
+                continue
+            part = part.simplify(0.3)
+            kind = str(rng.choice(d["types"]))
+            levels = int(rng.integers(d["levels"][0], d["levels"][1] + 1))
+            tags = {"building": kind, "building:levels": str(levels),
+                    "building:material": str(rng.choice(d["materials"])),
+                    "building:colour": _jitter(str(rng.choice(d["palette"])), rng)}
+            if name == "downtown" and levels > 20:
+                tags["height"] = f"{levels * 3.8 + 4:.1f}"
+            if name in ("old town", "downtown") and rng.random() < 0.3:
+                tags["shop"] = str(rng.choice(["bakery", "clothes", "cafe", "books", "supermarket"]))
+            buildings.append((part, tags))
+    return buildings
+
+
+def _blocks(pieces, square, river, districts, rng) -> tuple[list, list]:
+    """What the streets, pavements and river leave: a few parks per district, the rest lined with
+    buildings. Returns (buildings, parks), each a list of (polygon, tags)."""
     carriage = unary_union([g.buffer(float(t["width"]) / 2 + 3.0, cap_style="flat") for g, t in pieces]
                            + [g.buffer(float(t["width"]) / 2 + 3.0) for g, t in pieces])
     blocks = [b for b in _parts(square.buffer(-4).difference(carriage).difference(river.buffer(9.0)))
               if b.geom_type == "Polygon" and b.area > 300]
-    buildings, parks, trees = [], [], []
+    buildings, parks = [], []
     parks_wanted = {"old town": 2, "downtown": 1, "brick terraces": 2, "warehouses": 0}
-    order = rng.permutation(len(blocks))
-    for bi in order:
+    for bi in rng.permutation(len(blocks)):
         block = blocks[bi]
         name = max(districts, key=lambda n: districts[n].intersection(block).area)
-        d = DISTRICTS[name]
         if parks_wanted[name] and block.area > 2500:
             parks_wanted[name] -= 1
             parks.append((block, {"leisure": "park", "name": f"{name.title()} Park"}))
             continue
-        depth = rng.uniform(*d["depth"])
-        inner = block.buffer(-depth)
-        band = block.difference(inner) if not inner.is_empty else block
-        lot = rng.uniform(*d["lot"])
-        cx, cy = block.centroid.x, block.centroid.y
-        r = math.hypot(block.bounds[2] - block.bounds[0], block.bounds[3] - block.bounds[1]) / 2 + lot
-        cells = [affinity.rotate(box(cx + x, cy + y, cx + x + lot * rng.uniform(0.8, 1.25), cy + y + lot),
-                                 d["angle"], origin=(cx, cy))
-                 for x in np.arange(-r, r, lot) for y in np.arange(-r, r, lot)]
-        for cell in cells:
-            piece = band.intersection(cell)
-            for part in _parts(piece):
-                if part.geom_type != "Polygon" or part.area < 25 or rng.random() < 0.05:
-                    continue
-                part = part.simplify(0.3)
-                kind = str(rng.choice(d["types"]))
-                levels = int(rng.integers(d["levels"][0], d["levels"][1] + 1))
-                tags = {"building": kind, "building:levels": str(levels),
-                        "building:material": str(rng.choice(d["materials"])),
-                        "building:colour": _jitter(str(rng.choice(d["palette"])), rng)}
-                if name == "downtown" and levels > 20:
-                    tags["height"] = f"{levels * 3.8 + 4:.1f}"
-                if name in ("old town", "downtown") and rng.random() < 0.3:
-                    tags["shop"] = str(rng.choice(["bakery", "clothes", "cafe", "books", "supermarket"]))
-                buildings.append((part, tags))
+        buildings += _lots(block, name, DISTRICTS[name], rng)
     # Landmarks: a church in the old town's largest block, a tall tower downtown.
     for name, kind, levels in (("old town", "church", 7), ("downtown", "office", 45)):
         cands = [i for i, (p, t) in enumerate(buildings) if districts[name].contains(p.centroid)]
@@ -215,7 +227,13 @@ def build_plan(seed: int = 0, size_m: float = 1500.0) -> dict:
             buildings[i][1].update(building=kind, **{"building:levels": str(levels)})
             if kind == "church":
                 buildings[i][1].update({"building:material": "stone", "building:colour": "#cfc6b0"})
-    # Street trees on the avenues and embankments; the renderer scatters more in parks.
+    return buildings, parks
+
+
+def _street_trees(pieces, rng) -> list[tuple[float, float]]:
+    """Trees along the avenues, embankments and the wider terrace streets (the renderer scatters more
+    in parks)."""
+    trees = []
     for g, t in pieces:
         if t["name"] in ("Diagonal Avenue", "North Embankment", "South Embankment", "High Street") \
                 or (t["highway"] == "residential" and t["width"] == "8"):
@@ -225,6 +243,17 @@ def build_plan(seed: int = 0, size_m: float = 1500.0) -> dict:
                 for a in np.arange(rng.uniform(0, 12), edge.length, 12.0 if "Avenue" in t["name"] else 16.0):
                     p = edge.interpolate(a)
                     trees.append((p.x, p.y))
+    return trees
+
+
+def build_plan(seed: int = 0, size_m: float = 1500.0) -> dict:
+    """The city as shapely geometry in local metres: streets (line, tags), buildings (polygon, tags),
+    parks, the river and trees."""
+    rng = np.random.default_rng(seed)
+    square, river_line, river, cut, districts = _districts(size_m)
+    pieces = _street_network(_street_lines(size_m, square, river_line, cut, districts, rng), river)
+    buildings, parks = _blocks(pieces, square, river, districts, rng)
+    trees = _street_trees(pieces, rng)
     return {"size": size_m, "streets": pieces, "buildings": buildings, "parks": parks,
             "river": river, "river_line": river_line.intersection(square), "trees": trees,
             "districts": districts}
@@ -238,10 +267,6 @@ def _jitter(hex_colour: str, rng) -> str:
 
 def write_demo_city(path: str | Path, seed: int = 0, size_m: float = 1500.0) -> Path:
     """Write the demo city as OSM XML (.osm, or .osm.bz2 if the name ends so). Same seed, same bytes."""
-    import bz2
-
-    from retrieval.files import atomic_write
-
     plan = build_plan(seed, size_m)
     lat0, lon0 = CENTRE
     kx = 1.0 / (M_PER_DEG * math.cos(math.radians(lat0)))

@@ -14,8 +14,11 @@ import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
+from shapely.geometry import MultiPolygon, Polygon
+from tqdm import tqdm
 
 from retrieval import GeolocError
 from retrieval.geo import LocalProjection, haversine_m
@@ -62,7 +65,20 @@ def _open(path: Path):
     return path.open("rb")
 
 
-NOT_STREETS = {"proposed", "construction", "abandoned", "platform", "raceway", "bus_stop", "elevator", "razed"}
+# highway=* values of ways that are no streets: not built (yet, or any more), areas by convention, race
+# tracks, and public-transport platforms, stops and lifts mapped as ways. OSMnx's own exclusions for
+# network_type="all" (so a downloaded graph and a local extract agree), and bus_stop and elevator.
+NOT_STREETS = frozenset({"abandoned", "bus_stop", "construction", "elevator", "no", "planned", "platform", "proposed",
+                         "raceway", "razed", "rest_area", "services"})
+
+
+def is_street(tags) -> bool:
+    """Is an OSM way with these tags a street? The one rule for the renderer's streets (check_osm_xml)
+    and for the street graph (retrieval.streets): a highway=* way, not an area (area=yes: the outline of
+    a pedestrian square is no street) and not of a kind in NOT_STREETS. tags: the way's tags, or an
+    OSMnx edge's attributes (which carry its way's highway and area tags)."""
+    highway = tags.get("highway")
+    return isinstance(highway, str) and highway not in NOT_STREETS and tags.get("area") != "yes"
 
 
 def check_osm_xml(path: str | Path) -> dict:
@@ -106,7 +122,7 @@ def check_osm_xml(path: str | Path) -> dict:
                 elif el.tag == "way":
                     tags = {t.get("k"): t.get("v") for t in el.findall("tag")}
                     unseen_refs += [r for r in (nd.get("ref") for nd in el.findall("nd")) if r not in node_xml]
-                    if "highway" in tags and tags["highway"] not in NOT_STREETS and tags.get("area") != "yes":
+                    if is_street(tags):
                         highways += 1
                         street_ways.append((el.get("id"), [nd.get("ref") for nd in el.findall("nd")], tags))
                     buildings += "building" in tags
@@ -131,8 +147,6 @@ def check_osm_xml(path: str | Path) -> dict:
         raise GeolocError(f"{path}: no highway ways: the extract has no streets to place cameras on")
     if buildings == 0:
         raise GeolocError(f"{path}: no building ways: nothing to render")
-    from xml.sax.saxutils import quoteattr
-
     used = dict.fromkeys(r for _, refs, _ in street_ways for r in refs if r in node_xml)
     lines = ["<?xml version='1.0' encoding='UTF-8'?>", '<osm version="0.6">', *(node_xml[r] for r in used)]
     for wid, refs, tags in street_ways:
@@ -149,8 +163,6 @@ def write_without_dangling(path: str | Path, out: str | Path) -> dict:
     """Copy an OSM extract without references to what it does not hold (an extract clipped at a
     bounding box has ways running out of it): way nodes that are missing are dropped, then ways left
     with fewer than 2 nodes, then relation members that are missing. Returns the counts."""
-    from xml.sax.saxutils import quoteattr
-
     path, out = Path(path), Path(out)
     nodes: set[str] = set()
     ways: set[str] = set()
@@ -289,23 +301,18 @@ def sort_merged_attributes(G) -> None:
                 d[k] = sorted(v, key=lambda x: (type(x).__name__, str(x)))
 
 
-def load_city(path: str | Path) -> City:
-    """Parse, check and project an OSM extract. Bad input raises GeolocError."""
-    import geopandas as gpd
-    import osmnx as ox
-    from shapely.geometry import MultiPolygon, Polygon
+def _read_with_osmnx(path: Path, streets_xml: str, dangling: int):
+    """OSMnx's street graph of the street ways (streets_xml) and its features (buildings, green, water,
+    trees) of the whole extract; and the counts of what a clipped extract lost (None if nothing)."""
+    import osmnx as ox  # heavy: imported where a city is read
 
-    path = Path(path)
-    from tqdm import tqdm
-
-    info = check_osm_xml(path)
     bar = tqdm(total=2, desc=f"read {path.name}", unit="step", leave=False)
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")
         streets_osm = Path(tmp) / "streets.osm"
-        streets_osm.write_text(info["streets_xml"], encoding="utf-8")
+        streets_osm.write_text(streets_xml, encoding="utf-8")
         features_osm, clipped = path, None
-        if info["dangling"]:  # OSMnx fails on ways whose nodes are outside a clipped extract
+        if dangling:  # OSMnx fails on ways whose nodes are outside a clipped extract
             features_osm = Path(tmp) / "features.osm"
             clipped = write_without_dangling(path, features_osm)
         try:
@@ -321,23 +328,28 @@ def load_city(path: str | Path) -> City:
                               .splitlines()[0]) from None
         finally:
             bar.close()
-    if clipped:
-        warnings.warn(clipped_message(path, clipped), stacklevel=2)
-    if G.number_of_edges() == 0:
-        raise GeolocError(f"{path}: no street graph could be built from the highway ways")
+    return G, F, clipped
+
+
+def _projected_streets(G):
+    """The local projection (UTM, centred on the graph's median node) and the graph's edges in it, one
+    row per street piece: a two-way street is two directed edges with the same ends and length."""
+    import osmnx as ox
+
     lat = np.array([d["y"] for _, d in G.nodes(data=True)])
     lon = np.array([d["x"] for _, d in G.nodes(data=True)])
     proj = LocalProjection(float(np.median(lat)), float(np.median(lon)))
     edges = ox.graph_to_gdfs(G, nodes=False).reset_index()
-    # A two-way street is two directed edges with the same ends and length; keep one of them.
     key = np.where(edges["u"] < edges["v"], edges["u"].astype(str) + "-" + edges["v"].astype(str),
                    edges["v"].astype(str) + "-" + edges["u"].astype(str)) + edges["length"].round(1).astype(str)
     streets = ox.projection.project_gdf(edges[~key.duplicated()].reset_index(drop=True), to_crs=proj.crs)
-    F = ox.projection.project_gdf(F, to_crs=proj.crs)
+    return proj, streets
 
-    if "building" not in F.columns:
-        raise GeolocError(f"{path}: no building features could be read")
-    is_building = F["building"].notna() & F.geometry.geom_type.isin(["Polygon", "MultiPolygon"])
+
+def _buildings(F, is_building, crs, path: Path):
+    """One row per building polygon (multipolygons split) with its height, min_height and tags."""
+    import geopandas as gpd
+
     rows = []
     tag_cols = [c for c in ("building", "height", "min_height", "building:levels", "building:min_level",
                             "building:colour", "building:material", "roof:colour", "amenity", "shop")
@@ -353,14 +365,17 @@ def load_city(path: str | Path) -> City:
                              "geometry": part.buffer(0) if not part.is_valid else part})
     if not rows:
         raise GeolocError(f"{path}: no building polygons (buildings must be closed ways or multipolygons)")
-    buildings = gpd.GeoDataFrame(rows, geometry="geometry", crs=proj.crs)
+    return gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
 
+
+def _green_water_trees(features) -> tuple[list, list, np.ndarray]:
+    """Park and grass polygons, water polygons (rivers and canals as buffered lines), tree positions."""
     def flag(row, key, values):
         v = row.get(key)
         return isinstance(v, str) and v in values
 
     green, water, trees = [], [], []
-    for _, row in F[~is_building].iterrows():
+    for _, row in features.iterrows():
         geom = row.geometry
         if geom.geom_type == "Point":
             if row.get("natural") == "tree":
@@ -374,6 +389,27 @@ def load_city(path: str | Path) -> City:
                 water.append(geom)
         elif flag(row, "waterway", {"river", "canal"}) and geom.geom_type in ("LineString", "MultiLineString"):
             water.append(geom.buffer(20.0 if row.get("waterway") == "river" else 8.0))
+    return green, water, np.array(trees, dtype=np.float64).reshape(-1, 2)
+
+
+def load_city(path: str | Path) -> City:
+    """Parse, check and project an OSM extract. Bad input raises GeolocError."""
+    import osmnx as ox
+
+    path = Path(path)
+    info = check_osm_xml(path)
+    G, F, clipped = _read_with_osmnx(path, info["streets_xml"], info["dangling"])
+    if clipped:
+        warnings.warn(clipped_message(path, clipped), stacklevel=2)
+    if G.number_of_edges() == 0:
+        raise GeolocError(f"{path}: no street graph could be built from the highway ways")
+    proj, streets = _projected_streets(G)
+    F = ox.projection.project_gdf(F, to_crs=proj.crs)
+    if "building" not in F.columns:
+        raise GeolocError(f"{path}: no building features could be read")
+    is_building = F["building"].notna() & F.geometry.geom_type.isin(["Polygon", "MultiPolygon"])
+    buildings = _buildings(F, is_building, proj.crs, path)
+    green, water, trees = _green_water_trees(F[~is_building])
     return City(source=path, graph=G, streets=streets, projection=proj, buildings=buildings, green=green,
-                water=water, trees=np.array(trees, dtype=np.float64).reshape(-1, 2),
+                water=water, trees=trees,
                 attribution=DEMO_ATTRIBUTION if info["generator"] == DEMO_GENERATOR else ATTRIBUTION)

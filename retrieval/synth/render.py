@@ -113,6 +113,95 @@ def sample_look(rng: np.random.Generator, condition: str = "day") -> Look:
     return Look(params=p, jpeg_quality=int(rng.integers(72, 95)))
 
 
+# --- the scene as the kernels read it ----------------------------------------------------------------
+
+class Scene(NamedTuple):
+    """One World's arrays as the numba kernels read them. numba passes a namedtuple as a struct; the
+    kernel and its once-per-image steps take it whole, the helpers of its inner loops take its arrays."""
+
+    walls: np.ndarray  # (n, 9) wall segments, W_* columns
+    buildings: np.ndarray  # (m, 19) B_* columns
+    wall_start: np.ndarray  # the wall grid: cell c holds wall_items[wall_start[c]:wall_start[c + 1]]
+    wall_items: np.ndarray
+    cell_hmax: np.ndarray  # tallest wall top in each cell: shadow rays skip lower cells
+    hmax: float  # the tallest building (0 if none is taller)
+    trees: np.ndarray  # (t, 10) trees and street lamps, T_* columns
+    tree_start: np.ndarray  # the tree grid (same cells)
+    tree_items: np.ndarray
+    cell: float  # side of a grid cell in metres; the wall, tree and mark grids share their cells
+    nx: int
+    ny: int
+    ground: np.ndarray  # uint8 material raster
+    road_soft: np.ndarray  # uint8 blurred road mask
+    ground_res: float  # metres per raster pixel
+    marks: np.ndarray  # (d, 4) lane-marking dashes
+    mark_start: np.ndarray  # the mark grid (same cells)
+    mark_items: np.ndarray
+
+
+def scene_of(world: World) -> Scene:
+    """The kernels' view of a World (the same arrays, not copies)."""
+    g, tg, mg = world.wall_grid, world.tree_grid, world.mark_grid
+    hmax = max(0.0, float(world.buildings[:, B_HEIGHT].max())) if len(world.buildings) else 0.0
+    return Scene(walls=world.walls, buildings=world.buildings, wall_start=g.start, wall_items=g.items,
+                 cell_hmax=world.cell_hmax, hmax=hmax, trees=world.trees, tree_start=tg.start,
+                 tree_items=tg.items, cell=float(g.cell), nx=int(g.nx), ny=int(g.ny), ground=world.ground,
+                 road_soft=world.road_soft, ground_res=float(world.ground_res), marks=world.marks,
+                 mark_start=mg.start, mark_items=mg.items)
+
+
+class Pose(NamedTuple):
+    """The camera as the kernel reads it: scene metres and radians."""
+
+    x: float
+    y: float
+    eye: float
+    yaw: float
+    pitch: float
+    roll: float
+    fov: float
+
+
+class Frame(NamedTuple):
+    """Buffers for one image size, reused between images: fresh megabytes per image would cost more in
+    page faults than some of the shading."""
+
+    img: np.ndarray  # (H, W, 3) linear colour 0..1
+    depth: np.ndarray  # (H, W) metres along the ray; inf = sky
+    pix: np.ndarray  # (5, H, W): tan(azimuth) from the heading, unit horizontal direction x, y, slope, length
+    ray: np.ndarray  # (H, W) the horizontal ray each pixel walks
+    hs: np.ndarray  # (2W, MAX_WALL_HITS) each ray's wall crossings: ray length,
+    hw: np.ndarray  # wall,
+    hf: np.ndarray  # 1 if seen from outside
+
+
+class Sun(NamedTuple):
+    x: float  # horizontal unit direction towards the sun
+    y: float
+    up: float  # sin(elevation)
+    h: float  # cos(elevation)
+    tan_el: float
+
+
+class Rays(NamedTuple):
+    """What each horizontal ray of one image crosses, in order (built by _cast_rays)."""
+
+    dx: np.ndarray  # unit direction
+    dy: np.ndarray
+    n_walls: np.ndarray  # wall crossings: Frame.hs/hw/hf[k, :n_walls[k]]
+    wall_s: np.ndarray
+    wall_id: np.ndarray
+    wall_front: np.ndarray
+    n_trees: np.ndarray  # tree candidates sorted by where the ray enters their crown's footprint
+    tree_s: np.ndarray
+    tree_id: np.ndarray
+    veh_in: np.ndarray  # (NR, MAX_VEHICLES) ray length into each vehicle's box (1e30: missed),
+    veh_out: np.ndarray  # out of it,
+    veh_u: np.ndarray  # where along the face it enters,
+    veh_face: np.ndarray  # which face: 0..3 for +a, -a, +b, -b
+    skyline: np.ndarray  # elevation (as a slope) of the far skyline
+
+
 # --- numba kernels ---------------------------------------------------------------------------------
 
 @njit(cache=True, inline="always")
@@ -177,98 +266,11 @@ def _sky_gradient(up, look, out):
         out[c] = look[L_HOR_R + c] * (1 - g) + look[L_ZEN_R + c] * g
 
 
-# --- the scene as the kernels read it ----------------------------------------------------------------
-
-class Scene(NamedTuple):
-    """One World's arrays as the numba kernels read them (numba passes a namedtuple as a struct)."""
-
-    walls: np.ndarray  # (n, 9) wall segments, W_* columns
-    buildings: np.ndarray  # (m, 19) B_* columns
-    wall_start: np.ndarray  # the wall grid: cell c holds wall_items[wall_start[c]:wall_start[c + 1]]
-    wall_items: np.ndarray
-    cell_hmax: np.ndarray  # tallest wall top in each cell: shadow rays skip lower cells
-    hmax: float  # the tallest building (0 if none is taller)
-    trees: np.ndarray  # (t, 10) trees and street lamps, T_* columns
-    tree_start: np.ndarray  # the tree grid (same cells)
-    tree_items: np.ndarray
-    cell: float  # side of a grid cell in metres; the wall, tree and mark grids share their cells
-    nx: int
-    ny: int
-    ground: np.ndarray  # uint8 material raster
-    road_soft: np.ndarray  # uint8 blurred road mask
-    ground_res: float  # metres per raster pixel
-    marks: np.ndarray  # (d, 4) lane-marking dashes
-    mark_start: np.ndarray  # the mark grid (same cells)
-    mark_items: np.ndarray
-
-
-def scene_of(world: World) -> Scene:
-    g, tg, mg = world.wall_grid, world.tree_grid, world.mark_grid
-    hmax = max(0.0, float(world.buildings[:, B_HEIGHT].max())) if len(world.buildings) else 0.0
-    return Scene(walls=world.walls, buildings=world.buildings, wall_start=g.start, wall_items=g.items,
-                 cell_hmax=world.cell_hmax, hmax=hmax, trees=world.trees, tree_start=tg.start,
-                 tree_items=tg.items, cell=float(g.cell), nx=int(g.nx), ny=int(g.ny), ground=world.ground,
-                 road_soft=world.road_soft, ground_res=float(world.ground_res), marks=world.marks,
-                 mark_start=mg.start, mark_items=mg.items)
-
-
-class Pose(NamedTuple):
-    """The camera as the kernel reads it: scene metres and radians."""
-
-    x: float
-    y: float
-    eye: float
-    yaw: float
-    pitch: float
-    roll: float
-    fov: float
-
-
-class Frame(NamedTuple):
-    """Buffers for one image size, reused between images: fresh megabytes per image would cost more in
-    page faults than some of the shading."""
-
-    img: np.ndarray  # (H, W, 3) linear colour 0..1
-    depth: np.ndarray  # (H, W) metres along the ray; inf = sky
-    pix: np.ndarray  # (5, H, W): tan(azimuth) from the heading, unit horizontal direction x, y, slope, length
-    ray: np.ndarray  # (H, W) the horizontal ray each pixel walks
-    hs: np.ndarray  # (2W, MAX_WALL_HITS) each ray's wall crossings: ray length,
-    hw: np.ndarray  # wall,
-    hf: np.ndarray  # 1 if seen from outside
-
-
-class Sun(NamedTuple):
-    x: float  # horizontal unit direction towards the sun
-    y: float
-    up: float  # sin(elevation)
-    h: float  # cos(elevation)
-    tan_el: float
-
-
-class Rays(NamedTuple):
-    """What each horizontal ray of one image crosses, in order (built by _cast_rays)."""
-
-    dx: np.ndarray  # unit direction
-    dy: np.ndarray
-    n_walls: np.ndarray  # wall crossings: Frame.hs/hw/hf[k, :n_walls[k]]
-    wall_s: np.ndarray
-    wall_id: np.ndarray
-    wall_front: np.ndarray
-    n_trees: np.ndarray  # tree candidates sorted by where the ray enters their crown's footprint
-    tree_s: np.ndarray
-    tree_id: np.ndarray
-    veh_in: np.ndarray  # (NR, MAX_VEHICLES) ray length into each vehicle's box (1e30: missed),
-    veh_out: np.ndarray  # out of it,
-    veh_u: np.ndarray  # where along the face it enters,
-    veh_face: np.ndarray  # which face: 0..3 for +a, -a, +b, -b
-    skyline: np.ndarray  # elevation (as a slope) of the far skyline
-
-
 # --- grid walk and ray casting ------------------------------------------------------------------------
 # The loops per pixel and per grid cell call few functions and hand them plain arrays, not the
 # namedtuples: a call passes each array as several words, and an array taken out of a tuple or handed
 # to an inlined function has its reference counted. In the pixel loop either costs more than the work
-# (the first-hit search as three helpers made the renderer 40% slower), so that search stays inline.
+# (the first-hit search as three helpers made the renderer about 40% slower), so it stays inline.
 
 @njit(cache=True, inline="always")
 def _walk_start(ox, oy, dx, dy, cell):
@@ -442,6 +444,19 @@ def _in_shadow(px, py, z0, sun, walls, bld, wall_start, wall_items, cell_hmax, g
     return False
 
 
+@njit(cache=True, inline="always")
+def _slab(p, d, half, t0, t1, f, face_up, face_down):
+    """Clip a ray's span (t0, t1) inside a box to the slab |p + t d| <= half of one of its axes; f is the
+    face it enters by (face_up when d > 0, else face_down). Returns (t0, t1, f, missed)."""
+    if abs(d) > 1e-12:
+        a1, a2 = (-half - p) / d, (half - p) / d
+        if min(a1, a2) > t0:
+            t0 = min(a1, a2)
+            f = face_up if d > 0 else face_down
+        return t0, min(t1, max(a1, a2)), f, False
+    return t0, t1, f, abs(p) > half
+
+
 @njit(cache=True)
 def _vehicle_spans(vehicles, nv, ox, oy, dx, dy, k, vin, vout, vu, vface):
     """Where horizontal ray k enters and leaves each vehicle's box (slab test in the vehicle's axes)."""
@@ -451,23 +466,11 @@ def _vehicle_spans(vehicles, nv, ox, oy, dx, dy, k, vin, vout, vu, vface):
         ly = -(ox - vehicles[v, V_X]) * ay + (oy - vehicles[v, V_Y]) * ax
         ddx = dx * ax + dy * ay
         ddy = -dx * ay + dy * ax
-        hl, hwd = vehicles[v, V_HL], vehicles[v, V_HW]
-        t0, t1, f = -1e30, 1e30, -1
-        if abs(ddx) > 1e-12:
-            a1, a2 = (-hl - lx) / ddx, (hl - lx) / ddx
-            if min(a1, a2) > t0:
-                t0 = min(a1, a2)
-                f = 1 if ddx > 0 else 0
-            t1 = min(t1, max(a1, a2))
-        elif abs(lx) > hl:
+        t0, t1, f, missed = _slab(lx, ddx, vehicles[v, V_HL], -1e30, 1e30, -1, 1, 0)
+        if missed:
             continue
-        if abs(ddy) > 1e-12:
-            b1, b2 = (-hwd - ly) / ddy, (hwd - ly) / ddy
-            if min(b1, b2) > t0:
-                t0 = min(b1, b2)
-                f = 3 if ddy > 0 else 2
-            t1 = min(t1, max(b1, b2))
-        elif abs(ly) > hwd:
+        t0, t1, f, missed = _slab(ly, ddy, vehicles[v, V_HW], t0, t1, f, 3, 2)
+        if missed:
             continue
         if t0 < t1 and t0 > 0.05:
             vin[k, v], vout[k, v], vface[k, v] = t0, t1, f

@@ -7,6 +7,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import shapely
+from PIL import Image, ImageDraw, ImageFilter
+from shapely import affinity
+from shapely.geometry.polygon import orient
+from shapely.strtree import STRtree
 
 from retrieval import GeolocError
 from retrieval.synth.osm import City, parse_length_m, stable_hash
@@ -202,18 +207,8 @@ def highway_kind(value) -> str:
     return str(value) if isinstance(value, str) else ""
 
 
-def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_spacing_m: float = 9.0) -> World:
-    """buildings: iterable of (polygon, tags dict with osm_id/height/min_height); streets: iterable of
-    (LineString, highway, width_m, is_tunnel); green/water: polygons; trees: (n, 2) positions.
-    Coordinates are projected metres."""
-    import shapely
-    from PIL import Image, ImageDraw
-    from shapely import affinity
-    from shapely.geometry.polygon import orient
-    from shapely.strtree import STRtree
-
-    buildings = list(buildings)
-    streets = [s for s in streets if s[2] > 0]
+def _scene_box(buildings, streets) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax): the buildings and streets with a 60 m margin, checked for size."""
     if not buildings:
         raise GeolocError("scene: no buildings")
     if not streets:
@@ -224,10 +219,12 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
     if max(xmax - xmin, ymax - ymin) > MAX_SCENE_SIDE_M:
         raise GeolocError(f"scene: the extract spans {xmax - xmin:.0f} x {ymax - ymin:.0f} m; "
                           f"clip it to a city centre under {MAX_SCENE_SIDE_M / 1000:.0f} km across")
+    return xmin, ymin, xmax, ymax
 
-    def local(g):
-        return affinity.translate(g, -xmin, -ymin)
 
+def _walls(buildings, local) -> tuple[np.ndarray, np.ndarray, list]:
+    """Wall segments (W_* columns) of every ring of every footprint, the buildings' facade rows (B_*
+    columns) and the footprints in scene coordinates."""
     walls, brows, polys = [], [], []
     for b, (poly, tags) in enumerate(buildings):
         poly = orient(local(poly), sign=1.0)  # CCW outside, CW holes: outward normal is (dy, -dx)
@@ -246,20 +243,35 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
             u += length.sum()
             walls.append(np.column_stack([c0, c1, d[:, 1] / length, -d[:, 0] / length, u0, length,
                                           np.full(len(c0), b)]))
-    walls = np.concatenate(walls)
-    bld = np.array(brows)
-    w, h = xmax - xmin, ymax - ymin
-    nx, ny = int(math.ceil(w / GRID_CELL_M)), int(math.ceil(h / GRID_CELL_M))
+    return np.concatenate(walls), np.array(brows), polys
+
+
+def _wall_grid(walls, bld, nx, ny) -> tuple[Grid, np.ndarray]:
+    """The walls bucketed in grid cells, and the tallest wall top in each cell."""
     wall_grid = _build_grid(np.minimum(walls[:, 0], walls[:, 2]), np.minimum(walls[:, 1], walls[:, 3]),
                             np.maximum(walls[:, 0], walls[:, 2]), np.maximum(walls[:, 1], walls[:, 3]),
                             np.arange(len(walls)), GRID_CELL_M, nx, ny)
-
     owner = np.repeat(np.arange(nx * ny), np.diff(wall_grid.start))
     cell_hmax = np.zeros(nx * ny)
     np.maximum.at(cell_hmax, owner, bld[walls[wall_grid.items, W_BLD].astype(np.int64), B_HEIGHT])
+    return wall_grid, cell_hmax
 
-    # Ground raster, painted back to front: unmapped open ground, green, water, sidewalks, roads,
-    # footprints.
+
+def _lane_marks(streets_local) -> np.ndarray:
+    """(n, 4) dashes of the centre lines of the wider roads: 3 m dash, 6 m gap."""
+    dashes = []
+    for line, hw, width in streets_local:
+        if hw in PAVED_AS_STREET or width < 6.5:
+            continue
+        for a in np.arange(1.5, line.length - 3.0, 9.0):
+            p0, p1 = line.interpolate(a), line.interpolate(a + 3.0)
+            dashes.append((p0.x, p0.y, p1.x, p1.y))
+    return np.array(dashes, dtype=np.float64).reshape(-1, 4)
+
+
+def _paint_ground(w, h, green_local, water_local, streets_local, marks, polys) -> tuple[np.ndarray, np.ndarray]:
+    """The ground raster, painted back to front: unmapped open ground, green, water, sidewalks, roads,
+    lane-marking stencils, footprints; and the blurred road mask whose 50% contour is the kerb line."""
     gw, gh = int(math.ceil(w / GROUND_RES_M)), int(math.ceil(h / GROUND_RES_M))
     img = Image.new("L", (gw, gh), OPEN)
     draw = ImageDraw.Draw(img)
@@ -275,13 +287,10 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
                 for hole in g.interiors:
                     draw.polygon(px(hole.coords), fill=OPEN)
 
-    green_local = [local(g) for g in green]
     for g in green_local:
         fill(g, GRASS)
-    for g in water:
-        fill(local(g), WATER)
-    streets_local = [(local(line), hw, width) for line, hw, width, tunnel in sorted(streets, key=lambda s: s[2])
-                     if not tunnel]
+    for g in water_local:
+        fill(g, WATER)
     for line, hw, width in streets_local:
         if hw not in PAVED_AS_STREET:
             draw.line(px(line.coords), fill=PAVEMENT, width=int(round((width + 2 * SIDEWALK_M) / GROUND_RES_M)),
@@ -289,30 +298,20 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
     for line, hw, width in streets_local:
         draw.line(px(line.coords), fill=PAVING if hw in PAVED_AS_STREET else ROAD,
                   width=max(1, int(round(width / GROUND_RES_M))), joint="curve")
-    dashes = []
-    for line, hw, width in streets_local:
-        if hw in PAVED_AS_STREET or width < 6.5:
-            continue
-        # Dashed centre line: 3 m dash, 6 m gap.
-        for a in np.arange(1.5, line.length - 3.0, 9.0):
-            p0, p1 = line.interpolate(a), line.interpolate(a + 3.0)
-            dashes.append((p0.x, p0.y, p1.x, p1.y))
-    marks = np.array(dashes, dtype=np.float64).reshape(-1, 4)
     for x0, y0, x1, y1 in marks:  # a wide stencil, so the shader tests exact dashes only where needed
         draw.line(px([(x0, y0), (x1, y1)]), fill=MARKING, width=3)
-    mark_grid = _build_grid(np.minimum(marks[:, 0], marks[:, 2]), np.minimum(marks[:, 1], marks[:, 3]),
-                            np.maximum(marks[:, 0], marks[:, 2]), np.maximum(marks[:, 1], marks[:, 3]),
-                            np.arange(len(marks)), GRID_CELL_M, nx, ny)
     for p in polys:
         fill(p, FOOTPRINT)
     ground = np.asarray(img, dtype=np.uint8)
-    from PIL import ImageFilter
-
     road = Image.fromarray(((ground == ROAD) | (ground == MARKING)).astype(np.uint8) * 255)
     road_soft = np.asarray(road.filter(ImageFilter.GaussianBlur(1.0)), dtype=np.uint8)
+    return ground, road_soft
 
-    # Trees: mapped ones plus a deterministic scatter in parks; lamps; none inside a building.
-    tree_xy = [np.asarray(trees, float).reshape(-1, 2) - [xmin, ymin]] if trees is not None else []
+
+def _tree_positions(trees, origin, green_local, streets_local, park_tree_spacing_m) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 2) positions in scene coordinates of the mapped trees, a deterministic scatter in parks and
+    street lamps (one per 30 m on both sidewalks of every road), and which of them are lamps."""
+    tree_xy = [np.asarray(trees, float).reshape(-1, 2) - origin] if trees is not None else []
     for g in green_local:
         gx0, gy0, gx1, gy1 = g.bounds
         rng = np.random.default_rng(stable_hash("park", round(gx0), round(gy0)))
@@ -322,7 +321,6 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
             inside = shapely.contains_xy(g, cand[:, 0], cand[:, 1])
             tree_xy.append(cand[inside][: n // 2 + 1])
     n_trees = sum(len(t) for t in tree_xy)
-    # Street lamps on both sidewalks of every road, one per 30 m.
     for line, hw, width in streets_local:
         if hw in PAVED_AS_STREET or width < 6.0 or line.length < 15.0:
             continue
@@ -333,11 +331,11 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
                                .reshape(-1, 2))
     is_lamp = np.concatenate([np.zeros(n_trees, bool), np.ones(sum(len(t) for t in tree_xy) - n_trees, bool)])
     tree_xy = np.concatenate(tree_xy) if tree_xy else np.zeros((0, 2))
-    keep = (tree_xy[:, 0] > 0) & (tree_xy[:, 1] > 0) & (tree_xy[:, 0] < w) & (tree_xy[:, 1] < h)
-    foot = STRtree(polys)
-    if len(tree_xy):
-        keep[foot.query(shapely.points(tree_xy), predicate="within")[0]] = False
-    tree_xy, is_lamp = tree_xy[keep], is_lamp[keep]
+    return tree_xy, is_lamp
+
+
+def _tree_rows(tree_xy, is_lamp) -> np.ndarray:
+    """(n, 10) T_* rows: crown size and colour drawn from a generator seeded by the position."""
     tr = np.zeros((len(tree_xy), 10))
     for i, (x, y) in enumerate(tree_xy):
         if is_lamp[i]:
@@ -348,6 +346,41 @@ def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_sp
         rz = r * rng.uniform(1.0, 1.5)
         green_tone = np.array([0.16, 0.30, 0.10]) * rng.uniform(0.75, 1.3) + rng.uniform(-0.03, 0.03, 3)
         tr[i] = [x, y, r, rng.uniform(2.8, 4.5) + rz, rz, rng.uniform(0.12, 0.25), *green_tone, 0.0]
+    return tr
+
+
+def build_world(buildings, streets, green=(), water=(), trees=None, park_tree_spacing_m: float = 9.0) -> World:
+    """buildings: iterable of (polygon, tags dict with osm_id/height/min_height); streets: iterable of
+    (LineString, highway, width_m, is_tunnel); green/water: polygons; trees: (n, 2) positions.
+    Coordinates are projected metres."""
+    buildings = list(buildings)
+    streets = [s for s in streets if s[2] > 0]
+    xmin, ymin, xmax, ymax = _scene_box(buildings, streets)
+
+    def local(g):
+        return affinity.translate(g, -xmin, -ymin)
+
+    walls, bld, polys = _walls(buildings, local)
+    w, h = xmax - xmin, ymax - ymin
+    nx, ny = int(math.ceil(w / GRID_CELL_M)), int(math.ceil(h / GRID_CELL_M))
+    wall_grid, cell_hmax = _wall_grid(walls, bld, nx, ny)
+
+    green_local = [local(g) for g in green]
+    streets_local = [(local(line), hw, width) for line, hw, width, tunnel in sorted(streets, key=lambda s: s[2])
+                     if not tunnel]
+    marks = _lane_marks(streets_local)
+    mark_grid = _build_grid(np.minimum(marks[:, 0], marks[:, 2]), np.minimum(marks[:, 1], marks[:, 3]),
+                            np.maximum(marks[:, 0], marks[:, 2]), np.maximum(marks[:, 1], marks[:, 3]),
+                            np.arange(len(marks)), GRID_CELL_M, nx, ny)
+    ground, road_soft = _paint_ground(w, h, green_local, [local(g) for g in water], streets_local, marks, polys)
+
+    # Trees (mapped, in parks) and street lamps; none inside a building.
+    tree_xy, is_lamp = _tree_positions(trees, [xmin, ymin], green_local, streets_local, park_tree_spacing_m)
+    keep = (tree_xy[:, 0] > 0) & (tree_xy[:, 1] > 0) & (tree_xy[:, 0] < w) & (tree_xy[:, 1] < h)
+    foot = STRtree(polys)
+    if len(tree_xy):
+        keep[foot.query(shapely.points(tree_xy), predicate="within")[0]] = False
+    tr = _tree_rows(tree_xy[keep], is_lamp[keep])
     tree_grid = _build_grid(tr[:, T_X] - tr[:, T_R], tr[:, T_Y] - tr[:, T_R], tr[:, T_X] + tr[:, T_R],
                             tr[:, T_Y] + tr[:, T_R], np.arange(len(tr)), GRID_CELL_M, nx, ny)
     return World(origin=(float(xmin), float(ymin)), size=(float(w), float(h)), walls=walls, buildings=bld,

@@ -7,6 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from retrieval import GeolocError
+from retrieval.files import atomic_write
+from retrieval.geo import LocalProjection
+from retrieval.manifests import load_rgb, read_manifest
 
 
 def contact_sheet(data_dir: str | Path, out: str | Path, n: int = 24, cols: int = 6, split: str = "train",
@@ -15,9 +18,6 @@ def contact_sheet(data_dir: str | Path, out: str | Path, n: int = 24, cols: int 
     'neighbours' takes pairs of nearby cameras facing within 45 degrees, side by side, to check that
     neighbours share content."""
     from PIL import Image, ImageDraw
-
-    from retrieval.files import atomic_write
-    from retrieval.manifests import load_rgb, read_manifest
 
     data_dir = Path(data_dir)
     m = read_manifest(data_dir / f"{split}.csv")
@@ -45,8 +45,6 @@ def contact_sheet(data_dir: str | Path, out: str | Path, n: int = 24, cols: int 
 
 def _neighbour_pairs(m, n: int, max_m: float = 15.0, max_turn: float = 45.0) -> list[int]:
     from scipy.spatial import cKDTree
-
-    from retrieval.geo import LocalProjection
 
     x, y = LocalProjection.for_points(m.lat, m.lon).to_xy(m.lat, m.lon)
     heading = m.heading if m.heading is not None else np.zeros(len(m))
