@@ -250,7 +250,8 @@ class _Epochs:
             loss_sum, n_images, n_steps, skipped, step = (loss_sum + weighted, n_images + count, n_steps + 1,
                                                           skipped + skip, step + 1)
             bar.update(1)
-            bar.set_postfix(loss=f"{weighted / count:.4f}", lr=f"{t.lr * factor:.2g}")
+            # refresh=False: drawn on update()'s clock, not every step (a log file would hold each redraw)
+            bar.set_postfix(loss=f"{weighted / count:.4f}", lr=f"{t.lr * factor:.2g}", refresh=False)
             if n_steps == t.max_steps_per_epoch:
                 break
         bar.close()
