@@ -47,3 +47,24 @@ def tiny_data(tmp_path_factory):
     osm = write_demo_city(root / "city.osm", seed=1, size_m=600)
     render_dataset(osm, root / "data", n_train=90, n_test=10, size=36, seed=1, workers=1)
     return root / "data"
+
+
+def untrained_run(out: Path, data: Path, k: int = 4, vote: str = "pool", index: bool = True) -> Path:
+    """An embedding run of an untrained ResNet-18 (16-d, 32 px) over DATA (a folder or manifest), with its
+    index over every photo of DATA's train.csv (or the manifest): enough to query in a second."""
+    import torch
+
+    from retrieval.config import load_config, prepare_run_dir
+    from retrieval.manifests import read_manifest
+    from retrieval.models import embedding_net
+    from retrieval.run_index import build_run_index
+
+    cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.embed_dim=16", "data.resize=36",
+                             "data.image_size=32", "train.precision=fp32", f"index.k={k}", f"index.vote={vote}",
+                             f"data.train={data}"], base={"name": "embedding"})
+    prepare_run_dir(out, cfg)
+    torch.manual_seed(0)
+    torch.save({"model": embedding_net("none", 16, arch="resnet18").state_dict()}, out / "best.pt")
+    if index:
+        build_run_index(out, cfg, db=read_manifest(data / "train.csv" if Path(data).is_dir() else data))
+    return out

@@ -3,18 +3,16 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from retrieval import GeolocError
 from retrieval.api import Locator
-from retrieval.config import load_config, prepare_run_dir
+from retrieval.config import load_run_config
 from retrieval.inference import embed, load_embedding_model
 from retrieval.manifests import Manifest, read_manifest
-from retrieval.models import embedding_net
 from retrieval.places import place_means, place_neighbours
-from retrieval.run_index import build_run_index
 from retrieval.transforms import decode_images
+from tests.conftest import untrained_run
 
 K = 4
 
@@ -38,14 +36,8 @@ def run(tmp_path_factory):
     (root / "db" / "train.csv").write_text("\n".join(rows) + "\n")
     for i in range(5):
         noise_image(root / "queries" / f"q{i}.png", seed=100 + i)
-    cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.embed_dim=16", "data.resize=36",
-                             "data.image_size=32", "train.precision=fp32", f"index.k={K}", "index.vote=pool",
-                             f"data.train={root / 'db'}"], base={"name": "embedding"})
-    out = root / "run"
-    prepare_run_dir(out, cfg)
-    torch.manual_seed(0)
-    torch.save({"model": embedding_net("none", 16, arch="resnet18").state_dict()}, out / "best.pt")
-    build_run_index(out, cfg, db=read_manifest(root / "db" / "train.csv"))
+    out = untrained_run(root / "run", root / "db", k=K)
+    cfg = load_run_config(out)
     return out, cfg, root
 
 

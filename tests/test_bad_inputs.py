@@ -21,7 +21,7 @@ from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
 from retrieval import GeolocError
-from tests.conftest import REPO, write_image
+from tests.conftest import REPO, untrained_run, write_image
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -264,24 +264,9 @@ def test_skip_bad_in_training_skips_corrupt_images(tmp_path):
 @pytest.fixture(scope="module")
 def query_run(tmp_path_factory):
     """An embedding run with an index over 12 photos: an untrained ResNet-18 is enough to query."""
-    import torch
-
-    from retrieval.config import load_config, prepare_run_dir
-    from retrieval.manifests import read_manifest
-    from retrieval.models import embedding_net
-    from retrieval.run_index import build_run_index
-
     root = tmp_path_factory.mktemp("query")
     write_csv(root / "db" / "train.csv", "path,lat,lon", london_photos(root / "db", 12, size=(40, 40)))
-    cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.embed_dim=16", "data.resize=36",
-                             "data.image_size=32", "train.precision=fp32", "index.k=3",
-                             f"data.train={root / 'db'}"], base={"name": "embedding"})
-    run = root / "run"
-    prepare_run_dir(run, cfg)
-    torch.manual_seed(0)
-    torch.save({"model": embedding_net("none", 16, arch="resnet18").state_dict()}, run / "best.pt")
-    build_run_index(run, cfg, db=read_manifest(root / "db" / "train.csv"))
-    return run
+    return untrained_run(root / "run", root / "db", k=3, vote="auto")
 
 
 @pytest.mark.parametrize("size, error", [
