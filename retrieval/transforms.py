@@ -21,18 +21,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from retrieval import GeolocError, distributed
+from retrieval import distributed
 from retrieval.config import AugmentConfig, DataConfig
 from retrieval.manifests import Manifest, load_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def check_sizes(data: DataConfig) -> None:
-    if data.image_size < 16 or data.resize < data.image_size:
-        raise GeolocError(f"data.image_size={data.image_size}, data.resize={data.resize}: "
-                          "need 16 <= image_size <= resize")
 
 
 def to_cached(image: Image.Image, resize: int) -> torch.Tensor:
@@ -57,7 +51,6 @@ def _normalize() -> list:
 
 def train_transform(data: DataConfig, aug: AugmentConfig) -> v2.Compose:
     """Augmentation on a cached uint8 image (a no-op apart from crop and Normalize when disabled)."""
-    check_sizes(data)
     if not aug.enabled:
         return test_transform(data)
     steps = []
@@ -71,7 +64,6 @@ def train_transform(data: DataConfig, aug: AugmentConfig) -> v2.Compose:
 
 
 def test_transform(data: DataConfig) -> v2.Compose:
-    check_sizes(data)
     return v2.Compose([v2.CenterCrop(data.image_size), *_normalize()])
 
 
