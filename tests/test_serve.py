@@ -2,6 +2,7 @@
 requests) and, where a headless Chromium is installed, in a real browser."""
 import io
 import os
+import re
 import shutil
 import threading
 import time
@@ -279,7 +280,7 @@ def upload_in_page(b, path: Path, n_before: int):
     return card
 
 
-def test_the_page_locates_photos_in_a_browser(browser, server, test_view, tmp_path):
+def test_the_page_locates_photos_in_a_browser(browser, server, tiny_data, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -289,7 +290,11 @@ def test_the_page_locates_photos_in_a_browser(browser, server, test_view, tmp_pa
     b = browser
     b.get(url + "/")
     WebDriverWait(b, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#city polyline")) > 20)
-    photos = [("rendered", test_view)]
+    # a rendered test view carrying its true position as EXIF GPS, as a phone's photo would
+    views = read_manifest(tiny_data / "test.csv")
+    rendered = tmp_path / "rendered.jpg"
+    Image.open(views.paths[0]).save(rendered, quality=95, exif=gps_exif(views.lat[0], views.lon[0]))
+    photos = [("rendered", rendered)]
     real = SHARED_DATA / "photos" / "berlin" / "01.jpg"
     if real.is_file():  # only the developers' machines have ../shared
         photos.append(("berlin", real))
@@ -301,8 +306,15 @@ def test_the_page_locates_photos_in_a_browser(browser, server, test_view, tmp_pa
         assert len(card.find_elements(By.CSS_SELECTOR, ".neighbour img")) == K
         assert len(b.find_elements(By.CSS_SELECTOR, "#markers .answer-mark")) == 1
         assert len(b.find_elements(By.CSS_SELECTOR, "#markers .nb-mark")) == K
-        if what == "berlin":  # EXIF GPS: the truth, far from the rendered city
-            assert "true position (EXIF GPS) 52.51" in card.find_element(By.CSS_SELECTOR, ".truth").text
+        truth = card.find_element(By.CSS_SELECTOR, ".truth").text
+        if what == "rendered":  # the truth on the map, and the error in metres
+            lat, lon = (float(v) for v in truth.split(") ", 1)[1].split(":")[0].split(", "))
+            assert lat == pytest.approx(views.lat[0], abs=1e-5) and lon == pytest.approx(views.lon[0], abs=1e-5)
+            assert re.fullmatch(r".*: error \d+ m", truth)
+            assert len(b.find_elements(By.CSS_SELECTOR, "#markers .truth-mark")) == 1
+        else:  # Berlin: the truth named, far outside the rendered city's map
+            assert "true position (EXIF GPS) 52.51" in truth and truth.endswith("km (outside this map)")
+            assert not b.find_elements(By.CSS_SELECTOR, "#markers .truth-mark")
         b.save_screenshot(str(shots / f"upload_{what}.png"))
     # a bad upload: its message in the page, and the page goes on working
     bad = tmp_path / "notes.jpg"

@@ -46,6 +46,7 @@ def create_app(loc: Locator, city: dict, max_upload_mb: float = MAX_UPLOAD_MB, m
                max_pixels: int = MAX_PIXELS) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 2**20)  # Flask answers 413 past it, unread
+    app.json.sort_keys = False  # the fields in `geoloc query --json`'s order
     model_lock, slots = threading.Lock(), threading.BoundedSemaphore(max_waiting)
     row_of = {p: i for i, p in enumerate(loc.side.paths)}  # only the index's own photos are ever served
     page = page_html({"run": Path(loc.run_dir).name, "photos": len(row_of), "k": loc.cfg.index.k,

@@ -26,7 +26,7 @@ main { display: flex; gap: 14px; padding: 14px; align-items: flex-start; }
           display: grid; grid-template-columns: 120px 1fr; gap: 4px 12px; cursor: pointer; }
 .result.selected { border-color: #e53935; box-shadow: 0 0 0 2px #ffcdd2; }
 .result.bad { border-color: #e53935; background: #fff5f5; cursor: default; }
-.result img.query { width: 120px; height: 90px; object-fit: cover; border-radius: 4px; grid-row: span 4; background: #eee; }
+.result .query { width: 120px; height: 90px; object-fit: cover; border-radius: 4px; grid-row: span 4; background: #eee; }
 .name { font-weight: 600; word-break: break-all; }
 .answer { font-family: ui-monospace, monospace; }
 .confidence b { color: #c62828; }
@@ -156,7 +156,7 @@ function card(file) {
   const img = el("img", "query");
   img.alt = file.name;
   img.src = URL.createObjectURL(file);
-  img.onerror = () => { img.removeAttribute("src"); img.alt = ""; };
+  img.onerror = () => img.replaceWith(el("div", "query"));  // not an image: an empty frame, not a broken icon
   c.append(img, el("div", "name", file.name), el("div", "message-slot", "locating…"));
   document.getElementById("results").prepend(c);
   return c;
