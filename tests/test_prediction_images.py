@@ -5,7 +5,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -13,9 +12,8 @@ from retrieval import GeolocError
 from retrieval.cli import app
 from retrieval.config import load_config, prepare_run_dir
 from retrieval.files import atomic_write_json
-from retrieval.models import embedding_net
 from retrieval.prediction_images import GREEN, NEAR_M, RED, pick, prediction_png, save_predictions
-from tests.conftest import write_image
+from tests.conftest import untrained_run, write_image
 
 K = 4
 
@@ -24,12 +22,7 @@ K = 4
 def evaluated(tiny_data, tmp_path_factory):
     """An untrained embedding run over the tiny rendered city, evaluated through the CLI with 7 images drawn."""
     run = tmp_path_factory.mktemp("pred") / "run"
-    cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.embed_dim=16", "data.resize=36",
-                             "data.image_size=32", "train.precision=fp32", f"index.k={K}", "index.vote=pool",
-                             f"data.train={tiny_data}"], base={"name": "embedding"})
-    prepare_run_dir(run, cfg)
-    torch.manual_seed(0)
-    torch.save({"model": embedding_net("none", 16, arch="resnet18").state_dict()}, run / "best.pt")
+    untrained_run(run, tiny_data, k=K, index=False)
     atomic_write_json(run / "run.json", {"kind": "embedding"})
     out = CliRunner().invoke(app, ["evaluate", "--run", str(run), "--save-predictions", "7"])
     assert out.exit_code == 0, out.output

@@ -12,20 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-import torch
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
 from retrieval import GeolocError
 from retrieval.api import Locator
-from retrieval.config import load_config, prepare_run_dir
+from retrieval.config import load_config
 from retrieval.geo import haversine_m
 from retrieval.manifests import read_manifest
-from retrieval.models import embedding_net
-from retrieval.run_index import build_run_index
 from retrieval.web.app import create_app, load_app, make_http_server
 from retrieval.web.city_map import city_geojson
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, untrained_run
 
 K = 4
 
@@ -33,15 +30,7 @@ K = 4
 @pytest.fixture(scope="module")
 def run(tiny_data, tmp_path_factory):
     """An untrained ResNet-18 over the tiny rendered city's 90 views (its streets.graphml is the map)."""
-    out = tmp_path_factory.mktemp("serve") / "run"
-    cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.embed_dim=16", "data.resize=36",
-                             "data.image_size=32", "train.precision=fp32", f"index.k={K}", "index.vote=pool",
-                             f"data.train={tiny_data}"], base={"name": "embedding"})
-    prepare_run_dir(out, cfg)
-    torch.manual_seed(0)
-    torch.save({"model": embedding_net("none", 16, arch="resnet18").state_dict()}, out / "best.pt")
-    build_run_index(out, cfg, db=read_manifest(tiny_data / "train.csv"))
-    return out
+    return untrained_run(tmp_path_factory.mktemp("serve") / "run", tiny_data, k=K)
 
 
 @pytest.fixture(scope="module")
