@@ -36,8 +36,9 @@ from retrieval.synth.city import write_demo_city
 
 BUDGET_RULES = ("Every method trains on the same rendered training views with the same weights, lock_factor, "
                 "batch size, optimiser, schedule and precision, on the backbone and input size of the backbone "
-                "column, for the training time in the table (train.max_minutes, equal across methods unless "
-                "bench.methods overrides it, as it does the backbone); the best epoch is chosen on the same "
+                "column, for the same wall time (train.max_minutes, training and validation together, equal across "
+                "methods unless bench.methods overrides it, as it does the backbone; the table's train time is "
+                "the training part); the best epoch is chosen on the same "
                 "validation views, drawn like the test views; all are scored on the same test views, beside the "
                 "floors (no learning; the untrained network is the benchmark's own model.arch) and the oracle "
                 "measured on them.")
@@ -186,10 +187,12 @@ def _cells_page(run: Path, lines: list[np.ndarray], out: Path, attribution: str)
 def recall_curve(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
     """(training images seen, validation R@1 within 25 m) after each epoch of a run's log.csv; None
     for runs that log no recall (the baselines) or have no log."""
-    rows = [r for r in read_log(run / "log.csv") if r.get("val_recall@1_25m")]
-    if not rows:
+    rows = read_log(run / "log.csv")
+    seen = np.cumsum([float(r["images"]) for r in rows])  # every epoch's images, validated or not
+    kept = [i for i, r in enumerate(rows) if r.get("val_recall@1_25m")]
+    if not kept:
         return None
-    return (np.cumsum([float(r["images"]) for r in rows]), np.array([float(r["val_recall@1_25m"]) for r in rows]))
+    return seen[kept], np.array([float(rows[i]["val_recall@1_25m"]) for i in kept])
 
 
 def write_report(cfg: Config, out: Path, rows: list[dict], runs: dict[str, Path], data: Path,

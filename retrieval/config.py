@@ -23,6 +23,7 @@ from retrieval.mining import SUPERVISION
 from retrieval.models import ARCHS
 from retrieval.optim import OPTIMIZERS, SCHEDULES
 from retrieval.precision import PRECISIONS
+from retrieval.route import DISTANCES
 from retrieval.splits import SPLIT_MODES
 from retrieval.streets import NETWORK_TYPES, POSITIVES
 from retrieval.vote import VOTE_MODES
@@ -80,7 +81,9 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine (by step, after warmup) | exponential (x lr_decay per epoch: the study)
     lr_decay: float = 0.99
     warmup_steps: int = 50  # linear warmup from 0 (cosine)
-    max_minutes: float = 0.0  # > 0: stop after this much training time; the cosine then runs over it
+    # > 0: stop after this much wall time, training and validation together (validation at most 15% of
+    # it: retrieval.train.VAL_SHARE); the cosine then runs over it
+    max_minutes: float = 0.0
     precision: str = "bf16"  # bf16 | fp32
     # 0: a full pass over the data. The embedding draws its batches of places at random, so there it
     # sets the epoch's length (validation after each), even beyond one pass.
@@ -222,6 +225,21 @@ class BenchConfig:
 
 
 @dataclass
+class RouteConfig:
+    """Route decoding (retrieval.route): photos taken in order, located together along the streets."""
+    k: int = 30  # candidates per photo: its nearest database photos (the single-photo vote uses index.k)
+    distance: str = "geodesic"  # walking distance along the street graph, or euclidean (the ablation)
+    temperature: float = 0.05  # similarity / temperature is a candidate's log-potential
+    pace_mps: float = 1.4  # with capture times the expected step is pace x time gap (1.4: walking)
+    step_m: float = 15.0  # without capture times: the expected step between consecutive photos
+    step_tol_m: float = 10.0  # the least spread of a step around its expected length (a Laplace scale)
+    step_tol: float = 0.5  # and the spread as a share of the expected step (people stop, hurry, turn back)
+    break_cost: float = 8.0  # the route breaks where every step is more than this many spreads off
+    max_snap_m: float = 30.0  # candidates farther than this from every street move in straight lines
+    confidence_radius_m: float = 25.0  # a photo's confidence: its posterior mass this near its answer
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 0
@@ -234,6 +252,7 @@ class Config:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    route: RouteConfig = field(default_factory=RouteConfig)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -319,6 +338,7 @@ CHOICES = {
     "index.kind": INDEX_KINDS,
     "index.refine": tuple(REFINES),
     "index.vote": ("auto", *VOTE_MODES),
+    "route.distance": DISTANCES,
 }
 # key -> (low, high, low inclusive, high inclusive); None: unbounded
 RANGES = {
@@ -359,6 +379,11 @@ RANGES = {
     "bench.headings": (1, 36, True, True), "bench.val_views": (0, None, True, True),
     "bench.test_views": (1, None, True, True), "bench.image_size": (16, None, True, True),
     "bench.render_workers": (1, None, True, True), "bench.render_size": (0, None, True, True),
+    "route.k": (1, None, True, True), "route.temperature": (0, None, False, True),
+    "route.pace_mps": (0, None, False, True), "route.step_m": (0, None, True, True),
+    "route.step_tol_m": (0, None, False, True), "route.step_tol": (0, None, True, True),
+    "route.break_cost": (0, None, False, True), "route.max_snap_m": (0, None, False, True),
+    "route.confidence_radius_m": (0, None, False, True),
 }
 
 

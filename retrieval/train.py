@@ -196,6 +196,7 @@ class _Epochs:
     rows: list[dict]  # log.csv
     metric: str = ""
     maximize: bool = True
+    reserve: float = 0.0  # seconds the last validation took: kept from the time budget for the final one
 
     def __post_init__(self):
         self.metric, self.maximize = self.task.metric, self.task.maximize
@@ -240,7 +241,7 @@ class _Epochs:
                    disable=not self.main)
         for batch in self.task.train_loader:
             elapsed = self._elapsed(spent, t0)
-            if t.max_minutes > 0 and elapsed >= 60.0 * t.max_minutes and n_steps:
+            if t.max_minutes > 0 and elapsed + self.reserve >= 60.0 * t.max_minutes and n_steps:
                 out_of_time = True
                 break
             factor = lr_factor(t, step, epoch, self.total_steps, elapsed)
@@ -319,23 +320,42 @@ def _sampler_epoch(task: Task):
                                                                "set_epoch", None)
 
 
-def _end_of_epoch(e: "_Epochs", epoch: int, figures: dict, tb) -> None:
-    """Validate, log (log.csv, TensorBoard, one line) and checkpoint (last.pt, best.pt when better)."""
+# With a time budget, validation may take at most this share of it: past that, an epoch's validation is
+# skipped (the last epoch's never is). The cosine schedule and the budget count both.
+VAL_SHARE = 0.15
+
+
+def _validates(e: "_Epochs", last: bool) -> bool:
+    """Whether this epoch validates: always without a time budget and at the end; else while validation
+    stays within VAL_SHARE of the budget. Rank 0 decides for all (each rank timed its own wait)."""
+    t = e.t
+    if t.max_minutes <= 0 or last:
+        return True
+    spent = sum(float(r["val_seconds"]) for r in e.rows)
+    return bool(distributed.gather_objects(spent + e.reserve <= VAL_SHARE * 60.0 * t.max_minutes)[0])
+
+
+def _end_of_epoch(e: "_Epochs", epoch: int, figures: dict, tb, validate: bool = True) -> float:
+    """Validate (unless skipped to keep it within the budget), log (log.csv, TensorBoard, one line) and
+    checkpoint (last.pt, best.pt when better); returns the seconds validation took."""
     t0 = time.perf_counter()
-    val = _validate(e.task, e.model, e.precision, e.dev, e.main)
+    val = _validate(e.task, e.model, e.precision, e.dev, e.main) if validate else {}
+    val_s = round(time.perf_counter() - t0, 3)
     row = {"epoch": epoch, "train_loss": figures["train_loss"], **val, "lr": figures["lr"], "steps": e.step,
-           "images": figures["images"], "train_seconds": figures["train_seconds"],
-           "val_seconds": round(time.perf_counter() - t0, 3), "images_per_s": figures["images_per_s"],
+           "images": figures["images"], "train_seconds": figures["train_seconds"], "val_seconds": val_s,
+           "validated": int(validate), "images_per_s": figures["images_per_s"],
            "skipped_steps": figures["skipped_steps"]}
-    if e.metric not in row:  # no validation set: fall back to the training loss
+    if validate:
+        e.reserve = val_s
+    if validate and e.metric not in row:  # no validation set: fall back to the training loss
         e.metric, e.maximize = "train_loss", False
-    improved = _better(float(row[e.metric]), e.best, e.maximize)
+    improved = e.metric in row and _better(float(row[e.metric]), e.best, e.maximize)
     if improved:
         e.best, e.best_epoch = float(row[e.metric]), epoch
     e.rows.append(row)
     rngs = distributed.gather_objects(rng_state())
     if not e.main:
-        return
+        return val_s
     _write_log(e.run_dir / "log.csv", e.rows)
     if tb is not None:
         for k, v in row.items():
@@ -352,7 +372,21 @@ def _end_of_epoch(e: "_Epochs", epoch: int, figures: dict, tb) -> None:
     save_checkpoint(e.run_dir / "last.pt", state)
     tqdm.write(f"epoch {epoch}/{e.t.epochs}: train_loss {row['train_loss']:.4f}"
                + "".join(f", {k} {v:.4g}" for k, v in val.items())
+               + ("" if validate else ", validation skipped (budget)")
                + f", {row['images_per_s']:.1f} img/s" + (" *" if improved else ""))
+    return val_s
+
+
+def _summary(e: "_Epochs") -> dict:
+    """run.json's training record: the best epoch, and how the time was spent."""
+    train_s = sum(float(r["train_seconds"]) for r in e.rows)
+    val_s = sum(float(r.get("val_seconds") or 0) for r in e.rows)
+    images = sum(int(r["images"]) for r in e.rows)
+    return {"epochs": len(e.rows), "metric": e.metric, "maximize": e.maximize, "best": e.best,
+            "best_epoch": e.best_epoch, "train_seconds": round(train_s, 3), "train_images": images,
+            "train_images_per_s": round(images / train_s, 3) if train_s else None,
+            "val_seconds": round(val_s, 3), "validations": sum(int(r.get("validated", "") in ("", None) or int(r["validated"]))
+                                                     for r in e.rows)}
 
 
 def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
@@ -365,7 +399,8 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
     e = _setup(task, cfg, run_dir, resume)
     tb = _tensorboard(run_dir) if e.main else None
     set_epoch = _sampler_epoch(task)
-    spent = sum(float(r["train_seconds"]) for r in e.rows)  # of the time budget, before this call
+    # Training and validation both spend the time budget, so train.max_minutes is the wall time.
+    spent = sum(float(r["train_seconds"]) + float(r.get("val_seconds") or 0) for r in e.rows)
     out_of_time = t.max_minutes > 0 and spent >= 60.0 * t.max_minutes
     for epoch in range(e.start + 1, t.epochs + 1):
         if out_of_time:
@@ -375,14 +410,13 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
             set_epoch(epoch)
         figures, out_of_time = e.run(epoch, spent)
         spent += figures["train_seconds"]
-        _end_of_epoch(e, epoch, figures, tb)
+        spent += _end_of_epoch(e, epoch, figures, tb, _validates(e, out_of_time or epoch == t.epochs))
     if tb is not None:
         tb.close()
-    train_s = sum(float(r["train_seconds"]) for r in e.rows)
-    images = sum(int(r["images"]) for r in e.rows)
-    summary = {"epochs": len(e.rows), "metric": e.metric, "maximize": e.maximize, "best": e.best,
-               "best_epoch": e.best_epoch, "train_seconds": round(train_s, 3), "train_images": images,
-               "train_images_per_s": round(images / train_s, 3) if train_s else None}
+    summary = _summary(e)
+    if e.main:
+        tqdm.write(f"time: {summary['train_seconds']:.0f} s training, {summary['val_seconds']:.0f} s validating "
+                   f"({summary['validations']} of {summary['epochs']} epochs)")
     if e.main:
         atomic_write_json(run_dir / "run.json", {**e.info, "train": summary})
     distributed.barrier()  # no rank returns (and maybe reads the run) before rank 0 has written it

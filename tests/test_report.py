@@ -55,6 +55,10 @@ def test_learning_curve_from_a_log(tmp_path):
                                  "3,0.6,0.2,320\n")
     images, recall = recall_curve(run)
     assert images.tolist() == [640, 1280, 1600] and recall.tolist() == [0.05, 0.125, 0.2]
+    (run / "log.csv").write_text("epoch,train_loss,val_recall@1_25m,images,validated\n1,0.8,0.05,640,1\n"
+                                 "2,0.7,,640,0\n3,0.6,0.2,320,1\n")  # epoch 2's validation skipped (budget)
+    images, recall = recall_curve(run)
+    assert images.tolist() == [640, 1600] and recall.tolist() == [0.05, 0.2]
     baseline = tmp_path / "cells"
     baseline.mkdir()
     (baseline / "log.csv").write_text("epoch,train_loss,val_acc,images\n1,2.0,0.3,640\n")

@@ -52,7 +52,7 @@ class ToyTask:
     maximize = True
 
     def __init__(self, cfg: Config, seed: int = 0, kill_at_call: int | None = None, val: bool = True,
-                 step_seconds: float = 0.0):
+                 step_seconds: float = 0.0, val_seconds: float = 0.0):
         torch.manual_seed(seed)
         self.cfg = cfg
         self.model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
@@ -60,7 +60,7 @@ class ToyTask:
         images, labels = toy_images(48)
         self.train_loader = train_loader(images, labels, cfg.data, cfg.augment, cfg.train.batch_size)
         self.val_images, self.val_labels = toy_images(16, seed=1) if val else (None, None)
-        self.kill_at_call, self.calls, self.step_seconds = kill_at_call, 0, step_seconds
+        self.kill_at_call, self.calls, self.step_seconds, self.val_seconds = kill_at_call, 0, step_seconds, val_seconds
 
     def loss(self, model, batch):
         import time
@@ -76,6 +76,9 @@ class ToyTask:
         return model(images).float()
 
     def validate(self, model):
+        import time
+
+        time.sleep(self.val_seconds)
         if self.val_images is None:
             return {}
         logits = infer(model, self.val_images, eval_transform(self.cfg.data), 8, "fp32")
@@ -106,7 +109,7 @@ def test_one_epoch_reduces_the_loss(tmp_path):
     assert summary["epochs"] == 1 and summary["metric"] == "val_acc"
     rows = read_log(tmp_path / "log.csv")
     assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "steps", "images",
-                             "train_seconds", "val_seconds", "images_per_s", "skipped_steps"]
+                             "train_seconds", "val_seconds", "validated", "images_per_s", "skipped_steps"]
     assert int(rows[0]["epoch"]) == 1 and int(rows[0]["images"]) == 48  # 6 full batches of 8
     assert summary["train_images"] == 48 and summary["train_images_per_s"] > 0
 
@@ -263,3 +266,18 @@ def test_a_time_budget_stops_training_and_resume_does_not_extend_it(tmp_path):
     assert summary["epochs"] == len(rows) == 1 and 3 <= int(rows[0]["steps"]) <= 4
     assert summary["train_seconds"] >= 0.6
     assert fit(ToyTask(cfg, step_seconds=0.2), cfg, tmp_path, resume=True)["epochs"] == 1  # nothing left
+
+
+def test_a_time_budget_is_wall_time_and_validation_takes_at_most_its_share(tmp_path):
+    # "at 100 steps per epoch validation took as long as training, so a 6-minute budget ran 12.5 minutes"
+    # Here: steps of 0.05 s, 2 per epoch, and a validation of 0.25 s (2.5x an epoch) in a 3 s budget.
+    cfg = toy_config(epochs=100, max_minutes=0.05, max_steps_per_epoch=2)
+    summary = fit(ToyTask(cfg, step_seconds=0.05, val_seconds=0.25), cfg, tmp_path)
+    rows = read_log(tmp_path / "log.csv")
+    train_s, val_s = summary["train_seconds"], summary["val_seconds"]
+    assert 2.5 <= train_s + val_s <= 3.0 + 0.5  # the budget, give or take one step and one validation
+    assert val_s <= 0.15 * 3.0 + 0.35  # its share, plus the last epoch's, which always validates
+    assert rows[0]["validated"] == "1" and rows[-1]["validated"] == "1"
+    assert 0 < summary["validations"] < len(rows) and summary["validations"] == sum(r["validated"] == "1" for r in rows)
+    assert all(r["val_acc"] == "" for r in rows if r["validated"] == "0")  # a skipped one leaves its figures empty
+    assert summary["best_epoch"] in [int(r["epoch"]) for r in rows if r["validated"] == "1"]
