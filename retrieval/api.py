@@ -20,6 +20,7 @@ from PIL import Image
 
 from retrieval import GeolocError
 from retrieval.config import Config, load_run_config
+from retrieval.embedding import street_source
 from retrieval.files import atomic_write_json, matching_record
 from retrieval.geo import haversine_m
 from retrieval.index import nearest_of, search
@@ -28,8 +29,10 @@ from retrieval.manifests import IMAGE_SUFFIXES, Manifest, load_rgb
 from retrieval.metrics import Predictions, error_metrics, errors_m, recall_at_n
 from retrieval.places import place_means, place_neighbours
 from retrieval.prior import CellPrior, check_complete, rerank
+from retrieval.route import Route, StreetWalks, order_photos, read_route_list, route_of
 from retrieval.run_index import EMBEDDINGS, INDEX_DIR, ensure_index, open_index, place_setting
 from retrieval.splits import load_data
+from retrieval.streets import load_graph
 from retrieval.transforms import decode_images, to_cached
 from retrieval.vote import VOTE_MODES, choose_mode, vote
 
@@ -244,6 +247,43 @@ class Locator:
             a.neighbours = [Neighbour(self.side.paths[j], float(self.side.lat[j]), float(self.side.lon[j]),
                                       float(s), float(d)) for j, s, d in zip(ids[row, ok], sims[row, ok], dist)]
         return answers
+
+    def locate_route(self, images, times=None, streets: str | Path | None = None) -> Route:
+        """Photos taken in order, located together along the streets (retrieval.route; settings: cfg.route).
+        images: paths, folders, PIL images or arrays, or one CSV listing them (path[,date][,order][,route]);
+        ordered by capture time (EXIF, a CSV's date, or `times`) when every photo has one, else by the CSV's
+        order column, else by file name. Each photo keeps its single-photo Answer beside its place on the
+        route; an unreadable photo is skipped and named in Route.notes, and the route goes on."""
+        if isinstance(images, (str, Path)) and str(images).lower().endswith(".csv"):
+            sources, times, order, groups = read_route_list(Path(images))
+        else:
+            sources, order, groups = _sources(images), None, None
+        photos = order_photos(sources, times, order, groups)
+        answers = self.locate([item for _, item in photos.sources])
+        for (name, _), a in zip(photos.sources, answers):
+            a.source = name  # in-memory images are named by their place in the caller's list, not ours
+        good = [(name, item) for (name, item), a in zip(photos.sources, answers) if not a.error]
+        # embedded a second time: locate() keeps its top-k and vote to itself; the route needs route.k
+        cached = [to_cached(_read(name, item), self.cfg.data.resize) for name, item in good]
+        sims, ids = self.neighbours(cached, self.cfg.route.k) if cached else (np.zeros((0, 1)), np.zeros((0, 1), int))
+        lat, lon = self.positions(ids)
+        walks = self.street_walks(streets) if self.cfg.route.distance == "geodesic" else None
+        return route_of(photos, answers, ids, sims, lat, lon, self.cfg.route, walks)
+
+    def street_walks(self, streets: str | Path | None = None) -> StreetWalks:
+        """The database snapped onto the street graph (streets, else the run's: retrieval.embedding.
+        street_source), loaded once per Locator and street graph."""
+        source = str(streets or street_source(self.cfg))
+        if not source:
+            raise GeolocError(f"{self.run_dir}: route.distance=geodesic needs a street graph and the run has none "
+                              "(no streets.graphml beside its data, no embedding.streets): pass --streets (an "
+                              ".osm/.osm.bz2/.graphml file) or decode with straight-line steps (--distance euclidean)")
+        key = (source, self.cfg.route.max_snap_m)
+        if getattr(self, "_walks_key", None) != key:  # not a dataclass field: a cache, built on first use
+            self._walks = StreetWalks(load_graph(source, self.cfg.embedding.network_type), self.side.lat,
+                                      self.side.lon, self.cfg.route.max_snap_m)
+            self._walks_key = key
+        return self._walks
 
 
 # --- evaluation of an embedding run ----------------------------------------------------------------

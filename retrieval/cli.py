@@ -120,6 +120,10 @@ def synth_render(
     headings: int = typer.Option(1, "--headings", help="Views per training position, evenly spaced from the "
                                  "street's direction give or take half a step (4: a Street-View-like panorama); 1: one random heading."),
     val: int = typer.Option(0, "--val", help="Validation views, drawn like the test views (val.csv)."),
+    routes: int = typer.Option(0, "--routes", help="Camera walks along the streets to render too (routes.csv, "
+                               "with date and route columns: for `geoloc query --route`)."),
+    route_len: int = typer.Option(10, "--route-len", help="Photos per walk."),
+    route_step: float = typer.Option(10.0, "--route-step", help="Metres walked between two photos of a walk."),
 ):
     """Render street-level views of an OSM extract (or the demo city) with train/[val/]test manifests."""
     from retrieval.synth.cameras import render_dataset
@@ -132,8 +136,9 @@ def synth_render(
     info = render_dataset(osm, out, n_train=train, n_test=test, size=size, seed=seed,
                           test_condition_shift=shift, workers=workers,
                           spacing_m=None if train is not None else spacing_m, fov=fov, headings=headings,
-                          n_val=val)
-    typer.echo(f"wrote {out}: {info['train']} train, {info['val']} val, {info['test']} test views"
+                          n_val=val, n_routes=routes, route_len=route_len, route_step=route_step)
+    walked = f", {info['routes']} routes of {route_len} (routes.csv)" if routes else ""
+    typer.echo(f"wrote {out}: {info['train']} train, {info['val']} val, {info['test']} test views{walked}"
                + (f" ({info['images_per_s']} img/s)" if info["images_per_s"] else " (all already rendered)"))
 
 
@@ -343,6 +348,15 @@ def query_cmd(
     run: Path = typer.Option(..., "--run", help="A trained embedding run with an index."),
     k: Optional[int] = typer.Option(None, "--k", help="Neighbours that vote (default: the run's index.k)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    route: bool = typer.Option(False, "--route", help="The photos were taken in order (a walk): locate them together "
+                               "along the streets. Ordered by EXIF capture time, else a CSV list's date/order "
+                               "column, else file name; writes --route-out (GeoJSON) and a PNG beside it."),
+    route_out: Path = typer.Option(Path("route.geojson"), "--route-out", help="With --route: the GeoJSON to write."),
+    streets: Optional[str] = typer.Option(None, "--streets", help="With --route: the street graph (default: the "
+                                          "run's, DATA/streets.graphml or embedding.streets)."),
+    distance: Optional[str] = typer.Option(None, "--distance", help="With --route: geodesic (walking, default) | "
+                                           "euclidean (straight-line steps: the ablation)."),
+    overrides: Optional[List[str]] = SetOption,
 ):
     """Where was this photo taken? Prints lat, lon, confidence and the neighbours that voted."""
     import json
@@ -351,6 +365,9 @@ def query_cmd(
 
     if k is not None and k < 1:
         raise GeolocError(f"--k {k}: at least 1 neighbour must vote")
+    if route or streets or distance or overrides:
+        _query_route(images, run, k, as_json, route, route_out, streets, distance, overrides)
+        return
     answers = Locator.load(run).locate(images, k)
     for a in answers:
         if a.warning:
@@ -367,6 +384,43 @@ def query_cmd(
         for a in bad:
             _say(f"error: {a.error}")
         raise typer.Exit(2)
+
+
+def _query_route(images, run: Path, k, as_json: bool, route: bool, out: Path, streets, distance, overrides) -> None:
+    """`geoloc query --route`: each photo's place on the route beside its single-photo answer."""
+    import json
+
+    from retrieval.api import Locator
+    from retrieval.config import load_config
+    from retrieval.route_map import write_route
+
+    if not route:
+        raise GeolocError("--streets, --distance and --set apply to --route only")
+    if not (run / "config.yaml").is_file():
+        raise GeolocError(f"{run}: not a run directory (no config.yaml)")
+    extra = ([f"route.distance={distance}"] if distance else []) + ([f"index.k={k}"] if k else [])
+    loc = Locator.load(run, load_config(run / "config.yaml", [*(overrides or []), *extra]))
+    r = loc.locate_route(images[0] if len(images) == 1 and images[0].suffix.lower() == ".csv" else images,
+                         streets=streets)
+    geojson, png = write_route(r, out, loc.side.lat, loc.side.lon)
+    if as_json:
+        typer.echo(json.dumps({**r.to_dict(), "geojson": str(geojson), "png": str(png)}, indent=2))
+    else:
+        typer.echo(_route_text(r) + f"\nwrote {geojson} and {png}")
+    for note in r.notes:
+        _say(f"note: {note}")
+    if any(pt.error for pt in r.points):  # as for single photos: the status says some were not located
+        raise typer.Exit(2)
+
+
+def _route_text(r) -> str:
+    lines = [f"route of {len(r.points)} photo(s), ordered by {r.order}, {r.distance} steps, {len(r.paths)} segment(s):"]
+    for i, pt in enumerate(r.points, start=1):
+        name, s = Path(pt.source).name, pt.single
+        lines.append(f"{i:3d}  {name}: skipped" if pt.error else
+                     f"{i:3d}  {name}  route {pt.lat:.6f}, {pt.lon:.6f} (confidence {pt.confidence:.2f}, segment "
+                     f"{pt.segment + 1})  single {s.lat:.6f}, {s.lon:.6f} ({s.confidence:.2f})  moved {pt.moved_m:.0f} m")
+    return "\n".join(lines)
 
 
 @app.command("serve")

@@ -17,6 +17,7 @@ from retrieval.files import atomic_write, atomic_write_json, atomic_write_text, 
 from retrieval.manifests import Manifest, write_manifest
 from retrieval.synth.osm import load_city
 from retrieval.synth.render import BUS, CAR, VAN, Camera, Look, Renderer, sample_look
+from retrieval.synth.routes import Walk, capture_times, sample_walks, write_routes_manifest
 from retrieval.synth.scene import CAMERA_HIGHWAYS, PAVED_AS_STREET, World, world_from_city
 
 CLEARANCE_M = 0.8  # a camera keeps this far from any wall
@@ -168,6 +169,30 @@ def sample_views(world: World, split: str, n: int | None, spacing_m: float | Non
     return views
 
 
+def route_views(world: World, walks: list[Walk], seed: int, condition: str = "day", size: int = 224,
+                fov: float = 90.0, eye: float = 2.5) -> list[View]:
+    """The views of camera walks (retrieval.synth.routes): one light per route, vehicles per photo."""
+    rng = np.random.default_rng([seed, 5])
+    views = []
+    for r, w in enumerate(walks):
+        light = sample_look(rng, condition)
+        for i, (x, y, heading, (line, hw, width, d)) in enumerate(zip(w.x, w.y, w.heading, w.streets)):
+            look = dataclasses.replace(light, vehicles=_vehicles(world, line, hw, width, d, x, y, rng))
+            cam = Camera(x=float(x), y=float(y), heading=float(heading),
+                         pitch=float(np.clip(rng.normal(0, 1.5), -4, 4)), roll=float(np.clip(rng.normal(0, 1.0), -3, 3)),
+                         eye=eye, fov=fov, width=size, height=size)
+            views.append(View(name=f"route_{r:05d}_{i:03d}", camera=cam, look=look))
+    return views
+
+
+def clear_of(world: World):
+    """Whether a camera may stand at x, y (as sample_views places them)."""
+    from scipy.spatial import cKDTree
+
+    trunks = cKDTree(world.trees[:, :2]) if len(world.trees) else None
+    return lambda x, y: _clear(world, trunks, x, y, CLEARANCE_M)
+
+
 # --- dataset writer ---------------------------------------------------------------------------------
 
 _WORKER: dict = {}
@@ -221,13 +246,15 @@ def _plan_digest(args: dict) -> str:
 def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | None = None, n_test: int = 100,
                    size: int = 224, seed: int = 0, test_condition_shift: bool = False, workers: int = 2,
                    spacing_m: float | None = None, fov: float = 90.0, eye: float = 2.5,
-                   write_graph: bool = True, headings: int = 1, n_val: int = 0) -> dict:
+                   write_graph: bool = True, headings: int = 1, n_val: int = 0, n_routes: int = 0,
+                   route_len: int = 10, route_step: float = 10.0) -> dict:
     """Render a street-view data set of an OSM extract into out_dir: images/*.jpg, train.csv,
     [val.csv,] test.csv (path,lat,lon,heading), dataset.json (source, attribution, settings),
-    ATTRIBUTION.txt and streets.graphml. n_train counts training positions, each rendered at
-    `headings` headings; validation views are drawn like the test views (same condition), so model
-    selection sees the queries the test asks. Same arguments, same bytes; a killed run picks up where
-    it stopped."""
+    ATTRIBUTION.txt and streets.graphml; with n_routes, routes.csv too (path,lat,lon,heading,date,route:
+    camera walks of route_len photos route_step metres apart, in the test views' condition;
+    retrieval.synth.routes). n_train counts training positions, each rendered at `headings` headings;
+    validation views are drawn like the test views (same condition), so model selection sees the
+    queries the test asks. Same arguments, same bytes; a killed run picks up where it stopped."""
     t0 = time.perf_counter()
     osm_path, out_dir = Path(osm_path), Path(out_dir)
     if n_train is None and spacing_m is None:
@@ -242,6 +269,8 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
             if osm_path.is_file() else None, "n_train": n_train, "n_test": n_test, "size": size, "seed": seed,
             "test_condition_shift": test_condition_shift, "spacing_m": spacing_m, "fov": fov, "eye": eye,
             "headings": headings, "n_val": n_val}
+    if n_routes:  # only then: a render without routes keeps the plan digest it had before routes existed
+        args.update(n_routes=n_routes, route_len=route_len, route_step=route_step)
     plan_path = out_dir / "plan.json"
     if plan_path.is_file():
         old = json.loads(plan_path.read_text(encoding="utf-8"))
@@ -255,8 +284,10 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
     train = sample_views(world, "train", n_train, spacing_m, seed, "day", size, fov, eye, headings)
     val = sample_views(world, "val", n_val, None, seed, held_out, size, fov, eye) if n_val else []
     test = sample_views(world, "test", n_test, None, seed, held_out, size, fov, eye) if n_test else []
+    walks = sample_walks(city, world.origin, n_routes, route_len, route_step, seed, clear_of(world)) if n_routes else []
+    routes = route_views(world, walks, seed, held_out, size, fov, eye)
     t1 = time.perf_counter()
-    rendered = render_views(world, train + val + test, out_dir / "images", workers)
+    rendered = render_views(world, train + val + test + routes, out_dir / "images", workers)
     t_render = time.perf_counter() - t1
     for split, views in (("train", train), ("val", val), ("test", test)):
         if not views:
@@ -267,6 +298,12 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
         write_manifest(out_dir / f"{split}.csv", Manifest(
             paths=[(out_dir / "images" / f"{v.name}.jpg").resolve() for v in views], lat=lat, lon=lon,
             heading=np.array([v.camera.heading for v in views])))
+    if routes:
+        lat, lon = city.projection.to_latlon(np.concatenate([w.x for w in walks]) + world.origin[0],
+                                             np.concatenate([w.y for w in walks]) + world.origin[1])
+        write_routes_manifest(out_dir / "routes.csv", [out_dir / "images" / f"{v.name}.jpg" for v in routes],
+                              lat, lon, [v.camera.heading for v in routes], capture_times(walks),
+                              np.repeat(np.arange(len(walks)), route_len))
     if write_graph:
         import osmnx as ox
 
@@ -275,16 +312,17 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
         "source": str(osm_path.resolve()), "attribution": city.attribution, "settings": args,
         "command": command_line(), "git": git_revision(),
         "crs": city.projection.crs.to_string(), "scene_origin_xy": list(world.origin),
-        "counts": {"train": len(train), "val": len(val), "test": len(test), "buildings": int(len(world.buildings)),
-                   "walls": int(len(world.walls)), "trees": int(len(world.trees))},
+        "counts": {"train": len(train), "val": len(val), "test": len(test), "routes": len(walks),
+                   "buildings": int(len(world.buildings)), "walls": int(len(world.walls)), "trees": int(len(world.trees))},
         "street_length_m": round(Streets(world).length, 1),
         "train_spacing_m": round(Streets(world).length / max(len(train) // headings, 1), 2),
         "test_condition": held_out,
-        "cameras": {v.name: {**asdict(v.camera), "vehicles": int(len(v.look.vehicles))} for v in train + val + test},
+        "cameras": {v.name: {**asdict(v.camera), "vehicles": int(len(v.look.vehicles))}
+                    for v in train + val + test + routes},
     }
     atomic_write_json(out_dir / "dataset.json", info)
     atomic_write_text(out_dir / "ATTRIBUTION.txt", f"Rendered from {osm_path.name}. {city.attribution}\n")
-    return {"out": str(out_dir), "train": len(train), "val": len(val), "test": len(test), "rendered": rendered,
-            "load_s": round(t_load, 2), "render_s": round(t_render, 2),
+    return {"out": str(out_dir), "train": len(train), "val": len(val), "test": len(test), "routes": len(walks),
+            "rendered": rendered, "load_s": round(t_load, 2), "render_s": round(t_render, 2),
             "images_per_s": round(rendered / t_render, 1) if rendered else None,
             "total_s": round(time.perf_counter() - t0, 2)}
