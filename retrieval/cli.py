@@ -446,6 +446,32 @@ def serve_cmd(
         server.server_close()
 
 
+@app.command("pretrain")
+def pretrain_cmd(
+    cities: List[Path] = typer.Argument(..., help="Two or more OSM extracts (.osm/.osm.bz2), one per city."),
+    out: Path = typer.Option(..., "--out", help="Run directory: the pretrained embedding, its views and model card."),
+    views: int = typer.Option(1000, "--views", help="Training positions rendered per city."),
+    headings: int = typer.Option(4, "--headings", help="Views per position (4: a Street-View-like panorama)."),
+    config: Optional[Path] = ConfigOption,
+    overrides: Optional[List[str]] = SetOption,
+):
+    """Train one embedding on rendered views of several cities: a model before a city's first photo.
+    Run it again with the same --out to resume after a kill."""
+    from retrieval.config import load_config
+    from retrieval.pretrain import PRETRAIN, pretrain
+    from retrieval.runs import lock_run_dir
+
+    if views < 10 or not 1 <= headings <= 36:
+        raise GeolocError(f"pretrain: --views {views} (at least 10) and --headings {headings} (1 to 36)")
+    cfg = load_config(out / "config.yaml" if (out / "last.pt").is_file() else config, overrides, base=PRETRAIN)
+    lock_run_dir(out, "pretrain")
+    card = pretrain(cfg, cities, out, views, headings)
+    t = card["training"]
+    typer.echo(f"pretrained on {len(card['cities'])} cities: {t['epochs']} epochs, {t['train_images']} images; "
+               f"model card {out / 'MODEL_CARD.md'}\nzero-shot on your photos: geoloc index build --run {out} "
+               f"--data PHOTOS && geoloc evaluate --run {out} --data PHOTOS")
+
+
 # --- the main job ----------------------------------------------------------------------------------
 
 @app.command("benchmark")

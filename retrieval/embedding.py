@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from pytorch_metric_learning import losses
 from torch.utils.data import DataLoader
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from baselines.grids import cell_classes_of
 from retrieval import GeolocError, distributed
+from retrieval.cities import CITIES_FILE, city_of_photos, read_cities
 from retrieval.config import Config
 from retrieval.floors import knn_floor
 from retrieval.index import nearest_of
@@ -35,7 +37,10 @@ from retrieval.vote import vote
 
 
 def street_source(cfg: Config) -> str:
-    """embedding.streets, else the street graph the renderer saved beside the data."""
+    """embedding.streets, else the street graph the renderer saved beside the data (one per city in a
+    data set of several: retrieval.cities)."""
+    if read_cities(cfg.data.train):
+        return f"each city's own ({CITIES_FILE})"
     if cfg.embedding.streets:
         return cfg.embedding.streets
     data = Path(cfg.data.train)
@@ -44,11 +49,26 @@ def street_source(cfg: Config) -> str:
     return str(graph) if graph.is_file() else ""
 
 
-def ground_distances(cfg: Config, train: Manifest):
-    """Sparse distances between training photos up to neg_radius_m, by embedding.positives."""
+def ground_distances(cfg: Config, train: Manifest) -> sp.csr_matrix:
+    """Sparse distances between training photos up to neg_radius_m, by embedding.positives; in a data set
+    of several cities (retrieval.cities), within each city on its own street graph, and none across."""
     e = cfg.embedding
-    return photo_distances(train.lat, train.lon, e.neg_radius_m, e.positives, street_source(cfg), e.max_snap_m,
-                           e.network_type, describe=train.describe)
+    cities = read_cities(cfg.data.train)
+    if not cities:
+        return photo_distances(train.lat, train.lon, e.neg_radius_m, e.positives, street_source(cfg),
+                               e.max_snap_m, e.network_type, describe=train.describe)
+    city = city_of_photos(train.paths, cities)
+    rows, cols, vals = [], [], []
+    for c, info in enumerate(cities):
+        idx = np.flatnonzero(city == c)
+        d = photo_distances(train.lat[idx], train.lon[idx], e.neg_radius_m, e.positives, info["streets"],
+                            e.max_snap_m, e.network_type, describe=lambda i, idx=idx: train.describe(idx[i])).tocoo()
+        rows.append(idx[d.row]), cols.append(idx[d.col]), vals.append(d.data)
+    # Built at once from coordinates: summing matrices would drop the stored zeros (photos of one spot).
+    out = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                        shape=(len(train), len(train)))
+    out.sort_indices()
+    return out
 
 
 HARD_NEIGHBOURS = 64  # look-alikes kept per photo for hard batches: enough to fill a group past blocked ones

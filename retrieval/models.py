@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.models import ResNet, ResNet18_Weights, ResNet34_Weights, ResNet50_Weights, resnet18, resnet34, resnet50
 
 from retrieval import GeolocError
-from retrieval.checkpoints import load_tensors
+from retrieval.checkpoints import load_tensors, trained_checkpoint
 
 # arch -> (constructor, ImageNet weights, trunk features)
 ARCHS = {
@@ -45,6 +45,17 @@ def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
         raise GeolocError(f"{path}: {what} is not a state dict (a mapping of names to tensors)")
     # DataParallel checkpoints (the CSAIL Places365 release among them) prefix every key.
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def run_state(run_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The weights under `prefix` (e.g. "trunk.") of a geoloc run's trained checkpoint, prefix removed; the
+    trunk's pooling (GeM's p) is the embedding's, not the ResNet's, and stays out."""
+    path = trained_checkpoint(run_dir)
+    state = _read_state_dict(path, "checkpoint")
+    out = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix) and ".avgpool." not in f".{k}"}
+    if not out:
+        raise GeolocError(f"{path}: no {prefix.rstrip('.')} weights: not a geoloc run's checkpoint")
+    return out
 
 
 def _load_trunk(model: ResNet, state: dict[str, torch.Tensor], source: str, arch: str = "resnet50") -> None:
@@ -78,7 +89,8 @@ def _imagenet_state(arch: str = "resnet50") -> dict[str, torch.Tensor]:
 def build_resnet(weights: str = "none", arch: str = "resnet50") -> ResNet:
     """torchvision ResNet trunk (fc = identity) with weights from `imagenet` (torchvision's ImageNet
     release for the arch), `places365:<file>` (CSAIL resnet50_places365.pth.tar, or the resnet18 one),
-    a local state-dict file, or `none` (random init)."""
+    a geoloc run folder (its trained trunk: e.g. a `geoloc pretrain` run), a local state-dict file, or
+    `none` (random init)."""
     features(arch)
     model = ARCHS[arch][0](weights=None)
     spec = (weights or "none").strip()
@@ -87,6 +99,8 @@ def build_resnet(weights: str = "none", arch: str = "resnet50") -> ResNet:
     elif spec.startswith("places365:"):
         path = Path(spec.split(":", 1)[1]).expanduser()
         _load_trunk(model, _read_state_dict(path, "Places365 checkpoint"), str(path), arch)
+    elif Path(spec).expanduser().is_dir():
+        _load_trunk(model, run_state(Path(spec).expanduser(), "trunk."), spec, arch)
     elif spec != "none":
         path = Path(spec).expanduser()
         if not path.is_file():
@@ -231,9 +245,21 @@ def coordinate_regressor(weights: str, lock_factor: float = 0.0, hidden: int = 2
 
 
 def embedding_net(weights: str, dim: int = 512, lock_factor: float = 0.0, arch: str = "resnet50") -> nn.Sequential:
-    """ResNet feature map -> GeM -> Linear(features, dim) -> L2 normalisation."""
+    """ResNet feature map -> GeM -> Linear(features, dim) -> L2 normalisation. From a geoloc embedding run
+    (model.weights a run folder) it starts as that run's whole network when the embedding sizes match."""
     trunk = build_resnet(weights, arch)
     trunk.avgpool = GeM()
     model = nn.Sequential(OrderedDict(trunk=trunk, head=nn.Linear(features(arch), dim), norm=L2Norm()))
+    if weights and Path(weights).expanduser().is_dir():
+        _start_from_embedding(model, Path(weights).expanduser())
     apply_lock_factor(model, lock_factor)
     return model
+
+
+def _start_from_embedding(model: nn.Sequential, run_dir: Path) -> None:
+    """Take a trained embedding's pooling and head too, where they fit (the trunk is already loaded)."""
+    state = _read_state_dict(trained_checkpoint(run_dir), "checkpoint")
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if (k.startswith("head.") or k == "trunk.avgpool.p")
+            and k in own and own[k].shape == v.shape}
+    model.load_state_dict(fits, strict=False)
