@@ -64,7 +64,7 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     arch: str = "resnet50"  # resnet18 | resnet34 | resnet50
-    weights: str = "imagenet"  # imagenet | places365:<file> | <state-dict file> | none
+    weights: str = "imagenet"  # imagenet | places365:<file> | <state-dict file> | <geoloc run folder> | none
     lock_factor: float = 0.0  # share of layers frozen (the study: 0.7 on pretrained weights)
     embed_dim: int = 512
     freeze_bn: bool = False  # keep BatchNorm statistics fixed (see retrieval.models.freeze_batchnorm)
