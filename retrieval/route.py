@@ -23,7 +23,6 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
@@ -38,9 +37,8 @@ from retrieval.manifests import parse_date
 from retrieval.photo_import import read_exif_date
 from retrieval.streets import Snap, StreetGraph, photo_graph, snap_photos
 
-if TYPE_CHECKING:
-    from retrieval.config import RouteConfig
-
+# `p` below is the config's route section (retrieval.config.RouteConfig), read by attribute: the config
+# imports this module's choices, so this module does not import the config.
 DISTANCES = ("geodesic", "euclidean")  # route.distance: walking distance along the streets, or straight line
 NAT = np.datetime64("NaT", "s")
 
@@ -90,7 +88,7 @@ def posteriors(emit: np.ndarray, follow: np.ndarray, break_cost: float) -> np.nd
     return np.nan_to_num(np.exp(gamma))
 
 
-def expected_steps(seconds: np.ndarray, p: "RouteConfig") -> tuple[np.ndarray, np.ndarray]:
+def expected_steps(seconds: np.ndarray, p) -> tuple[np.ndarray, np.ndarray]:
     """Each step's expected length and spread (T-1,), metres: pace x time gap where both photos have a
     capture time (seconds, NaN where unknown), else route.step_m; the spread grows with the step."""
     gap = np.diff(np.asarray(seconds, dtype=np.float64))
@@ -247,7 +245,7 @@ class Decoded:
 
 
 def decode(ids: np.ndarray, sims: np.ndarray, lat: np.ndarray, lon: np.ndarray, seconds: np.ndarray,
-           p: "RouteConfig", walks: StreetWalks | None = None, cuts: np.ndarray | None = None) -> Decoded:
+           p, walks: StreetWalks | None = None, cuts: np.ndarray | None = None) -> Decoded:
     """Decode one ordered series of photos from their candidates: ids (T, K) database ids (-1: none) with
     their similarities and positions, capture times in seconds (NaN: unknown). walks gives the walking
     distances (route.distance geodesic); cuts (T-1,) forces breaks (e.g. between two routes of a manifest)."""
@@ -425,7 +423,7 @@ class Route:
 
 
 def route_of(photos: RoutePhotos, answers: list, ids: np.ndarray, sims: np.ndarray, lat: np.ndarray,
-             lon: np.ndarray, p: "RouteConfig", walks: StreetWalks | None = None) -> Route:
+             lon: np.ndarray, p, walks: StreetWalks | None = None) -> Route:
     """The Route of ordered photos: answers (one retrieval.api.Answer each, in order) and the candidates of
     the readable ones (rows of ids, sims, lat, lon, in order). A photo alone in its segment keeps its
     single-photo answer (Decoded.alone)."""

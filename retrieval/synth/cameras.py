@@ -243,6 +243,25 @@ def _plan_digest(args: dict) -> str:
     return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _write_manifests(out_dir: Path, city, world: World, splits: dict[str, list], walks: list, routes: list) -> None:
+    """train/val/test.csv (path, lat, lon, heading) of the rendered views, and routes.csv of the walks."""
+    for split, views in splits.items():
+        if not views:
+            continue
+        xs = np.array([v.camera.x for v in views]) + world.origin[0]
+        ys = np.array([v.camera.y for v in views]) + world.origin[1]
+        lat, lon = city.projection.to_latlon(xs, ys)
+        write_manifest(out_dir / f"{split}.csv", Manifest(
+            paths=[(out_dir / "images" / f"{v.name}.jpg").resolve() for v in views], lat=lat, lon=lon,
+            heading=np.array([v.camera.heading for v in views])))
+    if routes:
+        lat, lon = city.projection.to_latlon(np.concatenate([w.x for w in walks]) + world.origin[0],
+                                             np.concatenate([w.y for w in walks]) + world.origin[1])
+        write_routes_manifest(out_dir / "routes.csv", [out_dir / "images" / f"{v.name}.jpg" for v in routes],
+                              lat, lon, [v.camera.heading for v in routes], capture_times(walks),
+                              np.repeat(np.arange(len(walks)), [len(w.x) for w in walks]))
+
+
 def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | None = None, n_test: int = 100,
                    size: int = 224, seed: int = 0, test_condition_shift: bool = False, workers: int = 2,
                    spacing_m: float | None = None, fov: float = 90.0, eye: float = 2.5,
@@ -289,21 +308,7 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
     t1 = time.perf_counter()
     rendered = render_views(world, train + val + test + routes, out_dir / "images", workers)
     t_render = time.perf_counter() - t1
-    for split, views in (("train", train), ("val", val), ("test", test)):
-        if not views:
-            continue
-        xs = np.array([v.camera.x for v in views]) + world.origin[0]
-        ys = np.array([v.camera.y for v in views]) + world.origin[1]
-        lat, lon = city.projection.to_latlon(xs, ys)
-        write_manifest(out_dir / f"{split}.csv", Manifest(
-            paths=[(out_dir / "images" / f"{v.name}.jpg").resolve() for v in views], lat=lat, lon=lon,
-            heading=np.array([v.camera.heading for v in views])))
-    if routes:
-        lat, lon = city.projection.to_latlon(np.concatenate([w.x for w in walks]) + world.origin[0],
-                                             np.concatenate([w.y for w in walks]) + world.origin[1])
-        write_routes_manifest(out_dir / "routes.csv", [out_dir / "images" / f"{v.name}.jpg" for v in routes],
-                              lat, lon, [v.camera.heading for v in routes], capture_times(walks),
-                              np.repeat(np.arange(len(walks)), route_len))
+    _write_manifests(out_dir, city, world, {"train": train, "val": val, "test": test}, walks, routes)
     if write_graph:
         import osmnx as ox
 
