@@ -116,7 +116,7 @@ def pretrain(cfg: Config, osm_files: list[Path], out: Path, views: int = 1000, h
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cities = render_cities(cfg, osm_files, out, views, headings)
-    cfg.data.train, cfg.data.test = str(combine(cities, out / "data")), ""
+    cfg.data.train, cfg.data.test = str(combine(cities, out / "data").resolve()), ""  # the run answers from anywhere
     cfg.data.val_fraction = 0.0  # each city rendered its own validation views
     resume = (out / "last.pt").is_file()
     prepare_run_dir(out, cfg)
