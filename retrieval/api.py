@@ -194,7 +194,10 @@ class Locator:
     def neighbours(self, images: list, n: int, use_prior: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(queries, n) similarities and database ids of cached images' nearest photos, best first (id -1
         where the index found fewer), reranked by the cells prior when the run has one."""
-        q = embed(self.model, images, self.cfg, "embed queries")
+        return self.ranked(embed(self.model, images, self.cfg, "embed queries"), images, n, use_prior)
+
+    def ranked(self, q: np.ndarray, images: list, n: int, use_prior: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """neighbours() for descriptors q already embedded from images (the prior reads the images)."""
         if self.prior is None or not use_prior:
             return search(self.index, q, n)
         sims, ids = search(self.index, q, max(n, self.cfg.index.cell_prior_candidates))
@@ -223,6 +226,15 @@ class Locator:
 
     def _locate_chunk(self, sources: list[tuple[str, object]], k: int) -> list[Answer]:
         t0 = time.perf_counter()
+        answers, cached, good = self._read_all(sources)
+        if good:
+            sims, ids = self.neighbours(cached, k)
+            self._answer(answers, good, sims, ids, 1000 * (time.perf_counter() - t0) / len(good))
+        return answers
+
+    def _read_all(self, sources: list[tuple[str, object]]) -> tuple[list[Answer], list, list[int]]:
+        """An Answer per source (its error, or its warning), the readable ones decoded for the model, and
+        which answers those are."""
         answers, cached, good = [], [], []
         for source, item in sources:
             try:
@@ -233,12 +245,12 @@ class Locator:
                 continue
             cached.append(to_cached(image, self.cfg.data.resize))
             good.append(len(answers) - 1)
-        if not good:
-            return answers
-        sims, ids = self.neighbours(cached, k)
+        return answers, cached, good
+
+    def _answer(self, answers: list[Answer], good: list[int], sims: np.ndarray, ids: np.ndarray, ms: float) -> None:
+        """Fill the readable photos' answers from their neighbours (rows of sims/ids, best first)."""
         lat, lon = self.positions(ids)
         v = vote(lat, lon, np.where(ids < 0, np.nan, sims), self.mode, self.cfg.index.vote_radius_m)
-        ms = 1000 * (time.perf_counter() - t0) / len(good)
         for row, i in enumerate(good):
             a, ok = answers[i], ids[row] >= 0
             dist = haversine_m(v.lat[row], v.lon[row], lat[row, ok], lon[row, ok])
@@ -246,7 +258,6 @@ class Locator:
                 float(v.confidence[row]), self.mode, ms
             a.neighbours = [Neighbour(self.side.paths[j], float(self.side.lat[j]), float(self.side.lon[j]),
                                       float(s), float(d)) for j, s, d in zip(ids[row, ok], sims[row, ok], dist)]
-        return answers
 
     def locate_route(self, images, times=None, streets: str | Path | None = None) -> Route:
         """Photos taken in order, located together along the streets (retrieval.route; settings: cfg.route).
@@ -259,13 +270,15 @@ class Locator:
         else:
             sources, order, groups = _sources(images), None, None
         photos = order_photos(sources, times, order, groups)
-        answers = self.locate([item for _, item in photos.sources])
-        for (name, _), a in zip(photos.sources, answers):
-            a.source = name  # in-memory images are named by their place in the caller's list, not ours
-        good = [(name, item) for (name, item), a in zip(photos.sources, answers) if not a.error]
-        # embedded a second time: locate() keeps its top-k and vote to itself; the route needs route.k
-        cached = [to_cached(_read(name, item), self.cfg.data.resize) for name, item in good]
-        sims, ids = self.neighbours(cached, self.cfg.route.k) if cached else (np.zeros((0, 1)), np.zeros((0, 1), int))
+        t0 = time.perf_counter()
+        answers, cached, good = self._read_all(photos.sources)
+        # One search serves both: each photo's own answer votes among its first index.k, the route decodes
+        # over route.k candidates.
+        k, n = self.cfg.index.k, max(self.cfg.index.k, self.cfg.route.k)
+        sims, ids = self.neighbours(cached, n) if cached else (np.zeros((0, n)), np.zeros((0, n), int))
+        if good:
+            self._answer(answers, good, sims[:, :k], ids[:, :k], 1000 * (time.perf_counter() - t0) / len(good))
+        sims, ids = sims[:, :self.cfg.route.k], ids[:, :self.cfg.route.k]
         lat, lon = self.positions(ids)
         walks = self.street_walks(streets) if self.cfg.route.distance == "geodesic" else None
         return route_of(photos, answers, ids, sims, lat, lon, self.cfg.route, walks)
@@ -313,8 +326,10 @@ def predict_test(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
     images = decode_images(test, cfg.data.resize, "decode test")
     n, i = max(cfg.index.k, 10), cfg.index
 
+    q = embed(loc.model, images, cfg, "embed test")
+
     def scored(use_prior: bool):
-        sims, ids = loc.neighbours(images, n, use_prior)
+        sims, ids = loc.ranked(q, images, n, use_prior)
         nb_lat, nb_lon = loc.positions(ids)
         return sims, ids, score_neighbours(np.where(ids < 0, np.nan, sims), nb_lat, nb_lon, test.lat, test.lon,
                                            i.k, i.vote_radius_m, loc.mode)

@@ -31,6 +31,7 @@ from retrieval.prior import PRIOR_DIR, PRIOR_FILE
 from retrieval.report import (error_cdf_png, floor_rows, learning_png, map_png, neighbourhoods_html, report_md,
                               terminal_table, versus_floors)
 from retrieval.runs import config_changes
+from retrieval.streets import lonlat_lines
 from retrieval.synth.cameras import render_dataset
 from retrieval.synth.city import write_demo_city
 
@@ -144,18 +145,8 @@ def evaluate_method(run: Path, data: Path) -> dict:
 
 def street_lines(data: Path) -> list[np.ndarray]:
     """Street centre lines in lon/lat from the graph the renderer saved beside the views."""
-    import osmnx as ox
-
     path = data / "streets.graphml"
-    if not path.is_file():
-        return []
-    G = ox.load_graphml(path)
-    edges = ox.graph_to_gdfs(G, nodes=False, fill_edge_geometry=True)
-    if "highway" in edges:  # an OSM XML graph also holds the ways of buildings and parks
-        edges = edges[edges["highway"].notna()]
-    if edges.crs is not None and not edges.crs.is_geographic:
-        edges = edges.to_crs("EPSG:4326")
-    return [np.asarray(g.coords) for g in edges.geometry]
+    return lonlat_lines(path) if path.is_file() else []
 
 
 def _predictions(run: Path) -> dict[str, np.ndarray]:

@@ -37,10 +37,8 @@ from retrieval.vote import vote
 
 
 def street_source(cfg: Config) -> str:
-    """embedding.streets, else the street graph the renderer saved beside the data (one per city in a
-    data set of several: retrieval.cities)."""
-    if read_cities(cfg.data.train):
-        return f"each city's own ({CITIES_FILE})"
+    """embedding.streets, else the street graph the renderer saved beside the data ("" if neither; a data
+    set of several cities has one per city instead: retrieval.cities)."""
     if cfg.embedding.streets:
         return cfg.embedding.streets
     data = Path(cfg.data.train)
@@ -167,7 +165,8 @@ class EmbeddingTask:
 
     def info(self) -> dict:
         e = self.cfg.embedding
-        return {"positives": e.positives, "streets": street_source(self.cfg), "loss": e.loss, "miner": e.miner,
+        streets = f"each city's own ({CITIES_FILE})" if read_cities(self.cfg.data.train) else street_source(self.cfg)
+        return {"positives": e.positives, "streets": streets, "loss": e.loss, "miner": e.miner,
                 "supervision": self.supervision, "arch": self.cfg.model.arch,
                 "cell_loss_weight": e.cell_loss_weight, "cell_heading_bins": e.cell_heading_bins,
                 "hard_places": e.hard_places,

@@ -362,3 +362,16 @@ def spliced_networkx_graph(g: StreetGraph, snap: "Snap") -> nx.Graph:
             if a != b and (not H.has_edge(a, b) or H[a][b]["w"] > o2 - o1):
                 H.add_edge(a, b, w=o2 - o1)
     return H
+
+
+def lonlat_lines(path: str | Path) -> list[np.ndarray]:
+    """Each street edge of a .graphml/.osm file as an (N, 2) array of lon, lat (ways that are not highways,
+    such as the buildings an OSM graph also holds, are left out): what maps draw."""
+    g = load_graph(path)
+    keep = [i for i, (u, v, k) in enumerate(g.edge_key) if g.graph.edges[u, v, k].get("highway") is not None]
+    coords = [shapely.get_coordinates(g.geometry[i]) for i in keep]
+    if not coords:
+        return []
+    lat, lon = g.projection.to_latlon(*np.concatenate(coords).T)
+    ends = np.cumsum([len(c) for c in coords])[:-1]
+    return [np.column_stack([a, b]) for a, b in zip(np.split(lon, ends), np.split(lat, ends))]

@@ -7,11 +7,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import shapely
 
 from retrieval import GeolocError
 from retrieval.config import Config
-from retrieval.streets import GRAPH_SUFFIXES, load_graph
+from retrieval.streets import GRAPH_SUFFIXES, lonlat_lines
 
 MAX_DOTS = 5000  # database positions drawn when there is no street graph: enough to show the city's shape
 
@@ -27,26 +26,13 @@ def street_source(cfg: Config) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def street_lines(path: Path) -> list[list[list[float]]]:
-    """Each street edge of a .graphml/.osm file as [[lon, lat], ...] (ways that are not highways, such as
-    the buildings an OSM graph also holds, are left out)."""
-    g = load_graph(path)
-    keep = [i for i, (u, v, k) in enumerate(g.edge_key) if g.graph.edges[u, v, k].get("highway") is not None]
-    coords = [shapely.get_coordinates(g.geometry[i]) for i in keep]
-    if not coords:
-        return []
-    lat, lon = g.projection.to_latlon(*np.concatenate(coords).T)
-    ends = np.cumsum([len(c) for c in coords])[:-1]
-    return [np.round(np.column_stack([a, b]), 6).tolist() for a, b in zip(np.split(lon, ends), np.split(lat, ends))]
-
-
 def city_geojson(cfg: Config, lat: np.ndarray, lon: np.ndarray) -> dict:
     """A FeatureCollection of the streets (LineStrings) or, without a readable street graph, the database
     photos at lat/lon (one MultiPoint); `source` says which was drawn."""
     path = street_source(cfg)
     if path is not None:
         try:
-            lines = street_lines(path)
+            lines = [np.round(line, 6).tolist() for line in lonlat_lines(path)]
         except GeolocError as exc:
             warnings.warn(f"{exc}; the map shows the database photos instead", stacklevel=2)
             lines = []
