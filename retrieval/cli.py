@@ -124,10 +124,15 @@ def synth_render(
                                "with date and route columns: for `geoloc query --route`)."),
     route_len: int = typer.Option(10, "--route-len", help="Photos per walk."),
     route_step: float = typer.Option(10.0, "--route-step", help="Metres walked between two photos of a walk."),
+    randomize: str = typer.Option("", "--randomize", help="Domain randomisation knobs, comma-separated: "
+                                  "sky, facades, occluders, camera, optics, or all (retrieval/synth/randomize.py)."),
 ):
     """Render street-level views of an OSM extract (or the demo city) with train/[val/]test manifests."""
     from retrieval.synth.cameras import render_dataset
     from retrieval.synth.city import write_demo_city
+    from retrieval.synth.randomize import parse_knobs
+
+    knobs = parse_knobs(randomize)
 
     if osm is None:
         osm = out / "city.osm"
@@ -136,7 +141,7 @@ def synth_render(
     info = render_dataset(osm, out, n_train=train, n_test=test, size=size, seed=seed,
                           test_condition_shift=shift, workers=workers,
                           spacing_m=None if train is not None else spacing_m, fov=fov, headings=headings,
-                          n_val=val, n_routes=routes, route_len=route_len, route_step=route_step)
+                          n_val=val, n_routes=routes, route_len=route_len, route_step=route_step, knobs=knobs)
     walked = f", {info['routes']} routes of {route_len} (routes.csv)" if routes else ""
     typer.echo(f"wrote {out}: {info['train']} train, {info['val']} val, {info['test']} test views{walked}"
                + (f" ({info['images_per_s']} img/s)" if info["images_per_s"] else " (all already rendered)"))
@@ -144,7 +149,7 @@ def synth_render(
 
 @synth_app.command("sheet")
 def synth_sheet(
-    data: Path = typer.Argument(..., help="A rendered data folder."),
+    data: Path = typer.Argument(..., help="A rendered data folder, or a manifest CSV (e.g. real photos)."),
     out: Path = typer.Option(..., "--out", help="PNG to write."),
     n: int = typer.Option(24, "--n", help="Number of views."),
     cols: int = typer.Option(6, "--cols"),
@@ -152,7 +157,7 @@ def synth_sheet(
     order: str = typer.Option("spread", "--order", help="spread | neighbours (pairs of nearby cameras)"),
     thumb: int = typer.Option(160, "--thumb", help="Side of each view on the sheet, pixels."),
 ):
-    """A contact sheet of rendered views, each labelled with its coordinates and heading."""
+    """A contact sheet of rendered views (or a manifest's photos), each labelled with its coordinates and heading."""
     from retrieval.synth.sheet import contact_sheet
 
     for name, value, least in (("--n", n, 1), ("--cols", cols, 1), ("--thumb", thumb, 16)):
@@ -452,6 +457,8 @@ def pretrain_cmd(
     out: Path = typer.Option(..., "--out", help="Run directory: the pretrained embedding, its views and model card."),
     views: int = typer.Option(1000, "--views", help="Training positions rendered per city."),
     headings: int = typer.Option(4, "--headings", help="Views per position (4: a Street-View-like panorama)."),
+    randomize: str = typer.Option("", "--randomize", help="Domain randomisation of the renders: sky, facades, "
+                                  "occluders, camera, optics (comma-separated), or all."),
     config: Optional[Path] = ConfigOption,
     overrides: Optional[List[str]] = SetOption,
 ):
@@ -460,12 +467,15 @@ def pretrain_cmd(
     from retrieval.config import load_config
     from retrieval.pretrain import PRETRAIN, pretrain
     from retrieval.runs import lock_run_dir
+    from retrieval.synth.randomize import parse_knobs
+
+    knobs = parse_knobs(randomize)
 
     if views < 10 or not 1 <= headings <= 36:
         raise GeolocError(f"pretrain: --views {views} (at least 10) and --headings {headings} (1 to 36)")
     cfg = load_config(out / "config.yaml" if (out / "last.pt").is_file() else config, overrides, base=PRETRAIN)
     lock_run_dir(out, "pretrain")
-    card = pretrain(cfg, cities, out, views, headings)
+    card = pretrain(cfg, cities, out, views, headings, knobs)
     t = card["training"]
     typer.echo(f"pretrained on {len(card['cities'])} cities: {t['epochs']} epochs, {t['train_images']} images; "
                f"model card {out / 'MODEL_CARD.md'}\nzero-shot on your photos: geoloc index build --run {out} "

@@ -44,8 +44,10 @@ def city_name(osm: Path) -> str:
     return re.sub(r"\.(osm|xml)(\.bz2|\.gz)?$", "", osm.name) or osm.stem
 
 
-def render_cities(cfg: Config, osm_files: list[Path], out: Path, views: int, headings: int) -> list[dict]:
-    """Render each city (views training positions x headings, plus validation views) into OUT/cities."""
+def render_cities(cfg: Config, osm_files: list[Path], out: Path, views: int, headings: int,
+                  knobs: tuple[str, ...] = ()) -> list[dict]:
+    """Render each city (views training positions x headings, plus validation views) into OUT/cities,
+    with the domain randomisation knobs (retrieval.synth.randomize) on every view."""
     names = [city_name(p) for p in osm_files]
     if len(set(names)) != len(names):
         raise GeolocError(f"pretrain: two extracts share a name ({', '.join(names)}): rename one")
@@ -57,7 +59,7 @@ def render_cities(cfg: Config, osm_files: list[Path], out: Path, views: int, hea
         if not (folder / "train.csv").is_file():
             tqdm.write(f"== rendering {name}")
             render_dataset(osm, folder, n_train=views, n_test=0, n_val=max(20, views // 10),
-                           size=cfg.data.resize, seed=cfg.seed, headings=headings)
+                           size=cfg.data.resize, seed=cfg.seed, headings=headings, knobs=knobs)
         cities.append({"name": name, "folder": str(folder.resolve()), "streets": str((folder / "streets.graphml").resolve()),
                        "osm": str(osm)})
     return cities
@@ -106,7 +108,8 @@ def card_markdown(card: dict) -> str:
             f"of the same cities).\n\nUse: {card['use']}.\n\n{card['attribution']}. Command: `{card['command']}`\n")
 
 
-def pretrain(cfg: Config, osm_files: list[Path], out: Path, views: int = 1000, headings: int = 4) -> dict:
+def pretrain(cfg: Config, osm_files: list[Path], out: Path, views: int = 1000, headings: int = 4,
+             knobs: tuple[str, ...] = ()) -> dict:
     """Render the cities, train the embedding across them (resuming a killed run) and write the model card."""
     if cfg.embedding.cell_loss_weight > 0 or cfg.embedding.cell_prior_share > 0:
         raise GeolocError("pretrain: embedding.cell_loss_weight and cell_prior_share take one city's cells grid; "
@@ -115,13 +118,14 @@ def pretrain(cfg: Config, osm_files: list[Path], out: Path, views: int = 1000, h
         raise GeolocError("pretrain: give at least two OSM extracts (one city is `geoloc benchmark`'s job)")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    cities = render_cities(cfg, osm_files, out, views, headings)
+    cities = render_cities(cfg, osm_files, out, views, headings, knobs)
     cfg.data.train, cfg.data.test = str(combine(cities, out / "data").resolve()), ""  # the run answers from anywhere
     cfg.data.val_fraction = 0.0  # each city rendered its own validation views
     resume = (out / "last.pt").is_file()
     prepare_run_dir(out, cfg)
     summary = train_embedding(cfg, out, resume)
-    render = {"views_per_city": views, "headings": headings, "size": cfg.data.resize, "seed": cfg.seed}
+    render = {"views_per_city": views, "headings": headings, "size": cfg.data.resize, "seed": cfg.seed,
+              "randomize": list(knobs)}
     card = model_card(cfg, out, cities, summary, render)
     tqdm.write(f"pretrained on {len(cities)} cities in {time.perf_counter() - t0:.0f} s: {out / CARD_MD}")
     return card

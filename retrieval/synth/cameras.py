@@ -16,7 +16,8 @@ from retrieval import GeolocError
 from retrieval.files import atomic_write, atomic_write_json, atomic_write_text, command_line, git_revision
 from retrieval.manifests import Manifest, write_manifest
 from retrieval.synth.osm import load_city
-from retrieval.synth.render import BUS, CAR, VAN, Camera, Look, Renderer, sample_look
+from retrieval.synth.randomize import knob_rng, randomize_camera, randomize_look
+from retrieval.synth.render import BUS, CAR, MAX_VEHICLES, VAN, Camera, Look, Renderer, sample_look
 from retrieval.synth.routes import Walk, capture_times, sample_walks, write_routes_manifest
 from retrieval.synth.scene import CAMERA_HIGHWAYS, PAVED_AS_STREET, World, world_from_city
 
@@ -75,9 +76,9 @@ def _clear(world: World, trunks, x: float, y: float, radius: float) -> bool:
 
 
 def _vehicles(world: World, line, hw: str, width: float, d_cam: float, cx: float, cy: float,
-              rng: np.random.Generator) -> np.ndarray:
+              rng: np.random.Generator, min_width: float = 5.0) -> np.ndarray:
     """Cars, vans and the odd bus parked or driving on the camera's own street."""
-    if hw in PAVED_AS_STREET or width < 5.0:
+    if hw in PAVED_AS_STREET or width < min_width:
         return np.zeros((0, 11))
     from shapely.geometry import Polygon
 
@@ -108,15 +109,28 @@ def _vehicles(world: World, line, hw: str, width: float, d_cam: float, cx: float
     return np.array(rows, dtype=np.float64).reshape(-1, 11)
 
 
+def _occluders(world: World, look: Look, line, hw: str, width: float, d: float, cx: float, cy: float,
+               krng: np.random.Generator, knobs: tuple[str, ...]) -> Look:
+    """The occluders knob: up to as many vehicles again, on streets down to 3.5 m wide."""
+    if "occluders" not in knobs:
+        return look
+    more = _vehicles(world, line, hw, width, d, cx, cy, krng, min_width=3.5)
+    more = more[: int(krng.integers(0, len(more) + 1))]
+    return dataclasses.replace(look, vehicles=np.concatenate([look.vehicles, more])[:MAX_VEHICLES])
+
+
 def sample_views(world: World, split: str, n: int | None, spacing_m: float | None, seed: int,
                  condition: str = "day", size: int = 224, fov: float = 90.0, eye: float = 2.5,
-                 headings: int = 1) -> list[View]:
+                 headings: int = 1, knobs: tuple[str, ...] = ()) -> list[View]:
     """Training cameras ('train'): positions about one per spacing_m metres along all streets (or n in
     total); other splits: n independent uniform positions. Lateral offset inside the carriageway; never
     inside or against a building. With headings == 1 each position faces a random way; with more, a
     position is a Street-View-like panorama: `headings` views at one moment (same light and vehicles),
-    evenly spaced, the first along the street give or take half a step."""
+    evenly spaced, the first along the street give or take half a step. knobs: domain randomisation
+    (retrieval.synth.randomize), drawn from a stream of their own."""
     from scipy.spatial import cKDTree
+
+    krng = knob_rng(seed, split)
 
     streets = Streets(world)
     trunks = cKDTree(world.trees[:, :2]) if len(world.trees) else None
@@ -161,27 +175,29 @@ def sample_views(world: World, split: str, n: int | None, spacing_m: float | Non
             yaws = [float((first + k * step) % 360) for k in range(headings)]
         look = sample_look(rng, condition)
         look.vehicles = _vehicles(world, line, hw, width, d, cx, cy, rng)
+        look = _occluders(world, randomize_look(look, krng, knobs), line, hw, width, d, cx, cy, krng, knobs)
         for yaw in yaws:
             cam = Camera(x=cx, y=cy, heading=yaw, pitch=float(np.clip(rng.normal(0, 1.5), -4, 4)),
                          roll=float(np.clip(rng.normal(0, 1.0), -3, 3)), eye=eye, fov=fov, width=size, height=size)
-            views.append(View(name=f"{split}_{len(views):05d}", camera=cam, look=look))
+            views.append(View(name=f"{split}_{len(views):05d}", camera=randomize_camera(cam, krng, knobs), look=look))
         placed += 1
     return views
 
 
 def route_views(world: World, walks: list[Walk], seed: int, condition: str = "day", size: int = 224,
-                fov: float = 90.0, eye: float = 2.5) -> list[View]:
+                fov: float = 90.0, eye: float = 2.5, knobs: tuple[str, ...] = ()) -> list[View]:
     """The views of camera walks (retrieval.synth.routes): one light per route, vehicles per photo."""
-    rng = np.random.default_rng([seed, 5])
+    rng, krng = np.random.default_rng([seed, 5]), knob_rng(seed, "routes")
     views = []
     for r, w in enumerate(walks):
-        light = sample_look(rng, condition)
+        light = randomize_look(sample_look(rng, condition), krng, knobs)
         for i, (x, y, heading, (line, hw, width, d)) in enumerate(zip(w.x, w.y, w.heading, w.streets)):
             look = dataclasses.replace(light, vehicles=_vehicles(world, line, hw, width, d, x, y, rng))
+            look = _occluders(world, look, line, hw, width, d, x, y, krng, knobs)
             cam = Camera(x=float(x), y=float(y), heading=float(heading),
                          pitch=float(np.clip(rng.normal(0, 1.5), -4, 4)), roll=float(np.clip(rng.normal(0, 1.0), -3, 3)),
                          eye=eye, fov=fov, width=size, height=size)
-            views.append(View(name=f"route_{r:05d}_{i:03d}", camera=cam, look=look))
+            views.append(View(name=f"route_{r:05d}_{i:03d}", camera=randomize_camera(cam, krng, knobs), look=look))
     return views
 
 
@@ -266,12 +282,12 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
                    size: int = 224, seed: int = 0, test_condition_shift: bool = False, workers: int = 2,
                    spacing_m: float | None = None, fov: float = 90.0, eye: float = 2.5,
                    write_graph: bool = True, headings: int = 1, n_val: int = 0, n_routes: int = 0,
-                   route_len: int = 10, route_step: float = 10.0) -> dict:
+                   route_len: int = 10, route_step: float = 10.0, knobs: tuple[str, ...] = ()) -> dict:
     """Render a street-view data set of an OSM extract into out_dir: images/*.jpg, train.csv,
     [val.csv,] test.csv (path,lat,lon,heading), dataset.json (source, attribution, settings),
     ATTRIBUTION.txt and streets.graphml; with n_routes, routes.csv too (path,lat,lon,heading,date,route:
     camera walks of route_len photos route_step metres apart, in the test views' condition;
-    retrieval.synth.routes). n_train counts training positions, each rendered at `headings` headings;
+    retrieval.synth.routes). knobs: domain randomisation of every view (retrieval.synth.randomize). n_train counts training positions, each rendered at `headings` headings;
     validation views are drawn like the test views (same condition), so model selection sees the
     queries the test asks. Same arguments, same bytes; a killed run picks up where it stopped."""
     t0 = time.perf_counter()
@@ -290,6 +306,8 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
             "headings": headings, "n_val": n_val}
     if n_routes:  # only then: a render without routes keeps the plan digest it had before routes existed
         args.update(n_routes=n_routes, route_len=route_len, route_step=route_step)
+    if knobs:  # the same for knobs
+        args.update(randomize=list(knobs))
     plan_path = out_dir / "plan.json"
     if plan_path.is_file():
         old = json.loads(plan_path.read_text(encoding="utf-8"))
@@ -300,11 +318,11 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
     atomic_write_json(plan_path, {"digest": _plan_digest(args), "args": args})
     t_load = time.perf_counter() - t0
     held_out = "dusk" if test_condition_shift else "day"
-    train = sample_views(world, "train", n_train, spacing_m, seed, "day", size, fov, eye, headings)
-    val = sample_views(world, "val", n_val, None, seed, held_out, size, fov, eye) if n_val else []
-    test = sample_views(world, "test", n_test, None, seed, held_out, size, fov, eye) if n_test else []
+    train = sample_views(world, "train", n_train, spacing_m, seed, "day", size, fov, eye, headings, knobs)
+    val = sample_views(world, "val", n_val, None, seed, held_out, size, fov, eye, knobs=knobs) if n_val else []
+    test = sample_views(world, "test", n_test, None, seed, held_out, size, fov, eye, knobs=knobs) if n_test else []
     walks = sample_walks(city, world.origin, n_routes, route_len, route_step, seed, clear_of(world)) if n_routes else []
-    routes = route_views(world, walks, seed, held_out, size, fov, eye)
+    routes = route_views(world, walks, seed, held_out, size, fov, eye, knobs)
     t1 = time.perf_counter()
     rendered = render_views(world, train + val + test + routes, out_dir / "images", workers)
     t_render = time.perf_counter() - t1

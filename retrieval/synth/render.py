@@ -28,8 +28,8 @@ MAX_VEHICLES = 12
 # Look parameters (one float64 vector per image).
 (L_SUN_AZ, L_SUN_EL, L_SUN_R, L_SUN_G, L_SUN_B, L_AMB_R, L_AMB_G, L_AMB_B, L_ZEN_R, L_ZEN_G, L_ZEN_B,
  L_HOR_R, L_HOR_G, L_HOR_B, L_HAZE_D, L_CLOUDS, L_LIT, L_EXPOSURE, L_WB_R, L_WB_B, L_NOISE, L_SEED,
- L_MAXDIST, L_VIGNETTE) = range(24)
-N_LOOK = 24
+ L_MAXDIST, L_VIGNETTE, L_FACADE) = range(25)
+N_LOOK = 25  # L_FACADE: how far each building's colour shifts in this image (0: not at all; synth.randomize)
 # Vehicle columns.
 V_X, V_Y, V_AX, V_AY, V_HL, V_HW, V_H, V_R, V_G, V_B, V_KIND = range(11)
 CAR, VAN, BUS = range(3)
@@ -58,6 +58,7 @@ class Look:
     params: np.ndarray
     vehicles: np.ndarray = field(default_factory=lambda: np.zeros((0, 11)))
     jpeg_quality: int = 90
+    blur: float = 0.0  # Gaussian sigma in pixels at 224 px wide (scaled with the width)
 
 
 CONDITIONS = ("day", "dusk")
@@ -635,7 +636,15 @@ def _shade_wall(bld, b, u, z, fp, look, sky):
     height = bld[b, B_HEIGHT]
     bseed = np.int64(bld[b, B_SEED])
     br, bg, bb = bld[b, B_R], bld[b, B_G], bld[b, B_B]
-    weather = 0.88 + 0.16 * _noise(u * 0.35, z * 0.35, bseed) - 0.08 * max(0.0, 1.0 - z / 3.0)
+    contrast = 0.16
+    shift = look[L_FACADE]
+    if shift > 0:  # the same building in another colour and state of wear in each image
+        iseed = np.int64(look[L_SEED])
+        br *= 1.0 + shift * (2.0 * _hash(bseed, 1, iseed) - 1.0)
+        bg *= 1.0 + shift * (2.0 * _hash(bseed, 2, iseed) - 1.0)
+        bb *= 1.0 + shift * (2.0 * _hash(bseed, 3, iseed) - 1.0)
+        contrast *= 0.5 + 2.0 * _hash(bseed, 4, iseed)
+    weather = 0.88 + contrast * _noise(u * 0.35, z * 0.35, bseed) - 0.08 * max(0.0, 1.0 - z / 3.0)
     br, bg, bb = br * weather, bg * weather, bb * weather
     ground = bld[b, B_GROUND]
     if bld[b, B_SHOP] > 0 and z < ground and height > ground + 1.0:
@@ -1055,6 +1064,12 @@ class Renderer:
                     math.radians(cam.pitch), math.radians(cam.roll), math.radians(cam.fov))
         veh = np.ascontiguousarray(look.vehicles, dtype=np.float64).reshape(-1, 11)
         render_kernel(pose, look.params, veh, self.scene, frame)
+        img = frame.img
+        if look.blur > 0:  # the lens and motion, before the sensor's noise
+            from scipy.ndimage import gaussian_filter
+
+            sigma = look.blur * cam.width / 224.0
+            img = gaussian_filter(img, sigma=(sigma, sigma, 0), mode="nearest")
         out = np.empty((cam.height, cam.width, 3), np.uint8)
-        finish_kernel(frame.img, look.params, GAMMA_LUT, out)
+        finish_kernel(img, look.params, GAMMA_LUT, out)
         return (out, frame.depth.copy()) if with_depth else out

@@ -14,13 +14,14 @@ from retrieval.manifests import load_rgb, read_manifest
 
 def contact_sheet(data_dir: str | Path, out: str | Path, n: int = 24, cols: int = 6, split: str = "train",
                   thumb: int = 160, order: str = "spread") -> Path:
-    """Write a PNG of n views from data_dir/<split>.csv. order 'spread' takes evenly spaced rows;
-    'neighbours' takes pairs of nearby cameras facing within 45 degrees, side by side, to check that
-    neighbours share content."""
-    from PIL import Image, ImageDraw
+    """Write a PNG of n views from data_dir/<split>.csv, or from data_dir itself when it is a manifest
+    (real photos from `geoloc data import`, to look at beside renders; each is cropped to its central
+    square as the models see it). order 'spread' takes evenly spaced rows; 'neighbours' takes pairs of
+    nearby cameras facing within 45 degrees, side by side, to check that neighbours share content."""
+    from PIL import Image, ImageDraw, ImageOps
 
     data_dir = Path(data_dir)
-    m = read_manifest(data_dir / f"{split}.csv")
+    m = read_manifest(data_dir if data_dir.is_file() else data_dir / f"{split}.csv")
     if order == "spread":
         idx = np.linspace(0, len(m) - 1, min(n, len(m))).round().astype(int)
     elif order == "neighbours":
@@ -34,7 +35,7 @@ def contact_sheet(data_dir: str | Path, out: str | Path, n: int = 24, cols: int 
     sheet = Image.new("RGB", (cols * thumb, rows * (thumb + label_h)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for k, i in enumerate(idx):
-        im = load_rgb(m.paths[i]).resize((thumb, thumb))
+        im = ImageOps.fit(load_rgb(m.paths[i]), (thumb, thumb))
         x, y = (k % cols) * thumb, (k // cols) * (thumb + label_h)
         sheet.paste(im, (x, y))
         heading = "" if m.heading is None else f" {m.heading[i]:.0f}°"
