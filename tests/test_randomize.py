@@ -13,6 +13,7 @@ from retrieval.synth.osm import load_city
 from retrieval.synth.randomize import KNOBS, parse_knobs, randomize_camera, randomize_look
 from retrieval.synth.render import L_FACADE, L_NOISE, Camera, Renderer, sample_look
 from retrieval.synth.scene import world_from_city
+from retrieval.synth.sheet import contact_sheet
 from tests.test_synth import _box_world
 
 
@@ -97,3 +98,18 @@ def test_a_render_records_its_knobs_and_refuses_others_in_the_same_folder(city, 
     assert "randomize" not in json.loads((plain / "dataset.json").read_text())["settings"]
     a = (out / "images" / "train_00000.jpg").read_bytes()
     assert a != (plain / "images" / "train_00000.jpg").read_bytes()
+
+
+def test_sheet_of_a_manifest_beside_a_render(city, tmp_path):
+    """Real photos come as a manifest; the sheet crops each to the square the models see."""
+    from PIL import Image
+
+    path, _ = city
+    render_dataset(path, tmp_path / "r", n_train=4, n_test=0, size=24, workers=1, write_graph=False)
+    wide = tmp_path / "wide.jpg"
+    Image.new("RGB", (120, 60), (200, 30, 30)).save(wide)
+    (tmp_path / "photos.csv").write_text(f"path,lat,lon\n{wide},51.5,-0.1\n", encoding="utf-8")
+    sheet = Image.open(contact_sheet(tmp_path / "photos.csv", tmp_path / "photos.png", n=1, cols=1, thumb=40))
+    assert sheet.size == (40, 40 + 28)
+    assert sheet.getpixel((2, 2)) == sheet.getpixel((37, 37)) != (255, 255, 255)  # filled, not letterboxed
+    assert Image.open(contact_sheet(tmp_path / "r", tmp_path / "r.png", n=4, cols=2, thumb=40)).size == (80, 2 * 68)
