@@ -301,7 +301,7 @@ def capture_time(item) -> np.datetime64:
         return NAT
 
 
-def _name_key(name: str) -> list:
+def name_key(name: str) -> list:
     """Natural order: img2 before img10."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
@@ -330,7 +330,7 @@ def order_photos(sources: list[tuple[str, object]], times=None, order=None, grou
     elif not any(isinstance(item, Path) for _, item in sources):
         rank, how = np.arange(len(sources)), "as given"
     else:
-        rank, how = np.array(sorted(range(len(names)), key=lambda i: _name_key(names[i])), dtype=np.int64), "file name"
+        rank, how = np.array(sorted(range(len(names)), key=lambda i: name_key(names[i])), dtype=np.int64), "file name"
         if len(t) > 1:
             notes.append(f"{int(np.isnat(t).sum())} of {len(t)} photos have no capture time: ordered by file name, "
                          "steps without times expected at route.step_m")

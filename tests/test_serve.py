@@ -1,5 +1,7 @@
 """`geoloc serve`: the web app over HTTP (Flask's client, and a real threaded server for concurrent
-requests) and, where a headless Chromium is installed, in a real browser."""
+requests), routes of several photos uploaded together, and, where a headless Chromium is installed, in a
+real browser."""
+import dataclasses
 import io
 import os
 import re
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import shapely
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
@@ -229,6 +232,116 @@ def test_a_port_in_use_is_one_line(server, loc, city):
         make_http_server(create_app(loc, city), "127.0.0.1", port)
 
 
+# --- routes ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def walk(loc) -> list[Path]:
+    """Four database views one after another along the streets, each 10 to 60 m on foot from the one
+    before and farther from the first: the rendered photos of a walk."""
+    ids = np.arange(len(loc.side.paths))
+    on_foot = loc.street_walks().distances(np.stack([ids, ids]), np.array([np.inf]))[0]
+    for start in ids:
+        chain = [start]
+        while len(chain) < 4:
+            last = chain[-1]
+            ahead = [j for j in ids if 10 <= on_foot[last, j] <= 60 and on_foot[start, j] > on_foot[start, last]]
+            if not ahead:
+                break
+            chain.append(min(ahead, key=lambda j: on_foot[last, j]))
+        if len(chain) == 4:
+            return [Path(loc.side.paths[i]) for i in chain]
+    pytest.fail("no four database views of the tiny city make a walk")
+
+
+def taken_at(path: Path, when: str) -> bytes:
+    """The photo as a JPEG whose EXIF says when it was taken."""
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = when
+    buf = io.BytesIO()
+    Image.open(path).save(buf, "JPEG", quality=95, exif=exif)
+    return buf.getvalue()
+
+
+def post_route(client, *files):
+    """POST /api/route with (name, bytes) files; returns (status, JSON)."""
+    data = {"photo": [(io.BytesIO(b), name) for name, b in files]}
+    r = client.post("/api/route", data=data, content_type="multipart/form-data")
+    return r.status_code, r.get_json()
+
+
+def features(body, geometry: str) -> list[dict]:
+    return [f for f in body["features"] if f["geometry"]["type"] == geometry]
+
+
+def assert_on_the_streets(loc, body):
+    """Every street path joining two or more photos runs along the street graph (to the centimetre)."""
+    segments = [p["segment"] for p in body["photos"] if "error" not in p]
+    joined = [f for f in features(body, "LineString") if segments.count(f["properties"]["segment"]) > 1]
+    assert joined, body["notes"]
+    g = loc.street_walks().graph
+    for f in joined:
+        lon, lat = np.array(f["geometry"]["coordinates"]).T
+        x, y = g.projection.to_xy(lat, lon)
+        assert shapely.distance(shapely.points(x, y), shapely.MultiLineString(list(g.geometry))).max() < 0.05
+
+
+def test_photos_uploaded_together_are_a_route_in_file_name_order(client, loc, walk):
+    names = ["walk1.jpg", "walk2.jpg", "walk3.jpg", "walk10.jpg"]  # natural order: walk10 last
+    status, body = post_route(client, *[(names[i], walk[i].read_bytes()) for i in (3, 1, 0, 2)])
+    assert status == 200 and body["type"] == "FeatureCollection", body
+    assert body["order"] == "file name" and body["distance"] == "geodesic"
+    assert any("4 of 4 photos have no capture time" in n for n in body["notes"])
+    points = features(body, "Point")
+    assert [f["properties"]["path"] for f in points] == [p["path"] for p in body["photos"]] == names
+    assert [f["properties"]["number"] for f in points] == [1, 2, 3, 4]
+    assert len(features(body, "LineString")) == body["segments"] >= 1
+    singles = loc.locate([walk[i] for i in range(4)])
+    for p, a in zip(body["photos"], singles):  # each beside its own single-photo answer
+        assert (p["single"]["lat"], p["single"]["lon"]) == pytest.approx((a.lat, a.lon), abs=1e-6)
+    assert_on_the_streets(loc, body)
+
+
+def test_capture_times_order_a_route_whatever_the_names(client, loc, walk):
+    times = ["2024:05:01 10:00:00", "2024:05:01 10:00:20", "2024:05:01 10:00:40", "2024:05:01 10:01:00"]
+    names = ["d.jpg", "c.jpg", "b.jpg", "a.jpg"]  # taken in the reverse of their names' order
+    status, body = post_route(client, *[(names[i], taken_at(walk[i], times[i])) for i in (2, 0, 3, 1)])
+    assert status == 200 and body["order"] == "capture time", body
+    assert [p["path"] for p in body["photos"]] == names
+    assert [p["time"] for p in body["photos"]] == [t.replace(":", "-", 2).replace(" ", "T") for t in times]
+    assert not any("capture time" in n for n in body["notes"])
+    assert_on_the_streets(loc, body)
+
+
+def test_an_unreadable_photo_is_named_and_the_route_goes_on_without_it(client, loc, walk):
+    files = [("w1.jpg", walk[0].read_bytes()), ("w2.txt", b"my notes"), ("w3.jpg", walk[1].read_bytes()),
+             ("w4.jpg", walk[2].read_bytes())]
+    status, body = post_route(client, *files)
+    assert status == 415 and body["type"] == "FeatureCollection"  # the status says one failed, as /api/locate's
+    assert [p["path"] for p in body["photos"]] == ["w1.jpg", "w2.txt", "w3.jpg", "w4.jpg"]
+    assert body["skipped"] == [{"path": "w2.txt", "error": "w2.txt: not an image (expected a JPEG or PNG photo)"}]
+    assert any(n.startswith("skipped: w2.txt: not an image") for n in body["notes"])
+    assert [f["properties"]["path"] for f in features(body, "Point")] == ["w1.jpg", "w3.jpg", "w4.jpg"]
+    assert not any("<image" in n for n in body["notes"])  # every photo named as uploaded
+
+
+def test_a_route_needs_two_readable_photos(client, walk):
+    status, body = post_route(client, ("one.jpg", walk[0].read_bytes()))
+    assert status == 400 and body["error"].startswith("a route needs 2 or more photos, got 1")
+    status, body = post_route(client, ("one.jpg", walk[0].read_bytes()), ("two.jpg", b""))
+    assert status == 400
+    assert body["error"] == "a route needs 2 or more readable photos, 1 of 2 could be read (two.jpg: empty file)"
+    for error in (body["error"], post_route(client)[1]["error"]):
+        assert "\n" not in error
+
+
+def test_a_route_without_a_street_graph_says_so(run, loc, city, walk):
+    cfg = load_config(run / "config.yaml", [f"data.train={run / 'elsewhere'}"])
+    bare = create_app(dataclasses.replace(loc, cfg=cfg), city).test_client()
+    status, body = post_route(bare, ("a.jpg", walk[0].read_bytes()), ("b.jpg", walk[1].read_bytes()))
+    assert status == 500 and body["error"].startswith("cannot decode a route: ")
+    assert "route.distance=geodesic needs a street graph" in body["error"]
+
+
 def test_load_app_reads_the_run(run):
     app = load_app(run)
     assert app.test_client().get("/api/map").get_json()["source"].startswith("streets: ")
@@ -312,3 +425,29 @@ def test_the_page_locates_photos_in_a_browser(browser, server, tiny_data, tmp_pa
     assert "bad" in card.get_attribute("class")
     assert "notes.jpg: not an image" in card.find_element(By.CSS_SELECTOR, ".message").text
     b.save_screenshot(str(shots / "upload_bad.png"))
+
+
+def test_photos_dropped_together_draw_their_route(browser, server, walk, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    shots = Path(os.environ.get("GEOLOC_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    files = []
+    for n, path in enumerate(walk, start=1):
+        files.append(tmp_path / f"walk{n}.jpg")
+        shutil.copy(path, files[-1])
+    b = browser
+    b.get(server() + "/")
+    WebDriverWait(b, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#city polyline")) > 20)
+    b.find_element(By.ID, "pick").send_keys("\n".join(str(f) for f in files))  # picked at once
+    WebDriverWait(b, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#route-legend .summary"))
+    assert b.find_elements(By.CSS_SELECTOR, "#route polyline.route-path")
+    labels = [s.text for s in b.find_elements(By.CSS_SELECTOR, "#route .route-stop text")]
+    assert sorted(int(n) for label in labels for n in label.split(",")) == [1, 2, 3, 4], labels  # one spot, one mark
+    assert len(b.find_elements(By.CSS_SELECTOR, "#route .route-move")) == 4
+    summary = b.find_element(By.CSS_SELECTOR, "#route-legend .summary").text
+    assert summary.startswith("route of 4 photo(s), ordered by file name: ") and "segment(s)" in summary
+    assert len(b.find_elements(By.CSS_SELECTOR, ".result .confidence")) == 4  # each photo's own answer too
+    assert len(b.find_elements(By.CSS_SELECTOR, ".result .on-route")) == 4
+    b.save_screenshot(str(shots / "route.png"))

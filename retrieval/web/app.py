@@ -1,5 +1,6 @@
-"""The web app behind `geoloc serve` (Flask): the page, the city's map, located uploads as JSON, and
-thumbnails of the database photos the answers name.
+"""The web app behind `geoloc serve` (Flask): the page, the city's map, located uploads as JSON (each
+photo on its own, or several as one route along the streets), and thumbnails of the database photos the
+answers name.
 
 The Locator is loaded once. Flask's server answers each request on its own thread, so uploads are read
 and decoded in parallel, the model runs one batch at a time under a lock, and past MAX_WAITING requests
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import socket
 import threading
 from pathlib import Path
 
+import numpy as np
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -20,14 +23,16 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from retrieval import GeolocError
 from retrieval.api import Locator
 from retrieval.manifests import load_rgb
+from retrieval.route import NAT, Route, name_key
 from retrieval.web.city_map import city_geojson
 from retrieval.web.page import page_html
-from retrieval.web.uploads import MAX_PIXELS, UploadError, read_upload, with_truth
+from retrieval.web.uploads import MAX_PIXELS, Upload, UploadError, read_upload, with_truth
 
 MAX_UPLOAD_MB = 20.0  # one request's body, all its photos together
 MAX_WAITING = 64  # requests holding decoded photos while they wait for the model
 MAX_K = 100
 THUMB_PX = 240
+IMAGE_N = re.compile(r"<image (\d+)>")  # how the Locator names the images it is given in memory
 
 
 def _error(status: int, message: str):
@@ -40,6 +45,48 @@ def _k(text: str | None) -> int | None:
     if not text.isdigit() or not 1 <= int(text) <= MAX_K:
         raise UploadError(400, f"k={text!r}: expected a whole number of neighbours from 1 to {MAX_K}")
     return int(text)
+
+
+def _read_files(files, max_pixels: int) -> list[tuple[str, Upload | UploadError]]:
+    """Each uploaded file by its name (only ever used in messages), read, or refused with why."""
+    out = []
+    for i, f in enumerate(files):
+        name = Path(f.filename or "").name or f"photo {i + 1}"
+        try:
+            out.append((name, read_upload(name, f.read(), max_pixels)))
+        except UploadError as exc:
+            out.append((name, exc))
+    return out
+
+
+def _route_photos(read: list[tuple[str, Upload | UploadError]]) -> tuple[list[str], list, np.ndarray, str]:
+    """The uploads as Locator.locate_route takes them, in the order they were taken: names, photos (an
+    UploadError stands for an unreadable one, which the Locator skips and names in its notes), capture
+    times, and how they were ordered. As `geoloc query --route` orders files: by EXIF capture time when
+    every photo has one (an unreadable photo has none), else by file name in natural order."""
+    times = np.array([u.taken if isinstance(u, Upload) else NAT for _, u in read], dtype="datetime64[s]")
+    if not np.isnat(times).any():
+        order, how = np.argsort(times, kind="stable").tolist(), "capture time"
+    else:
+        order, how = sorted(range(len(read)), key=lambda i: name_key(read[i][0])), "file name"
+    photos = [u.image if isinstance(u, Upload) else u for _, u in read]
+    return [read[i][0] for i in order], [photos[i] for i in order], times[order], how
+
+
+def _as_uploaded(r: Route, names: list[str], how: str) -> Route:
+    """The route with its photos and notes named as uploaded (the Locator names the images it is given in
+    memory <image N>), its order told as `how` (it keeps such images as given unless all have times)."""
+    def named(text: str) -> str:
+        return IMAGE_N.sub(lambda m: names[int(m.group(1))], text)
+
+    for pt in r.points:
+        pt.source = named(pt.source)
+    r.notes = [named(n) for n in r.notes]
+    if how != r.order:
+        missing = sum(pt.time == "" for pt in r.points)
+        r.order, r.notes = how, [f"{missing} of {len(r.points)} photos have no capture time: ordered by file name, "
+                                 "steps without times expected at route.step_m"] + r.notes
+    return r
 
 
 def create_app(loc: Locator, city: dict, max_upload_mb: float = MAX_UPLOAD_MB, max_waiting: int = MAX_WAITING,
@@ -100,24 +147,48 @@ def create_app(loc: Locator, city: dict, max_upload_mb: float = MAX_UPLOAD_MB, m
         if not slots.acquire(blocking=False):
             return _error(503, "the server is busy locating other photos: try again in a moment")
         try:
-            results, statuses, good = [None] * len(files), [], []
-            for i, f in enumerate(files):
-                name = Path(f.filename or "").name or f"photo {i + 1}"  # only ever used in messages
-                try:
-                    good.append((i, name, *read_upload(name, f.read(), max_pixels)))
-                except UploadError as exc:
-                    results[i] = {"path": name, "error": str(exc)}
-                    statuses.append(exc.status)
+            read = _read_files(files, max_pixels)
+            results = [{"path": name, "error": str(u)} if isinstance(u, UploadError) else None for name, u in read]
+            statuses = [u.status for _, u in read if isinstance(u, UploadError)]
+            good = [i for i, (_, u) in enumerate(read) if isinstance(u, Upload)]
             if good:
                 with model_lock:
-                    answers = loc.locate([g[2] for g in good], k)
-                for (i, name, _, warning, truth), a in zip(good, answers):
-                    a.source, a.warning = name, warning  # named as uploaded, not "<image N>"
-                    results[i] = with_truth(a.to_dict(), truth)
+                    answers = loc.locate([read[i][1].image for i in good], k)
+                for i, a in zip(good, answers):
+                    name, u = read[i]
+                    a.source, a.warning = name, u.warning  # named as uploaded, not "<image N>"
+                    results[i] = with_truth(a.to_dict(), u.truth)
                     statuses += [400] if a.error else []
         finally:
             slots.release()
         return jsonify(results), (statuses[0] if statuses else 200)
+
+    @app.post("/api/route")
+    def route():
+        """The uploaded `photo` fields located together as one route (Locator.locate_route): its GeoJSON
+        (Route.geojson) with Route.to_dict's fields, photos named as uploaded. As in /api/locate, an
+        unreadable photo is named, skipped, and its 4xx is the status; the route goes on without it."""
+        files = request.files.getlist("photo")
+        if len(files) < 2:
+            return _error(400, f"a route needs 2 or more photos, got {len(files)}: send multipart/form-data "
+                               "with several 'photo' files")
+        if not slots.acquire(blocking=False):
+            return _error(503, "the server is busy locating other photos: try again in a moment")
+        try:
+            read = _read_files(files, max_pixels)
+            bad = [u for _, u in read if isinstance(u, UploadError)]
+            if len(read) - len(bad) < 2:
+                return _error(400, f"a route needs 2 or more readable photos, {len(read) - len(bad)} of "
+                                   f"{len(read)} could be read ({bad[0]})")
+            names, photos, times, how = _route_photos(read)
+            with model_lock:
+                r = loc.locate_route(photos, times=times)
+        except GeolocError as exc:  # the server's setting, not the upload: e.g. geodesic steps without streets
+            return _error(500, f"cannot decode a route: {exc}")
+        finally:
+            slots.release()
+        r = _as_uploaded(r, names, how)
+        return jsonify({**r.geojson(), **r.to_dict()}), (bad[0].status if bad else 200)
 
     return app
 

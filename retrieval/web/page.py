@@ -1,6 +1,10 @@
 """The page `geoloc serve` serves: one self-contained HTML file (style and script inline, no CDN, no map
 tiles). The map is an SVG drawn in the page from the app's /api/map GeoJSON; photos are sent to
-/api/locate one request each, so every photo gets its own answer or its own message."""
+/api/locate one request each, so every photo gets its own answer or its own message. Several photos
+dropped or picked at once are then also sent together to /api/route, and the route decoded from them is
+drawn over the streets: its street path, each photo's place on it (numbered in the order they were
+taken), a thin line from each photo's single-photo answer to that place, and the route's segment count
+and notes under the map."""
 from __future__ import annotations
 
 import json
@@ -16,7 +20,8 @@ header h1 { font-size: 18px; margin: 0; }
 header span { color: #b0bec5; font-size: 13px; }
 main { display: flex; gap: 14px; padding: 14px; align-items: flex-start; }
 #left { flex: 1 1 420px; min-width: 320px; }
-#right { flex: 1 1 560px; position: sticky; top: 10px; }
+/* the map takes what the legends below it leave of the window, a route's included */
+#right { flex: 1 1 560px; position: sticky; top: 10px; display: flex; flex-direction: column; height: calc(100vh - 72px); }
 #drop { border: 2px dashed #90a4ae; border-radius: 8px; padding: 22px; text-align: center; background: #fff; }
 #drop.over { background: #e3f2fd; border-color: #1e88e5; }
 #drop label { color: #1e88e5; cursor: pointer; text-decoration: underline; }
@@ -37,7 +42,7 @@ main { display: flex; gap: 14px; padding: 14px; align-items: flex-start; }
 .neighbour { margin: 0; width: 92px; font-size: 10px; text-align: center; color: #555; white-space: nowrap; }
 .neighbour img { width: 92px; height: 69px; object-fit: cover; border-radius: 3px; display: block; background: #eee; }
 .neighbour.hover img { outline: 2px solid #1e88e5; }
-svg { width: 100%; height: calc(100vh - 110px); min-height: 300px; background: #fff; border: 1px solid #ccc; border-radius: 8px; }
+svg { width: 100%; flex: 1 1 0; min-height: 300px; background: #fff; border: 1px solid #ccc; border-radius: 8px; }
 .street { fill: none; stroke: #9e9e9e; stroke-width: 1; stroke-linecap: round; }
 .photo-dot { fill: #bdbdbd; }
 .answer-mark { fill: #e53935; fill-opacity: 0.25; stroke: #e53935; stroke-width: 3; }
@@ -47,7 +52,18 @@ svg { width: 100%; height: calc(100vh - 110px); min-height: 300px; background: #
 .truth-mark { fill: #43a047; stroke: #fff; stroke-width: 2; }
 .truth-line { stroke: #43a047; stroke-width: 2; stroke-dasharray: 5 4; }
 #legend { font-size: 12px; color: #555; margin-top: 4px; }
-#legend i { display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin: 0 3px 0 10px; }
+#legend i, #route-legend i { display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin: 0 3px 0 10px; }
+.route-path { fill: none; stroke: #8e24aa; stroke-width: 4; stroke-opacity: 0.7; stroke-linecap: round; stroke-linejoin: round; }
+.route-move { stroke: #8e24aa; stroke-width: 1; stroke-dasharray: 3 2; }
+.route-single { fill: #fff; stroke: #8e24aa; stroke-width: 1.5; }
+.route-stop { cursor: pointer; }
+.route-stop rect { fill: #6a1b9a; stroke: #fff; stroke-width: 1.5; }
+.route-stop text { fill: #fff; font-size: 10px; font-weight: 700; text-anchor: middle; dominant-baseline: central; pointer-events: none; }
+#route-legend { font-size: 12px; color: #555; margin-top: 4px; }
+#route-legend .summary { color: #6a1b9a; font-weight: 600; }
+#route-legend .note { color: #ef6c00; }
+#route-legend .message { color: #c62828; }
+.on-route { color: #6a1b9a; }
 </style></head><body>
 <header><h1>geoloc</h1><span id="run"></span></header>
 <main>
@@ -58,9 +74,10 @@ svg { width: 100%; height: calc(100vh - 110px); min-height: 300px; background: #
   <div id="results"></div>
 </section>
 <section id="right">
-  <svg id="map" viewBox="0 0 800 600"><g id="city"></g><g id="markers"></g></svg>
+  <svg id="map" viewBox="0 0 800 600"><g id="city"></g><g id="route"></g><g id="markers"></g></svg>
   <div id="legend"><i style="border:3px solid #e53935"></i>answer <i style="background:#1e88e5"></i>neighbours
     (numbered as in the list; caption: similarity · distance from the answer) <i style="background:#43a047"></i>true position (EXIF GPS)</div>
+  <div id="route-legend"></div>
   <div id="legend-source" style="font-size:11px;color:#888"></div>
 </section>
 </main>
@@ -108,13 +125,14 @@ async function drawCity() {
   for (const f of geo.features) {
     const g = f.geometry;
     if (g.type === "LineString") {
-      svgEl("polyline", { class: "street", points: g.coordinates.map(c => project(c[0], c[1]).map(v => v.toFixed(1)).join(",")).join(" ") }, city);
+      svgEl("polyline", { class: "street", points: linePoints(g.coordinates) }, city);
     } else if (g.type === "MultiPoint") {
       for (const c of g.coordinates) { const [x, y] = project(c[0], c[1]); svgEl("circle", { class: "photo-dot", cx: x.toFixed(1), cy: y.toFixed(1), r: 1.6 }, city); }
     }
   }
   document.getElementById("legend-source").textContent = `map: ${geo.source}`;
 }
+function linePoints(coords) { return coords.map(c => project(c[0], c[1]).map(v => v.toFixed(1)).join(",")).join(" "); }
 function onMap(lat, lon) {
   const m = 0.02 * Math.max(bounds.lon1 - bounds.lon0, bounds.lat1 - bounds.lat0);
   return lat >= bounds.lat0 - m && lat <= bounds.lat1 + m && lon >= bounds.lon0 - m && lon <= bounds.lon1 + m;
@@ -195,11 +213,12 @@ function fill(c, a) {
   c.onclick = () => showOnMap(i);
   showOnMap(i);
 }
+function mb(bytes) { return (bytes / 2 ** 20).toFixed(1); }
 async function locate(file) {
   const c = card(file);
   if (file.size > CONFIG.max_upload_bytes) {  // the server would refuse it unread (413)
-    fail(c, `${file.name}: ${(file.size / 2 ** 20).toFixed(1)} MB, over the ${(CONFIG.max_upload_bytes / 2 ** 20).toFixed(0)} MB limit of this server`);
-    return;
+    fail(c, `${file.name}: ${mb(file.size)} MB, over the ${(CONFIG.max_upload_bytes / 2 ** 20).toFixed(0)} MB limit of this server`);
+    return c;
   }
   const form = new FormData();
   form.append("photo", file, file.name);
@@ -212,13 +231,108 @@ async function locate(file) {
   } catch (e) {
     fail(c, `${file.name}: upload failed (${e.message}); is geoloc serve still running?`);
   }
+  return c;
+}
+
+// --- a route: the photos dropped together, located together along the streets --------------------
+function routeLegend(...rows) {
+  document.getElementById("route-legend").replaceChildren(...rows);
+}
+function drawRoute(r, batch) {
+  const stops = r.features.filter(f => f.properties.kind === "photo");
+  const cardOf = matchCards(r.photos, batch);
+  document.getElementById("route").replaceChildren();
+  showOnMap(null);  // the last photo's own marks would hide the route: a click on a card or a stop brings them back
+  if (project) routeOnMap(r, stops, cardOf);
+  const key = el("div");
+  key.innerHTML = '<i style="background:#8e24aa;border-radius:0;height:4px;width:18px;vertical-align:middle"></i>route ' +
+    '<i style="background:#6a1b9a"></i>photos on it, in the order taken <i style="border:1.5px solid #8e24aa"></i>their single-photo answers';
+  const skipped = r.photos.length - stops.length;
+  const summary = el("div", "summary", `route of ${stops.length} photo(s), ordered by ${r.order}: ${r.segments} segment(s), ` +
+    `${r.distance} steps` + (skipped ? `, ${skipped} skipped` : ""));
+  routeLegend(summary, key, ...r.notes.map(n => el("div", "note", n)));
+}
+function routeOnMap(r, stops, cardOf) {
+  const g = document.getElementById("route");
+  for (const f of r.features.filter(f => f.geometry.type === "LineString")) {
+    svgEl("title", {}, svgEl("polyline", { class: "route-path", points: linePoints(f.geometry.coordinates) }, g))
+      .textContent = `route segment ${f.properties.segment + 1} of ${r.segments}`;
+  }
+  for (const f of stops) {  // drawn first, so that the numbered stops stay on top of every line
+    const p = f.properties, [x, y] = project(...f.geometry.coordinates), [sx, sy] = project(p.single.lon, p.single.lat);
+    svgEl("line", { class: "route-move", x1: sx, y1: sy, x2: x, y2: y }, g);
+    svgEl("title", {}, svgEl("circle", { class: "route-single", cx: sx, cy: sy, r: 3 }, g)).textContent =
+      `${p.number}. ${p.path}: its single-photo answer, ${metres(p.moved_m)} from its place on the route`;
+  }
+  for (const s of stopGroups(stops)) {
+    const label = s.photos.map(p => p.number).join(","), w = Math.max(18, 6.5 * label.length + 8);
+    const m = svgEl("g", { class: "route-stop" }, g);
+    svgEl("rect", { x: s.x - w / 2, y: s.y - 9, width: w, height: 18, rx: 9 }, m);
+    svgEl("text", { x: s.x, y: s.y }, m).textContent = label;
+    svgEl("title", {}, m).textContent = s.photos.map(p => `${p.number}. ${p.path}${p.time ? ` (${p.time})` : ""}: ` +
+      `on the route, confidence ${p.confidence.toFixed(2)}, moved ${metres(p.moved_m)} from its single-photo answer`).join("\n");
+    const c = cardOf.get(s.photos[0].number);
+    if (c && c.dataset.i !== undefined) m.onclick = () => showOnMap(Number(c.dataset.i));
+  }
+}
+function stopGroups(stops) {
+  // photos placed at one spot (a burst, or one database photo chosen twice) would hide each other's
+  // numbers: they share one mark that lists them all
+  const groups = [];
+  for (const f of stops) {
+    const [x, y] = project(...f.geometry.coordinates);
+    const near = groups.find(q => Math.hypot(q.x - x, q.y - y) < 9);
+    if (near) near.photos.push(f.properties);
+    else groups.push({ x, y, photos: [f.properties] });
+  }
+  return groups;
+}
+function matchCards(photos, batch) {
+  // by name, as the route reorders the photos: a name dropped twice takes its cards in turn
+  const free = batch.slice(), out = new Map();
+  photos.forEach((p, j) => {
+    const k = free.findIndex(b => b.file.name === p.path);
+    if (k < 0) return;
+    const c = free.splice(k, 1)[0].card;
+    out.set(j + 1, c);
+    if (!p.error && !c.classList.contains("bad")) {
+      c.insertBefore(el("div", "on-route", `route: photo ${j + 1} of ${photos.length}, segment ${p.segment + 1}, ` +
+        `confidence ${p.confidence.toFixed(2)}, moved ${metres(p.moved_m)}`), c.querySelector(".neighbours"));
+    }
+  });
+  return out;
+}
+async function locateRoute(batch) {
+  const total = batch.reduce((s, b) => s + b.file.size, 0);
+  if (total > CONFIG.max_upload_bytes) {
+    routeLegend(el("div", "message", `route: the ${batch.length} photos together are ${mb(total)} MB, over the ` +
+      `${(CONFIG.max_upload_bytes / 2 ** 20).toFixed(0)} MB limit of this server`));
+    return;
+  }
+  const form = new FormData();
+  batch.forEach(b => form.append("photo", b.file, b.file.name));
+  try {
+    const res = await fetch("api/route", { method: "POST", body: form });
+    const body = await res.json().catch(() => ({ error: `the server answered ${res.status} ${res.statusText}` }));
+    // a photo the route skipped makes the status a 4xx: the route of the others is still drawn
+    if (body && body.type === "FeatureCollection") drawRoute(body, batch);
+    else routeLegend(el("div", "message", `route: ${(body && body.error) || `the server answered ${res.status}`}`));
+  } catch (e) {
+    routeLegend(el("div", "message", `route: upload failed (${e.message}); is geoloc serve still running?`));
+  }
 }
 async function locateAll(files) {
-  const list = Array.from(files);
+  const list = Array.from(files), batch = [];
   const status = document.getElementById("status");
   for (let i = 0; i < list.length; i++) {
     status.textContent = `locating ${i + 1} of ${list.length}…`;
-    await locate(list[i]);
+    batch.push({ file: list[i], card: await locate(list[i]) });
+  }
+  if (list.length > 1) {
+    document.getElementById("route").replaceChildren();
+    routeLegend(el("div", "", `locating the ${list.length} photos together as a route…`));
+    status.textContent = `locating the ${list.length} photos together as a route…`;
+    await locateRoute(batch);
   }
   status.textContent = list.length ? `${list.length} photo(s) done; click one to show it on the map` : "";
 }

@@ -1,22 +1,25 @@
 """An uploaded photo, checked before the model sees it: every refusal is an UploadError carrying the
-HTTP status and one line that names the file and what is wrong with it."""
+HTTP status and one line that names the file and what is wrong with it. What its EXIF tells (the true
+position, the capture time) is read from the same header."""
 from __future__ import annotations
 
 import io
 import math
+from typing import NamedTuple
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from retrieval import GeolocError
 from retrieval.api import check_shape
 from retrieval.geo import haversine_m
 from retrieval.manifests import IMAGE_ERRORS, image_problem, load_rgb
-from retrieval.photo_import import read_exif_gps
+from retrieval.photo_import import read_exif_date, read_exif_gps
 
 # A 50-megapixel photo decodes to 150 MB of RGB: larger ones are refused from their header, before any
 # pixel is decoded (PIL's own limit, 179 Mpx, lets a server take 0.5 GB per upload).
 MAX_PIXELS = 50_000_000
-# What reading a malformed EXIF GPS block can raise: the photo is still located, without a truth.
+# What reading a malformed EXIF block can raise: the photo is still located, without a truth or a time.
 _EXIF_ERRORS = (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, OSError, SyntaxError)
 
 
@@ -26,9 +29,15 @@ class UploadError(GeolocError):
         self.status = status
 
 
-def read_upload(name: str, data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, str | None, dict | None]:
-    """The photo upright as RGB, decoded as `geoloc query` decodes a file; the warning the Locator
-    gives an elongated one; and its EXIF GPS position ({lat, lon}) or None."""
+class Upload(NamedTuple):
+    image: Image.Image  # upright RGB, decoded as `geoloc query` decodes a file
+    warning: str | None  # what the Locator says of an elongated one
+    truth: dict | None  # its EXIF GPS position ({lat, lon})
+    taken: np.datetime64  # its EXIF capture time, NaT when unknown
+
+
+def read_upload(name: str, data: bytes, max_pixels: int = MAX_PIXELS) -> Upload:
+    """The photo, or an UploadError saying why it cannot be located."""
     if not data:
         raise UploadError(400, f"{name}: empty file")
     try:
@@ -49,7 +58,7 @@ def read_upload(name: str, data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[I
         warning = check_shape(image, name)
     except GeolocError as exc:
         raise UploadError(400, str(exc)) from None
-    return image, warning, _exif_position(exif)
+    return Upload(image, warning, _exif_position(exif), _exif_time(exif))
 
 
 def _exif_position(exif: Image.Exif) -> dict | None:
@@ -60,6 +69,13 @@ def _exif_position(exif: Image.Exif) -> dict | None:
     if not (math.isfinite(lat) and math.isfinite(lon) and -90 <= lat <= 90 and -180 <= lon <= 180):
         return None
     return {"lat": lat, "lon": lon}
+
+
+def _exif_time(exif: Image.Exif) -> np.datetime64:
+    try:
+        return read_exif_date(exif)
+    except _EXIF_ERRORS:
+        return np.datetime64("NaT", "s")
 
 
 def with_truth(answer: dict, truth: dict | None) -> dict:
