@@ -366,6 +366,32 @@ def test_clipped_extract_gives_a_street_graph(clipped_london):
     assert len(g.nodes) > 50 and np.isfinite(g.length_m).all() and (g.length_m >= 0).all()
 
 
+def test_an_extract_with_a_one_node_way_renders(tmp_path):
+    # "new_york_lower_east_side.osm.bz2: OSMnx could not read the extract (EmptyPartError: Can't create
+    # MultiLineString with empty component)": a clip kept one node of ways that relations still name
+    from retrieval.synth.osm import load_city
+
+    xy = {1: (0, 0), 2: (200, 0), 3: (200, 100), 4: (0, 100), 20: (50, 20), 21: (80, 20), 22: (80, 40),
+          23: (50, 40), 24: (120, 20), 25: (150, 20), 26: (150, 40), 27: (120, 40)}
+    nodes = "".join(f'<node id="{n}" lat="{44.0 + y / 111_320:.7f}" lon="{-30.0 + x / 80_000:.7f}"/>\n'
+                    for n, (x, y) in xy.items())
+    ways = {10: ((1, 2), "highway=residential"), 11: ((2, 3), "highway=residential"),
+            12: ((1, 4), "highway=residential"), 30: ((20, 21, 22, 23, 20), "building=yes"),
+            31: ((24, 25, 26, 27, 24), ""), 32: ((24,), "")}
+    body = "".join(f'<way id="{w}">' + "".join(f'<nd ref="{r}"/>' for r in refs)
+                   + "".join('<tag k="{}" v="{}"/>'.format(*kv.split("=")) for kv in tags.split()) + "</way>\n"
+                   for w, (refs, tags) in ways.items())
+    relation = ('<relation id="40"><member type="way" ref="31" role="outer"/><member type="way" ref="32" '
+                'role="outer"/><tag k="type" v="multipolygon"/><tag k="building" v="yes"/></relation>\n')
+    osm = tmp_path / "one_node.osm"
+    osm.write_text("<?xml version='1.0' encoding='UTF-8'?>\n<osm version=\"0.6\">\n" + nodes + body + relation
+                   + "</osm>\n")
+    with pytest.warns(UserWarning, match=r"one_node\.osm: clipped extract: dropped 0 reference\(s\) to nodes "
+                                         r"not in the file, 1 way\(s\) left with fewer than 2 nodes"):
+        city = load_city(osm)
+    assert len(city.buildings) == 2  # the way's building, and the relation's from its one whole way
+
+
 def test_photos_all_off_the_streets_are_named_not_blamed_on_pos_radius(tmp_path):
     # "When every row is swapped, training blames pos_radius_m"
     from retrieval.streets import load_graph, photo_distances, photos_along_streets

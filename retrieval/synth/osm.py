@@ -96,6 +96,7 @@ def check_osm_xml(path: str | Path) -> dict:
     node_xml: dict[str, str] = {}
     street_ways: list[tuple[str, list[str], dict]] = []
     unseen_refs: list[str] = []  # way node refs not (yet) defined: dangling if never defined
+    short_ways = 0  # ways of fewer than 2 nodes (a clip can keep one node of a way): OSMnx fails on them too
     try:
         with _open(path) as f:
             for event, el in ET.iterparse(f, events=("start", "end")):
@@ -121,7 +122,9 @@ def check_osm_xml(path: str | Path) -> dict:
                     el.clear()
                 elif el.tag == "way":
                     tags = {t.get("k"): t.get("v") for t in el.findall("tag")}
-                    unseen_refs += [r for r in (nd.get("ref") for nd in el.findall("nd")) if r not in node_xml]
+                    refs = [nd.get("ref") for nd in el.findall("nd")]
+                    unseen_refs += [r for r in refs if r not in node_xml]
+                    short_ways += len(refs) < 2
                     if is_street(tags):
                         highways += 1
                         street_ways.append((el.get("id"), [nd.get("ref") for nd in el.findall("nd")], tags))
@@ -156,7 +159,7 @@ def check_osm_xml(path: str | Path) -> dict:
                      + "".join(f"<tag k={quoteattr(k)} v={quoteattr(v)}/>" for k, v in tags.items()) + "</way>")
     lines.append("</osm>")
     return {"nodes": len(lats), "highways": highways, "buildings": buildings, "generator": generator,
-            "dangling": sum(r not in node_xml for r in unseen_refs), "streets_xml": "\n".join(lines)}
+            "dangling": sum(r not in node_xml for r in unseen_refs), "short_ways": short_ways, "streets_xml": "\n".join(lines)}
 
 
 def write_without_dangling(path: str | Path, out: str | Path) -> dict:
@@ -301,7 +304,7 @@ def sort_merged_attributes(G) -> None:
                 d[k] = sorted(v, key=lambda x: (type(x).__name__, str(x)))
 
 
-def _read_with_osmnx(path: Path, streets_xml: str, dangling: int):
+def _read_with_osmnx(path: Path, streets_xml: str, clean_first: bool):
     """OSMnx's street graph of the street ways (streets_xml) and its features (buildings, green, water,
     trees) of the whole extract; and the counts of what a clipped extract lost (None if nothing)."""
     import osmnx as ox  # heavy: imported where a city is read
@@ -312,7 +315,7 @@ def _read_with_osmnx(path: Path, streets_xml: str, dangling: int):
         streets_osm = Path(tmp) / "streets.osm"
         streets_osm.write_text(streets_xml, encoding="utf-8")
         features_osm, clipped = path, None
-        if dangling:  # OSMnx fails on ways whose nodes are outside a clipped extract
+        if clean_first:  # OSMnx fails on ways whose nodes are outside a clipped extract
             features_osm = Path(tmp) / "features.osm"
             clipped = write_without_dangling(path, features_osm)
         try:
@@ -398,7 +401,7 @@ def load_city(path: str | Path) -> City:
 
     path = Path(path)
     info = check_osm_xml(path)
-    G, F, clipped = _read_with_osmnx(path, info["streets_xml"], info["dangling"])
+    G, F, clipped = _read_with_osmnx(path, info["streets_xml"], bool(info["dangling"] or info["short_ways"]))
     if clipped:
         warnings.warn(clipped_message(path, clipped), stacklevel=2)
     if G.number_of_edges() == 0:
