@@ -464,6 +464,7 @@ def pretrain_cmd(
 ):
     """Train one embedding on rendered views of several cities: a model before a city's first photo.
     Run it again with the same --out to resume after a kill."""
+    from retrieval import distributed
     from retrieval.config import load_config
     from retrieval.pretrain import PRETRAIN, pretrain
     from retrieval.runs import lock_run_dir
@@ -473,9 +474,13 @@ def pretrain_cmd(
 
     if views < 10 or not 1 <= headings <= 36:
         raise GeolocError(f"pretrain: --views {views} (at least 10) and --headings {headings} (1 to 36)")
+    distributed.init()
     cfg = load_config(out / "config.yaml" if (out / "last.pt").is_file() else config, overrides, base=PRETRAIN)
-    lock_run_dir(out, "pretrain")
+    if distributed.is_main():
+        lock_run_dir(out, "pretrain")
     card = pretrain(cfg, cities, out, views, headings, knobs)
+    if not card:  # another rank of torchrun's: rank 0 reports
+        return
     t = card["training"]
     typer.echo(f"pretrained on {len(card['cities'])} cities: {t['epochs']} epochs, {t['train_images']} images; "
                f"model card {out / 'MODEL_CARD.md'}\nzero-shot on your photos: geoloc index build --run {out} "

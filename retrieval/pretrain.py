@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from retrieval import GeolocError
+from retrieval import GeolocError, distributed
 from retrieval.cities import write_cities
 from retrieval.config import Config, prepare_run_dir
 from retrieval.embedding import train_embedding
@@ -110,20 +110,28 @@ def card_markdown(card: dict) -> str:
 
 def pretrain(cfg: Config, osm_files: list[Path], out: Path, views: int = 1000, headings: int = 4,
              knobs: tuple[str, ...] = ()) -> dict:
-    """Render the cities, train the embedding across them (resuming a killed run) and write the model card."""
+    """Render the cities, train the embedding across them (resuming a killed run) and write the model card.
+    Under torchrun (retrieval.distributed initialised) rank 0 renders and writes, every rank trains, and
+    the other ranks return {}."""
     if cfg.embedding.cell_loss_weight > 0 or cfg.embedding.cell_prior_share > 0:
         raise GeolocError("pretrain: embedding.cell_loss_weight and cell_prior_share take one city's cells grid; "
                           "set both to 0")
     if len(osm_files) < 2:
         raise GeolocError("pretrain: give at least two OSM extracts (one city is `geoloc benchmark`'s job)")
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    cities = render_cities(cfg, osm_files, out, views, headings, knobs)
-    cfg.data.train, cfg.data.test = str(combine(cities, out / "data").resolve()), ""  # the run answers from anywhere
-    cfg.data.val_fraction = 0.0  # each city rendered its own validation views
     resume = (out / "last.pt").is_file()
-    prepare_run_dir(out, cfg)
+    cfg.data.train, cfg.data.test = str((out / "data").resolve()), ""  # the run answers from anywhere
+    cfg.data.val_fraction = 0.0  # each city rendered its own validation views
+    cities = None
+    if distributed.is_main():  # under torchrun rank 0 renders and writes; the others wait for it
+        out.mkdir(parents=True, exist_ok=True)
+        cities = render_cities(cfg, osm_files, out, views, headings, knobs)
+        combine(cities, out / "data")
+        prepare_run_dir(out, cfg)
+    cities = distributed.gather_objects(cities)[0]
     summary = train_embedding(cfg, out, resume)
+    if not distributed.is_main():
+        return {}
     render = {"views_per_city": views, "headings": headings, "size": cfg.data.resize, "seed": cfg.seed,
               "randomize": list(knobs)}
     card = model_card(cfg, out, cities, summary, render)

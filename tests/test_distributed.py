@@ -101,3 +101,20 @@ def test_baselines_train_under_torchrun(kind, tiny_data, tmp_path):
     # 2 steps of 4 photos on each of 2 ranks, validated by rank 0
     assert info["processes"] == 2 and info["train"]["train_images"] == 16
     assert (run / "last.pt").is_file() and ((run / "grid.geojson").is_file() or kind == "regression")
+
+
+def test_pretrain_runs_under_torchrun_unchanged(tmp_path):
+    from retrieval.synth.city import write_demo_city
+
+    osm = [str(write_demo_city(tmp_path / f"town{i}.osm", seed=i, size_m=400)) for i in (1, 2)]
+    run = tmp_path / "pre"
+    sets = ["model.embed_dim=16", "data.image_size=32", "data.resize=36", "train.epochs=1",
+            "train.max_steps_per_epoch=2", "train.max_minutes=0", "train.precision=fp32",
+            "embedding.places_per_batch=2", "embedding.photos_per_place=2"]
+    stdout = geoloc(["pretrain", *osm, "--views", "80", "--headings", "2", "--out", str(run)], sets, processes=2)
+    # rank 0 rendered each city once and wrote the run; both ranks trained (2 steps of 2 x 2 photos each)
+    assert stdout.count("pretrained on 2 cities:") == 1 and stdout.count("== rendering town1") == 1
+    info = __import__("json").loads((run / "run.json").read_text())
+    assert info["processes"] == 2 and info["train"]["train_images"] == 2 * 2 * 4
+    card = __import__("json").loads((run / "model_card.json").read_text())
+    assert [c["name"] for c in card["cities"]] == ["town1", "town2"] and (run / "best.pt").is_file()
