@@ -105,6 +105,10 @@ def synth_city(
     typer.echo(f"wrote {out}")
 
 
+RandomizeOption = typer.Option("", "--randomize", help="Domain randomisation of the renders, comma-separated: "
+                               "sky, facades, occluders, camera, optics, or all (retrieval/synth/randomize.py).")
+
+
 @synth_app.command("render")
 def synth_render(
     out: Path = typer.Option(..., "--out", help="Data folder: images/, train.csv, test.csv, dataset.json."),
@@ -124,8 +128,7 @@ def synth_render(
                                "with date and route columns: for `geoloc query --route`)."),
     route_len: int = typer.Option(10, "--route-len", help="Photos per walk."),
     route_step: float = typer.Option(10.0, "--route-step", help="Metres walked between two photos of a walk."),
-    randomize: str = typer.Option("", "--randomize", help="Domain randomisation knobs, comma-separated: "
-                                  "sky, facades, occluders, camera, optics, or all (retrieval/synth/randomize.py)."),
+    randomize: str = RandomizeOption,
 ):
     """Render street-level views of an OSM extract (or the demo city) with train/[val/]test manifests."""
     from retrieval.synth.cameras import render_dataset
@@ -457,8 +460,7 @@ def pretrain_cmd(
     out: Path = typer.Option(..., "--out", help="Run directory: the pretrained embedding, its views and model card."),
     views: int = typer.Option(1000, "--views", help="Training positions rendered per city."),
     headings: int = typer.Option(4, "--headings", help="Views per position (4: a Street-View-like panorama)."),
-    randomize: str = typer.Option("", "--randomize", help="Domain randomisation of the renders: sky, facades, "
-                                  "occluders, camera, optics (comma-separated), or all."),
+    randomize: str = RandomizeOption,
     config: Optional[Path] = ConfigOption,
     overrides: Optional[List[str]] = SetOption,
 ):

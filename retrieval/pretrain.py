@@ -122,13 +122,12 @@ def pretrain(cfg: Config, osm_files: list[Path], out: Path, views: int = 1000, h
     resume = (out / "last.pt").is_file()
     cfg.data.train, cfg.data.test = str((out / "data").resolve()), ""  # the run answers from anywhere
     cfg.data.val_fraction = 0.0  # each city rendered its own validation views
-    cities = None
     if distributed.is_main():  # under torchrun rank 0 renders and writes; the others wait for it
         out.mkdir(parents=True, exist_ok=True)
         cities = render_cities(cfg, osm_files, out, views, headings, knobs)
         combine(cities, out / "data")
         prepare_run_dir(out, cfg)
-    cities = distributed.gather_objects(cities)[0]
+    distributed.barrier()
     summary = train_embedding(cfg, out, resume)
     if not distributed.is_main():
         return {}

@@ -287,9 +287,10 @@ def render_dataset(osm_path: str | Path, out_dir: str | Path, n_train: int | Non
     [val.csv,] test.csv (path,lat,lon,heading), dataset.json (source, attribution, settings),
     ATTRIBUTION.txt and streets.graphml; with n_routes, routes.csv too (path,lat,lon,heading,date,route:
     camera walks of route_len photos route_step metres apart, in the test views' condition;
-    retrieval.synth.routes). knobs: domain randomisation of every view (retrieval.synth.randomize). n_train counts training positions, each rendered at `headings` headings;
+    retrieval.synth.routes). n_train counts training positions, each rendered at `headings` headings;
     validation views are drawn like the test views (same condition), so model selection sees the
-    queries the test asks. Same arguments, same bytes; a killed run picks up where it stopped."""
+    queries the test asks. knobs: domain randomisation of every view (retrieval.synth.randomize).
+    Same arguments, same bytes; a killed run picks up where it stopped."""
     t0 = time.perf_counter()
     osm_path, out_dir = Path(osm_path), Path(out_dir)
     if n_train is None and spacing_m is None:

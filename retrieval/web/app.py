@@ -8,6 +8,7 @@ waiting for it a new one is refused at once with 503 rather than queued without 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import re
@@ -32,6 +33,7 @@ MAX_UPLOAD_MB = 20.0  # one request's body, all its photos together
 MAX_WAITING = 64  # requests holding decoded photos while they wait for the model
 MAX_K = 100
 THUMB_PX = 240
+BUSY = "the server is busy locating other photos: try again in a moment"
 IMAGE_N = re.compile(r"<image (\d+)>")  # how the Locator names the images it is given in memory
 
 
@@ -89,12 +91,75 @@ def _as_uploaded(r: Route, names: list[str], how: str) -> Route:
     return r
 
 
+class _Model:
+    """The Locator shared by the request threads: one batch at a time under a lock, and at most
+    max_waiting requests holding decoded photos (past that a request is refused at once, unread)."""
+
+    def __init__(self, loc: Locator, max_waiting: int, max_pixels: int):
+        self.loc, self.max_pixels = loc, max_pixels
+        self.lock, self.slots = threading.Lock(), threading.BoundedSemaphore(max_waiting)
+
+    @contextlib.contextmanager
+    def slot(self):
+        """Yields the files reader, or None when every slot is taken (answer 503)."""
+        if not self.slots.acquire(blocking=False):
+            yield None
+            return
+        try:
+            yield functools.partial(_read_files, max_pixels=self.max_pixels)
+        finally:
+            self.slots.release()
+
+    def locate(self, files, k: int | None):
+        """Each uploaded `photo` field answered as `geoloc query --json` answers a file (`path`: the
+        uploaded name), plus `truth` where the photo carries EXIF GPS. Like `geoloc query`, a photo that
+        cannot be located gets its own `error` and the others are answered; the status is then the
+        first failure's 4xx."""
+        with self.slot() as read_files:
+            if read_files is None:
+                return _error(503, BUSY)
+            read = read_files(files)
+            results = [{"path": name, "error": str(u)} if isinstance(u, UploadError) else None for name, u in read]
+            statuses = [u.status for _, u in read if isinstance(u, UploadError)]
+            good = [i for i, (_, u) in enumerate(read) if isinstance(u, Upload)]
+            if good:
+                with self.lock:
+                    answers = self.loc.locate([read[i][1].image for i in good], k)
+                for i, a in zip(good, answers):
+                    name, u = read[i]
+                    a.source, a.warning = name, u.warning  # named as uploaded, not "<image N>"
+                    results[i] = with_truth(a.to_dict(), u.truth)
+                    statuses += [400] if a.error else []
+        return jsonify(results), (statuses[0] if statuses else 200)
+
+    def route(self, files):
+        """The uploaded `photo` fields located together as one route (Locator.locate_route): its GeoJSON
+        (Route.geojson) with Route.to_dict's fields, photos named as uploaded. As in locate, an
+        unreadable photo is named, skipped, and its 4xx is the status; the route goes on without it."""
+        with self.slot() as read_files:
+            if read_files is None:
+                return _error(503, BUSY)
+            read = read_files(files)
+            bad = [u for _, u in read if isinstance(u, UploadError)]
+            if len(read) - len(bad) < 2:
+                return _error(400, f"a route needs 2 or more readable photos, {len(read) - len(bad)} of "
+                                   f"{len(read)} could be read ({bad[0]})")
+            names, photos, times, how = _route_photos(read)
+            try:
+                with self.lock:
+                    r = self.loc.locate_route(photos, times=times)
+            except GeolocError as exc:  # the server's setting, not the upload: e.g. geodesic steps without streets
+                return _error(500, f"cannot decode a route: {exc}")
+        r = _as_uploaded(r, names, how)
+        return jsonify({**r.geojson(), **r.to_dict()}), (bad[0].status if bad else 200)
+
+
 def create_app(loc: Locator, city: dict, max_upload_mb: float = MAX_UPLOAD_MB, max_waiting: int = MAX_WAITING,
                max_pixels: int = MAX_PIXELS) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 2**20)  # Flask answers 413 past it, unread
     app.json.sort_keys = False  # the fields in `geoloc query --json`'s order
-    model_lock, slots = threading.Lock(), threading.BoundedSemaphore(max_waiting)
+    model = _Model(loc, max_waiting, max_pixels)
     row_of = {p: i for i, p in enumerate(loc.side.paths)}  # only the index's own photos are ever served
     page = page_html({"run": Path(loc.run_dir).name, "photos": len(row_of), "k": loc.cfg.index.k,
                       "vote": loc.mode, "max_upload_bytes": app.config["MAX_CONTENT_LENGTH"]})
@@ -133,10 +198,6 @@ def create_app(loc: Locator, city: dict, max_upload_mb: float = MAX_UPLOAD_MB, m
 
     @app.post("/api/locate")
     def locate():
-        """Each uploaded `photo` field answered as `geoloc query --json` answers a file (`path`: the
-        uploaded name), plus `truth` where the photo carries EXIF GPS. Like `geoloc query`, a photo that
-        cannot be located gets its own `error` and the others are answered; the status is then the
-        first failure's 4xx."""
         try:
             k = _k(request.args.get("k"))
         except UploadError as exc:
@@ -144,51 +205,15 @@ def create_app(loc: Locator, city: dict, max_upload_mb: float = MAX_UPLOAD_MB, m
         files = request.files.getlist("photo")
         if not files:
             return _error(400, "no photo in the upload: send multipart/form-data with one or more 'photo' files")
-        if not slots.acquire(blocking=False):
-            return _error(503, "the server is busy locating other photos: try again in a moment")
-        try:
-            read = _read_files(files, max_pixels)
-            results = [{"path": name, "error": str(u)} if isinstance(u, UploadError) else None for name, u in read]
-            statuses = [u.status for _, u in read if isinstance(u, UploadError)]
-            good = [i for i, (_, u) in enumerate(read) if isinstance(u, Upload)]
-            if good:
-                with model_lock:
-                    answers = loc.locate([read[i][1].image for i in good], k)
-                for i, a in zip(good, answers):
-                    name, u = read[i]
-                    a.source, a.warning = name, u.warning  # named as uploaded, not "<image N>"
-                    results[i] = with_truth(a.to_dict(), u.truth)
-                    statuses += [400] if a.error else []
-        finally:
-            slots.release()
-        return jsonify(results), (statuses[0] if statuses else 200)
+        return model.locate(files, k)
 
     @app.post("/api/route")
     def route():
-        """The uploaded `photo` fields located together as one route (Locator.locate_route): its GeoJSON
-        (Route.geojson) with Route.to_dict's fields, photos named as uploaded. As in /api/locate, an
-        unreadable photo is named, skipped, and its 4xx is the status; the route goes on without it."""
         files = request.files.getlist("photo")
         if len(files) < 2:
             return _error(400, f"a route needs 2 or more photos, got {len(files)}: send multipart/form-data "
                                "with several 'photo' files")
-        if not slots.acquire(blocking=False):
-            return _error(503, "the server is busy locating other photos: try again in a moment")
-        try:
-            read = _read_files(files, max_pixels)
-            bad = [u for _, u in read if isinstance(u, UploadError)]
-            if len(read) - len(bad) < 2:
-                return _error(400, f"a route needs 2 or more readable photos, {len(read) - len(bad)} of "
-                                   f"{len(read)} could be read ({bad[0]})")
-            names, photos, times, how = _route_photos(read)
-            with model_lock:
-                r = loc.locate_route(photos, times=times)
-        except GeolocError as exc:  # the server's setting, not the upload: e.g. geodesic steps without streets
-            return _error(500, f"cannot decode a route: {exc}")
-        finally:
-            slots.release()
-        r = _as_uploaded(r, names, how)
-        return jsonify({**r.geojson(), **r.to_dict()}), (bad[0].status if bad else 200)
+        return model.route(files)
 
     return app
 
