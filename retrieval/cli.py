@@ -105,8 +105,8 @@ def synth_city(
     typer.echo(f"wrote {out}")
 
 
-RandomizeOption = typer.Option("", "--randomize", help="Domain randomisation of the renders, comma-separated: "
-                               "sky, facades, occluders, camera, optics, or all (retrieval/synth/randomize.py).")
+RandomizeOption = typer.Option("", "--randomize", help="Domain randomisation of the renders, comma-separated: sky, "
+                               "facades, windows, occluders, furniture, camera, optics, or all (retrieval/synth/randomize.py).")
 
 
 @synth_app.command("render")

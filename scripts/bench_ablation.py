@@ -57,7 +57,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args()
 
-    hits = {arm: np.stack([top1_hits(run_arm(arm, s, args)) for s in args.seeds]) for arm in ARMS}
+    runs = {(arm, s): run_arm(arm, s, args) for s in args.seeds for arm in ARMS}  # seed by seed: a cut run stays paired
+    hits = {arm: np.stack([top1_hits(runs[arm, s]) for s in args.seeds]) for arm in ARMS}
     # over test views (the seed-mean hit rate of each view), and over seeds and test views together:
     # the second holds the spread between training runs, which from random weights is the larger
     mean, lo, hi = paired_bootstrap(hits["geodesic"].mean(0), hits["euclidean"].mean(0))

@@ -9,7 +9,7 @@ per photo, and paired bootstrap 95% CIs over windows (retrieval.metrics.paired_b
 hit rates: photos of one window are not independent) of geodesic - euclidean and geodesic - single.
 
     .venv/bin/python scripts/bench_route.py --run RUN --routes DATA/routes.csv --lengths 5 10 20 --strides 1 3 \
-        [--no-times] [--set route.temperature=0.02] [--out route_bench.json]
+        [--streets GRAPH] [--no-times] [--set route.temperature=0.02] [--out route_bench.json]
 
 --no-times drops the capture times (every step expected at route.step_m). The embedding is run once
 over every photo of routes.csv.
@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--routes", type=Path, required=True, help="routes.csv of `geoloc synth render --routes`.")
     ap.add_argument("--lengths", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--strides", type=int, nargs="+", default=[1, 3], help="Every S-th photo of a walk.")
+    ap.add_argument("--streets", type=Path, help="Street graph of the routes' city (default: the run's).")
     ap.add_argument("--no-times", action="store_true", help="Decode without capture times.")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value (route.*).")
     ap.add_argument("--out", type=Path, help="JSON of the rows.")
@@ -86,7 +87,7 @@ def main() -> None:
     v = vote(lat[:, :kv], lon[:, :kv], np.where(ids < 0, np.nan, sims)[:, :kv], loc.mode, cfg.index.vote_radius_m)
     ids, sims, lat, lon = (a[:, :cfg.route.k] for a in (ids, sims, lat, lon))
     near = np.nan_to_num(errors_m(lat, lon, m.lat[:, None], m.lon[:, None]), nan=np.inf) <= HIT_M
-    walks = loc.street_walks()
+    walks = loc.street_walks(args.streets)
     arms = {d: dataclasses.replace(cfg.route, distance=d) for d in ("geodesic", "euclidean")}
     rows = []
     for length in args.lengths:

@@ -11,7 +11,7 @@ from retrieval.synth.cameras import render_dataset, sample_views
 from retrieval.synth.city import write_demo_city
 from retrieval.synth.osm import load_city
 from retrieval.synth.randomize import KNOBS, parse_knobs, randomize_camera, randomize_look
-from retrieval.synth.render import L_FACADE, L_NOISE, Camera, Renderer, sample_look
+from retrieval.synth.render import L_FACADE, L_NOISE, L_WINDOWS, Camera, Renderer, sample_look
 from retrieval.synth.scene import world_from_city
 from retrieval.synth.sheet import contact_sheet
 from tests.test_synth import _box_world
@@ -44,8 +44,23 @@ def test_knobs_keep_positions_and_change_only_their_own_draws(city):
                          and a.look.jpeg_quality == b.look.jpeg_quality for a, b in zip(views, plain))
         cars = sum(len(v.look.vehicles) for v in views), sum(len(v.look.vehicles) for v in plain)
         assert cams_same == (knob != "camera"), knob
-        assert looks_same == (knob not in ("sky", "facades", "optics")), knob
-        assert (cars[0] > cars[1]) == (knob == "occluders"), (knob, cars)
+        assert looks_same == (knob not in ("sky", "facades", "windows", "optics")), knob
+        assert (cars[0] > cars[1]) == (knob in ("occluders", "furniture")), (knob, cars)
+
+
+def test_furniture_stands_on_the_kerbs_clear_of_buildings(city):
+    from shapely.geometry import Point
+
+    from retrieval.synth.render import BIN, BOLLARD, CABINET, POST, SHELTER, V_KIND, V_X, V_Y
+
+    _, world = city
+    plain = sample_views(world, "train", 30, None, seed=0, size=32)
+    views = sample_views(world, "train", 30, None, seed=0, size=32, knobs=("furniture",))
+    added = np.concatenate([v.look.vehicles[len(p.look.vehicles):] for v, p in zip(views, plain)])
+    assert len(added) >= 30 and set(added[:, V_KIND].astype(int)) == {POST, BIN, BOLLARD, CABINET, SHELTER}
+    assert not any(len(world.footprints.query(Point(x, y), predicate="intersects")) for x, y in added[:, [V_X, V_Y]])
+    cams = np.array([[v.camera.x, v.camera.y] for v in views])
+    assert np.hypot(*(added[:, None, [V_X, V_Y]] - cams[None]).transpose(2, 0, 1)).min() > 1.0
 
 
 def test_camera_and_look_knobs_stay_in_their_ranges():
@@ -66,7 +81,7 @@ def _sharpness(img):
     return np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean()
 
 
-def test_blur_softens_and_facades_recolour_only_walls():
+def test_blur_softens_and_facades_and_windows_change_only_walls():
     world = _box_world(15.0, 6.0, 9.0)
     cam = Camera(x=-world.origin[0], y=-world.origin[1], heading=10.0, width=48, height=48)
     rend = Renderer(world)
@@ -84,6 +99,11 @@ def test_blur_softens_and_facades_recolour_only_walls():
     np.testing.assert_array_equal(recoloured[sky], sharp[sky])
     wall = np.isfinite(depth) & (depth < 20) & (np.arange(48)[:, None] < 24)
     assert np.abs(recoloured[wall].astype(int) - sharp[wall].astype(int)).mean() > 3
+    p = look.params.copy()
+    p[L_WINDOWS] = 1.0
+    windows = rend.render(cam, dataclasses.replace(look, params=p))
+    np.testing.assert_array_equal(windows[sky], sharp[sky])
+    assert (np.abs(windows[wall].astype(int) - sharp[wall].astype(int)).max(axis=1) > 8).mean() > 0.05
 
 
 def test_a_render_records_its_knobs_and_refuses_others_in_the_same_folder(city, tmp_path):

@@ -17,7 +17,9 @@ from retrieval.files import atomic_write, atomic_write_json, atomic_write_text, 
 from retrieval.manifests import Manifest, write_manifest
 from retrieval.synth.osm import load_city
 from retrieval.synth.randomize import knob_rng, randomize_camera, randomize_look
-from retrieval.synth.render import BUS, CAR, MAX_VEHICLES, VAN, Camera, Look, Renderer, sample_look
+from retrieval.synth.render import (
+    BIN, BOLLARD, BUS, CABINET, CAR, MAX_VEHICLES, POST, SHELTER, VAN, Camera, Look, Renderer, sample_look,
+)
 from retrieval.synth.routes import Walk, capture_times, sample_walks, write_routes_manifest
 from retrieval.synth.scene import CAMERA_HIGHWAYS, PAVED_AS_STREET, World, world_from_city
 
@@ -25,6 +27,12 @@ CLEARANCE_M = 0.8  # a camera keeps this far from any wall
 TREE_CLEARANCE_M = 1.5  # and this far from a tree's centre
 CAR_COLOURS = [(0.75, 0.75, 0.76), (0.08, 0.08, 0.09), (0.93, 0.93, 0.92), (0.55, 0.06, 0.06),
                (0.10, 0.20, 0.45), (0.35, 0.36, 0.38), (0.60, 0.62, 0.64), (0.15, 0.30, 0.18)]
+# Street furniture (the furniture knob): half length, half width, height in metres; how often; colours.
+FURNITURE = {POST: ((0.06, 0.06, 2.7), 0.3, [(0.1, 0.25, 0.6), (0.85, 0.85, 0.85), (0.7, 0.1, 0.1), (0.1, 0.4, 0.2)]),
+             BIN: ((0.25, 0.25, 1.0), 0.2, [(0.1, 0.25, 0.12), (0.15, 0.15, 0.16), (0.6, 0.5, 0.2)]),
+             BOLLARD: ((0.1, 0.1, 0.95), 0.25, [(0.12, 0.12, 0.13), (0.3, 0.3, 0.32), (0.5, 0.45, 0.35)]),
+             CABINET: ((0.45, 0.25, 1.3), 0.15, [(0.2, 0.35, 0.25), (0.55, 0.56, 0.55), (0.3, 0.3, 0.33)]),
+             SHELTER: ((1.6, 0.7, 2.5), 0.1, [(0.3, 0.32, 0.35), (0.15, 0.2, 0.3), (0.5, 0.1, 0.1)])}
 
 
 @dataclass
@@ -80,8 +88,6 @@ def _vehicles(world: World, line, hw: str, width: float, d_cam: float, cx: float
     """Cars, vans and the odd bus parked or driving on the camera's own street."""
     if hw in PAVED_AS_STREET or width < min_width:
         return np.zeros((0, 11))
-    from shapely.geometry import Polygon
-
     rows = []
     for _ in range(rng.poisson(4.0)):
         d = d_cam + rng.choice([-1, 1]) * rng.uniform(5.0, 45.0)
@@ -96,11 +102,7 @@ def _vehicles(world: World, line, hw: str, width: float, d_cam: float, cx: float
         x, y = x + ty * lateral, y - tx * lateral
         if rng.random() < 0.5:
             tx, ty = -tx, -ty
-        if math.hypot(x - cx, y - cy) < hl + 2.5:
-            continue
-        corners = [(x + sa * hl * tx - sb * hwid * ty, y + sa * hl * ty + sb * hwid * tx)
-                   for sa, sb in ((1, 1), (1, -1), (-1, -1), (-1, 1))]
-        if len(world.footprints.query(Polygon(corners), predicate="intersects")):
+        if math.hypot(x - cx, y - cy) < hl + 2.5 or not _fits(world, x, y, tx, ty, hl, hwid):
             continue
         colour = (0.62, 0.05, 0.05) if kind == BUS else CAR_COLOURS[rng.integers(len(CAR_COLOURS))]
         if kind == VAN and rng.random() < 0.6:
@@ -109,14 +111,50 @@ def _vehicles(world: World, line, hw: str, width: float, d_cam: float, cx: float
     return np.array(rows, dtype=np.float64).reshape(-1, 11)
 
 
+def _fits(world: World, x: float, y: float, tx: float, ty: float, hl: float, hw: float) -> bool:
+    """A box of half length hl along (tx, ty) and half width hw at (x, y) stands clear of every building."""
+    from shapely.geometry import Polygon
+
+    corners = [(x + sa * hl * tx - sb * hw * ty, y + sa * hl * ty + sb * hw * tx)
+               for sa, sb in ((1, 1), (1, -1), (-1, -1), (-1, 1))]
+    return len(world.footprints.query(Polygon(corners), predicate="intersects")) == 0
+
+
+def _furniture(world: World, line, width: float, d_cam: float, cx: float, cy: float,
+               rng: np.random.Generator) -> np.ndarray:
+    """Posts with signs, bins, bollards, cabinets and shelters along the kerbs of the camera's street."""
+    kinds = list(FURNITURE)
+    share = np.array([FURNITURE[k][1] for k in kinds])
+    rows = []
+    for _ in range(rng.poisson(5.0)):
+        d = d_cam + rng.choice([-1, 1]) * rng.uniform(2.0, 40.0)
+        if not 0 < d < line.length:
+            continue
+        kind = kinds[rng.choice(len(kinds), p=share / share.sum())]
+        (hl, hwid, h), _, colours = FURNITURE[kind]
+        x, y, tx, ty = _tangent(line, d)
+        lateral = rng.choice([-1, 1]) * (width / 2 + rng.uniform(0.2, 1.2))
+        x, y = x + ty * lateral, y - tx * lateral
+        if math.hypot(x - cx, y - cy) < hl + 1.5 or not _fits(world, x, y, tx, ty, hl, hwid):
+            continue
+        colour = np.array(colours[rng.integers(len(colours))]) * rng.uniform(0.85, 1.1)
+        rows.append([x, y, tx, ty, hl, hwid, h * rng.uniform(0.9, 1.1), *colour, kind])
+    return np.array(rows, dtype=np.float64).reshape(-1, 11)
+
+
 def _occluders(world: World, look: Look, line, hw: str, width: float, d: float, cx: float, cy: float,
                krng: np.random.Generator, knobs: tuple[str, ...]) -> Look:
-    """The occluders knob: up to as many vehicles again, on streets down to 3.5 m wide."""
-    if "occluders" not in knobs:
+    """The occluders knob: up to as many vehicles again, on streets down to 3.5 m wide; the furniture
+    knob: street furniture along the kerbs."""
+    extra = [look.vehicles]
+    if "occluders" in knobs:
+        more = _vehicles(world, line, hw, width, d, cx, cy, krng, min_width=3.5)
+        extra.append(more[: int(krng.integers(0, len(more) + 1))])
+    if "furniture" in knobs:
+        extra.append(_furniture(world, line, width, d, cx, cy, krng))
+    if len(extra) == 1:
         return look
-    more = _vehicles(world, line, hw, width, d, cx, cy, krng, min_width=3.5)
-    more = more[: int(krng.integers(0, len(more) + 1))]
-    return dataclasses.replace(look, vehicles=np.concatenate([look.vehicles, more])[:MAX_VEHICLES])
+    return dataclasses.replace(look, vehicles=np.concatenate(extra)[:MAX_VEHICLES])
 
 
 def sample_views(world: World, split: str, n: int | None, spacing_m: float | None, seed: int,

@@ -7,7 +7,9 @@ a render without any knob is byte-identical to one made before the knobs existed
 
     sky        sun 5-75 degrees up, overcast 2 in 5, cloud cover to 1, sky and ambient tints
     facades    each building's colour and weathering contrast shift per image
+    windows    each building's window bays, panes, glass, shopfront and style redrawn per image
     occluders  up to twice the parked and passing vehicles, on narrow streets too
+    furniture  sign posts, bins, bollards, cabinets and shelters along the kerbs
     camera     eye height 0.55-1.3x, pitch +-12, roll +-8 degrees, field of view 0.65-1.15x
     optics     exposure, colour casts, sensor noise, blur, vignetting and JPEG quality over wider ranges
 """
@@ -21,10 +23,10 @@ import numpy as np
 from retrieval import GeolocError
 from retrieval.synth.render import (
     L_AMB_B, L_AMB_R, L_CLOUDS, L_EXPOSURE, L_FACADE, L_HOR_B, L_HOR_R, L_NOISE, L_SUN_EL, L_VIGNETTE, L_WB_B,
-    L_WB_R, L_ZEN_B, L_ZEN_R, Camera, Look,
+    L_WB_R, L_WINDOWS, L_ZEN_B, L_ZEN_R, Camera, Look,
 )
 
-KNOBS = ("sky", "facades", "occluders", "camera", "optics")
+KNOBS = ("sky", "facades", "windows", "occluders", "furniture", "camera", "optics")
 
 
 def parse_knobs(text: str | None) -> tuple[str, ...]:
@@ -45,7 +47,7 @@ def knob_rng(seed: int, split: str) -> np.random.Generator:
 
 
 def randomize_look(look: Look, rng: np.random.Generator, knobs: tuple[str, ...]) -> Look:
-    """The look with the sky, facades and optics knobs applied (a copy; the input is unchanged)."""
+    """The look with the sky, facades, windows and optics knobs applied (a copy; the input is unchanged)."""
     if not knobs:
         return look
     p = look.params.copy()
@@ -72,6 +74,8 @@ def randomize_look(look: Look, rng: np.random.Generator, knobs: tuple[str, ...])
         p[L_VIGNETTE] = rng.uniform(0.0, 0.5)
         blur = float(rng.uniform(0.0, 1.0) ** 2 * 2.0)  # pixels at 224 px; most images stay sharp
         quality = int(rng.integers(25, 95))
+    if "windows" in knobs:  # drawn last: the knobs before it draw as they did before it existed
+        p[L_WINDOWS] = rng.uniform(0.3, 1.0)
     return dataclasses.replace(look, params=p, blur=blur, jpeg_quality=quality)
 
 

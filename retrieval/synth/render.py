@@ -17,22 +17,25 @@ from numba import njit
 from retrieval.synth.scene import (
     B_AB, B_AG, B_AR, B_B, B_FLOOR, B_G, B_GROUND, B_HEIGHT, B_MINH, B_R, B_SEED, B_SHOP, B_SPACING,
     B_STYLE, B_TB, B_TG, B_TR, B_WINH, B_WINW, CLASSICAL, CURTAIN, FOOTPRINT, GRASS, HOUSE, INDUSTRIAL,
-    MARKING, OPEN, PAVEMENT, PAVING, ROAD, T_CB, T_CG, T_CR, T_LAMP, T_R, T_RZ, T_TRUNK, T_X, T_Y, T_Z, W_BLD, W_LEN, W_NX,
+    MARKING, OPEN, PAVEMENT, PAVING, PUNCHED, ROAD, T_CB, T_CG, T_CR, T_LAMP, T_R, T_RZ, T_TRUNK, T_X, T_Y, T_Z, W_BLD, W_LEN, W_NX,
     W_NY, W_U0, W_X0, W_X1, W_Y0, W_Y1, WATER, World,
 )
 
 MAX_WALL_HITS = 40
 MAX_TREE_HITS = 16
-MAX_VEHICLES = 12
+MAX_VEHICLES = 20  # vehicles and street furniture (the occluders and furniture knobs add both)
 
 # Look parameters (one float64 vector per image).
 (L_SUN_AZ, L_SUN_EL, L_SUN_R, L_SUN_G, L_SUN_B, L_AMB_R, L_AMB_G, L_AMB_B, L_ZEN_R, L_ZEN_G, L_ZEN_B,
  L_HOR_R, L_HOR_G, L_HOR_B, L_HAZE_D, L_CLOUDS, L_LIT, L_EXPOSURE, L_WB_R, L_WB_B, L_NOISE, L_SEED,
- L_MAXDIST, L_VIGNETTE, L_FACADE) = range(25)
-N_LOOK = 25  # L_FACADE: how far each building's colour shifts in this image (0: not at all; synth.randomize)
+ L_MAXDIST, L_VIGNETTE, L_FACADE, L_WINDOWS) = range(26)
+# L_FACADE: how far each building's colour shifts in this image; L_WINDOWS: how far its window bays, panes
+# and shopfront change (0: not at all; synth.randomize)
+N_LOOK = 26
 # Vehicle columns.
 V_X, V_Y, V_AX, V_AY, V_HL, V_HW, V_H, V_R, V_G, V_B, V_KIND = range(11)
 CAR, VAN, BUS = range(3)
+POST, BIN, BOLLARD, CABINET, SHELTER = range(3, 8)  # street furniture: boxes on the pavement, as vehicles are
 # What a pixel shows.
 K_SKY, K_GROUND, K_WALL, K_ROOF, K_TREE, K_TRUNK, K_VEHICLE, K_VTOP = range(8)
 KERB = 100  # a ground material only the shader uses
@@ -564,24 +567,26 @@ def _cast_rays(pose, look, vehicles, scene, frame, amin, da):
 # --- shading ------------------------------------------------------------------------------------------
 
 @njit(cache=True)
-def _shop_front(bld, b, u, z, br, bg, bb, look, sky):
-    """A shop's ground floor below its fascia line: fascia with lettering, plinth, lit shop windows."""
+def _shop_front(bld, b, u, z, br, bg, bb, pane_m, accent, look, sky):
+    """A shop's ground floor below its fascia line: fascia with lettering, plinth, lit shop windows of
+    pane_m metres; accent: the fascia's and frames' colour."""
     ground = bld[b, B_GROUND]
     bseed = np.int64(bld[b, B_SEED])
+    ar, ag, ab = accent
     if z > ground - 0.85:
         letter = _hash(math.floor(u * 2.5), math.floor(z * 4.0), bseed) > 0.55 and z < ground - 0.2 \
             and _frac(u / 9.0) < 0.6
-        r, g, bl = bld[b, B_AR], bld[b, B_AG], bld[b, B_AB]
+        r, g, bl = ar, ag, ab
         if letter:
             r, g, bl = 0.95 - r * 0.5, 0.95 - g * 0.5, 0.92 - bl * 0.5
     elif z < 0.3:
         r, g, bl = br * 0.55, bg * 0.55, bb * 0.55
     else:
-        pane = _frac(u / 2.7)
+        pane = _frac(u / pane_m)
         if pane < 0.07 or z > ground - 1.05:
-            r, g, bl = bld[b, B_AR] * 0.6, bld[b, B_AG] * 0.6, bld[b, B_AB] * 0.6
+            r, g, bl = ar * 0.6, ag * 0.6, ab * 0.6
         else:
-            inside = 0.08 + 0.12 * _hash(math.floor(u / 2.7), 7, bseed)
+            inside = 0.08 + 0.12 * _hash(math.floor(u / pane_m), 7, bseed)
             lit = 0.25 * look[L_LIT] * 2
             r = inside + lit + 0.28 * sky[0] * (1.0 - z / ground)
             g = inside + lit * 0.85 + 0.28 * sky[1] * (1.0 - z / ground)
@@ -590,11 +595,10 @@ def _shop_front(bld, b, u, z, br, bg, bb, look, sky):
 
 
 @njit(cache=True)
-def _facade_pattern(bld, b, style, u, z, uf, zf, fh, br, bg, bb):
+def _facade_pattern(bld, b, style, u, z, uf, zf, fh, spacing, ww, wh, br, bg, bb):
     """The facade's pattern at (uf, zf), the position within its window bay (0..1 across, 0..1 up a floor
-    of fh metres): wall colour, or glass = 1.0 where a window pane is."""
-    ww, wh = bld[b, B_WINW], bld[b, B_WINH]
-    spacing = bld[b, B_SPACING]
+    of fh metres; bays spacing metres wide, windows ww x wh of a bay): wall colour, or glass = 1.0 where a
+    window pane is."""
     r, g, bl = br, bg, bb
     glass = 0.0
     if style == CURTAIN:
@@ -628,11 +632,37 @@ def _facade_pattern(bld, b, style, u, z, uf, zf, fh, br, bg, bb):
 
 
 @njit(cache=True)
+def _window_variant(bld, b, look):
+    """The building's windows as this image shows them: style, bay spacing, window width and height (share
+    of a bay), floor height, shop pane width, glass tint and accent colour. The windows knob (L_WINDOWS)
+    redraws them per image around the building's own, as the facades knob does its colour."""
+    style = int(bld[b, B_STYLE])
+    ww, wh, spacing, floor_h, pane = bld[b, B_WINW], bld[b, B_WINH], bld[b, B_SPACING], bld[b, B_FLOOR], 2.7
+    tint = (bld[b, B_TR], bld[b, B_TG], bld[b, B_TB])
+    accent = (bld[b, B_AR], bld[b, B_AG], bld[b, B_AB])
+    w = look[L_WINDOWS]
+    if w > 0:
+        bseed, iseed = np.int64(bld[b, B_SEED]), np.int64(look[L_SEED])
+        ww = min(0.9, ww * (1.0 + w * (_hash(bseed, 5, iseed) - 0.5)))
+        wh = min(0.9, wh * (1.0 + w * (_hash(bseed, 6, iseed) - 0.5)))
+        spacing *= 1.0 + 0.6 * w * (_hash(bseed, 7, iseed) - 0.5)
+        floor_h *= 1.0 + 0.3 * w * (_hash(bseed, 8, iseed) - 0.5)
+        pane *= 1.0 + 1.2 * w * (_hash(bseed, 9, iseed) - 0.5)
+        g = 1.0 + w * (_hash(bseed, 10, iseed) - 0.5)
+        tint = (tint[0] * g, tint[1] * g, tint[2] * (1.0 + w * (_hash(bseed, 11, iseed) - 0.5)))
+        a = _hash(bseed, 12, iseed)
+        accent = (accent[0] * (0.5 + a), accent[1] * (1.5 - a), accent[2] * (0.6 + 0.8 * _hash(bseed, 13, iseed)))
+        if style != CURTAIN and style != INDUSTRIAL and _hash(bseed, 14, iseed) < 0.35 * w:
+            style = (PUNCHED, CLASSICAL, HOUSE)[int(3.0 * _hash(bseed, 15, iseed)) % 3]
+    return style, ww, wh, spacing, floor_h, pane, tint, accent
+
+
+@njit(cache=True)
 def _shade_wall(bld, b, u, z, fp, look, sky):
     """Facade colour at (u metres along the building's perimeter, z metres up), before lighting, and
     1.0 if sunlight applies (0.0 for a lit window, which glows by itself). fp: a pixel's footprint in
     metres; sky: what glass reflects."""
-    style = int(bld[b, B_STYLE])
+    style, ww, wh, spacing, floor_h, pane, tint, accent = _window_variant(bld, b, look)
     height = bld[b, B_HEIGHT]
     bseed = np.int64(bld[b, B_SEED])
     br, bg, bb = bld[b, B_R], bld[b, B_G], bld[b, B_B]
@@ -648,19 +678,18 @@ def _shade_wall(bld, b, u, z, fp, look, sky):
     br, bg, bb = br * weather, bg * weather, bb * weather
     ground = bld[b, B_GROUND]
     if bld[b, B_SHOP] > 0 and z < ground and height > ground + 1.0:
-        r, g, bl = _shop_front(bld, b, u, z, br, bg, bb, look, sky)
+        r, g, bl = _shop_front(bld, b, u, z, br, bg, bb, pane, accent, look, sky)
         return r, g, bl, 1.0
     if z > height - 0.45 and style != CURTAIN:
         return br * 1.12, bg * 1.12, bb * 1.1, 1.0
-    spacing = bld[b, B_SPACING]
     zz = z - ground if z >= ground else z
-    fh = bld[b, B_FLOOR] if z >= ground else ground
+    fh = floor_h if z >= ground else ground
     fl = math.floor(zz / fh)
     zf = zz / fh - fl
     col = math.floor(u / spacing)
     uf = u / spacing - col
-    r, g, bl, glass = _facade_pattern(bld, b, style, u, z, uf, zf, fh, br, bg, bb)
-    tr, tg, tb = bld[b, B_TR], bld[b, B_TG], bld[b, B_TB]
+    r, g, bl, glass = _facade_pattern(bld, b, style, u, z, uf, zf, fh, spacing, ww, wh, br, bg, bb)
+    tr, tg, tb = tint
     refl = 0.3 if style == CURTAIN else 0.18
     if glass > 0:
         h = _hash(col, fl, bseed)
@@ -676,7 +705,7 @@ def _shade_wall(bld, b, u, z, fp, look, sky):
     period = min(spacing, fh)
     a = min(max((fp / period - 0.3) * 1.6, 0.0), 1.0)
     if a > 0:
-        wf = bld[b, B_WINW] * bld[b, B_WINH]
+        wf = ww * wh
         ar = br * (1 - wf) + (tr * 0.6 + refl * sky[0]) * wf
         ag = bg * (1 - wf) + (tg * 0.6 + refl * sky[1]) * wf
         ab = bb * (1 - wf) + (tb * 0.6 + refl * sky[2]) * wf
@@ -787,6 +816,22 @@ def _shade_tree(trees, t, x, y, z, sun, look):
 
 
 @njit(cache=True)
+def _furniture_colour(kind, vr, vg, vb, z, hv, dzn, look, sky):
+    """Street furniture's colour z metres up its hv: a post's sign, a bin's lid, a bollard's band, a
+    cabinet's plinth, a shelter's glass."""
+    if kind == POST:
+        return (vr, vg, vb) if z > hv - 0.75 else (0.32, 0.33, 0.35)
+    if kind == SHELTER and 0.35 < z < hv - 0.3:
+        _sky_gradient(abs(dzn) + 0.2, look, sky)
+        return 0.1 + 0.35 * sky[0], 0.11 + 0.35 * sky[1], 0.12 + 0.35 * sky[2]
+    if kind == BOLLARD and hv - 0.25 < z < hv - 0.12:
+        return 0.85, 0.85, 0.8
+    if z > hv - 0.12 or z < 0.1:
+        return vr * 0.6, vg * 0.6, vb * 0.6
+    return vr, vg, vb
+
+
+@njit(cache=True)
 def _shade_vehicle(vehicles, v, kind, f, u, z, dzn, sun, look, sky):
     """Vehicle v's roof (kind K_VTOP) or its side f (0..3: +a, -a, +b, -b) at u metres along it, z up."""
     vr, vg, vb = vehicles[v, V_R], vehicles[v, V_G], vehicles[v, V_B]
@@ -798,22 +843,25 @@ def _shade_vehicle(vehicles, v, kind, f, u, z, dzn, sun, look, sky):
         return vr * 1.1, vg * 1.1, vb * 1.1
     hl = vehicles[v, V_HL] if f >= 2 else vehicles[v, V_HW]
     r, g, bl = vr, vg, vb
-    if vk == BUS:
-        band = (1.4 < z < 2.1) or (2.7 < z < 3.6)
-    elif vk == VAN:
-        band = hv - 0.85 < z < hv - 0.25 and (f < 2 or u > hl - 2.0 or u < -hl + 2.0)
+    if vk >= POST:
+        r, g, bl = _furniture_colour(vk, vr, vg, vb, z, hv, dzn, look, sky)
     else:
-        band = hv - 0.55 < z < hv - 0.08 and abs(u) < hl - 0.35
-    if band:
-        _sky_gradient(abs(dzn) + 0.2, look, sky)
-        r, g, bl = 0.05 + 0.3 * sky[0], 0.06 + 0.3 * sky[1], 0.07 + 0.3 * sky[2]
-    elif z < 0.7 and f >= 2 and (abs(u - (hl - 0.9)) < 0.36 or abs(u + hl - 0.9) < 0.36):
-        r, g, bl = 0.04, 0.04, 0.045
-    elif z < 0.28:
-        r, g, bl = 0.08, 0.08, 0.08
-    elif f < 2 and z < 0.9 and abs(abs(u) - hl + 0.35) < 0.2:
-        # Lamps: white at the front (+a face), red at the back.
-        r, g, bl = (0.95, 0.92, 0.8) if f == 0 else (0.7, 0.05, 0.04)
+        if vk == BUS:
+            band = (1.4 < z < 2.1) or (2.7 < z < 3.6)
+        elif vk == VAN:
+            band = hv - 0.85 < z < hv - 0.25 and (f < 2 or u > hl - 2.0 or u < -hl + 2.0)
+        else:
+            band = hv - 0.55 < z < hv - 0.08 and abs(u) < hl - 0.35
+        if band:
+            _sky_gradient(abs(dzn) + 0.2, look, sky)
+            r, g, bl = 0.05 + 0.3 * sky[0], 0.06 + 0.3 * sky[1], 0.07 + 0.3 * sky[2]
+        elif z < 0.7 and f >= 2 and (abs(u - (hl - 0.9)) < 0.36 or abs(u + hl - 0.9) < 0.36):
+            r, g, bl = 0.04, 0.04, 0.045
+        elif z < 0.28:
+            r, g, bl = 0.08, 0.08, 0.08
+        elif f < 2 and z < 0.9 and abs(abs(u) - hl + 0.35) < 0.2:
+            # Lamps: white at the front (+a face), red at the back.
+            r, g, bl = (0.95, 0.92, 0.8) if f == 0 else (0.7, 0.05, 0.04)
     nxv = 0.0
     nyv = 0.0
     if f == 0:
