@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One domain-randomisation knob at a time (issue 28's knob table): for each knob, the 10-minute pretraining
+# of the none10/rand10 rows (Monaco + Heidelberg, 600 positions x 4 headings each) with that knob alone,
+# then zero-shot on the held-out cities (zeroshot.sh): benchmarks/pretrain/knob_<knob>_<city>_<day|dusk>.json.
+#   bash benchmarks/pretrain/knobs.sh [KNOB ...]      (default: every knob; a finished knob is skipped)
+# About 16 minutes a knob on a 2-core AMX Xeon; kill it at any time and run it again to go on.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OSM=../shared/data/osm
+KNOBS=${*:-$(.venv/bin/python -c "from retrieval.synth.randomize import KNOBS; print(*KNOBS)")}
+for k in $KNOBS; do
+  [ -f benchmarks/pretrain/knob_${k}_baltimore_2km_dusk.json ] && continue
+  .venv/bin/geoloc pretrain $OSM/monaco.osm.bz2 $OSM/heidelberg.osm.bz2 --views 600 --randomize "$k" \
+      --set train.max_minutes=10 --out runs/pre_knob_$k
+  bash benchmarks/pretrain/zeroshot.sh runs/pre_knob_$k knob_$k
+done
