@@ -142,8 +142,8 @@ def _furniture(world: World, line, width: float, d_cam: float, cx: float, cy: fl
     return np.array(rows, dtype=np.float64).reshape(-1, 11)
 
 
-def _occluders(world: World, look: Look, line, hw: str, width: float, d: float, cx: float, cy: float,
-               krng: np.random.Generator, knobs: tuple[str, ...]) -> Look:
+def _street_extras(world: World, look: Look, line, hw: str, width: float, d: float, cx: float, cy: float,
+                   krng: np.random.Generator, knobs: tuple[str, ...]) -> Look:
     """The occluders knob: up to as many vehicles again, on streets down to 3.5 m wide; the furniture
     knob: street furniture along the kerbs."""
     extra = [look.vehicles]
@@ -213,7 +213,7 @@ def sample_views(world: World, split: str, n: int | None, spacing_m: float | Non
             yaws = [float((first + k * step) % 360) for k in range(headings)]
         look = sample_look(rng, condition)
         look.vehicles = _vehicles(world, line, hw, width, d, cx, cy, rng)
-        look = _occluders(world, randomize_look(look, krng, knobs), line, hw, width, d, cx, cy, krng, knobs)
+        look = _street_extras(world, randomize_look(look, krng, knobs), line, hw, width, d, cx, cy, krng, knobs)
         for yaw in yaws:
             cam = Camera(x=cx, y=cy, heading=yaw, pitch=float(np.clip(rng.normal(0, 1.5), -4, 4)),
                          roll=float(np.clip(rng.normal(0, 1.0), -3, 3)), eye=eye, fov=fov, width=size, height=size)
@@ -231,7 +231,7 @@ def route_views(world: World, walks: list[Walk], seed: int, condition: str = "da
         light = randomize_look(sample_look(rng, condition), krng, knobs)
         for i, (x, y, heading, (line, hw, width, d)) in enumerate(zip(w.x, w.y, w.heading, w.streets)):
             look = dataclasses.replace(light, vehicles=_vehicles(world, line, hw, width, d, x, y, rng))
-            look = _occluders(world, look, line, hw, width, d, x, y, krng, knobs)
+            look = _street_extras(world, look, line, hw, width, d, x, y, krng, knobs)
             cam = Camera(x=float(x), y=float(y), heading=float(heading),
                          pitch=float(np.clip(rng.normal(0, 1.5), -4, 4)), roll=float(np.clip(rng.normal(0, 1.0), -3, 3)),
                          eye=eye, fov=fov, width=size, height=size)
