@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from retrieval.synth.randomize import KNOBS
+
 B, RUNS = Path(__file__).parent, Path(__file__).parents[2] / "runs"
 SETS = ["london_city_day", "london_city_dusk", "new_york_lower_east_side_day", "new_york_lower_east_side_dusk",
         "baltimore_2km_day", "baltimore_2km_dusk"]
@@ -35,7 +37,7 @@ def speed(run: Path) -> str:
 
 
 def main() -> None:
-    knobs = sorted(p.name[5:-len("_london_city_day.json")] for p in B.glob("knob_*_london_city_day.json"))
+    knobs = [k for k in KNOBS if (B / f"knob_{k}_london_city_day.json").is_file()]
     tags = {**{t: (t, RUNS / r) for t, r in ROWS.items()}, **{k: (f"knob_{k}", RUNS / f"pre_knob_{k}") for k in knobs}}
     _, h0, n0 = row("none10")
     print("| pretraining, 10 min | London day | London dusk | New York day | New York dusk | Baltimore day | "
