@@ -2,7 +2,8 @@
 # Zero-shot on held-out rendered cities (issue 28, session 17):
 #   bash benchmarks/pretrain/zeroshot.sh RUN TAG
 # renders each city once (a daytime database + test views, and dusk test views), indexes the database with
-# RUN and evaluates the day and the dusk test views: benchmarks/pretrain/TAG_<city>_<day|dusk>.json.
+# RUN and evaluates the day and the dusk test views: benchmarks/pretrain/TAG_<city>_<day|dusk>.json, and each
+# view's answer in runs/zs_pred/TAG_<city>_<day|dusk>/predictions.csv.
 # London's database is runs/london_dense (the London dense benchmark's render, RESULTS.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,6 +33,11 @@ w = csv.DictWriter(dst.open("w", newline=""), fieldnames=list(rows[0])); w.write
 PY
   done
   $G index build --run $RUN --data $day
-  $G evaluate --run $RUN --data $day && cp $RUN/metrics.json $B/${TAG}_${c}_day.json
-  $G evaluate --run $RUN --data runs/zs_${c}_dusk && cp $RUN/metrics.json $B/${TAG}_${c}_dusk.json
+  for when in day dusk; do
+    data=$day; [ $when = dusk ] && data=runs/zs_${c}_dusk
+    $G evaluate --run $RUN --data $data
+    cp $RUN/metrics.json $B/${TAG}_${c}_$when.json
+    # each view's answer too (beside the run, not in the repository), for paired_r1.py
+    mkdir -p runs/zs_pred/${TAG}_${c}_$when && cp $RUN/predictions.csv runs/zs_pred/${TAG}_${c}_$when/
+  done
 done
