@@ -50,11 +50,11 @@ def main() -> None:
     print("| pretraining, 10 min | London day | London dusk | New York day | New York dusk | Baltimore day | "
           "Baltimore dusk | pooled | vs no knobs (95%) | images |")
     print("|---|" + "---:|" * 8 + "---|")
-    pooled = {}  # knob -> [hits, n, no-knob hits, no-knob n] over its seeds
+    pooled = {}  # knob -> [hits, n, no-knob hits, no-knob n, seeds] summed over its seeds
     for s in seeds:
         knobs = [k for k in KNOBS if (B / f"knob_{k}{s}_baltimore_2km_dusk.json").is_file()]
-        tags = {"none10": ("none10", RUNS / "pre_none10"), **({"rand10": ("rand10", RUNS / "pre_rand10")} if not s else {}),
-                **{k: (f"knob_{k}", RUNS / f"pre_knob_{k}") for k in knobs}}
+        tags = {t: (t, RUNS / r) for t, r in ROWS.items() if t == "none10" or not s}
+        tags.update({k: (f"knob_{k}", RUNS / f"pre_knob_{k}") for k in knobs})
         _, h0, n0 = row(f"none10{s}")
         for name, (tag, run) in tags.items():
             cells, h, n = row(tag + s)
