@@ -1,6 +1,6 @@
 """A fine-tuning curve of issue 28 as a RESULTS.md table, from finetune.sh's files
-benchmarks/pretrain/ft<M>_<arm>_<city>.json (arm: the pretrained run's name, or scratch), with the floors of the
-first file (every point is scored on the same test views).
+benchmarks/pretrain/ft<M>_<arm>_<city>.json (arm: the pretrained run's name, or scratch), and the floors (every
+point is scored on the same test views).
   .venv/bin/python benchmarks/pretrain/curve_table.py monaco"""
 import json
 import re
@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 B = Path(__file__).parent
+
+
+def floor(m: dict, name: str) -> str:
+    f = m["floors"][name]
+    return f"{100 * f['recall@1_25m']:.1f}% ({f['median_error_m']:.0f} m)"
 
 
 def main(city: str) -> None:
@@ -24,9 +29,7 @@ def main(city: str) -> None:
         images = m["train_images_per_s"] * m["train_seconds"] / 1000
         print(f"| {minutes} | {start} | {100 * m['recall@1_25m']:.1f}% | {100 * m['recall@5_25m']:.1f}% | "
               f"{100 * m['acc@100m']:.1f}% | {m['median_error_m']:.0f} m | {images:.0f}k |")
-    def floor(m: dict, name: str) -> str:
-        f = m["floors"][name]
-        return f"{100 * f['recall@1_25m']:.1f}% ({f['median_error_m']:.0f} m)"
+
     # a run's "untrained" floor is k-NN on the network it starts from: random, or the pretrained one
     scratch = next((m for (_, pre, _), m in points.items() if not pre), None)
     pre = next((m for (_, p, _), m in points.items() if p), None)
@@ -35,6 +38,7 @@ def main(city: str) -> None:
           f"{floor(any_run, 'constant_guess')}, thumbnail {floor(any_run, 'thumbnail_knn')}, oracle "
           f"{floor(any_run, 'oracle')}" + (f", untrained {floor(scratch, 'untrained_knn')}" if scratch else "")
           + (f"; plain k-NN on the pretrained model {floor(pre, 'untrained_knn')}" if pre else ""))
+
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "london")
