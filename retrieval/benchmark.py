@@ -25,7 +25,7 @@ from retrieval.config import Config, dump_yaml, load_config, load_run_config, pr
 from retrieval.evaluate import evaluate_run
 from retrieval.files import atomic_write_text, command_line, read_log
 from retrieval.methods import method_kind, trainer
-from retrieval.models import build_resnet
+from retrieval.backbones import build_trunk
 from retrieval.prediction_images import PAGE, PREDICTIONS_DIR, save_predictions
 from retrieval.prior import PRIOR_DIR, PRIOR_FILE
 from retrieval.report import (error_cdf_png, floor_rows, learning_png, map_png, neighbourhoods_html, report_md,
@@ -74,7 +74,7 @@ def resolve_weights(cfg: Config) -> str:
     if cfg.model.weights != "imagenet":
         return ""
     try:
-        build_resnet("imagenet", cfg.model.arch)
+        build_trunk("imagenet", cfg.model.arch)
         return ""
     except GeolocError as exc:
         cfg.model.weights, cfg.model.lock_factor = "none", 0.0

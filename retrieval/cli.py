@@ -312,8 +312,13 @@ def train_embedding_cmd(
 
 @index_app.command("build")
 def index_build_cmd(
-    run: Path = typer.Option(..., "--run", help="A trained embedding run."),
+    run: Optional[Path] = typer.Option(None, "--run", help="A trained embedding run."),
     data: Optional[Path] = typer.Option(None, "--data", help="Photos to index (default: the run's data)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="No training: index --data with this network "
+                                           "as it is (efficientnet_lite0 and the other archs with ImageNet "
+                                           "weights, or hub:OWNER/REPO:ENTRY[k=v,...]) into a new run --out."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --backbone: the run folder to make."),
+    config: Optional[Path] = ConfigOption,
     kind: Optional[str] = typer.Option(None, "--kind", help="flat (exact) | ivfpq | hnsw."),
     overrides: Optional[List[str]] = SetOption,
 ):
@@ -322,14 +327,25 @@ def index_build_cmd(
     from retrieval.run_index import build_run_index
     from retrieval.runs import lock_run_dir
 
-    if not (run / "config.yaml").is_file():
-        raise GeolocError(f"{run}: not a run directory (no config.yaml)")
-    lock_run_dir(run, "index build")
-    cfg = load_config(run / "config.yaml", [*(overrides or []), *([f"index.kind={kind}"] if kind else [])])
+    sets = [*(overrides or []), *([f"index.kind={kind}"] if kind else [])]
     if data is not None:
         # A database to index is not a data set to split: every photo of a manifest is indexed (of a
         # data folder, train.csv and val.csv; test.csv holds queries).
-        cfg.data.train, cfg.data.test, cfg.data.val_fraction, cfg.data.test_fraction = str(data), "", 0.0, 0.0
+        sets += [f"data.train={data}", "data.test=", "data.val_fraction=0", "data.test_fraction=0"]
+    if backbone is not None:
+        from retrieval.zero_shot import make_zero_shot_run
+
+        if run is not None or out is None or data is None:
+            raise GeolocError("index build --backbone NAME needs --data PHOTOS and --out RUN (a new run), not --run")
+        lock_run_dir(out, "index build")
+        run, cfg = out, make_zero_shot_run(out, backbone, config, sets)
+    else:
+        if run is None or out is not None or config is not None:
+            raise GeolocError("index build: give --run RUN (a trained run), or --backbone NAME --data PHOTOS --out RUN")
+        if not (run / "config.yaml").is_file():
+            raise GeolocError(f"{run}: not a run directory (no config.yaml)")
+        lock_run_dir(run, "index build")
+        cfg = load_config(run / "config.yaml", sets)
     s = build_run_index(run, cfg)
     shards = f", {s['shards']} shards" if s["shards"] > 1 else ""
     typer.echo(f"indexed {s['photos']} photos{' (every photo of ' + str(data) + ')' if data else ''} ({s['kind']}, {s['dim']}-d{shards}) in {s['seconds']:.1f} s, "

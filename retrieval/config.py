@@ -20,7 +20,8 @@ from retrieval.index import REFINES
 from retrieval.losses import LOSSES, MINERS
 from retrieval.methods import METHODS
 from retrieval.mining import SUPERVISION
-from retrieval.models import ARCHS
+from retrieval.backbones import ARCHS, HUB
+from retrieval.models import POOLINGS, descriptor_dim
 from retrieval.optim import OPTIMIZERS, SCHEDULES
 from retrieval.precision import PRECISIONS
 from retrieval.route import DISTANCES
@@ -63,10 +64,13 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50
-    weights: str = "imagenet"  # imagenet | places365:<file> | <state-dict file> | <geoloc run folder> | none
+    # resnet18 | resnet34 | resnet50 | efficientnet_lite0/1/2 | hub (retrieval.backbones)
+    arch: str = "resnet50"
+    # imagenet | places365:<file> | <state-dict file> | <geoloc run folder> | hub:OWNER/REPO:ENTRY[k=v] | none
+    weights: str = "imagenet"
     lock_factor: float = 0.0  # share of layers frozen (the study: 0.7 on pretrained weights)
-    embed_dim: int = 512
+    embed_dim: int = 512  # 0: no projection head, the pooled trunk features are the descriptor
+    pooling: str = "gem"  # the embedding's: gem (learnable p) | avg (the trunk's own average)
     freeze_bn: bool = False  # keep BatchNorm statistics fixed (see retrieval.models.freeze_batchnorm)
 
 
@@ -327,6 +331,7 @@ def _merge(base: dict, update: dict, where: str = "config") -> dict:
 CHOICES = {
     "data.split_mode": SPLIT_MODES,
     "model.arch": tuple(ARCHS),
+    "model.pooling": POOLINGS,
     "train.optimizer": OPTIMIZERS,
     "train.schedule": SCHEDULES,
     "train.precision": PRECISIONS,
@@ -351,7 +356,7 @@ RANGES = {
     "augment.perspective": (0, 1, True, True), "augment.perspective_p": (0, 1, True, True),
     "augment.brightness": (0, None, True, True), "augment.contrast": (0, None, True, True),
     "augment.saturation": (0, None, True, True), "augment.hue": (0, 0.5, True, True),
-    "model.lock_factor": (0, 1, True, True), "model.embed_dim": (1, None, True, True),
+    "model.lock_factor": (0, 1, True, True), "model.embed_dim": (0, None, True, True),
     "train.epochs": (1, None, True, True), "train.batch_size": (1, None, True, True),
     "train.lr": (0, None, False, True), "train.momentum": (0, 1, True, False),
     "train.weight_decay": (0, None, True, True), "train.lr_decay": (0, 1, False, True),
@@ -428,8 +433,10 @@ def validate(cfg: "Config", where: str = "config") -> "Config":
         bad("embedding.cell_prior_share", "splits a time budget: set train.max_minutes too")
     if e.miner not in MINERS[e.loss]:
         bad("embedding.miner", f"with embedding.loss={e.loss} choose one of {', '.join(MINERS[e.loss])}")
-    if cfg.index.kind == "ivfpq" and cfg.model.embed_dim % cfg.index.pq_m:
-        bad("index.pq_m", f"must divide model.embed_dim ({cfg.model.embed_dim})")
+    if (cfg.model.arch == HUB) != cfg.model.weights.startswith("hub:"):
+        bad("model.weights", "a torch.hub model (hub:OWNER/REPO:ENTRY) goes with model.arch=hub, and only with it")
+    if cfg.index.kind == "ivfpq" and descriptor_dim(cfg.model) % cfg.index.pq_m:
+        bad("index.pq_m", f"must divide the descriptor size ({descriptor_dim(cfg.model)})")
     for name in cfg.bench.methods:
         if name.split("_", 1)[0] not in METHODS:
             raise GeolocError(f"{where}: bench.methods: {name!r} must start with one of {', '.join(METHODS)}")

@@ -27,7 +27,7 @@ from retrieval.manifests import Manifest
 from retrieval.metrics import errors_m
 from retrieval.mining import (GroundRules, PhotoMemory, PlaceBatchSampler, kept_photos, positive_candidates,
                               resolve_supervision)
-from retrieval.models import embedding_net
+from retrieval.models import descriptor_dim, embedding_net
 from retrieval.places import place_means, place_neighbours
 from retrieval.splits import load_data
 from retrieval.streets import euclidean_neighbours, photo_distances
@@ -108,7 +108,8 @@ class EmbeddingTask:
         self.train_loader = DataLoader(ds, batch_sampler=self.sampler, num_workers=cfg.data.num_workers,
                                        persistent_workers=cfg.data.num_workers > 0)
         self.images = images
-        self.model = embedding_net(cfg.model.weights, cfg.model.embed_dim, cfg.model.lock_factor, cfg.model.arch)
+        self.model = embedding_net(cfg.model.weights, cfg.model.embed_dim, cfg.model.lock_factor, cfg.model.arch,
+                                   cfg.model.pooling)
         self.loss_fn, self.miner = make_loss(e), make_miner(e, self.rules)
         self.memory = PhotoMemory(e.memory_size) if e.memory_size > 0 else None
         self.cell_of_photo, self.extra = self._cell_head(cfg) if e.cell_loss_weight > 0 else (None, None)
@@ -125,7 +126,7 @@ class EmbeddingTask:
             raise GeolocError(f"embedding.cell_heading_bins={bins}: needs a heading for every training photo, "
                               f"and {cfg.data.train} lacks some")
         cell_of_photo = torch.as_tensor(cell_classes_of(cfg, self.train, bins))
-        return cell_of_photo, losses.NormalizedSoftmaxLoss(int(cell_of_photo.max()) + 1, cfg.model.embed_dim)
+        return cell_of_photo, losses.NormalizedSoftmaxLoss(int(cell_of_photo.max()) + 1, descriptor_dim(cfg.model))
 
     def loss(self, model, batch) -> torch.Tensor:
         images, _, idx = batch

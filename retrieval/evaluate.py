@@ -63,10 +63,11 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> dict:
                "backbone": f"{cfg.model.arch} {cfg.data.image_size}px"
                            + (" + cells prior" if "cell_prior" in pred.metrics else "")
                            + (f", {pred.metrics['answer']}" if "answer" in pred.metrics else ""),
-               "weights": cfg.model.weights,
+               "weights": cfg.model.weights, **({"zero_shot": True} if info.get("zero_shot") else {}),
                "query_ms": round(1000 * seconds / len(test), 2), "model_mb": _model_mb(run_dir),
                "train_seconds": train.get("train_seconds"), "train_images_per_s": train.get("train_images_per_s"),
-               "floors": floors(cfg, concat_manifests([splits[s] for s in ("train", "val") if s in splits]), test)}
+               "floors": floors(cfg, concat_manifests([splits[s] for s in ("train", "val") if s in splits]), test,
+                                 start=not info.get("zero_shot"))}
     atomic_write_json(run_dir / "metrics.json", metrics)
     _write_predictions_csv(run_dir / "predictions.csv", test, pred, err)
     if pred.arrays:

@@ -2,8 +2,9 @@
 
 - constant guess: every query placed at the mean training position;
 - thumbnail k-NN: the nearest training photo by 16 x 16 colour thumbnails (zero-mean, unit-norm);
-- untrained k-NN: the nearest training photo by the run's network before training (its random or
-  pretrained weights, GeM-pooled), so a learned figure shows what training added;
+- untrained k-NN: the nearest training photo by the run's network with random weights;
+- start k-NN: where a run from pretrained weights (ImageNet, a pretraining run) started: the nearest
+  training photo by the network it trained from, so a fine-tuned figure shows what training added;
 - oracle: the nearest training view by ground position, the best any k-NN answer can do; with
   headings, also the share of queries with a training view within 25 m facing within 45 degrees.
 
@@ -18,8 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
+from tqdm import tqdm
 
 from retrieval import GeolocError
+from retrieval.backbones import HUB
 from retrieval.geo import LocalProjection, heading_gap_deg
 from retrieval.inference import embed
 from retrieval.metrics import error_metrics, errors_m, recall_at_n
@@ -89,32 +92,57 @@ def _key(cfg, db, test) -> str:
     for p in [*db.paths, "|", *test.paths]:
         h.update(f"{p}\n".encode())
     m, d = cfg.model, cfg.data
-    h.update(f"{m.arch}|{m.weights}|{m.embed_dim}|{d.resize}|{d.image_size}|{cfg.seed}|{cfg.train.precision}".encode())
+    h.update(f"{m.arch}|{m.weights}|{m.embed_dim}|{m.pooling}|{d.resize}|{d.image_size}|{cfg.seed}|{cfg.train.precision}".encode())
     return h.hexdigest()
 
 
-def floors(cfg, db, test) -> dict:
+def _network(cfg, weights: str, what: str):
+    """The run's network with these weights, before any training; None (with a warning) where the
+    weights cannot be had, e.g. ImageNet's offline: the other floors still stand."""
+    torch.manual_seed(cfg.seed)  # the same network every time
+    m = cfg.model
+    try:
+        return prepare_model(embedding_net(weights, m.embed_dim, 0.0, m.arch, m.pooling), cfg.train.precision)
+    except GeolocError as exc:
+        warnings.warn(f"floors: no {what}-network k-NN ({exc})", stacklevel=2)
+        return None
+
+
+def _describe(photos, cfg, nets: dict, what: str, chunk: int = 1024) -> dict[str, np.ndarray]:
+    """Thumbnails and each network's descriptors of the photos, decoded a chunk at a time (a database
+    of 10^5 photos at 224 px would not fit in memory at once)."""
+    parts: dict[str, list] = {"thumbnail_knn": [], **{k: [] for k in nets}}
+    with tqdm(total=len(photos), desc=f"floors: {what}", unit="img") as bar:
+        for start in range(0, len(photos), chunk):
+            images = decode_images(photos.subset(np.arange(start, min(len(photos), start + chunk))),
+                                   cfg.data.resize, "decode")
+            parts["thumbnail_knn"].append(thumbnails(images))
+            for k, net in nets.items():
+                parts[k].append(embed(net, images, cfg, k.removesuffix("_knn")))
+            bar.update(len(images))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def floors(cfg, db, test, start: bool = True) -> dict:
     """Every floor and the oracle for test queries against database db (Manifests), with the run's
-    backbone for the untrained k-NN. Cached per process: a benchmark evaluating several methods on the
-    same views computes them once."""
-    key = _key(cfg, db, test)
+    backbone for the untrained (and, from pretrained weights, the start's) k-NN; start=False leaves the
+    start out (a run that never trained is its own start). Cached per process: a benchmark evaluating
+    several methods on the same views computes them once."""
+    key = _key(cfg, db, test) + str(start)
     if key in _CACHE:
         return _CACHE[key]
-    db_im = decode_images(db, cfg.data.resize, "floors: decode database")
-    q_im = decode_images(test, cfg.data.resize, "floors: decode test")
     geo = (db.lat, db.lon, test.lat, test.lon)
-    out = {"constant_guess": constant_guess(*geo),
-           "thumbnail_knn": knn_floor(thumbnails(db_im), thumbnails(q_im), *geo),
-           "oracle": oracle(*geo, db.heading, test.heading)}
-    torch.manual_seed(cfg.seed)  # the same untrained network every time
-    try:
-        net = embedding_net(cfg.model.weights, cfg.model.embed_dim, 0.0, cfg.model.arch)
-    except GeolocError as exc:  # e.g. ImageNet weights offline: the other floors still stand
-        warnings.warn(f"floors: no untrained-network k-NN ({exc})", stacklevel=2)
-    else:
-        net = prepare_model(net, cfg.train.precision)
-        untrained = knn_floor(embed(net, db_im, cfg, "floors: untrained database"),
-                              embed(net, q_im, cfg, "floors: untrained test"), *geo)
-        out["untrained_knn"] = {**untrained, "arch": cfg.model.arch, "weights": cfg.model.weights}
+    nets = {}
+    if cfg.model.arch != HUB:  # a hub model has no random-weights version of its own
+        nets["untrained_knn"] = _network(cfg, "none", "untrained")
+    if cfg.model.weights != "none" and start:
+        nets["start_knn"] = _network(cfg, cfg.model.weights, "start")
+    nets = {k: v for k, v in nets.items() if v is not None}
+    d, q = _describe(db, cfg, nets, "database"), _describe(test, cfg, nets, "test")
+    out = {"constant_guess": constant_guess(*geo), "oracle": oracle(*geo, db.heading, test.heading)}
+    for k in d:
+        out[k] = knn_floor(d[k], q[k], *geo)
+        if k in nets:
+            out[k].update(arch=cfg.model.arch, weights="none" if k == "untrained_knn" else cfg.model.weights)
     _CACHE[key] = out
     return out

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from retrieval.checkpoints import load_trained, trained_checkpoint
 from retrieval.files import sha256_file
+from retrieval.backbones import HUB
 from retrieval.models import embedding_net
 from retrieval.precision import autocast, prepare_images, prepare_model, resolve_precision
 from retrieval.transforms import one_thread, test_transform
@@ -45,6 +46,8 @@ def embed(model: nn.Module, images: list[torch.Tensor], cfg, desc: str = "embed"
 def load_embedding_model(run_dir: str | Path, cfg) -> tuple[nn.Module, str]:
     """An embedding run's network in eval mode, in the memory format infer() feeds it, and the sha256 of
     the checkpoint it was loaded from (an index built with another checkpoint is refused)."""
-    model = embedding_net("none", cfg.model.embed_dim, arch=cfg.model.arch)
+    # The trained weights replace any start; a hub model's spec names its architecture, so it stays.
+    start = cfg.model.weights if cfg.model.arch == HUB else "none"
+    model = embedding_net(start, cfg.model.embed_dim, arch=cfg.model.arch, pooling=cfg.model.pooling)
     load_trained(model, run_dir)
     return prepare_model(model, cfg.train.precision).eval(), sha256_file(trained_checkpoint(run_dir))

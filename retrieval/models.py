@@ -1,9 +1,9 @@
-"""ResNet trunks (18/34/50) with selectable weights, layer locking, and the three task models built on them.
+"""The three task models on a backbone's trunk (retrieval.backbones), and layer locking.
 
-Every model is `nn.Sequential(trunk, head...)`: the trunk is a torchvision ResNet whose `fc` is an
-identity (512 features out for resnet18/34, 2048 for resnet50), so checkpoints of all methods share the
+Every model is `nn.Sequential(trunk, head...)` (or holds `trunk`), so checkpoints of all methods share the
 same `trunk.*` keys. ResNet-50 is the design's backbone; the smaller ones trade detail for steps when
-training from random weights on a CPU (benchmarks/RESULTS.md).
+training from random weights on a CPU; EfficientNet-Lite brings ImageNet weights offline
+(benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -15,100 +15,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import ResNet, ResNet18_Weights, ResNet34_Weights, ResNet50_Weights, resnet18, resnet34, resnet50
-
 from retrieval import GeolocError
-from retrieval.checkpoints import load_tensors, trained_checkpoint
+from retrieval.backbones import HUB, build_trunk, features, output_width, read_state_dict
+from retrieval.checkpoints import trained_checkpoint
 
-# arch -> (constructor, ImageNet weights, trunk features)
-ARCHS = {
-    "resnet18": (resnet18, ResNet18_Weights.IMAGENET1K_V1, 512),
-    "resnet34": (resnet34, ResNet34_Weights.IMAGENET1K_V1, 512),
-    "resnet50": (resnet50, ResNet50_Weights.IMAGENET1K_V2, 2048),
-}
+POOLINGS = ("gem", "avg")  # model.pooling: the embedding's; the baselines keep the backbone's average
 
 
-def features(arch: str) -> int:
-    """Width of the trunk's pooled output."""
-    return ARCHS[arch][2]
-
-
-def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """A state dict from a torch file, unwrapped from {'state_dict': ...}/{'model': ...} and 'module.'."""
-    if not path.is_file():
-        raise GeolocError(f"{path}: {what} file not found")
-    obj = load_tensors(path, what)
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise GeolocError(f"{path}: {what} is not a state dict (a mapping of names to tensors)")
-    # DataParallel checkpoints (the CSAIL Places365 release among them) prefix every key.
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def run_state(run_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
-    """The weights under `prefix` (e.g. "trunk.") of a geoloc run's trained checkpoint, prefix removed; the
-    trunk's pooling (GeM's p) is the embedding's, not the ResNet's, and stays out."""
-    path = trained_checkpoint(run_dir)
-    state = _read_state_dict(path, "checkpoint")
-    out = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix) and ".avgpool." not in f".{k}"}
-    if not out:
-        raise GeolocError(f"{path}: no {prefix.rstrip('.')} weights: not a geoloc run's checkpoint")
-    return out
-
-
-def _load_trunk(model: ResNet, state: dict[str, torch.Tensor], source: str, arch: str = "resnet50") -> None:
-    """Copy every trunk weight; the source's classifier (fc: 1000 or 365 classes) is not ours to keep."""
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        problem = (f"{len(missing)} {arch} weight(s) missing, e.g. {missing[0]}" if missing
-                   else f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
-        raise GeolocError(f"{source}: not a {arch} state dict ({problem})")
-    for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise GeolocError(f"{source}: {k} has shape {tuple(v.shape)}, {arch} needs {tuple(own[k].shape)}")
-    model.load_state_dict(state, strict=False)
-
-
-def _imagenet_state(arch: str = "resnet50") -> dict[str, torch.Tensor]:
-    weights = ARCHS[arch][1]
-    try:
-        # torch.hub caches the file, so only the first use on a machine needs the network.
-        return torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True)
-    except (OSError, RuntimeError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise GeolocError(
-            f"model.weights=imagenet: cannot download {weights.url} ({reason}); offline, use "
-            "model.weights=places365:<file>, a local state-dict file, or none") from None
-
-
-def build_resnet(weights: str = "none", arch: str = "resnet50") -> ResNet:
-    """torchvision ResNet trunk (fc = identity) with weights from `imagenet` (torchvision's ImageNet
-    release for the arch), `places365:<file>` (CSAIL resnet50_places365.pth.tar, or the resnet18 one),
-    a geoloc run folder (its trained trunk: e.g. a `geoloc pretrain` run), a local state-dict file, or
-    `none` (random init)."""
-    features(arch)
-    model = ARCHS[arch][0](weights=None)
-    spec = (weights or "none").strip()
-    if spec == "imagenet":
-        _load_trunk(model, _imagenet_state(arch), "imagenet weights", arch)
-    elif spec.startswith("places365:"):
-        path = Path(spec.split(":", 1)[1]).expanduser()
-        _load_trunk(model, _read_state_dict(path, "Places365 checkpoint"), str(path), arch)
-    elif Path(spec).expanduser().is_dir():
-        _load_trunk(model, run_state(Path(spec).expanduser(), "trunk."), spec, arch)
-    elif spec != "none":
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise GeolocError(f"model.weights={spec!r}: not imagenet, places365:<file> or none, "
-                              "and no such state-dict file")
-        _load_trunk(model, _read_state_dict(path, "state-dict"), str(path), arch)
-    model.fc = nn.Identity()
-    return model
+def descriptor_dim(model_cfg) -> int:
+    """The embedding's width: model.embed_dim, or with 0 (no projection head) the trunk's features."""
+    return model_cfg.embed_dim or features(model_cfg.arch)
 
 
 
@@ -182,7 +98,7 @@ class L2Norm(nn.Module):
 
 def cell_classifier(weights: str, n_classes: int, lock_factor: float = 0.0,
                     arch: str = "resnet50") -> nn.Sequential:
-    model = nn.Sequential(OrderedDict(trunk=build_resnet(weights, arch),
+    model = nn.Sequential(OrderedDict(trunk=build_trunk(weights, arch),
                                       head=nn.Linear(features(arch), n_classes)))
     apply_lock_factor(model, lock_factor)
     return model
@@ -239,17 +155,30 @@ def mixture_nll(raw: torch.Tensor, components: int, y: torch.Tensor) -> torch.Te
 
 def coordinate_regressor(weights: str, lock_factor: float = 0.0, hidden: int = 256,
                          arch: str = "resnet50", cell_classes: int = 0, components: int = 1) -> CoordinateRegressor:
-    model = CoordinateRegressor(build_resnet(weights, arch), features(arch), hidden, cell_classes, components)
+    model = CoordinateRegressor(build_trunk(weights, arch), features(arch), hidden, cell_classes, components)
     apply_lock_factor(model, lock_factor)
     return model
 
 
-def embedding_net(weights: str, dim: int = 512, lock_factor: float = 0.0, arch: str = "resnet50") -> nn.Sequential:
-    """ResNet feature map -> GeM -> Linear(features, dim) -> L2 normalisation. From a geoloc embedding run
-    (model.weights a run folder) it starts as that run's whole network when the embedding sizes match."""
-    trunk = build_resnet(weights, arch)
-    trunk.avgpool = GeM()
-    model = nn.Sequential(OrderedDict(trunk=trunk, head=nn.Linear(features(arch), dim), norm=L2Norm()))
+def embedding_net(weights: str, dim: int = 512, lock_factor: float = 0.0, arch: str = "resnet50",
+                  pooling: str = "gem") -> nn.Sequential:
+    """Trunk feature map -> GeM (or the trunk's average) -> Linear(features, dim) -> L2 normalisation;
+    dim 0: no projection, the pooled features themselves (what an ImageNet trunk gives zero-shot). A hub
+    model is the descriptor network itself: it keeps its own pooling and takes no head. From a geoloc
+    embedding run (model.weights a run folder) it starts as that run's whole network where sizes match."""
+    trunk = build_trunk(weights, arch)
+    parts = OrderedDict(trunk=trunk)
+    if arch == HUB:
+        width = output_width(trunk)
+        if dim not in (0, width):
+            raise GeolocError(f"model.embed_dim={dim}: {weights} gives {width}-d descriptors; set 0 or {width}")
+    else:
+        if pooling == "gem":
+            trunk.avgpool = GeM()
+        if dim:
+            parts["head"] = nn.Linear(features(arch), dim)
+    parts["norm"] = L2Norm()
+    model = nn.Sequential(parts)
     if weights and Path(weights).expanduser().is_dir():
         _start_from_embedding(model, Path(weights).expanduser())
     apply_lock_factor(model, lock_factor)
@@ -258,7 +187,7 @@ def embedding_net(weights: str, dim: int = 512, lock_factor: float = 0.0, arch: 
 
 def _start_from_embedding(model: nn.Sequential, run_dir: Path) -> None:
     """Take a trained embedding's pooling and head too, where they fit (the trunk is already loaded)."""
-    state = _read_state_dict(trained_checkpoint(run_dir), "checkpoint")
+    state = read_state_dict(trained_checkpoint(run_dir), "checkpoint")
     own = model.state_dict()
     fits = {k: v for k, v in state.items() if (k.startswith("head.") or k == "trunk.avgpool.p")
             and k in own and own[k].shape == v.shape}

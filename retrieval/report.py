@@ -37,7 +37,8 @@ COLUMNS = [
 FLOORS = [  # metrics.json["floors"] key -> report row name
     ("constant_guess", "floor: constant guess (mean training position)"),
     ("thumbnail_knn", "floor: 16x16 thumbnail k-NN"),
-    ("untrained_knn", "floor: untrained network k-NN"),
+    ("untrained_knn", "floor: untrained network k-NN (random weights)"),
+    ("start_knn", "start: its starting weights' k-NN, before training"),
     ("oracle", "oracle: nearest training view"),
 ]
 
@@ -48,7 +49,7 @@ def floor_rows(floors: dict) -> list[dict]:
     for key, name in FLOORS:
         if key in floors:
             f = floors[key]
-            backbone = f"{f['arch']} ({f['weights']} weights)" if key == "untrained_knn" else ""
+            backbone = f"{f['arch']} ({f['weights']} weights)" if key in ("untrained_knn", "start_knn") else ""
             rows.append({"method": name, **f, "backbone": backbone})
     return rows
 
@@ -62,8 +63,8 @@ def versus_floors(row: dict, floors: dict) -> str:
     ratio = f"{ours / base:.1f}x" if base > 0 else "n/a (the floor is 0)"
     what = "R@1 within 25 m" if key == "recall@1_25m" else "within 25 m"
     gain = 1 - row["median_error_m"] / const["median_error_m"]
-    untrained = (f"untrained network {floors['untrained_knn']['recall@1_25m']:.1%}, "
-                 if "untrained_knn" in floors else "")
+    untrained = "".join(f"{name} {floors[k]['recall@1_25m']:.1%}, " for k, name in
+                        (("untrained_knn", "untrained network"), ("start_knn", "its start")) if k in floors)
     return (f"**{row['method']}**: {what} {ours:.1%}, {ratio} the thumbnail k-NN's {base:.1%} "
             f"({untrained}oracle {floors['oracle']['recall@1_25m']:.1%}); median error "
             f"{row['median_error_m']:.0f} m, "

@@ -18,6 +18,7 @@ from retrieval.index import (META_FILE, NpyRows, Sidecar, build_index, index_par
                              shards_of)
 from retrieval.inference import embed, load_embedding_model
 from retrieval.manifests import Manifest, concat_manifests
+from retrieval.models import descriptor_dim
 from retrieval.places import place_means, place_neighbours
 from retrieval.precision import resolve_precision
 from retrieval.splits import load_data
@@ -73,12 +74,12 @@ def embed_database(model, sha: str, db: Manifest, cfg: Config, folder: Path, chu
     folder.mkdir(parents=True, exist_ok=True)
     store, record = folder / EMBEDDINGS, folder / PROGRESS
     key = {"checkpoint_sha256": sha, "photos_sha256": photos_sha256(db), "photos": len(db),
-           "dim": cfg.model.embed_dim, "resize": cfg.data.resize, "image_size": cfg.data.image_size,
+           "dim": descriptor_dim(cfg.model), "resize": cfg.data.resize, "image_size": cfg.data.image_size,
            "precision": resolve_precision(cfg.train.precision)}
     state = _resumable(record, key, store)
     if state is None:
         record.unlink(missing_ok=True)  # before the file it describes is replaced
-        create_npy(store, (len(db), cfg.model.embed_dim))
+        create_npy(store, (len(db), descriptor_dim(cfg.model)))
         state = {**key, "rows_done": 0, "embed_seconds": 0.0}
         atomic_write_json(record, state)
     first = state["rows_done"]
@@ -113,9 +114,9 @@ def build_run_index(run_dir: str | Path, cfg: Config, db: Manifest | None = None
     rows, place_mean = indexed_rows(store, db, cfg, chunk)
     index = build_index(NpyRows(rows), seed=cfg.seed, **index_params(cfg.index))
     save_index(run_dir / INDEX_DIR, index, Sidecar(paths=[str(p) for p in db.paths], lat=db.lat, lon=db.lon,
-                                                   dim=cfg.model.embed_dim, checkpoint_sha256=sha, kind=cfg.index.kind,
+                                                   dim=descriptor_dim(cfg.model), checkpoint_sha256=sha, kind=cfg.index.kind,
                                                    place_mean=place_mean))
-    return {"photos": len(db), "dim": cfg.model.embed_dim, "kind": cfg.index.kind, "shards": len(shards_of(index)),
+    return {"photos": len(db), "dim": descriptor_dim(cfg.model), "kind": cfg.index.kind, "shards": len(shards_of(index)),
             "embedded": embedded, "embed_images_per_s": round(len(db) / max(state["embed_seconds"], 1e-9), 2),
             "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -161,7 +162,7 @@ def open_index(run_dir: Path, cfg: Config):
     """Model, index and sidecar of a run, checked to belong together."""
     model, sha = load_embedding_model(run_dir, cfg)
     index, side = load_index(Path(run_dir) / INDEX_DIR, expected_checkpoint_hash=sha,
-                             expected_dim=cfg.model.embed_dim)
+                             expected_dim=descriptor_dim(cfg.model))
     return model, index, side
 
 

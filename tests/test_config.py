@@ -83,7 +83,7 @@ def test_atomic_write_keeps_ordinary_permissions_and_no_temp_files(tmp_path):
     ("train.lr=-0.1", r"train\.lr=-0\.1: must be > 0"),
     ("train.batch_size=0", r"train\.batch_size=0: must be >= 1"),
     ("train.epochs=-1", r"train\.epochs=-1: must be >= 1"),
-    ("model.embed_dim=0", r"model\.embed_dim=0: must be >= 1"),
+    ("model.embed_dim=-1", r"model\.embed_dim=-1: must be >= 0"),
     ("model.arch=vgg16", r"model\.arch='vgg16': choose one of resnet18, resnet34, resnet50"),
     ("train.optimizer=adam", r"train\.optimizer='adam': choose one of adamw, sgd"),
     ("train.max_minutes=-1", r"train\.max_minutes=-1\.0: must be >= 0"),

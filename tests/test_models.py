@@ -8,9 +8,9 @@ from torch import nn
 from torchvision.models import resnet18, resnet50
 
 from retrieval import GeolocError
+from retrieval.backbones import build_trunk
 from retrieval.models import (
-    GeM, apply_lock_factor, build_resnet, cell_classifier, coordinate_regressor, embedding_net,
-    parameterised_layers,
+    GeM, apply_lock_factor, cell_classifier, coordinate_regressor, embedding_net, parameterised_layers,
 )
 
 
@@ -37,7 +37,7 @@ def assert_trunk_equals(model, state):
 def test_local_state_dict_file(tmp_path, reference):
     path = tmp_path / "resnet50.pth"
     torch.save(reference, path)
-    model = build_resnet(str(path))
+    model = build_trunk(str(path))
     assert_trunk_equals(model, reference)
     assert isinstance(model.fc, nn.Identity)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 2048)
@@ -51,7 +51,7 @@ def test_places365_checkpoint_layout(tmp_path, reference):
     state["module.fc.bias"] = torch.randn(365)
     path = tmp_path / "resnet50_places365.pth.tar"
     torch.save({"epoch": 90, "arch": "resnet50", "state_dict": state, "best_prec1": 54.7}, path)
-    assert_trunk_equals(build_resnet(f"places365:{path}"), reference)
+    assert_trunk_equals(build_trunk(f"places365:{path}"), reference)
 
 
 def test_imagenet_loader_uses_torchvision_weights(monkeypatch, reference):
@@ -62,7 +62,7 @@ def test_imagenet_loader_uses_torchvision_weights(monkeypatch, reference):
         return reference
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
-    assert_trunk_equals(build_resnet("imagenet"), reference)
+    assert_trunk_equals(build_trunk("imagenet"), reference)
     assert seen["url"].endswith("resnet50-11ad3fa6.pth")  # IMAGENET1K_V2
 
 
@@ -72,7 +72,7 @@ def test_imagenet_offline_is_one_clear_line(monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(GeolocError) as exc:
-        build_resnet("imagenet")
+        build_trunk("imagenet")
     msg = str(exc.value)
     assert "\n" not in msg
     assert "imagenet" in msg and "name resolution" in msg and "places365:<file>" in msg
@@ -87,7 +87,7 @@ def test_unsafe_pickle_is_refused(tmp_path):
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "payload": NotATensor()}, path)
     with pytest.raises(GeolocError, match=r"evil.pth is not a geoloc state-dict: it asks to run code \(.*NotATensor\); "
                                           "refusing to load it"):
-        build_resnet(str(path))
+        build_trunk(str(path))
 
 
 @pytest.mark.parametrize("spec,match", [
@@ -97,17 +97,17 @@ def test_unsafe_pickle_is_refused(tmp_path):
 def test_missing_files(tmp_path, monkeypatch, spec, match):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(GeolocError, match=match):
-        build_resnet(spec)
+        build_trunk(spec)
 
 
 def test_wrong_architecture_is_named(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(resnet18(weights=None).state_dict(), path)
     with pytest.raises(GeolocError, match="not a resnet50 state dict"):
-        build_resnet(str(path))
+        build_trunk(str(path))
     path.write_text("not a torch file")
     with pytest.raises(GeolocError, match="cannot load state-dict"):
-        build_resnet(str(path))
+        build_trunk(str(path))
 
 
 def execution_order(model, x):
