@@ -31,6 +31,7 @@ from retrieval.places import place_means, place_neighbours
 from retrieval.prior import CellPrior, check_complete, rerank
 from retrieval.route import Route, StreetWalks, order_photos, read_route_list, route_of
 from retrieval.run_index import EMBEDDINGS, INDEX_DIR, ensure_index, open_index, place_setting
+from retrieval.runs import read_run_info
 from retrieval.splits import load_data
 from retrieval.streets import load_graph
 from retrieval.transforms import decode_images, to_cached
@@ -185,6 +186,10 @@ class Locator:
         """A trained embedding run with its index (`geoloc index build`), the vote mode and the cells
         prior if it has one; cfg defaults to the run's config.yaml."""
         run_dir = Path(run_dir)
+        kind = read_run_info(run_dir).get("kind") if (run_dir / "run.json").is_file() else "embedding"
+        if kind != "embedding":
+            raise GeolocError(f"{run_dir}: a {kind} run; the Locator (query, serve, routes) answers with an embedding "
+                              "run: geoloc train embedding, or geoloc index build --backbone for one without training")
         cfg = cfg or load_run_config(run_dir)
         check_complete(run_dir, cfg)
         model, index, side = open_index(run_dir, cfg)

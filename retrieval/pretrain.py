@@ -51,18 +51,42 @@ def render_cities(cfg: Config, osm_files: list[Path], out: Path, views: int, hea
     names = [city_name(p) for p in osm_files]
     if len(set(names)) != len(names):
         raise GeolocError(f"pretrain: two extracts share a name ({', '.join(names)}): rename one")
+    settings = {"--views": views, "--headings": headings, "--randomize": list(knobs), "data.resize": cfg.data.resize,
+                "seed": cfg.seed}
     cities = []
     for osm, name in zip(osm_files, names):
         if not osm.is_file():
             raise GeolocError(f"{osm}: no such OSM extract")
         folder = out / "cities" / name
-        if not (folder / "train.csv").is_file():
+        if (folder / "train.csv").is_file():
+            _check_render(folder, settings)
+        else:
             tqdm.write(f"== rendering {name}")
-            render_dataset(osm, folder, n_train=views, n_test=0, n_val=max(20, views // 10),
-                           size=cfg.data.resize, seed=cfg.seed, headings=headings, knobs=knobs)
+            try:
+                render_dataset(osm, folder, n_train=views, n_test=0, n_val=max(20, views // 10),
+                               size=cfg.data.resize, seed=cfg.seed, headings=headings, knobs=knobs)
+            except GeolocError as exc:
+                raise GeolocError(f"{osm}: {exc}") from None
+            atomic_write_json(folder / RENDER_FILE, settings)
         cities.append({"name": name, "folder": str(folder.resolve()), "streets": str((folder / "streets.graphml").resolve()),
                        "osm": str(osm)})
     return cities
+
+
+RENDER_FILE = "render.json"  # how a city's views were rendered: a rerun into the same --out must match
+
+
+def _check_render(folder: Path, settings: dict) -> None:
+    """Refuse to reuse a city's views rendered with other settings (a rerun with other --views, say)."""
+    try:
+        was = json.loads((folder / RENDER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise GeolocError(f"{folder}: views without a record of how they were rendered ({RENDER_FILE}); "
+                          "remove the folder to render them again, or choose another --out") from None
+    changed = "; ".join(f"{k} {was.get(k)!r} -> {v!r}" for k, v in settings.items() if was.get(k) != v)
+    if changed:
+        raise GeolocError(f"{folder}: rendered with other settings ({changed}); rerun with the first settings to "
+                          "resume, or choose another --out")
 
 
 def combine(cities: list[dict], data: Path) -> Path:
@@ -82,7 +106,7 @@ def model_card(cfg: Config, out: Path, cities: list[dict], summary: dict, render
     views = {c["name"]: sum(1 for _ in open(Path(c["folder"]) / "train.csv", encoding="utf-8")) - 1 for c in cities}
     card = {"cities": [{"name": c["name"], "osm": c["osm"], "training_views": views[c["name"]]} for c in cities],
             "render": render,
-            "recipe": {"arch": cfg.model.arch, "embed_dim": cfg.model.embed_dim, "image_size": cfg.data.image_size,
+            "recipe": {"arch": cfg.model.arch, "weights": cfg.model.weights, "embed_dim": cfg.model.embed_dim, "image_size": cfg.data.image_size,
                        "loss": cfg.embedding.loss, "positives": cfg.embedding.positives, "lr": cfg.train.lr,
                        "batch": f"{cfg.embedding.places_per_batch} places x {cfg.embedding.photos_per_place} photos",
                        "precision": cfg.train.precision},
@@ -100,8 +124,10 @@ def card_markdown(card: dict) -> str:
     t = card["training"]
     rows = "\n".join(f"| {c['name']} | {c['training_views']} | `{c['osm']}` |" for c in card["cities"])
     best = f"{t['best']:.3g}" if isinstance(t.get("best"), (int, float)) else "-"
-    return (f"# Pretrained place-recognition model\n\nTrained from random weights on rendered street views only "
-            f"(no real photo, no ImageNet).\n\n| city | training views | extract |\n|---|---:|---|\n{rows}\n\n"
+    weights = card["recipe"].get("weights", "none")
+    start = ("from random weights on rendered street views only (no real photo, no ImageNet)" if weights == "none"
+             else f"from `{weights}` weights, then on rendered street views only (no real photo)")
+    return (f"# Pretrained place-recognition model\n\nTrained {start}.\n\n| city | training views | extract |\n|---|---:|---|\n{rows}\n\n"
             f"Render: {json.dumps(card['render'])}\n\nRecipe: {json.dumps(card['recipe'])}\n\n"
             f"Budget: {json.dumps(card['budget'])}; trained {t['epochs']} epochs, {t['train_images']} images in "
             f"{t['train_seconds']:.0f} s; best {t['metric']} {best} (epoch {t['best_epoch']}, validation views "
@@ -128,7 +154,13 @@ def pretrain(cfg: Config, osm_files: list[Path], out: Path, views: int = 1000, h
         combine(cities, out / "data")
         prepare_run_dir(out, cfg)
     distributed.barrier()
-    summary = train_embedding(cfg, out, resume)
+    try:
+        summary = train_embedding(cfg, out, resume)
+    except GeolocError as exc:
+        if "no photo has a positive candidate" not in str(exc):
+            raise
+        raise GeolocError(f"pretrain --views {views}: {exc}; render more views per city (--views 100 or more) "
+                          "into another --out") from None
     if not distributed.is_main():
         return {}
     render = {"views_per_city": views, "headings": headings, "size": cfg.data.resize, "seed": cfg.seed,

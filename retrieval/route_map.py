@@ -15,6 +15,7 @@ from retrieval.files import atomic_write, atomic_write_json  # noqa: E402
 from retrieval.route import Route  # noqa: E402
 
 MARGIN_M = 150.0  # streets drawn this far around the route (in degrees, roughly, below)
+MAX_LEGEND = 10  # segments named in the legend at most
 
 
 def route_png(route: Route, path: str | Path, db_lat=None, db_lon=None) -> Path:
@@ -34,8 +35,10 @@ def route_png(route: Route, path: str | Path, db_lat=None, db_lon=None) -> Path:
     elif db_lat is not None:
         ax.scatter(db_lon, db_lat, s=2, color="0.75", zorder=1, label="database photos")
     colours = plt.get_cmap("tab10")
+    labelled = len(route.paths) <= MAX_LEGEND  # past that a legend would cover the map: the title counts them
     for s, line in enumerate(route.paths):
-        ax.plot(line[:, 1], line[:, 0], color=colours(s % 10), lw=2.5, zorder=2, label=f"segment {s + 1}")
+        ax.plot(line[:, 1], line[:, 0], color=colours(s % 10), lw=2.5, zorder=2,
+                label=f"segment {s + 1}" if labelled else None)
     for i, pt in ((i, pt) for i, pt in enumerate(route.points) if not pt.error):  # numbered as printed
         ax.plot([pt.single.lon, pt.lon], [pt.single.lat, pt.lat], color="0.4", lw=0.6, zorder=3)
         ax.scatter([pt.single.lon], [pt.single.lat], marker="x", s=18, color="0.3", zorder=3)
@@ -46,9 +49,11 @@ def route_png(route: Route, path: str | Path, db_lat=None, db_lon=None) -> Path:
     ax.set_aspect(1 / np.cos(np.radians(lat.mean())))
     ax.ticklabel_format(useOffset=False)
     ax.locator_params(axis="x", nbins=5)
-    ax.set_title(f"Route of {len(pts)} photos ({route.distance} steps, ordered by {route.order}); "
+    segments = "" if labelled else f", {len(route.paths)} segments (colours repeat)"
+    ax.set_title(f"Route of {len(pts)} photos ({route.distance} steps, ordered by {route.order}{segments}); "
                  "x: single-photo answers", fontsize=9)
-    ax.legend(loc="upper right", fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right", fontsize=7)
 
     def write(tmp: Path) -> None:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")

@@ -123,3 +123,14 @@ def test_k_sets_how_many_neighbours_vote(run, loc):
     assert len(loc.locate(q, k=2)[0].neighbours) == 2
     with pytest.raises(GeolocError, match="at least 1 neighbour"):
         loc.locate(q, k=0)
+
+
+def test_the_locator_says_it_needs_an_embedding_run(tmp_path):
+    from retrieval.config import load_config, prepare_run_dir
+
+    run = tmp_path / "cells_run"
+    prepare_run_dir(run, load_config(None, ["model.weights=none"]))
+    (run / "run.json").write_text(json.dumps({"kind": "cells"}))
+    with pytest.raises(GeolocError, match=r"cells_run: a cells run; the Locator \(query, serve, routes\) answers with "
+                                          "an embedding run"):
+        Locator.load(run)

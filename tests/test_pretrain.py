@@ -94,3 +94,30 @@ def test_pretrain_refusals(tmp_path):
     cfg.embedding.cell_loss_weight = 0.1
     with pytest.raises(GeolocError, match="cell_loss_weight"):
         pretrain(cfg, [osm, tmp_path / "b.osm"], tmp_path / "run")
+
+
+def test_a_rerun_with_other_render_settings_is_refused(pretrained):
+    """A pretraining rerun into the same --out with another --views would silently reuse the old views."""
+    root, _ = pretrained
+    cfg = load_config(None, TINY, base=PRETRAIN)
+    osm = [root / "town1.osm", root / "town2.osm"]
+    with pytest.raises(GeolocError, match=r"town1: rendered with other settings \(--views 30 -> 100\); rerun with "
+                                          "the first settings to resume, or choose another --out"):
+        pretrain(cfg, osm, root / "run", views=100, headings=2)
+
+
+def test_pretrain_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
+    import retrieval.pretrain as pre
+
+    def too_wide(osm, *a, **kw):
+        raise GeolocError("scene: the extract spans 15000 x 900 m; clip it to a city centre under 12 km across")
+
+    monkeypatch.setattr(pre, "render_dataset", too_wide)
+    cfg = load_config(None, TINY, base=PRETRAIN)
+    osm = [write_demo_city(tmp_path / f"w{i}.osm", seed=i, size_m=300) for i in (1, 2)]
+    with pytest.raises(GeolocError, match=r"w1.osm: scene: the extract spans 15000 x 900 m"):
+        pretrain(cfg, osm, tmp_path / "run")
+    monkeypatch.undo()
+    # 10 views of a small town give no place a second view: the message says what to change
+    with pytest.raises(GeolocError, match=r"pretrain --views 10: no photo has a positive candidate.*--views 100 or more"):
+        pretrain(load_config(None, TINY, base=PRETRAIN), osm, tmp_path / "few", views=10, headings=1)

@@ -445,3 +445,22 @@ def test_query_route_prints_each_photo_and_writes_the_map(run, tmp_path):
     assert "e1.png  route" in lines[1] and "single" in lines[1] and "e9.png: skipped" in lines[4]
     assert "note: skipped: " in out.stderr and "e9.png" in out.stderr and (tmp_path / "r.png").is_file()
     assert len(json.loads((tmp_path / "r.geojson").read_text())["skipped"]) == 1
+
+
+def test_a_map_of_many_segments_names_them_in_its_title_not_a_legend(run, loc, tmp_path, monkeypatch):
+    """60 routes in one CSV drew a 61-entry legend over the map."""
+    from matplotlib.axes import Axes
+
+    from retrieval.route_map import MAX_LEGEND, route_png
+
+    r = loc.locate_route(copies(run, "many", range(3, 7), [f"m{n}.png" for n in range(4)]))
+    legends, titles = [], []
+    monkeypatch.setattr(Axes, "legend", lambda self, *a, **kw: legends.append(len(self.get_legend_handles_labels()[1])))
+    real_title = Axes.set_title
+    monkeypatch.setattr(Axes, "set_title", lambda self, text, **kw: (titles.append(text), real_title(self, text, **kw)))
+    r.paths = [r.paths[0]] * (MAX_LEGEND + 1)
+    assert route_png(r, tmp_path / "many.png").read_bytes()[:4] == b"\x89PNG"
+    assert legends == [] and f"{MAX_LEGEND + 1} segments (colours repeat)" in titles[-1]
+    r.paths = r.paths[:2]
+    route_png(r, tmp_path / "two.png")
+    assert legends == [2] and "segments" not in titles[-1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import os
 import re
 import socket
 import threading
@@ -95,8 +96,8 @@ class _Model:
     """The Locator shared by the request threads: one batch at a time under a lock, and at most
     max_waiting requests holding decoded photos (past that a request is refused at once, unread)."""
 
-    def __init__(self, loc: Locator, max_waiting: int, max_pixels: int):
-        self.loc, self.max_pixels = loc, max_pixels
+    def __init__(self, loc: Locator, max_waiting: int, max_pixels: int, public: dict[str, str]):
+        self.loc, self.max_pixels, self.public = loc, max_pixels, public
         self.lock, self.slots = threading.Lock(), threading.BoundedSemaphore(max_waiting)
 
     @contextlib.contextmanager
@@ -128,6 +129,8 @@ class _Model:
                 for i, a in zip(good, answers):
                     name, u = read[i]
                     a.source, a.warning = name, u.warning  # named as uploaded, not "<image N>"
+                    for n in a.neighbours:
+                        n.path = self.public[n.path]
                     results[i] = with_truth(a.to_dict(), u.truth)
                     statuses += [400] if a.error else []
         return jsonify(results), (statuses[0] if statuses else 200)
@@ -151,7 +154,19 @@ class _Model:
             except GeolocError as exc:  # the server's setting, not the upload: e.g. geodesic steps without streets
                 return _error(500, f"cannot decode a route: {exc}")
         r = _as_uploaded(r, names, how)
-        return jsonify({**r.geojson(), **r.to_dict()}), (bad[0].status if bad else 200)
+        # The status says a photo failed (as /api/locate's); the body still holds the route, and says why.
+        error = {"error": f"{len(bad)} of {len(read)} photos could not be read and were left out of the route: "
+                          + "; ".join(map(str, bad))} if bad else {}
+        return jsonify({**error, **r.geojson(), **r.to_dict()}), (bad[0].status if bad else 200)
+
+
+def public_names(paths: list[str]) -> list[str]:
+    """The database photos as a page for others names them: relative to the folder they all share, so
+    that no answer shows the server's file system."""
+    if not paths:
+        return []
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    return [Path(os.path.relpath(os.path.abspath(p), root)).as_posix() for p in paths]
 
 
 def create_app(loc: Locator, city: dict, max_upload_mb: float = MAX_UPLOAD_MB, max_waiting: int = MAX_WAITING,
@@ -159,8 +174,9 @@ def create_app(loc: Locator, city: dict, max_upload_mb: float = MAX_UPLOAD_MB, m
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 2**20)  # Flask answers 413 past it, unread
     app.json.sort_keys = False  # the fields in `geoloc query --json`'s order
-    model = _Model(loc, max_waiting, max_pixels)
-    row_of = {p: i for i, p in enumerate(loc.side.paths)}  # only the index's own photos are ever served
+    names = public_names(loc.side.paths)
+    model = _Model(loc, max_waiting, max_pixels, dict(zip(loc.side.paths, names)))
+    row_of = {p: i for i, p in enumerate(names)}  # only the index's own photos are ever served
     page = page_html({"run": Path(loc.run_dir).name, "photos": len(row_of), "k": loc.cfg.index.k,
                       "vote": loc.mode, "max_upload_bytes": app.config["MAX_CONTENT_LENGTH"]})
 
