@@ -567,7 +567,6 @@ def main() -> None:
         # imported, which the commands do after this). Epoch lines are printed as they come.
         os.environ.setdefault("TQDM_MININTERVAL", "60")
     warnings.showwarning = _format_warning
-    from retrieval import distributed
     from retrieval.files import disk_full_message, is_disk_full, os_error_message
 
     try:
@@ -589,7 +588,9 @@ def main() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
-        distributed.shutdown()
+        # Only a command that trained or indexed under torchrun loaded it: --help and `data` load no torch.
+        if "retrieval.distributed" in sys.modules:
+            sys.modules["retrieval.distributed"].shutdown()
 
 
 if __name__ == "__main__":

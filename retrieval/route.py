@@ -450,8 +450,28 @@ def route_of(photos: RoutePhotos, answers: list, ids: np.ndarray, sims: np.ndarr
         else:
             line = np.concatenate(walks.path([int(ids[r, dec.choice[r]]) for r in members], dec.steps_m[members[:-1]]))
         paths.append(line if len(line) > 1 else np.repeat(line, 2, axis=0))  # a LineString needs two points
-    return Route(points, paths, photos.order, p.distance, photos.notes + _notes(points, dec, good, cuts, walks),
+    single = (np.array([answers[i].lat for i in good]), np.array([answers[i].lon for i in good]))
+    jumps = kept_jumps(*single, dec.breaks | cuts, *expected_steps(photos.seconds[good], p), p.break_cost)
+    notes = _notes(points, dec, good, cuts, walks) + [
+        f"{points[good[t]].source} and {points[good[t + 1]].source} stay on one route although their own answers, "
+        f"each agreeing with its neighbours', lie {d:.0f} m apart, farther than one step goes ({reach:.0f} m): their "
+        "candidates near each other scored almost as well. If they were taken in two places, give the photos a "
+        "`route` column (two routes), or train the model longer" for t, d, reach in jumps]
+    return Route(points, paths, photos.order, p.distance, photos.notes + notes,
                  walks.graph if walks is not None else None)
+
+
+def kept_jumps(single_lat, single_lon, broken, step, spread, break_cost: float) -> list[tuple[int, float, float]]:
+    """(t, metres, reach) for each step t the route kept although the photos' own answers jump there: the
+    answers of t and t+1 are farther apart (in a straight line) than a step can go, while those of t-1 and
+    t, and of t+1 and t+2, are not (two places, each seen by at least two photos, not one wrong answer)."""
+    if len(single_lat) < 4:
+        return []
+    gap = haversine_m(single_lat[:-1], single_lon[:-1], single_lat[1:], single_lon[1:])
+    reach = step + break_cost * spread
+    far = gap > reach
+    return [(t, float(gap[t]), float(reach[t])) for t in range(1, len(gap) - 1)
+            if far[t] and not broken[t] and not far[t - 1] and not far[t + 1]]
 
 
 def _notes(points: list[RoutePoint], dec: Decoded, good: list[int], cuts: np.ndarray,

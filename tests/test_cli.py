@@ -50,3 +50,27 @@ def test_skip_bad_reports_count(tmp_path):
     assert out.returncode == 0
     assert "1 good photos, 1 bad rows skipped" in out.stdout
     assert "warning:" in out.stderr and "b.jpg" in out.stderr
+
+
+NO_TORCH = """import runpy, sys
+sys.argv = ["geoloc", *sys.argv[1:]]
+try:
+    runpy.run_module("retrieval.cli", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+print("torch loaded:", "torch" in sys.modules, "exit:", code)
+"""
+
+
+def test_help_and_data_commands_load_no_torch(tmp_path):
+    """`geoloc --help` and the data commands answer without loading torch (seconds on a cold machine)."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (90, 120, 150)).save(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("path,lat,lon\na.png,51.5,-0.1\n")
+    for args in (["--help"], ["data", "--help"], ["data", "check", str(tmp_path / "m.csv")]):
+        out = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True).stdout
+        assert out.strip().splitlines()[-1] in ("torch loaded: False exit: 0", "torch loaded: False exit: None"), (args, out)

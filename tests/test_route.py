@@ -464,3 +464,18 @@ def test_a_map_of_many_segments_names_them_in_its_title_not_a_legend(run, loc, t
     r.paths = r.paths[:2]
     route_png(r, tmp_path / "two.png")
     assert legends == [2] and "segments" not in titles[-1]
+
+
+def test_a_jump_the_route_kept_is_named():
+    """Three photos at one corner and three at the far one, kept on one route: the note says so and why."""
+    from retrieval.route import kept_jumps
+
+    lat, lon = latlon([(x, 0) for x in (0, 10, 20, 1000, 1010, 1020)])
+    step, spread = np.full(5, 15.0), np.full(5, 10.0)
+    none = np.zeros(5, bool)
+    (t, d, reach), = kept_jumps(lat, lon, none, step, spread, 8.0)
+    assert t == 2 and d == pytest.approx(980, rel=0.01) and reach == 95
+    assert kept_jumps(lat, lon, np.eye(5, dtype=bool)[2], step, spread, 8.0) == []  # it broke there: said already
+    # one wrong answer in a walk is what the route is for, not a jump
+    lat, lon = latlon([(x, 0) for x in (0, 10, 900, 30, 40, 50)])
+    assert kept_jumps(lat, lon, none, step, spread, 8.0) == []

@@ -409,7 +409,8 @@ def test_the_page_locates_photos_in_a_browser(browser, server, tiny_data, tmp_pa
         card = upload_in_page(b, path, n)
         assert "bad" not in card.get_attribute("class"), card.text
         assert card.find_element(By.CSS_SELECTOR, ".name").text == path.name
-        assert card.find_element(By.CSS_SELECTOR, ".confidence").text.startswith("confidence 0.")
+        conf = card.find_element(By.CSS_SELECTOR, ".confidence").text
+        assert conf.startswith("confidence 0.") and "share of the neighbours' similarity" in conf
         assert len(card.find_elements(By.CSS_SELECTOR, ".neighbour img")) == K
         assert len(b.find_elements(By.CSS_SELECTOR, "#markers .answer-mark")) == 1
         assert len(b.find_elements(By.CSS_SELECTOR, "#markers .nb-mark")) == K

@@ -178,7 +178,8 @@ def create_app(loc: Locator, city: dict, max_upload_mb: float = MAX_UPLOAD_MB, m
     model = _Model(loc, max_waiting, max_pixels, dict(zip(loc.side.paths, names)))
     row_of = {p: i for i, p in enumerate(names)}  # only the index's own photos are ever served
     page = page_html({"run": Path(loc.run_dir).name, "photos": len(row_of), "k": loc.cfg.index.k,
-                      "vote": loc.mode, "max_upload_bytes": app.config["MAX_CONTENT_LENGTH"]})
+                      "vote": loc.mode, "vote_radius_m": loc.cfg.index.vote_radius_m,
+                      "max_upload_bytes": app.config["MAX_CONTENT_LENGTH"]})
 
     @functools.lru_cache(maxsize=1024)
     def thumbnail(row: int) -> bytes:

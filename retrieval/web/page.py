@@ -189,7 +189,11 @@ function fill(c, a) {
   const rows = [el("div", "answer", `${a.lat.toFixed(6)}, ${a.lon.toFixed(6)}`)];
   const conf = el("div", "confidence", "confidence ");
   conf.appendChild(el("b", "", a.confidence.toFixed(2)));
-  conf.append(` · ${a.vote} vote of ${a.neighbours.length} · ${a.ms.toFixed(0)} ms`);
+  // What the number is, where it is shown: a share of the neighbours' similarity, not a probability.
+  const share = a.vote === "pool" ? "the share of the neighbours' similarity in the winning group" :
+    `the share of the neighbours' similarity within ${CONFIG.vote_radius_m} m of the answer`;
+  conf.title = `confidence: ${share} (0: the neighbours disagree, 1: they all agree)`;
+  conf.append(` (${share}) · ${a.vote} vote of ${a.neighbours.length} · ${a.ms.toFixed(0)} ms`);
   rows.push(conf);
   if (a.truth) {
     rows.push(el("div", "truth", `true position (EXIF GPS) ${a.truth.lat.toFixed(6)}, ${a.truth.lon.toFixed(6)}: ` +
@@ -349,5 +353,5 @@ drawCity().catch(e => { document.getElementById("legend-source").textContent = `
 
 
 def page_html(config: dict) -> str:
-    """The page with the run's facts (name, photos, k, vote, upload limit) for its script."""
+    """The page with the run's facts (name, photos, k, vote, its radius, upload limit) for its script."""
     return _PAGE.replace("__CONFIG__", json.dumps(config).replace("</", "<\\/"))
