@@ -28,6 +28,8 @@ from torch import nn
 from retrieval import GeolocError
 from retrieval.checkpoints import load_tensors, trained_checkpoint
 
+# Every backbone's input is normalised with these (retrieval.transforms); a trunk whose weights expect
+# another normalisation converts from them (EfficientNetLite).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HUB = "hub"  # model.arch of a torch.hub descriptor network (model.weights names it)
@@ -157,18 +159,18 @@ def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
 
 
 def run_state(run_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
-    """The weights under `prefix` (e.g. "trunk.") of a geoloc run's trained checkpoint, prefix removed; the
-    trunk's pooling (GeM's p) is the embedding's, not the backbone's, and stays out."""
+    """The weights under `prefix` (e.g. "trunk.") of a geoloc run's trained checkpoint, prefix removed."""
     path = trained_checkpoint(run_dir)
     state = read_state_dict(path, "checkpoint")
-    out = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix) and ".avgpool." not in f".{k}"}
+    out = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     if not out:
         raise GeolocError(f"{path}: no {prefix.rstrip('.')} weights: not a geoloc run's checkpoint")
     return out
 
 
 def _load_trunk(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
-    """Copy every trunk weight; the source's classifier (fc: 1000 or 365 classes) is not ours to keep."""
+    """Copy every trunk weight; the source's classifier (fc: 1000 or 365 classes) is not ours to keep, nor
+    its pooling (GeM's p belongs to the embedding, which loads it itself)."""
     def ours(k: str) -> bool:
         return not k.startswith("fc.") and ".avgpool." not in f".{k}"
 
@@ -189,10 +191,7 @@ def _load_trunk(model: nn.Module, state: dict[str, torch.Tensor], source: str, a
 def build_trunk(weights: str = "none", arch: str = "resnet50") -> nn.Module:
     """The arch's trunk (pooled features out) with weights from one of the module's sources."""
     spec = (weights or "none").strip()
-    if arch == HUB or spec.startswith("hub:"):
-        if arch != HUB or not spec.startswith("hub:"):
-            raise GeolocError(f"model.weights={spec!r} with model.arch={arch}: a torch.hub model brings its own "
-                              "architecture; use model.arch=hub with model.weights=hub:OWNER/REPO:ENTRY together")
+    if arch == HUB:  # config validation pairs model.arch=hub with a hub: spec, and only with one
         return hub_model(spec)
     if arch not in BACKBONES:
         raise GeolocError(f"model.arch={arch!r}: choose one of {', '.join(ARCHS)}")

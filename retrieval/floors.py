@@ -28,6 +28,7 @@ from retrieval.inference import embed
 from retrieval.metrics import error_metrics, errors_m, recall_at_n
 from retrieval.models import embedding_net
 from retrieval.precision import prepare_model
+from retrieval.run_index import EMBED_CHUNK
 from retrieval.transforms import decode_images
 
 RADIUS_M, FACING_DEG, THUMB = 25.0, 45.0, 16
@@ -108,7 +109,7 @@ def _network(cfg, weights: str, what: str):
         return None
 
 
-def _describe(photos, cfg, nets: dict, what: str, chunk: int = 1024) -> dict[str, np.ndarray]:
+def _describe(photos, cfg, nets: dict, what: str, chunk: int = EMBED_CHUNK) -> dict[str, np.ndarray]:
     """Thumbnails and each network's descriptors of the photos, decoded a chunk at a time (a database
     of 10^5 photos at 224 px would not fit in memory at once)."""
     parts: dict[str, list] = {"thumbnail_knn": [], **{k: [] for k in nets}}

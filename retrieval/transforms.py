@@ -22,11 +22,10 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from retrieval import distributed
+from retrieval.backbones import IMAGENET_MEAN, IMAGENET_STD
 from retrieval.config import AugmentConfig, DataConfig
 from retrieval.manifests import Manifest, load_rgb
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_cached(image: Image.Image, resize: int) -> torch.Tensor:

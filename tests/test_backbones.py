@@ -11,10 +11,9 @@ import torch
 from PIL import Image
 
 from retrieval import GeolocError
-from retrieval.backbones import BACKBONES, EfficientNetLite, build_trunk, lite_weights_file, parse_hub
+from retrieval.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_trunk, lite_weights_file, parse_hub
 from retrieval.config import load_config
 from retrieval.models import descriptor_dim, embedding_net
-from retrieval.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 GEOLOC = [sys.executable, "-m", "retrieval.cli"]
