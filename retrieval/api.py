@@ -35,7 +35,7 @@ from retrieval.runs import read_run_info
 from retrieval.splits import load_data
 from retrieval.streets import load_graph
 from retrieval.transforms import decode_images, to_cached
-from retrieval.vote import VOTE_MODES, choose_mode, vote
+from retrieval.vote import VOTE_MODES, VOTE_RULES, choose_mode, vote
 
 MIN_SIDE_PX = 32  # smaller images hold too little to locate: refused, not answered
 MAX_ASPECT = 4.0  # a panorama strip or a sliver: answered from its centre crop only, with a warning
@@ -144,7 +144,7 @@ def resolve_vote(run_dir: Path, cfg: Config, model, side) -> tuple[str, dict]:
         return cfg.index.vote, {}
     path, key = Path(run_dir) / VOTE_FILE, {"checkpoint_sha256": side.checkpoint_sha256,
                                            "place_mean": list(place_setting(cfg)), "k": cfg.index.k,
-                                           "vote_radius_m": cfg.index.vote_radius_m}
+                                           "vote_radius_m": cfg.index.vote_radius_m, "rules": VOTE_RULES}
     rec = matching_record(path, key, lambda r: r.get("mode") in VOTE_MODES)
     if rec is not None:
         return rec["mode"], rec

@@ -479,9 +479,10 @@ def pretrain_cmd(
     randomize: str = RandomizeOption,
     config: Optional[Path] = ConfigOption,
     overrides: Optional[List[str]] = SetOption,
+    resume: bool = ResumeOption,
 ):
     """Train one embedding on rendered views of several cities: a model before a city's first photo.
-    Run it again with the same --out to resume after a kill."""
+    After a kill, rerun it with --resume and the same cities, --out, --views and --headings."""
     from retrieval import distributed
     from retrieval.config import load_config
     from retrieval.pretrain import PRETRAIN, pretrain
@@ -493,10 +494,11 @@ def pretrain_cmd(
     if views < 10 or not 1 <= headings <= 36:
         raise GeolocError(f"pretrain: --views {views} (at least 10) and --headings {headings} (1 to 36)")
     distributed.init()
-    cfg = load_config(out / "config.yaml" if (out / "last.pt").is_file() else config, overrides, base=PRETRAIN)
+    own = out / "config.yaml"  # resuming reads the run's own settings, as `train --resume` does
+    cfg = load_config(own if resume and own.is_file() else config, overrides, base=PRETRAIN)
     if distributed.is_main():
         lock_run_dir(out, "pretrain")
-    card = pretrain(cfg, cities, out, views, headings, knobs)
+    card = pretrain(cfg, cities, out, views, headings, knobs, resume)
     if not card:  # another rank of torchrun's: rank 0 reports
         return
     t = card["training"]

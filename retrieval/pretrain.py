@@ -8,7 +8,8 @@ city's photos can be indexed and queried with it at once (zero-shot), or it can 
 
 Layout: OUT/cities/<name>/ (each city's views), OUT/data/ (the manifests of all of them and cities.json),
 and OUT itself the run (config.yaml, best.pt, log.csv, run.json, MODEL_CARD.md, model_card.json).
-Every step is skipped when its output is there, and training resumes, so a killed run continues.
+Every step is skipped when its output is there, and `--resume` continues a killed run under the rules of
+`geoloc train --resume` (the same settings; only the budget may change).
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from retrieval.config import Config, prepare_run_dir
 from retrieval.embedding import train_embedding
 from retrieval.files import atomic_write_json, atomic_write_text, command_line, git_revision
 from retrieval.manifests import concat_manifests, read_manifest, write_manifest
+from retrieval.runs import check_resume, record_resume
 from retrieval.synth.cameras import render_dataset
+from retrieval.train import check_run_dir
 
 CARD_JSON, CARD_MD = "model_card.json", "MODEL_CARD.md"
 # The recipe that lifted real photos of an unseen city from a rendered-only model (issue 28): the scratch
@@ -135,9 +138,10 @@ def card_markdown(card: dict) -> str:
 
 
 def pretrain(cfg: Config, osm_files: list[Path], out: Path, views: int = 1000, headings: int = 4,
-             knobs: tuple[str, ...] = ()) -> dict:
-    """Render the cities, train the embedding across them (resuming a killed run) and write the model card.
-    Under torchrun (retrieval.distributed initialised) rank 0 renders and writes, every rank trains, and
+             knobs: tuple[str, ...] = (), resume: bool = False) -> dict:
+    """Render the cities, train the embedding across them and write the model card. `resume` continues
+    a run from its last checkpoint, refused (as `geoloc train --resume`) if the settings changed; without
+    it a folder that holds a checkpoint is refused. Under torchrun (retrieval.distributed initialised) rank 0 renders and writes, every rank trains, and
     the other ranks return {}."""
     if cfg.embedding.cell_loss_weight > 0 or cfg.embedding.cell_prior_share > 0:
         raise GeolocError("pretrain: embedding.cell_loss_weight and cell_prior_share take one city's cells grid; "
@@ -145,14 +149,18 @@ def pretrain(cfg: Config, osm_files: list[Path], out: Path, views: int = 1000, h
     if len(osm_files) < 2:
         raise GeolocError("pretrain: give at least two OSM extracts (one city is `geoloc benchmark`'s job)")
     t0 = time.perf_counter()
-    resume = (out / "last.pt").is_file()
     cfg.data.train, cfg.data.test = str((out / "data").resolve()), ""  # the run answers from anywhere
     cfg.data.val_fraction = 0.0  # each city rendered its own validation views
+    check_run_dir(out, resume)
+    changes = check_resume(out, "embedding", cfg) if resume else {}
     if distributed.is_main():  # under torchrun rank 0 renders and writes; the others wait for it
         out.mkdir(parents=True, exist_ok=True)
         cities = render_cities(cfg, osm_files, out, views, headings, knobs)
         combine(cities, out / "data")
-        prepare_run_dir(out, cfg)
+        if resume:
+            record_resume(out, cfg, changes)
+        else:
+            prepare_run_dir(out, cfg)
     distributed.barrier()
     try:
         summary = train_embedding(cfg, out, resume)

@@ -9,8 +9,10 @@ pool (the default): neighbour i's pool is every neighbour within radius_m of i, 
 not a chain: neighbours strung out along a street do not merge into one pool). The strongest pool,
 by total weight, wins; ties go to the better-ranked i. The answer is the weighted centre of that pool's
 members and the confidence is its share of all the weight.
-top1: the best-ranked neighbour's location. weighted_mean: the weighted centre of all neighbours. For
-these two, the confidence is the share of the weight within radius_m of the answer.
+top1: the best-ranked neighbour's location. weighted_mean: the weighted centre of all neighbours, moved to
+the neighbour nearest it: neighbours in two far places average to a point between them, often inside a
+block, where no photo could have been taken; a database photo's position is on a street. For these two,
+the confidence is the share of the weight within radius_m of the answer.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from retrieval.geo import haversine_m
 from retrieval.metrics import errors_m
 
 VOTE_MODES = ("pool", "top1", "weighted_mean")
+VOTE_RULES = 2  # bumped when a mode's answer changes (2: weighted_mean moves to its nearest neighbour)
 
 
 @dataclass
@@ -90,7 +93,12 @@ def vote(lat, lon, sim, mode: str = "pool", radius_m: float = 50.0) -> Vote:
             out_lat = np.where(valid.any(axis=1), lat[rows, first], np.nan)
             out_lon = np.where(valid.any(axis=1), lon[rows, first], np.nan)
         else:
-            out_lat, out_lon = weighted_centre(lat, lon, w)
+            c_lat, c_lon = weighted_centre(lat, lon, w)
+            with np.errstate(invalid="ignore"):
+                d = np.where(valid, haversine_m(lat, lon, c_lat[:, None], c_lon[:, None]), np.inf)
+            nearest = d.argmin(axis=1)
+            out_lat = np.where(valid.any(axis=1), lat[rows, nearest], np.nan)
+            out_lon = np.where(valid.any(axis=1), lon[rows, nearest], np.nan)
         support = _near(lat, lon, out_lat[:, None], out_lon[:, None], radius_m) & valid
     else:
         raise GeolocError(f"vote mode {mode!r}: expected one of {', '.join(VOTE_MODES)}")

@@ -121,3 +121,21 @@ def test_pretrain_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
     # 10 views of a small town give no place a second view: the message says what to change
     with pytest.raises(GeolocError, match=r"pretrain --views 10: no photo has a positive candidate.*--views 100 or more"):
         pretrain(load_config(None, TINY, base=PRETRAIN), osm, tmp_path / "few", views=10, headings=1)
+
+
+def test_pretrain_resumes_only_when_asked_as_training_does(pretrained):
+    """Issue 41: a rerun into a pretrained --out was resumed silently, and one whose model card was lost
+    (a failure after training) left none; now --resume is asked for, and it writes the card."""
+    root, card = pretrained
+    run, osm = root / "run", [root / "town1.osm", root / "town2.osm"]
+    cfg = load_config(None, TINY, base=PRETRAIN)
+    with pytest.raises(GeolocError, match=r"run: already has a checkpoint; pass --resume or choose another"):
+        pretrain(cfg, osm, run, views=30, headings=2)
+    with pytest.raises(GeolocError, match=r"--resume cannot change .*train.lr 0.001 -> 0.01"):
+        pretrain(load_config(run / "config.yaml", ["train.lr=0.01"]), osm, run, views=30, headings=2, resume=True)
+    (run / "MODEL_CARD.md").unlink()
+    again = pretrain(load_config(run / "config.yaml"), osm, run, views=30, headings=2, resume=True)
+    assert (run / "MODEL_CARD.md").is_file() and again["cities"] == card["cities"]
+    assert (run / "command.txt").read_text().count("\n") == 2  # the first command, then the resume's
+    with pytest.raises(GeolocError, match=r"fresh: nothing to resume \(no last.pt\)"):
+        pretrain(load_config(None, TINY, base=PRETRAIN), osm, root / "fresh", views=30, headings=2, resume=True)

@@ -100,7 +100,7 @@ def test_page_and_city_map_are_served(client):
     assert page.status_code == 200 and b"<svg id=\"map\"" in page.data
     assert b"http://" not in page.data.replace(b"http://www.w3.org/2000/svg", b"")  # nothing fetched from afar
     geo = client.get("/api/map").get_json()
-    assert geo["source"].startswith("streets: ") and geo["source"].endswith("streets.graphml")
+    assert geo["source"] == "streets: streets.graphml"  # its name, not the server's path to it (issue 41)
     assert len(geo["features"]) > 20 and {f["geometry"]["type"] for f in geo["features"]} == {"LineString"}
 
 
@@ -345,6 +345,7 @@ def test_a_route_without_a_street_graph_says_so(run, loc, city, walk):
     status, body = post_route(bare, ("a.jpg", walk[0].read_bytes()), ("b.jpg", walk[1].read_bytes()))
     assert status == 500 and body["error"].startswith("cannot decode a route: ")
     assert "route.distance=geodesic needs a street graph" in body["error"]
+    assert str(run.parent) not in body["error"]  # the run by its name, not the server's path (issue 41)
 
 
 def test_load_app_reads_the_run(run):

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -152,7 +153,9 @@ class _Model:
                 with self.lock:
                     r = self.loc.locate_route(photos, times=times)
             except GeolocError as exc:  # the server's setting, not the upload: e.g. geodesic steps without streets
-                return _error(500, f"cannot decode a route: {exc}")
+                tqdm.write(f"POST /api/route: {exc}")  # the whole message for the server's log; the page gets
+                public = str(exc).replace(str(self.loc.run_dir), Path(self.loc.run_dir).name)  # no server paths
+                return _error(500, f"cannot decode a route: {public}")
         r = _as_uploaded(r, names, how)
         # The status says a photo failed (as /api/locate's); the body still holds the route, and says why.
         error = {"error": f"{len(bad)} of {len(read)} photos could not be read and were left out of the route: "

@@ -37,7 +37,8 @@ def city_geojson(cfg: Config, lat: np.ndarray, lon: np.ndarray) -> dict:
             warnings.warn(f"{exc}; the map shows the database photos instead", stacklevel=2)
             lines = []
         if lines:
-            return {"type": "FeatureCollection", "source": f"streets: {path}",
+            # the file's name alone: the page is for others, the server's folders are not theirs to see
+            return {"type": "FeatureCollection", "source": f"streets: {path.name}",
                     "features": [{"type": "Feature", "properties": {"kind": "street"},
                                   "geometry": {"type": "LineString", "coordinates": c}} for c in lines]}
     pick = np.unique(np.linspace(0, len(lat) - 1, min(len(lat), MAX_DOTS)).astype(int))
