@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from retrieval import GeolocError
 from retrieval.config import Config, load_run_config
@@ -28,7 +29,9 @@ from retrieval.inference import embed
 from retrieval.manifests import IMAGE_SUFFIXES, Manifest, load_rgb
 from retrieval.metrics import Predictions, error_metrics, errors_m, recall_at_n
 from retrieval.places import place_means, place_neighbours
+from retrieval.geometry import OFF, Setting
 from retrieval.prior import CellPrior, check_complete, rerank
+from retrieval.rerank import check, local_store, query_features, resolve_rerank
 from retrieval.route import Route, StreetWalks, order_photos, read_route_list, route_of
 from retrieval.run_index import EMBEDDINGS, INDEX_DIR, ensure_index, open_index, place_setting
 from retrieval.runs import read_run_info
@@ -48,8 +51,9 @@ class Neighbour:
     path: str
     lat: float
     lon: float
-    similarity: float
+    similarity: float  # after a geometric rerank, its score (retrieval.geometry)
     distance_m: float  # from the answer
+    inliers: int = -1  # local features matched under one geometry (index.rerank); -1: not checked
 
 
 @dataclass
@@ -180,6 +184,9 @@ class Locator:
     mode: str  # the vote mode
     vote_record: dict  # how the mode was chosen ({} when index.vote names it)
     prior: CellPrior | None
+    check: Setting = OFF  # the geometric rerank (index.rerank; retrieval.rerank)
+    check_record: dict = field(default_factory=dict)  # how it was chosen ({} unless index.rerank is auto)
+    local: object = None  # retrieval.local_features.LocalStore of the database, when it reranks
 
     @classmethod
     def load(cls, run_dir: str | Path, cfg: Config | None = None) -> "Locator":
@@ -194,7 +201,9 @@ class Locator:
         check_complete(run_dir, cfg)
         model, index, side = open_index(run_dir, cfg)
         mode, record = resolve_vote(run_dir, cfg, model, side)
-        return cls(run_dir, cfg, model, index, side, mode, record, CellPrior.load(run_dir))
+        local = local_store(run_dir, cfg)
+        setting, how = resolve_rerank(run_dir, cfg, model, side, local)
+        return cls(run_dir, cfg, model, index, side, mode, record, CellPrior.load(run_dir), setting, how, local)
 
     def neighbours(self, images: list, n: int, use_prior: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(queries, n) similarities and database ids of cached images' nearest photos, best first (id -1
@@ -229,18 +238,25 @@ class Locator:
             answers += self._locate_chunk(sources[start:start + CHUNK], k)
         return answers
 
+    def checked(self, cached: list, feats: list, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """neighbours(), then the geometric rerank when the run has one: (scores, ids, inliers), n columns."""
+        sims, ids = self.neighbours(cached, max(n, self.check.k))
+        sims, ids, inl = check(self.check, self.local, self.cfg, sims, ids, feats)
+        return sims[:, :n], ids[:, :n], inl[:, :n]
+
     def _locate_chunk(self, sources: list[tuple[str, object]], k: int) -> list[Answer]:
         t0 = time.perf_counter()
-        answers, cached, good = self._read_all(sources)
+        answers, cached, feats, good = self._read_all(sources)
         if good:
-            sims, ids = self.neighbours(cached, k)
-            self._answer(answers, good, sims, ids, 1000 * (time.perf_counter() - t0) / len(good))
+            sims, ids, inl = self.checked(cached, feats, k)
+            self._answer(answers, good, sims, ids, 1000 * (time.perf_counter() - t0) / len(good), inl)
         return answers
 
-    def _read_all(self, sources: list[tuple[str, object]]) -> tuple[list[Answer], list, list[int]]:
-        """An Answer per source (its error, or its warning), the readable ones decoded for the model, and
+    def _read_all(self, sources: list[tuple[str, object]]) -> tuple[list[Answer], list, list, list[int]]:
+        """An Answer per source (its error, or its warning), the readable ones decoded for the model and
+        their local features when the run reranks (taken now: the photo at full size is not kept), and
         which answers those are."""
-        answers, cached, good = [], [], []
+        answers, cached, feats, good = [], [], [], []
         for source, item in sources:
             try:
                 image = _read(source, item)
@@ -249,11 +265,15 @@ class Locator:
                 answers.append(Answer(source, error=str(exc)))
                 continue
             cached.append(to_cached(image, self.cfg.data.resize))
+            if not self.check.off:
+                feats.append(query_features(image, self.cfg))
             good.append(len(answers) - 1)
-        return answers, cached, good
+        return answers, cached, feats, good
 
-    def _answer(self, answers: list[Answer], good: list[int], sims: np.ndarray, ids: np.ndarray, ms: float) -> None:
+    def _answer(self, answers: list[Answer], good: list[int], sims: np.ndarray, ids: np.ndarray, ms: float,
+                inl: np.ndarray | None = None) -> None:
         """Fill the readable photos' answers from their neighbours (rows of sims/ids, best first)."""
+        inl = np.full(ids.shape, -1) if inl is None else inl
         lat, lon = self.positions(ids)
         v = vote(lat, lon, np.where(ids < 0, np.nan, sims), self.mode, self.cfg.index.vote_radius_m)
         for row, i in enumerate(good):
@@ -262,7 +282,8 @@ class Locator:
             a.lat, a.lon, a.confidence, a.vote, a.ms = float(v.lat[row]), float(v.lon[row]), \
                 float(v.confidence[row]), self.mode, ms
             a.neighbours = [Neighbour(self.side.paths[j], float(self.side.lat[j]), float(self.side.lon[j]),
-                                      float(s), float(d)) for j, s, d in zip(ids[row, ok], sims[row, ok], dist)]
+                                      float(s), float(d), int(c))
+                            for j, s, d, c in zip(ids[row, ok], sims[row, ok], dist, inl[row, ok])]
 
     def locate_route(self, images, times=None, streets: str | Path | None = None) -> Route:
         """Photos taken in order, located together along the streets (retrieval.route; settings: cfg.route).
@@ -276,13 +297,15 @@ class Locator:
             sources, order, groups = _sources(images), None, None
         photos = order_photos(sources, times, order, groups)
         t0 = time.perf_counter()
-        answers, cached, good = self._read_all(photos.sources)
+        answers, cached, feats, good = self._read_all(photos.sources)
         # One search serves both: each photo's own answer votes among its first index.k, the route decodes
         # over route.k candidates.
         k, n = self.cfg.index.k, max(self.cfg.index.k, self.cfg.route.k)
-        sims, ids = self.neighbours(cached, n) if cached else (np.zeros((0, n)), np.zeros((0, n), int))
+        # The geometric check reorders (and rescores) the candidates before both.
+        sims, ids, inl = self.checked(cached, feats, n) if cached else (np.zeros((0, n)), np.zeros((0, n), int), None)
         if good:
-            self._answer(answers, good, sims[:, :k], ids[:, :k], 1000 * (time.perf_counter() - t0) / len(good))
+            self._answer(answers, good, sims[:, :k], ids[:, :k], 1000 * (time.perf_counter() - t0) / len(good),
+                         inl[:, :k])
         sims, ids = sims[:, :self.cfg.route.k], ids[:, :self.cfg.route.k]
         lat, lon = self.positions(ids)
         walks = self.street_walks(streets) if self.cfg.route.distance == "geodesic" else None
@@ -332,9 +355,18 @@ def predict_test(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
     n, i = max(cfg.index.k, 10), cfg.index
 
     q = embed(loc.model, images, cfg, "embed test")
+    t0 = time.perf_counter()
+    feats = [] if loc.check.off else [query_features(load_rgb(p, test.describe(j)), cfg)
+                                      for j, p in enumerate(tqdm(test.paths, desc="test: local features", unit="img"))]
+    check_ms = [1000 * (time.perf_counter() - t0)]
 
-    def scored(use_prior: bool):
-        sims, ids = loc.ranked(q, images, n, use_prior)
+    def scored(use_prior: bool, use_check: bool = True):
+        sims, ids = loc.ranked(q, images, max(n, loc.check.k), use_prior)
+        if use_check:
+            t1 = time.perf_counter()
+            sims, ids, _ = check(loc.check, loc.local, cfg, sims, ids, feats)
+            check_ms.append(1000 * (time.perf_counter() - t1))
+        sims, ids = sims[:, :n], ids[:, :n]
         nb_lat, nb_lon = loc.positions(ids)
         return sims, ids, score_neighbours(np.where(ids < 0, np.nan, sims), nb_lat, nb_lon, test.lat, test.lon,
                                            i.k, i.vote_radius_m, loc.mode)
@@ -345,6 +377,11 @@ def predict_test(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
                                   if k in loc.vote_record}
     if loc.prior is not None:
         metrics["cell_prior"] = {"weight": loc.prior.weight, "without": scored(False)[2][2]}
+    if cfg.index.rerank != "off":
+        metrics["rerank"] = {"mode": cfg.index.rerank, "k": loc.check.k, "weight": loc.check.weight,
+                             **{k: v for k, v in loc.check_record.items() if k in ("val_recall@1_25m", "val_views", "why")},
+                             "ms_per_query": round(sum(check_ms[:2]) / max(len(test), 1), 2),
+                             "without": scored(True, False)[2][2]}
     return Predictions(lat=lat, lon=lon, metrics=metrics,
                        columns={"confidence": np.round(conf, 4), "top1_error_m": np.round(nb_dist[:, 0], 2)},
                        arrays={"neighbour_ids": ids, "similarities": sims, "confidence": conf})

@@ -347,15 +347,32 @@ def index_build_cmd(
         lock_run_dir(run, "index build")
         cfg = load_config(run / "config.yaml", sets)
     s = build_run_index(run, cfg)
+    _keep_rerank_setting(run, cfg)
     shards = f", {s['shards']} shards" if s["shards"] > 1 else ""
     typer.echo(f"indexed {s['photos']} photos{' (every photo of ' + str(data) + ')' if data else ''} ({s['kind']}, {s['dim']}-d{shards}) in {s['seconds']:.1f} s, "
                f"{s['embed_images_per_s']:.1f} img/s, {s['embedded']} embedded now: {run / 'index'}")
+    if "local_bytes_per_photo" in s:
+        typer.echo(f"local features for index.rerank={cfg.index.rerank}: {s['local_bytes_per_photo'] / 1000:.1f} KB "
+                   f"and {s['local_ms_per_photo']:.1f} ms per photo ({cfg.rerank.keypoints} keypoints at "
+                   f"{cfg.rerank.size} px)")
+
+
+def _keep_rerank_setting(run: Path, cfg) -> None:
+    """The run answers with the rerank its index was built for: query, serve and evaluate read config.yaml."""
+    from retrieval.config import dump_yaml, load_config
+    from retrieval.files import atomic_write_text
+
+    own = load_config(run / "config.yaml")
+    if (own.index.rerank, own.rerank) != (cfg.index.rerank, cfg.rerank):
+        own.index.rerank, own.rerank = cfg.index.rerank, cfg.rerank
+        atomic_write_text(run / "config.yaml", dump_yaml(own))
 
 
 def _answer_text(a) -> str:
     lines = [f"{a.source}: {a.lat:.6f}, {a.lon:.6f}  confidence {a.confidence:.2f}  ({a.vote} vote, {a.ms:.0f} ms)"]
     for n in a.neighbours:
-        lines.append(f"    {n.similarity:.3f}  {n.lat:.6f}, {n.lon:.6f}  {n.distance_m:7.0f} m  {Path(n.path).name}")
+        checked = f"  {n.inliers:4d} inliers" if n.inliers >= 0 else ""
+        lines.append(f"    {n.similarity:.3f}  {n.lat:.6f}, {n.lon:.6f}  {n.distance_m:7.0f} m{checked}  {Path(n.path).name}")
     return "\n".join(lines)
 
 

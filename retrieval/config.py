@@ -17,6 +17,7 @@ from retrieval import GeolocError
 from retrieval.files import atomic_write_json, atomic_write_text, command_line, git_revision
 from retrieval.index import KINDS as INDEX_KINDS
 from retrieval.index import REFINES
+from retrieval.geometry import RERANK_MODES
 from retrieval.losses import LOSSES, MINERS
 from retrieval.methods import METHODS
 from retrieval.mining import SUPERVISION
@@ -203,6 +204,19 @@ class IndexConfig:
     # (retrieval.places; also at validation). 0: every photo as embedded.
     place_mean_m: float = 25.0
     place_mean_heading_deg: float = 45.0
+    # off | on | auto: reorder the first neighbours by local-feature matching (retrieval.geometry; settings:
+    # the rerank section); auto tries settings on the validation views and keeps off where none helps
+    rerank: str = "off"
+
+
+@dataclass
+class RerankConfig:
+    """The geometric check (retrieval.geometry, retrieval.local_features)."""
+    size: int = 480  # the longer side, in px, photos are matched at: from their files, not the model's input
+    keypoints: int = 480  # per photo, strongest first: 480 x (128 + 4) bytes = 63 KB stored per database photo
+    k: int = 10  # index.rerank on: neighbours checked (auto tries 10, 25 and 50: retrieval.geometry.AUTO_KS)
+    weight: float = 1.0  # index.rerank on: score = similarity + weight * min(inliers, 100) / 100
+    ratio: float = 0.8  # Lowe's ratio test
 
 
 @dataclass
@@ -259,6 +273,7 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     route: RouteConfig = field(default_factory=RouteConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -345,6 +360,7 @@ CHOICES = {
     "index.kind": INDEX_KINDS,
     "index.refine": tuple(REFINES),
     "index.vote": ("auto", *VOTE_MODES),
+    "index.rerank": RERANK_MODES,
     "route.distance": DISTANCES,
 }
 # key -> (low, high, low inclusive, high inclusive); None: unbounded
@@ -391,6 +407,8 @@ RANGES = {
     "route.step_tol_m": (0, None, False, True), "route.step_tol": (0, None, True, True),
     "route.break_cost": (0, None, False, True), "route.max_snap_m": (0, None, False, True),
     "route.confidence_radius_m": (0, None, False, True),
+    "rerank.size": (32, 4096, True, True), "rerank.keypoints": (8, 32767, True, True), "rerank.k": (1, None, True, True),
+    "rerank.weight": (0, None, False, True), "rerank.ratio": (0, 1, False, False),
 }
 
 

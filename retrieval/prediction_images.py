@@ -1,7 +1,9 @@
 """Prediction images (`geoloc evaluate --save-predictions N`): for the worst, the best and a random
 sample of an embedding run's test photos, the query beside the database photos it was matched with,
 each marked by its distance from the truth, and one self-contained HTML page linking them, in
-RUN/predictions/. They show *why* a photo went wrong: which places the model confuses."""
+RUN/predictions/. They show *why* a photo went wrong: which places the model confuses. A run with the
+geometric rerank (index.rerank) also gets, per photo, its matched local features with the answer's
+photo and with the truth's nearest database view: a picture is how a user trusts a geometric check."""
 from __future__ import annotations
 
 import csv
@@ -20,8 +22,11 @@ from retrieval import GeolocError  # noqa: E402
 from retrieval.config import load_run_config  # noqa: E402
 from retrieval.files import atomic_write, atomic_write_text  # noqa: E402
 from retrieval.geo import haversine_m  # noqa: E402
+from retrieval.geometry import matched_points  # noqa: E402
 from retrieval.index import load_index  # noqa: E402
+from retrieval.local_features import LOCAL_DIR, LocalStore, matching_image  # noqa: E402
 from retrieval.manifests import load_rgb  # noqa: E402
+from retrieval.rerank import query_features  # noqa: E402
 from retrieval.run_index import INDEX_DIR  # noqa: E402
 
 PREDICTIONS_DIR = "predictions"
@@ -102,6 +107,39 @@ def prediction_png(query: str, heading: str, answer: str, answer_ok: bool,
         plt.close(fig)
 
 
+def _grey(path: str, size: int) -> np.ndarray:
+    try:
+        return matching_image(load_rgb(path), size)
+    except GeolocError:
+        return np.zeros((size // 2, size), np.uint8)
+
+
+def matches_png(query: str, pairs: list[tuple[str, str, tuple]], cfg, out: Path) -> Path:
+    """One row per (title, database photo, its stored features): the query and that photo side by side at
+    the matching size, the inlier matches drawn as lines between them."""
+    q = query_features(load_rgb(query), cfg)
+    fig, axes = plt.subplots(len(pairs), 1, figsize=(8, 3.2 * len(pairs)), squeeze=False)
+    for ax, (title, path, feats) in zip(axes[:, 0], pairs):
+        a, b = _grey(query, cfg.rerank.size), _grey(path, cfg.rerank.size)
+        h = max(a.shape[0], b.shape[0])
+        canvas = np.zeros((h, a.shape[1] + b.shape[1]), np.uint8)
+        canvas[:a.shape[0], :a.shape[1]], canvas[:b.shape[0], a.shape[1]:] = a, b
+        pa, pb = matched_points(q, feats, cfg.rerank.ratio)
+        ax.imshow(canvas, cmap="gray", vmin=0, vmax=255)
+        for (x0, y0), (x1, y1) in zip(pa, pb):
+            ax.plot([x0, x1 + a.shape[1]], [y0, y1], "-", color="#fdd835", lw=0.6, alpha=0.8)
+        ax.set_title(f"{title}: {len(pa)} inliers  (query left, {Path(path).name} right)", fontsize=9)
+        ax.axis("off")
+
+    def write(tmp: Path) -> None:
+        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
+
+    try:
+        return atomic_write(out, write)
+    finally:
+        plt.close(fig)
+
+
 def _read_predictions(run: Path) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """predictions.csv's rows and predictions.npz's neighbour ids and confidences, checked to match."""
     csv_path, npz_path = run / "predictions.csv", run / "predictions.npz"
@@ -128,12 +166,15 @@ def save_predictions(run_dir: str | Path, n: int, seed: int = 0) -> Path:
     if n < 1:
         raise GeolocError(f"--save-predictions {n}: draw at least 1 photo")
     rows, ids, conf = _read_predictions(run)
-    k = load_run_config(run).index.k
+    cfg = load_run_config(run)
+    k = cfg.index.k
     _, side = load_index(run / INDEX_DIR)
     if ids.size and ids.max() >= len(side.paths):
         raise GeolocError(f"{run / 'predictions.npz'}: neighbour ids beyond the {len(side.paths)} photos of "
                           f"{run / INDEX_DIR}; run `geoloc evaluate --run {run}` again")
     out = run / PREDICTIONS_DIR
+    local = run / INDEX_DIR / LOCAL_DIR
+    store = LocalStore(local) if cfg.index.rerank != "off" and local.is_dir() else None
     errors = np.array([float(r["error_m"]) for r in rows])
     shown = pick(errors, n, seed)
     written, items = set(), []
@@ -149,6 +190,12 @@ def save_predictions(run_dir: str | Path, n: int, seed: int = 0) -> Path:
                        bool(errors[s.row] <= NEAR_M), [(side.paths[j], float(d)) for j, d in zip(nb, dist)],
                        out / name)
         written.add(name)
+        if store is not None and nb:
+            truth = int(np.argmin(haversine_m(side.lat, side.lon, t_lat, t_lon)))
+            pairs = [("the answer's first neighbour", side.paths[nb[0]], store.features(nb[0])),
+                     ("the truth's nearest database view", side.paths[truth], store.features(truth))]
+            matches_png(r["path"], pairs, cfg, out / name.replace(".png", "_matches.png"))
+            written.add(name.replace(".png", "_matches.png"))
         items.append((s, name, r["path"], caption))
     for old in out.glob("*.png"):
         if old.name not in written:
@@ -168,9 +215,12 @@ def _page(run: Path, items: list, n_test: int) -> str:
             continue
         parts.append(f"<h2>{html.escape(title)}</h2>")
         for s, name, path, caption in group:
+            matches = name.replace(".png", "_matches.png")
+            extra = (f" <a href='{matches}'>matched local features</a>" if (run / PREDICTIONS_DIR / matches).is_file()
+                     else "")
             parts.append(f"<figure><a href='{name}'><img src='{name}' alt='{html.escape(label)} {s.rank}'></a>"
                          f"<figcaption><b>{html.escape(label)} #{s.rank}</b> {html.escape(Path(path).name)}: "
-                         f"{html.escape(caption)}</figcaption></figure>")
+                         f"{html.escape(caption)}{extra}</figcaption></figure>")
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>Predictions of {html.escape(run.name)}</title><style>"
             "body{font:14px sans-serif;margin:16px;color:#222} figure{margin:0 0 18px}"

@@ -1,5 +1,6 @@
 """A trained embedding run's index (RUN/index): the database photos embedded (resumably, a chunk at a
-time), optionally replaced by their place means, and a FAISS index of them with its sidecar."""
+time), optionally replaced by their place means, and a FAISS index of them with its sidecar; with
+index.rerank, the photos' local features too (RUN/index/local: retrieval.local_features)."""
 from __future__ import annotations
 
 import hashlib
@@ -17,6 +18,7 @@ from retrieval.files import atomic_write, atomic_write_json, create_npy
 from retrieval.index import (META_FILE, NpyRows, Sidecar, build_index, index_params, load_index, read_meta, save_index,
                              shards_of)
 from retrieval.inference import embed, load_embedding_model
+from retrieval.local_features import LOCAL_DIR, extract_database
 from retrieval.manifests import Manifest, concat_manifests
 from retrieval.models import descriptor_dim
 from retrieval.places import place_means, place_neighbours
@@ -116,9 +118,19 @@ def build_run_index(run_dir: str | Path, cfg: Config, db: Manifest | None = None
     save_index(run_dir / INDEX_DIR, index, Sidecar(paths=[str(p) for p in db.paths], lat=db.lat, lon=db.lon,
                                                    dim=descriptor_dim(cfg.model), checkpoint_sha256=sha, kind=cfg.index.kind,
                                                    place_mean=place_mean))
+    local = build_local_features(run_dir, cfg, db)
     return {"photos": len(db), "dim": descriptor_dim(cfg.model), "kind": cfg.index.kind, "shards": len(shards_of(index)),
             "embedded": embedded, "embed_images_per_s": round(len(db) / max(state["embed_seconds"], 1e-9), 2),
-            "seconds": round(time.perf_counter() - t0, 2)}
+            "seconds": round(time.perf_counter() - t0, 2), **local}
+
+
+def build_local_features(run_dir: str | Path, cfg: Config, db: Manifest | None = None) -> dict:
+    """With index.rerank: the database photos' local features (resumable), and what they cost per photo."""
+    if cfg.index.rerank == "off":
+        return {}
+    db = db if db is not None else database(cfg)
+    rec = extract_database(db, photos_sha256(db), cfg.rerank, Path(run_dir) / INDEX_DIR / LOCAL_DIR)
+    return {"local_bytes_per_photo": rec["bytes_per_photo"], "local_ms_per_photo": rec["ms_per_photo"]}
 
 
 def indexed_rows(store: Path, db: Manifest, cfg: Config, chunk: int = EMBED_CHUNK) -> tuple[Path, dict]:
@@ -168,7 +180,8 @@ def open_index(run_dir: Path, cfg: Config):
 
 def ensure_index(run_dir: str | Path, cfg: Config) -> None:
     """Build RUN/index when it is missing or holds other place means than cfg asks for (the stored
-    embeddings are reused, so only the place means are recomputed)."""
+    embeddings are reused, so only the place means are recomputed), and the local features index.rerank
+    asks for."""
     folder = Path(run_dir) / INDEX_DIR
     if not (folder / META_FILE).is_file():
         build_run_index(run_dir, cfg)
@@ -176,3 +189,5 @@ def ensure_index(run_dir: str | Path, cfg: Config) -> None:
     record = read_meta(folder / META_FILE).get("place_mean")
     if place_setting(record if isinstance(record, dict) else {}) != place_setting(cfg):
         build_run_index(run_dir, cfg)
+    else:
+        build_local_features(run_dir, cfg)  # extracts nothing when they are there with these settings

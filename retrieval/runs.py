@@ -19,7 +19,7 @@ from retrieval.files import STALE_TMP_S, atomic_write_text, command_line, remove
 # Settings a resumed run may change: the training budget and how the work is spread over threads,
 # plus what only later commands use (index, benchmark bookkeeping, the run's name).
 RESUME_MAY_CHANGE = ("train.epochs", "train.max_minutes", "train.max_steps_per_epoch", "train.threads", "route.",
-                     "data.num_workers", "index.", "bench.", "name")
+                     "data.num_workers", "index.", "rerank.", "bench.", "name")
 # Settings that name files: the same file under another spelling is no change.
 PATH_KEYS = ("data.train", "data.test", "embedding.streets", "cells.boundary", "model.weights")
 # What atomic_write names its temporary files after in a run directory.

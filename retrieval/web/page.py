@@ -161,7 +161,8 @@ function showOnMap(i) {
     const m = svgEl("g", { class: "nb-mark", "data-j": j }, g);
     svgEl("circle", { cx: x, cy: y, r: 7 }, m);
     svgEl("text", { x: x, y: y }, m).textContent = j + 1;
-    svgEl("title", {}, m).textContent = `#${j + 1} similarity ${n.similarity.toFixed(3)}, ${metres(n.distance_m)} from the answer`;
+    svgEl("title", {}, m).textContent = `#${j + 1} similarity ${n.similarity.toFixed(3)}, ${metres(n.distance_m)} from the answer` +
+      (n.inliers >= 0 ? `, ${n.inliers} inliers` : "");
   });
 }
 function hover(j, on) {
@@ -208,7 +209,9 @@ function fill(c, a) {
     img.src = "thumb?path=" + encodeURIComponent(n.path);
     img.alt = n.path;
     img.title = `${n.path}\n${n.lat.toFixed(6)}, ${n.lon.toFixed(6)}`;
-    f.append(img, el("figcaption", "", `#${j + 1} ${n.similarity.toFixed(2)} · ${metres(n.distance_m)}`));
+    // with the geometric rerank, how many local features matched under one geometry (the check's evidence)
+    const checked = n.inliers >= 0 ? ` · ${n.inliers} inliers` : "";
+    f.append(img, el("figcaption", "", `#${j + 1} ${n.similarity.toFixed(2)} · ${metres(n.distance_m)}${checked}`));
     f.onmouseenter = () => { f.classList.add("hover"); hover(j, true); };
     f.onmouseleave = () => { f.classList.remove("hover"); hover(j, false); };
     nbs.appendChild(f);
