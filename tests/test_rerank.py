@@ -10,7 +10,7 @@ from PIL import Image
 from retrieval import GeolocError
 from retrieval.config import load_config
 from retrieval.geometry import INLIER_CAP, OFF, Setting, candidate_settings, choose, inliers, matched_points, rescore
-from retrieval.local_features import LOCAL_DIR, LocalStore, extract, extract_database, matching_image
+from retrieval.local_features import LocalStore, extract, extract_database, matching_image
 from retrieval.manifests import read_manifest
 
 from conftest import untrained_run
