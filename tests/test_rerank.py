@@ -135,6 +135,24 @@ def test_a_run_answers_with_the_rerank(views, tmp_path):
     assert a.neighbours[0].path == str(db.paths[7])
     assert a.neighbours[0].inliers == max(n.inliers for n in a.neighbours) >= 20
     assert all(n.inliers >= 0 for n in a.neighbours)  # every one of the 4 shown was checked
+    # the web page's answer carries the counts (shown under each neighbour's thumbnail)
+    import io
+
+    from retrieval.web.app import create_app
+    from retrieval.web.city_map import city_geojson
+
+    buf = io.BytesIO()
+    query.save(buf, format="PNG")
+    client = create_app(loc, city_geojson(loc.cfg, loc.side.lat, loc.side.lon)).test_client()
+    r = client.post("/api/locate", data={"photo": [(io.BytesIO(buf.getvalue()), "q.png")]},
+                    content_type="multipart/form-data")
+    nbs = r.get_json()[0]["neighbours"]
+    assert r.status_code == 200 and nbs[0]["inliers"] == a.neighbours[0].inliers
+    # a route's candidates are the reranked ones: each photo's own answer is the same as locate's
+    with Image.open(db.paths[9]) as im:
+        second = im.convert("RGB").crop((8, 8, 152, 152))
+    route = loc.locate_route([query, second])
+    assert route.points[0].single.neighbours[0].path == str(db.paths[7])
 
 
 def test_auto_chooses_on_validation_and_evaluation_reports_both(views, tmp_path):
