@@ -98,6 +98,10 @@ def prediction_png(query: str, heading: str, answer: str, answer_ok: bool,
                GREEN if dist <= NEAR_M else RED)
     fig.suptitle(heading, fontsize=11, x=0.01, ha="left")
 
+    return _save(fig, out)
+
+
+def _save(fig, out: Path) -> Path:
     def write(tmp: Path) -> None:
         fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
 
@@ -131,13 +135,7 @@ def matches_png(query: str, pairs: list[tuple[str, str, tuple]], cfg, out: Path)
         ax.set_title(f"{title}: {len(pa)} inliers  (query left, {Path(path).name} right)", fontsize=9)
         ax.axis("off")
 
-    def write(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
-
-    try:
-        return atomic_write(out, write)
-    finally:
-        plt.close(fig)
+    return _save(fig, out)
 
 
 def _read_predictions(run: Path) -> tuple[list[dict], np.ndarray, np.ndarray]:
