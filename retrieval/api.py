@@ -362,7 +362,7 @@ def predict_test(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
 
     def scored(use_prior: bool, use_check: bool = True):
         sims, ids = loc.ranked(q, images, max(n, loc.check.k), use_prior)
-        if use_check:
+        if use_check and not loc.check.off:
             t1 = time.perf_counter()
             sims, ids, _ = check(loc.check, loc.local, cfg, sims, ids, feats)
             check_ms.append(1000 * (time.perf_counter() - t1))

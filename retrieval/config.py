@@ -317,6 +317,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if value is None:
             return ""
+        if isinstance(value, bool):  # YAML 1.1 reads on / off (index.rerank: on) as booleans
+            return "on" if value else "off"
         return str(value)
     return value
 

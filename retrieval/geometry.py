@@ -47,8 +47,15 @@ def _fundamental_inliers(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Which of the point pairs (a[i], b[i]) agree with one fundamental matrix (MAGSAC++, 1 px)."""
     import cv2
 
-    _, mask = cv2.findFundamentalMat(a.astype(np.float64), b.astype(np.float64), cv2.USAC_MAGSAC, 1.0, 0.999, 10000)
-    return mask.ravel().astype(bool) if mask is not None else np.zeros(len(a), bool)
+    none = np.zeros(len(a), bool)
+    if len(np.unique(np.hstack([a, b]), axis=0)) < MIN_MATCHES:  # repeated points: nothing to fit a geometry to
+        return none
+    try:
+        _, mask = cv2.findFundamentalMat(a.astype(np.float64), b.astype(np.float64), cv2.USAC_MAGSAC, 1.0, 0.999,
+                                         10000)
+    except cv2.error:  # a degenerate configuration (e.g. every point on one line): no geometry found
+        return none
+    return mask.ravel().astype(bool) if mask is not None else none
 
 
 def _ratio_matches(query, other, ratio: float, matcher=None) -> tuple[np.ndarray, np.ndarray]:

@@ -87,6 +87,8 @@ def image_problem(exc: BaseException) -> str:
     """One line saying why an image could not be decoded."""
     if isinstance(exc, Image.DecompressionBombError):
         return f"image too large to decode ({exc})".replace(", could be decompression bomb DOS attack.", "")
+    if isinstance(exc, UnidentifiedImageError):  # its message repeats the file's path, which the caller names
+        return "corrupt or truncated image (no image format recognised)"
     return f"corrupt or truncated image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
 
 

@@ -99,11 +99,10 @@ def test_pretrain_refusals(tmp_path):
 def test_a_rerun_with_other_render_settings_is_refused(pretrained):
     """A pretraining rerun into the same --out with another --views would silently reuse the old views."""
     root, _ = pretrained
-    cfg = load_config(None, TINY, base=PRETRAIN)
     osm = [root / "town1.osm", root / "town2.osm"]
     with pytest.raises(GeolocError, match=r"town1: rendered with other settings \(--views 30 -> 100\); rerun with "
                                           "the first settings to resume, or choose another --out"):
-        pretrain(cfg, osm, root / "run", views=100, headings=2)
+        pretrain(load_config(root / "run" / "config.yaml"), osm, root / "run", views=100, headings=2, resume=True)
 
 
 def test_pretrain_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
