@@ -88,6 +88,64 @@ def data_split(
     typer.echo(f"wrote {out} ({mode}): " + ", ".join(f"{k} {v}" for k, v in counts.items()) + dropped)
 
 
+# --- data fetch ------------------------------------------------------------------------------------
+
+fetch_app = typer.Typer(help="Fetch an area's street-level photos from open imagery (Panoramax, Mapillary).",
+                        no_args_is_help=True)
+data_app.add_typer(fetch_app, name="fetch")
+BboxOption = typer.Option(None, "--bbox", help="The area: W,S,E,N in degrees.")
+PlaceOption = typer.Option(None, "--place", help="The area: a place name, geocoded by OpenStreetMap (internet).")
+FetchOutOption = typer.Option(..., "--out", help="Data folder: images/, photos.csv, ATTRIBUTION.txt, streets.graphml.")
+SizeOption = typer.Option("sd", "--size", help="thumb | sd | hd")
+MaxOption = typer.Option(None, "--max", help="At most this many pictures.")
+CropsOption = typer.Option(8, "--pano-crops", help="Views cut from each 360-degree panorama (0: keep it whole).")
+FovOption = typer.Option(90.0, "--fov", help="Field of view of a panorama's views, degrees.")
+ConcurrencyOption = typer.Option(8, "--concurrency", help="Downloads at a time.")
+StreetsOption = typer.Option(None, "--streets", help="OSM extract (.osm/.osm.bz2) for streets.graphml, offline "
+                             "(default: downloaded through OSMnx for the bbox).")
+NoStreetsOption = typer.Option(False, "--no-streets", help="Write no streets.graphml.")
+RetriesOption = typer.Option(5, "--retries", help="Retries of a request on a connection error, 429 or 5xx.")
+
+
+def _fetch(source: str, out: Path, concurrency: int, **kw) -> None:
+    from retrieval.fetch_area import describe, fetch_area
+
+    summary = fetch_area(source, out, concurrency=concurrency, progress=sys.stderr.isatty(), **kw)
+    typer.echo(describe(out, summary, concurrency))
+
+
+@fetch_app.command("panoramax")
+def data_fetch_panoramax(
+    out: Path = FetchOutOption, bbox: Optional[str] = BboxOption, place: Optional[str] = PlaceOption,
+    api: Optional[str] = typer.Option(None, "--api", help="A Panoramax/GeoVisio or STAC API (default: the "
+                                      "Panoramax meta-catalogue, https://api.panoramax.xyz/api)."),
+    size: str = SizeOption, max_pictures: Optional[int] = MaxOption, pano_crops: int = CropsOption,
+    fov: float = FovOption, concurrency: int = ConcurrencyOption, streets: Optional[Path] = StreetsOption,
+    no_streets: bool = NoStreetsOption, retries: int = RetriesOption,
+):
+    """Panoramax pictures of an area (a STAC search), with a manifest, ATTRIBUTION.txt and streets.graphml."""
+    _fetch("panoramax", out, concurrency, bbox=bbox, place=place, api=api, size=size, max_pictures=max_pictures,
+           pano_crops=pano_crops, fov=fov, streets=streets, no_streets=no_streets, retries=retries)
+
+
+@fetch_app.command("mapillary")
+def data_fetch_mapillary(
+    out: Path = FetchOutOption, bbox: Optional[str] = BboxOption, place: Optional[str] = PlaceOption,
+    token: Optional[str] = typer.Option(None, "--token", help="Mapillary client token (default: $MAPILLARY_TOKEN); "
+                                        "never written anywhere."),
+    api: Optional[str] = typer.Option(None, "--api", help="Graph API base (default: https://graph.mapillary.com)."),
+    size: str = SizeOption, max_pictures: Optional[int] = MaxOption, pano_crops: int = CropsOption,
+    fov: float = FovOption, concurrency: int = ConcurrencyOption, streets: Optional[Path] = StreetsOption,
+    no_streets: bool = NoStreetsOption, retries: int = RetriesOption,
+    per_request: int = typer.Option(2000, "--per-request", help="The images search's cap on one answer: a box "
+                                    "that fills it is split in four."),
+):
+    """Mapillary pictures of an area (Graph API v4, CC BY-SA 4.0), with a manifest, ATTRIBUTION.txt and streets."""
+    _fetch("mapillary", out, concurrency, bbox=bbox, place=place, api=api, size=size, max_pictures=max_pictures,
+           pano_crops=pano_crops, fov=fov, streets=streets, no_streets=no_streets, retries=retries, token=token,
+           per_request=per_request)
+
+
 # --- synth -----------------------------------------------------------------------------------------
 
 @synth_app.command("city")

@@ -1,0 +1,489 @@
+"""Street-level photos of an area from open imagery, into a data folder geoloc trains on.
+
+A source (retrieval.panoramax, retrieval.mapillary) turns its API's answers into Pictures; this module
+downloads them a few at a time, cuts panoramas into perspective views, and writes:
+
+  DIR/images/            the photos (a panorama's views are ID_cK.jpg)
+  DIR/photos.csv         path,lat,lon,heading,date,sequence,source,source_id,licence,author
+  DIR/ATTRIBUTION.txt    each licence with its authors
+  DIR/fetch.json         what was asked (source, API, area, size, panorama settings): a resume asks the same
+  DIR/fetch-state.jsonl  one line per picture done, appended once its files are in place
+
+A killed fetch resumes from the state file; a file under its final name is always whole (written to a
+temporary name, then renamed), so a picture whose files are all there is never downloaded again.
+"""
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import math
+import os
+import re
+import time
+import warnings
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from retrieval import GeolocError, __version__
+from retrieval.files import atomic_write, atomic_write_json, atomic_write_text
+from retrieval.panorama import crop_offsets, crop_side, is_equirectangular, perspective_crop
+
+MANIFEST_COLUMNS = ("path", "lat", "lon", "heading", "date", "sequence", "source", "source_id", "licence", "author")
+MANIFEST, STATE, SETTINGS, ATTRIBUTION = "photos.csv", "fetch-state.jsonl", "fetch.json", "ATTRIBUTION.txt"
+IMAGES, PANORAMAS = "images", ".panoramas"  # a panorama waits in .panoramas/ until all its views are cut
+SIZES = ("thumb", "sd", "hd")
+# what a resume must ask exactly as the first run did (the files it already holds depend on them)
+SETTINGS_KEYS = ("source", "api", "bbox", "size", "pano_crops", "fov")
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+MAX_RETRY_AFTER_S = 120.0  # a server asking to wait longer is treated as down: run again later
+LOCK_FILE = ".lock"  # the run lock's file (retrieval.runs.lock_run_dir), so the two exclude each other
+
+
+@dataclass
+class Picture:
+    """One picture a search found, in the source's own terms turned into ours."""
+    source_id: str
+    lat: float | None  # None: no position (skipped and counted)
+    lon: float | None
+    heading: float | None  # degrees clockwise from north; None when the picture has no direction
+    date: str  # capture time, ISO 8601; "" when unknown
+    sequence: str
+    licence: str
+    author: str
+    url: str  # the image at the chosen size
+    pano: bool | None = None  # declared 360-degree panorama; None: judged from the image's 2:1 shape
+
+
+@dataclass
+class Options:
+    out: Path
+    source: str
+    api: str
+    bbox: tuple[float, float, float, float]  # west, south, east, north
+    size: str = "sd"
+    pano_crops: int = 8  # 0: panoramas kept whole
+    fov: float = 90.0
+    concurrency: int = 8
+    max_pictures: int | None = None
+    timeout_s: float = 30.0
+    retries: int = 5  # per request, on connection errors and RETRY_STATUSES (with backoff, Retry-After)
+    attempts: int = 3  # per picture, on a corrupt or truncated download
+
+    def settings(self) -> dict:
+        d = asdict(self)
+        return {k: (list(d[k]) if k == "bbox" else d[k]) for k in SETTINGS_KEYS}
+
+
+class Unreachable(Exception):
+    """The server stopped answering (after the retries): the fetch stops, and a rerun resumes it."""
+
+
+class Skipped(Exception):
+    """One picture that cannot be had (gone, refused, corrupt after every attempt): named, and left out."""
+
+
+@dataclass
+class Summary:
+    pictures: int = 0  # found by the search, with a position
+    fetched: int = 0  # downloaded (or finished) by this run
+    already: int = 0  # done by an earlier run
+    panoramas: int = 0  # of those fetched, cut into views
+    no_position: int = 0
+    no_heading: int = 0
+    failed: list[str] = field(default_factory=list)
+    rows: int = 0  # manifest rows written
+    seconds: float = 0.0
+
+
+# --- HTTP ------------------------------------------------------------------------------------------
+
+def http_session(concurrency: int = 8, retries: int = 5, backoff_s: float = 0.5, headers: dict | None = None):
+    """A requests session that retries connection errors and 429/5xx answers with exponential backoff,
+    waiting as long as a Retry-After header asks (up to MAX_RETRY_AFTER_S): urllib3's Retry does it."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    class CappedRetry(Retry):
+        def get_retry_after(self, response):
+            after = super().get_retry_after(response)
+            return None if after is None else min(after, MAX_RETRY_AFTER_S)
+
+    retry = CappedRetry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff_s,
+                        status_forcelist=RETRY_STATUSES, allowed_methods=frozenset({"GET", "POST"}),
+                        respect_retry_after_header=True, raise_on_status=False)
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=max(concurrency, 4))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = f"geoloc/{__version__} (street-level photo geolocation)"
+    session.headers.update(headers or {})
+    return session
+
+
+def get_json(session, url: str, what: str, timeout_s: float, **kw) -> dict:
+    """GET a JSON answer; Unreachable when the server is down, GeolocError naming the URL when it refuses."""
+    import requests
+
+    try:
+        r = session.get(url, timeout=timeout_s, **kw)
+    except requests.RequestException as exc:
+        raise Unreachable(f"{what}: {_short(exc)}") from None
+    if r.status_code in RETRY_STATUSES:
+        raise Unreachable(f"{what}: HTTP {r.status_code} after {len(r.raw.retries.history) if r.raw.retries else 0} retries")
+    if r.status_code != 200:
+        raise GeolocError(f"{what}: HTTP {r.status_code} ({_body(r)})")
+    try:
+        return r.json()
+    except ValueError:
+        raise GeolocError(f"{what}: the answer is not JSON ({_body(r)})") from None
+
+
+def _short(exc: BaseException) -> str:
+    """One line of a requests/urllib3 exception (they nest the whole retry history)."""
+    text = str(exc)
+    m = re.search(r"\(Caused by (\w+)\(", text)
+    return (f"{type(exc).__name__} ({m.group(1)})" if m else f"{type(exc).__name__}: {text}")[:200]
+
+
+def _body(r) -> str:
+    return " ".join(r.text.split())[:160] or "empty"
+
+
+# --- one picture -----------------------------------------------------------------------------------
+
+def safe_name(source_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", source_id)[:120]
+
+
+def _decode(data: bytes):
+    """The downloaded image as RGB PIL, or the problem (a truncated or corrupt file) as a string."""
+    from PIL import Image
+
+    from retrieval.manifests import IMAGE_ERRORS, image_problem
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except IMAGE_ERRORS as exc:
+        return image_problem(exc)
+
+
+def download(pic: Picture, session, opts: Options, refresh: Callable[[Picture], str] | None = None):
+    """The picture's bytes and decoded image. A corrupt or truncated download is tried again (up to
+    opts.attempts); a 403 asks refresh() for a new URL (Mapillary's expire); other refusals skip it."""
+    import requests
+
+    url, problem = pic.url, ""
+    for _ in range(opts.attempts):
+        try:
+            r = session.get(url, timeout=opts.timeout_s)
+            data = r.content
+        except requests.exceptions.ChunkedEncodingError as exc:  # the body ended early
+            problem = f"truncated download ({_short(exc)})"
+            continue
+        except requests.RequestException as exc:
+            raise Unreachable(f"{pic.source_id}: {_short(exc)}") from None
+        if r.status_code in RETRY_STATUSES:
+            raise Unreachable(f"{pic.source_id}: HTTP {r.status_code}, still after the retries")
+        if r.status_code == 403 and refresh is not None:
+            problem, url = "HTTP 403 (expired URL?)", refresh(pic)
+            continue
+        if r.status_code != 200:
+            raise Skipped(f"{pic.source_id}: HTTP {r.status_code} ({_body(r)})")
+        image = _decode(data)
+        if not isinstance(image, str):
+            return data, image
+        problem = image
+    raise Skipped(f"{pic.source_id}: {problem}, {opts.attempts} times")
+
+
+def _row(pic: Picture, path: Path, out: Path, heading: float | None, source: str) -> dict:
+    return {"path": path.relative_to(out).as_posix(), "lat": f"{pic.lat:.7f}", "lon": f"{pic.lon:.7f}",
+            "heading": "" if heading is None else f"{heading % 360.0:.1f}", "date": pic.date,
+            "sequence": pic.sequence, "source": source, "source_id": pic.source_id, "licence": pic.licence,
+            "author": pic.author}
+
+
+def _view_paths(out: Path, name: str, n: int) -> list[Path]:
+    return [out / IMAGES / f"{name}_c{k}.jpg" for k in range(n)]
+
+
+def fetch_picture(pic: Picture, session, opts: Options, refresh=None) -> tuple[list[dict], bool]:
+    """The manifest rows of one picture (one per view of a panorama), and whether it was a panorama.
+    Files already whole under their final names are kept, not downloaded again."""
+    out, name = opts.out, safe_name(pic.source_id)
+    flat = out / IMAGES / f"{name}.jpg"
+    if flat.is_file():
+        return [_row(pic, flat, out, pic.heading, opts.source)], False
+    views = _view_paths(out, name, opts.pano_crops) if pic.pano is not False else []
+    offsets = crop_offsets(len(views)) if views else []
+    rows = [_row(pic, p, out, None if pic.heading is None else pic.heading + o, opts.source)
+            for p, o in zip(views, offsets)]
+    if views and all(p.is_file() for p in views):
+        return rows, True
+    raw = out / PANORAMAS / f"{name}.jpg"
+    data = raw.read_bytes() if raw.is_file() else b""  # downloaded whole by a run killed while cutting it
+    image = _decode(data) if data else "absent"
+    if isinstance(image, str):
+        data, image = download(pic, session, opts, refresh)
+    if not views or not is_equirectangular(*image.size):
+        atomic_write(flat, lambda p: p.write_bytes(data))
+        return [_row(pic, flat, out, pic.heading, opts.source)], False
+    if not raw.is_file():
+        atomic_write(raw, lambda p: p.write_bytes(data))
+    pano, side = np.asarray(image), crop_side(image.size[0], opts.fov)
+    for path, offset in zip(views, offsets):
+        if not path.is_file():
+            view = perspective_crop(pano, offset, opts.fov, side)
+            atomic_write(path, lambda p: _save_jpeg(view, p))
+    raw.unlink()
+    return rows, True
+
+
+def _save_jpeg(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(array).save(path, format="JPEG", quality=90)
+
+
+# --- the folder: lock, settings, state, manifest, attribution ---------------------------------------
+
+_HELD: dict[str, object] = {}
+
+
+def lock_folder(out: Path) -> None:
+    """retrieval.runs.lock_run_dir's lock (the same DIR/.lock, flock'ed for the life of the process), taken
+    here because retrieval.runs imports the training stack (torch) and a fetch needs none of it."""
+    if out.exists() and not out.is_dir():
+        raise GeolocError(f"{out}: exists and is not a folder; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    key = str(out.resolve())
+    if key in _HELD:
+        return
+    f = open(out / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise GeolocError(f"{out}: in use by {holder}; wait for it to end or choose another folder") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} (geoloc data fetch)\n")
+    f.flush()
+    _HELD[key] = f
+
+
+def check_settings(opts: Options) -> None:
+    """Record what this fetch asks; a resume that asks otherwise is refused, naming what differs."""
+    path = opts.out / SETTINGS
+    now = opts.settings()
+    if path.is_file():
+        try:
+            was = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise GeolocError(f"{path}: not valid JSON ({exc}); remove it to start this folder again") from None
+        differ = [k for k in SETTINGS_KEYS if _norm(was.get(k)) != _norm(now[k])]
+        if differ:
+            listed = "; ".join(f"{k} {was.get(k)!r} -> {now[k]!r}" for k in differ)
+            raise GeolocError(f"{opts.out}: holds a fetch with other settings ({listed}); choose another --out")
+    atomic_write_json(path, now)
+
+
+def _norm(v):
+    return [round(float(x), 7) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def read_state(path: Path) -> dict[str, list[dict]]:
+    """source_id -> manifest rows of every picture done. A line cut short by a kill (the last) is dropped,
+    and the file is cut back to whole lines so that appending goes on cleanly."""
+    done: dict[str, list[dict]] = {}
+    if not path.is_file():
+        return done
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    for line in whole.decode("utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            done[rec["id"]] = rec["rows"]
+        except (ValueError, KeyError, TypeError):
+            continue
+    if len(whole) != len(data):
+        atomic_write(path, lambda p: p.write_bytes(whole))
+    return done
+
+
+def write_manifest_rows(out: Path, done: dict[str, list[dict]]) -> int:
+    """photos.csv of every picture done, in one order whatever order the downloads finished in."""
+    rows = sorted((r for rs in done.values() for r in rs),
+                  key=lambda r: (r["sequence"], r["date"], r["source_id"], r["path"]))
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(out / MANIFEST, write)
+    return len(rows)
+
+
+def write_attribution(out: Path, source_line: str, done: dict[str, list[dict]], streets: bool) -> None:
+    """ATTRIBUTION.txt: where the photos come from, each licence with its authors (most photos first)."""
+    by_licence: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for rows in done.values():
+        if rows:
+            by_licence[rows[0]["licence"] or "licence not stated"][rows[0]["author"] or "unknown author"] += 1
+    lines = [source_line, "Each photo's licence and author are in photos.csv (columns licence, author).", ""]
+    for licence, authors in sorted(by_licence.items(), key=lambda kv: -sum(kv[1].values())):
+        names = sorted(authors, key=lambda a: (-authors[a], a))
+        lines.append(f"{licence} ({sum(authors.values())} pictures): " + ", ".join(names))
+    if streets:
+        lines += ["", "Streets (streets.graphml): (c) OpenStreetMap contributors, ODbL 1.0, "
+                      "https://www.openstreetmap.org/copyright"]
+    atomic_write_text(out / ATTRIBUTION, "\n".join(lines) + "\n")
+
+
+def _clean_tmp(out: Path) -> None:
+    """Temporary files a killed fetch left (atomic_write's .NAME.xxxx.tmp): no live writer, we hold the lock."""
+    for folder in (out, out / IMAGES, out / PANORAMAS):
+        for p in folder.glob(".*.tmp") if folder.is_dir() else ():
+            p.unlink(missing_ok=True)
+
+
+# --- the whole fetch -------------------------------------------------------------------------------
+
+def fetch(pictures: Iterable[Picture], opts: Options, source_line: str, refresh=None,
+          streets: Callable[[], bool] | None = None, progress: bool = True) -> Summary:
+    """Download every picture of the search into opts.out (see the module's docstring), opts.concurrency at a
+    time; pictures done by an earlier run are kept. streets() writes streets.graphml (True when there is one).
+    A server that stops answering ends the fetch with GeolocError once the manifest of what was done is written."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    opts.out = Path(opts.out)
+    lock_folder(opts.out)
+    check_settings(opts)
+    _clean_tmp(opts.out)
+    done = read_state(opts.out / STATE)
+    summary, todo, seen = Summary(), [], set()
+    try:
+        found = list(pictures)
+    except Unreachable as exc:
+        raise GeolocError(f"{opts.source}: the search failed, the server does not answer ({exc}); "
+                          "run the same command again later") from None
+    for pic in found:
+        if pic.source_id in seen:  # a picture on the border of two searched boxes
+            continue
+        seen.add(pic.source_id)
+        if pic.lat is None or pic.lon is None or not (math.isfinite(pic.lat) and math.isfinite(pic.lon)):
+            summary.no_position += 1
+            continue
+        summary.pictures += 1
+        summary.no_heading += pic.heading is None
+        if pic.source_id in done:
+            summary.already += 1
+        else:
+            todo.append(pic)
+    session = http_session(opts.concurrency, opts.retries)
+    aborted = None
+    with open(opts.out / STATE, "a", encoding="utf-8") as log, \
+            ThreadPoolExecutor(max(opts.concurrency, 1)) as pool, \
+            tqdm(total=len(todo), desc=f"fetch {opts.source}", unit="picture", disable=not progress) as bar:
+        queue, running = iter(todo), {}
+
+        def submit(n: int) -> None:
+            for pic in (p for _, p in zip(range(n), queue)):
+                running[pool.submit(fetch_picture, pic, session, opts, refresh)] = pic
+
+        submit(2 * opts.concurrency)  # a bounded window: a million pictures are not a million futures
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                pic = running.pop(fut)
+                try:
+                    rows, was_pano = fut.result()
+                except (Unreachable, GeolocError) as exc:  # the server is gone, or refuses us (a token)
+                    aborted = aborted or exc
+                    continue
+                except Skipped as exc:
+                    summary.failed.append(str(exc))
+                    warnings.warn(f"{opts.source}: skipped picture {exc}", stacklevel=2)
+                    continue
+                done[pic.source_id] = rows
+                log.write(json.dumps({"id": pic.source_id, "rows": rows}) + "\n")
+                log.flush()
+                summary.fetched += 1
+                summary.panoramas += was_pano
+                bar.update()
+            if aborted is None:
+                submit(len(finished))
+    summary.rows = write_manifest_rows(opts.out, done)
+    has_streets = bool(streets()) if streets is not None and aborted is None else (opts.out / "streets.graphml").is_file()
+    write_attribution(opts.out, source_line, done, has_streets)
+    summary.seconds = time.perf_counter() - t0
+    if aborted is not None:
+        left = len(todo) - summary.fetched - len(summary.failed)
+        why = aborted if isinstance(aborted, GeolocError) else f"{opts.source}: the server stopped answering ({aborted})"
+        raise GeolocError(f"{why}; {opts.out / MANIFEST} holds the {len(done)} pictures done, {left} are left: "
+                          "run the same command again to resume")
+    return summary
+
+
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+    """--bbox W,S,E,N in degrees."""
+    try:
+        w, s, e, n = (float(v) for v in text.split(","))
+    except ValueError:
+        raise GeolocError(f"--bbox {text!r}: expected W,S,E,N (four numbers, degrees)") from None
+    if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
+        raise GeolocError(f"--bbox {text!r}: need west < east in [-180, 180] and south < north in [-90, 90]")
+    return w, s, e, n
+
+
+def place_bbox(name: str) -> tuple[float, float, float, float]:
+    """The bounding box of a place name, from OpenStreetMap's Nominatim through OSMnx (needs internet)."""
+    import osmnx as ox
+
+    try:
+        w, s, e, n = (float(v) for v in ox.geocode_to_gdf(name).total_bounds)
+    except Exception as exc:  # requests/OSMnx raise many types offline or for unknown places
+        msg = str(exc).split(" (Caused by")[0].splitlines()[0] if str(exc) else ""
+        raise GeolocError(f"--place {name!r}: cannot geocode it (no internet, or OpenStreetMap does not know it: "
+                          f"{type(exc).__name__}: {msg[:160]}); give --bbox W,S,E,N instead") from None
+    return w, s, e, n
+
+
+def write_streets(out: Path, bbox: tuple[float, float, float, float], osm_file: Path | None = None) -> bool:
+    """DIR/streets.graphml for the bbox: from an OSM extract (cut to the bbox), else downloaded through
+    OSMnx (internet). Kept when it is already there (a resumed fetch)."""
+    import osmnx as ox
+
+    from retrieval.streets import _download, _graph_from_xml, _streets_only
+
+    path = out / "streets.graphml"
+    if path.is_file():
+        return True
+    w, s, e, n = bbox
+    if osm_file is None:
+        G = _download(f"bbox:{w},{s},{e},{n}", "all")
+    else:
+        if not osm_file.is_file():
+            raise GeolocError(f"--streets {osm_file}: file not found")
+        G = _streets_only(_graph_from_xml(osm_file), osm_file)
+        G = ox.truncate.truncate_graph_bbox(G, (w, s, e, n), truncate_by_edge=True)
+        if G.number_of_edges() == 0:
+            raise GeolocError(f"--streets {osm_file}: no street of the extract lies in the bbox {w},{s},{e},{n}")
+    G.graph.pop("created_date", None)  # the same bytes every run
+    atomic_write(path, lambda p: ox.save_graphml(G, p))
+    return True

@@ -1,0 +1,74 @@
+"""Panoramax (GeoVisio) and any STAC API: an item search over an area, each item turned into a Picture.
+
+Panoramax is federated street-level imagery under open licences, with no account needed. A picture is a
+STAC item: its point geometry, `properties.datetime`, `view:azimuth` (the heading), `license`,
+`pers:interior_orientation.field_of_view` (360 for an equirectangular panorama), `collection` (its
+sequence), `providers` (the producer: its author) and `assets` hd/sd/thumb (the image at three sizes).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+from retrieval import GeolocError
+from retrieval.fetch import Picture, Unreachable, _short
+
+DEFAULT_API = "https://api.panoramax.xyz/api"  # the meta-catalogue of every Panoramax instance
+PAGE = 100  # items per search page (GeoVisio serves up to 10000; 100 keeps each answer small)
+
+
+def picture_of(item: dict, size: str) -> Picture:
+    """Our Picture of one STAC item (a dict, as the API returns it)."""
+    props = item.get("properties") or {}
+    coords = (item.get("geometry") or {}).get("coordinates") or []
+    lon, lat = (float(coords[0]), float(coords[1])) if len(coords) >= 2 else (None, None)
+    azimuth = props.get("view:azimuth")
+    fov = (props.get("pers:interior_orientation") or {}).get("field_of_view")
+    assets = item.get("assets") or {}
+    asset = assets.get(size) or assets.get("sd") or assets.get("hd") or {}
+    return Picture(
+        source_id=str(item["id"]), lat=lat, lon=lon,
+        heading=float(azimuth) if isinstance(azimuth, (int, float)) and math.isfinite(azimuth) else None,
+        date=str(props.get("datetime") or ""), sequence=str(item.get("collection") or ""),
+        licence=str(props.get("license") or _licence_link(item)), author=_author(item, props),
+        url=str(asset.get("href") or ""),
+        pano=None if fov is None else float(fov) >= 360)
+
+
+def _author(item: dict, props: dict) -> str:
+    producers = [p.get("name") for p in item.get("providers") or props.get("providers") or []
+                 if "producer" in (p.get("roles") or [])]
+    return str(producers[-1] if producers else props.get("geovisio:producer") or "")
+
+
+def _licence_link(item: dict) -> str:
+    return next((link.get("title") or link.get("href") or "" for link in item.get("links") or []
+                 if link.get("rel") == "license"), "")
+
+
+def search(api: str, bbox: tuple[float, float, float, float], size: str, max_items: int | None,
+           session, timeout_s: float = 30.0) -> Iterator[Picture]:
+    """Every picture in bbox (W, S, E, N), page by page through pystac-client (which follows the API's
+    `next` links), up to max_items. session: retrieval.fetch.http_session (retries, backoff)."""
+    import requests
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+    from pystac_client.stac_api_io import StacApiIO
+
+    stac_io = StacApiIO(timeout=timeout_s)
+    stac_io.session = session  # our retries and backoff, and one connection pool
+    try:
+        client = Client.open(api.rstrip("/"), stac_io=stac_io)
+        client.add_conforms_to("ITEM_SEARCH")  # some Panoramax instances do not declare it, and all serve /search
+        items = client.search(bbox=list(bbox), limit=PAGE, max_items=max_items).items_as_dicts()
+        for item in items:
+            if not item.get("assets"):  # a picture still being processed has no image yet
+                continue
+            yield picture_of(item, size)
+    except requests.RequestException as exc:
+        raise Unreachable(f"{api}: {_short(exc)}") from None
+    except APIError as exc:
+        status = getattr(exc, "status_code", None)
+        if status in (429, 500, 502, 503, 504):
+            raise Unreachable(f"{api}: HTTP {status}") from None
+        raise GeolocError(f"{api}: the STAC search was refused ({' '.join(str(exc).split())[:200]})") from None
