@@ -52,8 +52,16 @@ def data_check(
     """Check every row of a manifest: coordinates, duplicates, files, and that each image decodes."""
     from retrieval.manifests import read_manifest
 
+    from retrieval.splits import DUPLICATE_M, cross_split_duplicates, extra_columns
+
     m = read_manifest(manifest, skip_bad=skip_bad, check_images=True, check_far=True)
     typer.echo(f"{manifest}: {len(m)} good photos" + (f", {m.skipped} bad rows skipped" if m.skipped else ""))
+    twins = cross_split_duplicates(m, extra_columns(m, ("author",)).get("author"))
+    if twins:  # a near-copy of a test photo in training answers the test for it
+        shown = ", ".join(f"rows {m.rows[i]} ({m.split[i]}) and {m.rows[j]} ({m.split[j]})" for i, j in twins[:5])
+        typer.echo(f"{manifest}: {len(twins)} pairs of near-duplicate photos across splits (the same author, within "
+                   f"{DUPLICATE_M:g} m and a minute): {shown}{', ...' if len(twins) > 5 else ''}; "
+                   "split with --mode sequence to keep them on one side")
 
 
 @data_app.command("split")
@@ -63,7 +71,8 @@ def data_split(
     mode: str = typer.Option("place", "--mode", help="place: every held-out photo has a training photo within "
                              "--radius-m, taken on an earlier day where the manifest has a date column (place "
                              "recognition: the embedding's question) | spatial: whole blocks, "
-                             "nothing within --gap-m (unseen streets) | random: the seed study's protocol."),
+                             "nothing within --gap-m (unseen streets) | random: the seed study's protocol | "
+                             "sequence: whole sequences, twin drives kept together (a fetched manifest)."),
     val: float = typer.Option(0.1, help="Fraction of photos for validation."),
     test: float = typer.Option(0.1, help="Fraction of photos for test."),
     radius_m: float = typer.Option(25.0, help="place: a training photo within this distance of each held-out one."),
@@ -73,17 +82,20 @@ def data_split(
 ):
     """Split a manifest into train/val/test (see --mode), so nothing is asked that the task does not ask."""
     from retrieval.manifests import read_manifest, write_manifest
-    from retrieval.splits import split_counts, split_photos
+    from retrieval.splits import extra_columns, keep_columns, split_counts, split_photos
 
     if block_m <= 0 or gap_m < 0 or radius_m <= 0:
         raise GeolocError(f"data split: --block-m ({block_m:g}) and --radius-m ({radius_m:g}) must be > 0 "
                           f"and --gap-m ({gap_m:g}) >= 0")
     m = read_manifest(manifest)
-    split = split_photos(mode, m.lat, m.lon, val, test, gap_m, block_m, radius_m, seed, m.date)
+    extra = extra_columns(m, ("sequence", "source", "source_id", "licence", "author"))  # a fetched manifest's
+    split = split_photos(mode, m.lat, m.lon, val, test, gap_m, block_m, radius_m, seed, m.date,
+                         extra.get("sequence"), extra.get("author"))
     counts = split_counts(split, str(manifest))
     keep = [i for i, s in enumerate(split) if s]
     m.split = list(split)
     write_manifest(out, m.subset(keep))
+    keep_columns(out, extra, keep)
     dropped = f", dropped {int((split == '').sum())} within {gap_m:g} m of train" if mode == "spatial" else ""
     typer.echo(f"wrote {out} ({mode}): " + ", ".join(f"{k} {v}" for k, v in counts.items()) + dropped)
 
