@@ -24,6 +24,7 @@ import re
 import time
 import warnings
 from collections import defaultdict
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -257,31 +258,26 @@ def _save_jpeg(array: np.ndarray, path: Path) -> None:
 
 # --- the folder: lock, settings, state, manifest, attribution ---------------------------------------
 
-_HELD: dict[str, object] = {}
-
-
-def lock_folder(out: Path) -> None:
-    """retrieval.runs.lock_run_dir's lock (the same DIR/.lock, flock'ed for the life of the process), taken
-    here because retrieval.runs imports the training stack (torch) and a fetch needs none of it."""
+@contextmanager
+def folder_lock(out: Path):
+    """retrieval.runs.lock_run_dir's lock (the same DIR/.lock, flock'ed), held while the fetch runs: a second
+    fetch, or a training, into the same folder is refused. Taken here because retrieval.runs imports the
+    training stack (torch) and a fetch needs none of it. The kernel drops it however the process ends."""
     if out.exists() and not out.is_dir():
         raise GeolocError(f"{out}: exists and is not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    key = str(out.resolve())
-    if key in _HELD:
-        return
-    f = open(out / LOCK_FILE, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    with open(out / LOCK_FILE, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise GeolocError(f"{out}: in use by {holder}; wait for it to end or choose another folder") from None
         f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise GeolocError(f"{out}: in use by {holder}; wait for it to end or choose another folder") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} (geoloc data fetch)\n")
-    f.flush()
-    _HELD[key] = f
+        f.truncate()
+        f.write(f"pid {os.getpid()} (geoloc data fetch)\n")
+        f.flush()
+        yield
 
 
 def check_settings(opts: Options) -> None:
@@ -370,9 +366,15 @@ def fetch(pictures: Iterable[Picture], opts: Options, source_line: str, refresh=
     A server that stops answering ends the fetch with GeolocError once the manifest of what was done is written."""
     from tqdm import tqdm
 
-    t0 = time.perf_counter()
     opts.out = Path(opts.out)
-    lock_folder(opts.out)
+    with folder_lock(opts.out):
+        return _fetch_locked(pictures, opts, source_line, refresh, streets, progress)
+
+
+def _fetch_locked(pictures, opts: Options, source_line: str, refresh, streets, progress: bool) -> Summary:
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
     check_settings(opts)
     _clean_tmp(opts.out)
     done = read_state(opts.out / STATE)
@@ -395,6 +397,11 @@ def fetch(pictures: Iterable[Picture], opts: Options, source_line: str, refresh=
             summary.already += 1
         else:
             todo.append(pic)
+    if not summary.pictures:
+        w, s, e, n = opts.bbox
+        raise GeolocError(f"{opts.source}: {opts.api} has no picture with a position in the bbox {w},{s},{e},{n}"
+                          + (f" ({summary.no_position} without one)" if summary.no_position else "")
+                          + ": choose another area (--bbox W,S,E,N, degrees)")
     session = http_session(opts.concurrency, opts.retries)
     aborted = None
     with open(opts.out / STATE, "a", encoding="utf-8") as log, \
