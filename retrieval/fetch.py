@@ -184,6 +184,8 @@ def download(pic: Picture, session, opts: Options, refresh: Callable[[Picture], 
     import requests
 
     url, problem = pic.url, ""
+    if not url:
+        raise Skipped(f"{pic.source_id}: the API gives no image URL at size {opts.size}")
     for _ in range(opts.attempts):
         try:
             r = session.get(url, timeout=opts.timeout_s)
@@ -436,8 +438,14 @@ def _fetch_locked(pictures, opts: Options, source_line: str, refresh, streets, p
             if aborted is None:
                 submit(len(finished))
     summary.rows = write_manifest_rows(opts.out, done)
-    has_streets = bool(streets()) if streets is not None and aborted is None else (opts.out / "streets.graphml").is_file()
-    write_attribution(opts.out, source_line, done, has_streets)
+    write_attribution(opts.out, source_line, done, (opts.out / "streets.graphml").is_file())
+    if streets is not None and aborted is None:
+        try:
+            streets()
+        except GeolocError as exc:
+            raise GeolocError(f"{exc}; the photos are fetched ({opts.out / MANIFEST}): run again with --streets "
+                              "FILE.osm.bz2 (an extract of the area) or --no-streets") from None
+        write_attribution(opts.out, source_line, done, True)
     summary.seconds = time.perf_counter() - t0
     if aborted is not None:
         left = len(todo) - summary.fetched - len(summary.failed)
@@ -445,52 +453,3 @@ def _fetch_locked(pictures, opts: Options, source_line: str, refresh, streets, p
         raise GeolocError(f"{why}; {opts.out / MANIFEST} holds the {len(done)} pictures done, {left} are left: "
                           "run the same command again to resume")
     return summary
-
-
-def parse_bbox(text: str) -> tuple[float, float, float, float]:
-    """--bbox W,S,E,N in degrees."""
-    try:
-        w, s, e, n = (float(v) for v in text.split(","))
-    except ValueError:
-        raise GeolocError(f"--bbox {text!r}: expected W,S,E,N (four numbers, degrees)") from None
-    if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
-        raise GeolocError(f"--bbox {text!r}: need west < east in [-180, 180] and south < north in [-90, 90]")
-    return w, s, e, n
-
-
-def place_bbox(name: str) -> tuple[float, float, float, float]:
-    """The bounding box of a place name, from OpenStreetMap's Nominatim through OSMnx (needs internet)."""
-    import osmnx as ox
-
-    try:
-        w, s, e, n = (float(v) for v in ox.geocode_to_gdf(name).total_bounds)
-    except Exception as exc:  # requests/OSMnx raise many types offline or for unknown places
-        msg = str(exc).split(" (Caused by")[0].splitlines()[0] if str(exc) else ""
-        raise GeolocError(f"--place {name!r}: cannot geocode it (no internet, or OpenStreetMap does not know it: "
-                          f"{type(exc).__name__}: {msg[:160]}); give --bbox W,S,E,N instead") from None
-    return w, s, e, n
-
-
-def write_streets(out: Path, bbox: tuple[float, float, float, float], osm_file: Path | None = None) -> bool:
-    """DIR/streets.graphml for the bbox: from an OSM extract (cut to the bbox), else downloaded through
-    OSMnx (internet). Kept when it is already there (a resumed fetch)."""
-    import osmnx as ox
-
-    from retrieval.streets import _download, _graph_from_xml, _streets_only
-
-    path = out / "streets.graphml"
-    if path.is_file():
-        return True
-    w, s, e, n = bbox
-    if osm_file is None:
-        G = _download(f"bbox:{w},{s},{e},{n}", "all")
-    else:
-        if not osm_file.is_file():
-            raise GeolocError(f"--streets {osm_file}: file not found")
-        G = _streets_only(_graph_from_xml(osm_file), osm_file)
-        G = ox.truncate.truncate_graph_bbox(G, (w, s, e, n), truncate_by_edge=True)
-        if G.number_of_edges() == 0:
-            raise GeolocError(f"--streets {osm_file}: no street of the extract lies in the bbox {w},{s},{e},{n}")
-    G.graph.pop("created_date", None)  # the same bytes every run
-    atomic_write(path, lambda p: ox.save_graphml(G, p))
-    return True

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from retrieval import GeolocError
-from retrieval.fetch import SIZES, Options, Summary, fetch, http_session, parse_bbox, place_bbox, write_streets
+from retrieval.fetch import SIZES, Options, Summary, fetch, http_session
+from retrieval.files import atomic_write
 
 SOURCES = ("panoramax", "mapillary")
 
@@ -71,3 +72,52 @@ def describe(out: Path, s: Summary, concurrency: int) -> str:
     if s.failed:
         parts.append(f"{len(s.failed)} could not be had (named above; a rerun tries them again)")
     return "; ".join(parts)
+
+
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+    """--bbox W,S,E,N in degrees."""
+    try:
+        w, s, e, n = (float(v) for v in text.split(","))
+    except ValueError:
+        raise GeolocError(f"--bbox {text!r}: expected W,S,E,N (four numbers, degrees)") from None
+    if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
+        raise GeolocError(f"--bbox {text!r}: need west < east in [-180, 180] and south < north in [-90, 90]")
+    return w, s, e, n
+
+
+def place_bbox(name: str) -> tuple[float, float, float, float]:
+    """The bounding box of a place name, from OpenStreetMap's Nominatim through OSMnx (needs internet)."""
+    import osmnx as ox
+
+    try:
+        w, s, e, n = (float(v) for v in ox.geocode_to_gdf(name).total_bounds)
+    except Exception as exc:  # requests/OSMnx raise many types offline or for unknown places
+        msg = str(exc).split(" (Caused by")[0].splitlines()[0] if str(exc) else ""
+        raise GeolocError(f"--place {name!r}: cannot geocode it (no internet, or OpenStreetMap does not know it: "
+                          f"{type(exc).__name__}: {msg[:160]}); give --bbox W,S,E,N instead") from None
+    return w, s, e, n
+
+
+def write_streets(out: Path, bbox: tuple[float, float, float, float], osm_file: Path | None = None) -> bool:
+    """DIR/streets.graphml for the bbox: from an OSM extract (cut to the bbox), else downloaded through
+    OSMnx (internet). Kept when it is already there (a resumed fetch)."""
+    import osmnx as ox
+
+    from retrieval.streets import _download, _graph_from_xml, _streets_only
+
+    path = out / "streets.graphml"
+    if path.is_file():
+        return True
+    w, s, e, n = bbox
+    if osm_file is None:
+        G = _download(f"bbox:{w},{s},{e},{n}", "all")
+    else:
+        if not osm_file.is_file():
+            raise GeolocError(f"--streets {osm_file}: file not found")
+        G = _streets_only(_graph_from_xml(osm_file), osm_file)
+        G = ox.truncate.truncate_graph_bbox(G, (w, s, e, n), truncate_by_edge=True)
+        if G.number_of_edges() == 0:
+            raise GeolocError(f"--streets {osm_file}: no street of the extract lies in the bbox {w},{s},{e},{n}")
+    G.graph.pop("created_date", None)  # the same bytes every run
+    atomic_write(path, lambda p: ox.save_graphml(G, p))
+    return True

@@ -345,7 +345,7 @@ def test_streets_from_an_extract(fake, tmp_path):
     fake photos' area is not needed: a bbox over the demo city's centre and photos elsewhere work alike)."""
     import bz2
 
-    from retrieval.fetch import write_streets
+    from retrieval.fetch_area import write_streets
     from retrieval.streets import load_graph
     from retrieval.synth.city import CENTRE as DEMO, write_demo_city
 

@@ -9,10 +9,8 @@ else ~/.cache/geoloc-geovisio (.ci/run makes it); PostgreSQL's initdb/pg_ctl com
 """
 from __future__ import annotations
 
-import csv
 import glob
 import io
-import json
 import os
 import pwd
 import random
