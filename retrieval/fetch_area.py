@@ -115,8 +115,11 @@ def write_streets(out: Path, bbox: tuple[float, float, float, float], osm_file: 
         if not osm_file.is_file():
             raise GeolocError(f"--streets {osm_file}: file not found")
         G = _streets_only(_graph_from_xml(osm_file), osm_file)
-        G = ox.truncate.truncate_graph_bbox(G, (w, s, e, n), truncate_by_edge=True)
-        if G.number_of_edges() == 0:
+        try:
+            G = ox.truncate.truncate_graph_bbox(G, (w, s, e, n), truncate_by_edge=True)
+        except ValueError:  # "Found no graph nodes within the requested polygon"
+            G = None
+        if G is None or G.number_of_edges() == 0:
             raise GeolocError(f"--streets {osm_file}: no street of the extract lies in the bbox {w},{s},{e},{n}")
     G.graph.pop("created_date", None)  # the same bytes every run
     atomic_write(path, lambda p: ox.save_graphml(G, p))

@@ -11,7 +11,7 @@ import math
 from typing import Iterator
 
 from retrieval import GeolocError
-from retrieval.fetch import Picture, Unreachable, _short
+from retrieval.fetch import RETRY_STATUSES, Picture, Unreachable, _short
 
 DEFAULT_API = "https://api.panoramax.xyz/api"  # the meta-catalogue of every Panoramax instance
 PAGE = 100  # items per search page (GeoVisio serves up to 10000; 100 keeps each answer small)
@@ -51,6 +51,7 @@ def search(api: str, bbox: tuple[float, float, float, float], size: str, max_ite
     """Every picture in bbox (W, S, E, N), page by page through pystac-client (which follows the API's
     `next` links), up to max_items. session: retrieval.fetch.http_session (retries, backoff)."""
     import requests
+    from pystac import STACError
     from pystac_client import Client
     from pystac_client.exceptions import APIError
     from pystac_client.stac_api_io import StacApiIO
@@ -67,8 +68,11 @@ def search(api: str, bbox: tuple[float, float, float, float], size: str, max_ite
             yield picture_of(item, size)
     except requests.RequestException as exc:
         raise Unreachable(f"{api}: {_short(exc)}") from None
-    except APIError as exc:
+    except APIError as exc:  # pystac-client's for a refusal, and for a connection that failed (no status)
         status = getattr(exc, "status_code", None)
-        if status in (429, 500, 502, 503, 504):
-            raise Unreachable(f"{api}: HTTP {status}") from None
-        raise GeolocError(f"{api}: the STAC search was refused ({' '.join(str(exc).split())[:200]})") from None
+        if status is None or status in RETRY_STATUSES:
+            raise Unreachable(f"{api}: {'HTTP %s' % status if status else ' '.join(str(exc).split())[:200]}") from None
+        raise GeolocError(f"{api}: the STAC search was refused (HTTP {status}: {' '.join(str(exc).split())[:200]})") from None
+    except (ValueError, KeyError, STACError) as exc:  # an answer that is not a STAC API's
+        raise GeolocError(f"{api}: not a STAC API ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
+                          "--api takes a Panoramax/GeoVisio API such as https://api.panoramax.xyz/api") from None
