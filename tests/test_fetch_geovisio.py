@@ -206,13 +206,14 @@ def upload(api: str, seqs) -> dict[str, str]:
                               files={"picture": (f"{name}-{k}.jpg", jpeg, "image/jpeg")}, timeout=60)
             assert r.status_code in (200, 202), r.text
     want = sum(len(v) for v in seqs.values())
-    for _ in range(600):
-        r = requests.get(f"{api}/search", params={"bbox": BBOX, "limit": 1000}, timeout=30)
-        ready = [f for f in r.json().get("features", []) if f["properties"].get("geovisio:status") == "ready"]
-        if len(ready) == want:
+    for _ in range(240):  # the search shows a picture once it is processed
+        found = requests.get(f"{api}/search", params={"bbox": BBOX, "limit": 100}, timeout=30).json()["features"]
+        if len(found) == want:
             return ids
         time.sleep(0.5)
-    raise RuntimeError(f"GeoVisio processed {len(ready)} of {want} pictures in 300 s")
+    status = {name: [f["properties"].get("geovisio:status") for f in
+                     requests.get(f"{api}/collections/{i}/items", timeout=30).json()["features"]] for name, i in ids.items()}
+    raise RuntimeError(f"GeoVisio showed {len(found)} of {want} pictures after 120 s: {status}")
 
 
 @pytest.fixture(scope="module")
