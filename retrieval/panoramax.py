@@ -14,6 +14,11 @@ from retrieval import GeolocError
 from retrieval.fetch import RETRY_STATUSES, Picture, Unreachable, _short
 
 DEFAULT_API = "https://api.panoramax.xyz/api"  # the meta-catalogue of every Panoramax instance
+# The EXIF/XMP tags a camera states its direction in (what GeoVisio's reader, geopic-tag-reader, reads). A
+# picture without any gets its view:azimuth from GeoVisio along its sequence's path (0 for a lone picture):
+# a guess, which we leave out (an empty heading) rather than train on.
+DIRECTION_TAGS = ("Exif.GPSInfo.GPSImgDirection", "Exif.GPSInfo.GPSTrack", "Xmp.GPano.PoseHeadingDegrees",
+                  "Xmp.Camera.Yaw")
 PAGE = 100  # items per search page (GeoVisio serves up to 10000; 100 keeps each answer small)
 
 
@@ -22,7 +27,7 @@ def picture_of(item: dict, size: str) -> Picture:
     props = item.get("properties") or {}
     coords = (item.get("geometry") or {}).get("coordinates") or []
     lon, lat = (float(coords[0]), float(coords[1])) if len(coords) >= 2 else (None, None)
-    azimuth = props.get("view:azimuth")
+    azimuth = props.get("view:azimuth") if _has_direction(props) else None
     fov = (props.get("pers:interior_orientation") or {}).get("field_of_view")
     assets = item.get("assets") or {}
     asset = assets.get(size) or assets.get("sd") or assets.get("hd") or {}
@@ -33,6 +38,14 @@ def picture_of(item: dict, size: str) -> Picture:
         licence=str(props.get("license") or _licence_link(item)), author=_author(item, props),
         url=str(asset.get("href") or ""),
         pano=None if fov is None else float(fov) >= 360)
+
+
+def _has_direction(props: dict) -> bool:
+    """Whether view:azimuth is the camera's own: its EXIF states one, or the API shows no EXIF to tell."""
+    exif = props.get("exif")
+    if not isinstance(exif, dict) or not exif:
+        return True
+    return any(tag in exif for tag in DIRECTION_TAGS) or "MAPCompassHeading" in str(exif.get("Exif.Image.ImageDescription"))
 
 
 def _author(item: dict, props: dict) -> str:

@@ -68,6 +68,29 @@ def test_perspective_crop_looks_where_asked():
     assert perspective_crop(pano, 0.0, 90.0, 64)[32, 0, 0] == pytest.approx(255 * 0.375, abs=6)
 
 
+def test_stac_item_to_picture():
+    """A Panoramax item as GeoVisio writes it (web/items.py); the heading only where the camera gave one."""
+    from retrieval.panoramax import picture_of
+
+    item = {"id": "p1", "collection": "s1", "geometry": {"type": "Point", "coordinates": [2.35, 48.85]},
+            "providers": [{"name": "Default account", "roles": ["producer"]}, {"name": "alice", "roles": ["producer"]}],
+            "properties": {"datetime": "2024-05-01T10:00:00+00:00", "view:azimuth": 93, "license": "CC-BY-SA-4.0",
+                           "pers:interior_orientation": {"field_of_view": 360},
+                           "exif": {"Exif.GPSInfo.GPSImgDirection": "93/1"}},
+            "assets": {"hd": {"href": "http://x/hd.jpg"}, "sd": {"href": "http://x/sd.jpg"}}}
+    p = picture_of(item, "sd")
+    assert (p.lat, p.lon, p.heading, p.sequence, p.author, p.licence, p.url, p.pano) == \
+        (48.85, 2.35, 93.0, "s1", "alice", "CC-BY-SA-4.0", "http://x/sd.jpg", True)
+    assert picture_of(item, "thumb").url == "http://x/sd.jpg"  # a size the item lacks: the next one
+    item["properties"]["exif"] = {"Exif.Image.Make": "x"}  # GeoVisio's azimuth from the path: not the camera's
+    assert picture_of(item, "sd").heading is None
+    del item["properties"]["exif"]  # an API that shows no EXIF: its azimuth as it is
+    assert picture_of(item, "sd").heading == 93.0
+    item["geometry"], item["properties"]["pers:interior_orientation"] = None, {"field_of_view": 70}
+    p = picture_of(item, "sd")
+    assert p.lat is None and p.lon is None and p.pano is False
+
+
 # --- the state file --------------------------------------------------------------------------------
 
 def test_state_drops_a_line_cut_by_a_kill(tmp_path):
