@@ -52,7 +52,7 @@ def data_check(
     """Check every row of a manifest: coordinates, duplicates, files, and that each image decodes."""
     from retrieval.manifests import read_manifest
 
-    from retrieval.splits import DUPLICATE_M, cross_split_duplicates, extra_columns
+    from retrieval.sequences import DUPLICATE_M, cross_split_duplicates, extra_columns
 
     m = read_manifest(manifest, skip_bad=skip_bad, check_images=True, check_far=True)
     typer.echo(f"{manifest}: {len(m)} good photos" + (f", {m.skipped} bad rows skipped" if m.skipped else ""))
@@ -82,7 +82,8 @@ def data_split(
 ):
     """Split a manifest into train/val/test (see --mode), so nothing is asked that the task does not ask."""
     from retrieval.manifests import read_manifest, write_manifest
-    from retrieval.splits import extra_columns, keep_columns, split_counts, split_photos
+    from retrieval.sequences import extra_columns, keep_columns
+    from retrieval.splits import split_counts, split_photos
 
     if block_m <= 0 or gap_m < 0 or radius_m <= 0:
         raise GeolocError(f"data split: --block-m ({block_m:g}) and --radius-m ({radius_m:g}) must be > 0 "

@@ -283,10 +283,11 @@ def folder_lock(out: Path):
 
 
 def check_settings(opts: Options) -> None:
-    """Record what this fetch asks; a resume that asks otherwise is refused, naming what differs."""
-    path = opts.out / SETTINGS
+    """Record what this fetch asks; a resume that asks otherwise is refused, naming what differs (a folder
+    where nothing was fetched yet takes the new settings)."""
+    path, state = opts.out / SETTINGS, opts.out / STATE
     now = opts.settings()
-    if path.is_file():
+    if path.is_file() and state.is_file() and state.stat().st_size > 0:
         try:
             was = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:
@@ -364,22 +365,36 @@ def _clean_tmp(out: Path) -> None:
 def fetch(pictures: Iterable[Picture], opts: Options, source_line: str, refresh=None,
           streets: Callable[[], bool] | None = None, progress: bool = True) -> Summary:
     """Download every picture of the search into opts.out (see the module's docstring), opts.concurrency at a
-    time; pictures done by an earlier run are kept. streets() writes streets.graphml (True when there is one).
-    A server that stops answering ends the fetch with GeolocError once the manifest of what was done is written."""
-    from tqdm import tqdm
-
+    time; pictures done by an earlier run are kept. streets() writes streets.graphml. A server that stops
+    answering ends the fetch with GeolocError once the manifest of what was done is written."""
     opts.out = Path(opts.out)
     with folder_lock(opts.out):
-        return _fetch_locked(pictures, opts, source_line, refresh, streets, progress)
+        t0 = time.perf_counter()
+        check_settings(opts)
+        _clean_tmp(opts.out)
+        done = read_state(opts.out / STATE)
+        summary, todo = _plan(pictures, done, opts)
+        aborted = _download_all(todo, opts, done, summary, refresh, progress)
+        summary.rows = write_manifest_rows(opts.out, done)
+        write_attribution(opts.out, source_line, done, (opts.out / "streets.graphml").is_file())
+        if streets is not None and aborted is None:
+            try:
+                streets()
+            except GeolocError as exc:
+                raise GeolocError(f"{exc}; the photos are fetched ({opts.out / MANIFEST}): run again with "
+                                  "--streets FILE.osm.bz2 (an extract of the area) or --no-streets") from None
+            write_attribution(opts.out, source_line, done, True)
+        summary.seconds = time.perf_counter() - t0
+    if aborted is not None:
+        left = len(todo) - summary.fetched - len(summary.failed)
+        why = aborted if isinstance(aborted, GeolocError) else f"{opts.source}: the server stopped answering ({aborted})"
+        raise GeolocError(f"{why}; {opts.out / MANIFEST} holds the {len(done)} pictures done, {left} are left: "
+                          "run the same command again to resume")
+    return summary
 
 
-def _fetch_locked(pictures, opts: Options, source_line: str, refresh, streets, progress: bool) -> Summary:
-    from tqdm import tqdm
-
-    t0 = time.perf_counter()
-    check_settings(opts)
-    _clean_tmp(opts.out)
-    done = read_state(opts.out / STATE)
+def _plan(pictures: Iterable[Picture], done: dict, opts: Options) -> tuple[Summary, list[Picture]]:
+    """The search's pictures counted (without a position, without a heading, done before) and those to fetch."""
     summary, todo, seen = Summary(), [], set()
     try:
         found = list(pictures)
@@ -404,8 +419,15 @@ def _fetch_locked(pictures, opts: Options, source_line: str, refresh, streets, p
         raise GeolocError(f"{opts.source}: {opts.api} has no picture with a position in the bbox {w},{s},{e},{n}"
                           + (f" ({summary.no_position} without one)" if summary.no_position else "")
                           + ": choose another area (--bbox W,S,E,N, degrees)")
-    session = http_session(opts.concurrency, opts.retries)
-    aborted = None
+    return summary, todo
+
+
+def _download_all(todo: list[Picture], opts: Options, done: dict, summary: Summary, refresh, progress: bool):
+    """fetch_picture on each, opts.concurrency at a time; each picture done is appended to the state file as it
+    comes. Returns why the fetch stopped early (the server gone, or refusing us), None when it did not."""
+    from tqdm import tqdm
+
+    session, aborted = http_session(opts.concurrency, opts.retries), None
     with open(opts.out / STATE, "a", encoding="utf-8") as log, \
             ThreadPoolExecutor(max(opts.concurrency, 1)) as pool, \
             tqdm(total=len(todo), desc=f"fetch {opts.source}", unit="picture", disable=not progress) as bar:
@@ -432,24 +454,8 @@ def _fetch_locked(pictures, opts: Options, source_line: str, refresh, streets, p
                 done[pic.source_id] = rows
                 log.write(json.dumps({"id": pic.source_id, "rows": rows}) + "\n")
                 log.flush()
-                summary.fetched += 1
-                summary.panoramas += was_pano
+                summary.fetched, summary.panoramas = summary.fetched + 1, summary.panoramas + was_pano
                 bar.update()
             if aborted is None:
                 submit(len(finished))
-    summary.rows = write_manifest_rows(opts.out, done)
-    write_attribution(opts.out, source_line, done, (opts.out / "streets.graphml").is_file())
-    if streets is not None and aborted is None:
-        try:
-            streets()
-        except GeolocError as exc:
-            raise GeolocError(f"{exc}; the photos are fetched ({opts.out / MANIFEST}): run again with --streets "
-                              "FILE.osm.bz2 (an extract of the area) or --no-streets") from None
-        write_attribution(opts.out, source_line, done, True)
-    summary.seconds = time.perf_counter() - t0
-    if aborted is not None:
-        left = len(todo) - summary.fetched - len(summary.failed)
-        why = aborted if isinstance(aborted, GeolocError) else f"{opts.source}: the server stopped answering ({aborted})"
-        raise GeolocError(f"{why}; {opts.out / MANIFEST} holds the {len(done)} pictures done, {left} are left: "
-                          "run the same command again to resume")
-    return summary
+    return aborted

@@ -208,7 +208,7 @@ def upload(api: str, seqs) -> dict[str, str]:
             assert r.status_code in (200, 202), r.text
     want = sum(len(v) for v in seqs.values())
     for _ in range(240):  # the search shows a picture once it is processed
-        found = requests.get(f"{api}/search", params={"bbox": BBOX, "limit": 100}, timeout=30).json()["features"]
+        found = requests.get(f"{api}/search", params={"bbox": BBOX, "limit": want}, timeout=30).json()["features"]
         if len(found) == want:
             return ids
         time.sleep(0.5)
