@@ -135,10 +135,13 @@ def data_fetch_panoramax(
     size: str = SizeOption, max_pictures: Optional[int] = MaxOption, pano_crops: int = CropsOption,
     fov: float = FovOption, concurrency: int = ConcurrencyOption, streets: Optional[Path] = StreetsOption,
     no_streets: bool = NoStreetsOption, retries: int = RetriesOption,
+    per_request: int = typer.Option(1000, "--per-request", help="Pictures asked in one search: a box whose answer "
+                                    "is full without a next page (GeoVisio's way) is split in four."),
 ):
     """Panoramax pictures of an area (a STAC search), with a manifest, ATTRIBUTION.txt and streets.graphml."""
     _fetch("panoramax", out, concurrency, bbox=bbox, place=place, api=api, size=size, max_pictures=max_pictures,
-           pano_crops=pano_crops, fov=fov, streets=streets, no_streets=no_streets, retries=retries)
+           pano_crops=pano_crops, fov=fov, streets=streets, no_streets=no_streets, retries=retries,
+           per_request=per_request)
 
 
 @fetch_app.command("mapillary")

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -156,6 +156,30 @@ def _short(exc: BaseException) -> str:
 
 def _body(r) -> str:
     return " ".join(r.text.split())[:160] or "empty"
+
+
+# --- searching an area ----------------------------------------------------------------------------
+
+MIN_SPAN_DEG = 1e-5  # about a metre: a box this small whose answer is still full is taken as it is
+
+
+def search_boxes(bbox, query: Callable, what: str) -> Iterator:
+    """Every item query(box) answers in bbox, where query returns (items, full): an answer that reached the
+    API's cap on one answer (full) has its box split in four, until none does. An item on the line between
+    two boxes comes twice (fetch keeps the first)."""
+    boxes = [tuple(bbox)]
+    while boxes:
+        box = boxes.pop()
+        items, full = query(box)
+        w, s, e, n = box
+        if full:
+            if e - w > MIN_SPAN_DEG and n - s > MIN_SPAN_DEG:
+                cx, cy = (w + e) / 2, (s + n) / 2
+                boxes += [(cx, cy, e, n), (w, cy, cx, n), (cx, s, e, cy), (w, s, cx, cy)]
+                continue
+            warnings.warn(f"{what}: {len(items)} pictures in a box {e - w:.1e} degrees across ({w},{s},{e},{n}) "
+                          "fill an answer: taken as answered, more may be there", stacklevel=2)
+        yield from items
 
 
 # --- one picture -----------------------------------------------------------------------------------

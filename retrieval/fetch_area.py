@@ -41,7 +41,8 @@ def fetch_area(source: str, out: Path, bbox: str | None = None, place: str | Non
         api = api or panoramax.DEFAULT_API
         opts = Options(Path(out), source, api, box, size, pano_crops, fov, concurrency, max_pictures, retries=retries)
         session = http_session(concurrency, retries)
-        pictures = panoramax.search(api, box, size, max_pictures, session, opts.timeout_s)
+        pictures = panoramax.search(api, box, size, max_pictures, session, opts.timeout_s,
+                                    per_request or panoramax.PER_REQUEST)
         refresh, line = None, f"Photos: Panoramax, {api} (each under its own open licence)."
     elif source == "mapillary":
         from retrieval import mapillary

@@ -10,13 +10,13 @@ requests only (never in a URL, a file or a message; the thumbnails are fetched w
 """
 from __future__ import annotations
 
+import itertools
 import math
-import warnings
 from datetime import datetime, timezone
 from typing import Iterator
 
 from retrieval import GeolocError
-from retrieval.fetch import Picture, Skipped, get_json
+from retrieval.fetch import Picture, Skipped, get_json, search_boxes
 
 DEFAULT_API = "https://graph.mapillary.com"
 LICENCE = "CC-BY-SA-4.0"
@@ -24,7 +24,6 @@ PER_REQUEST = 2000  # the images search's cap on one answer
 THUMBS = {"thumb": "thumb_256_url", "sd": "thumb_1024_url", "hd": "thumb_2048_url"}
 FIELDS = ("id", "computed_geometry", "geometry", "computed_compass_angle", "compass_angle", "captured_at",
           "sequence", "is_pano", "creator")
-MIN_SPAN_DEG = 1e-5  # about a metre: a box this small that still fills a request is taken as it is
 TOKEN_ENV = "MAPILLARY_TOKEN"
 
 
@@ -81,23 +80,12 @@ class Mapillary:
 
     def search(self, bbox, max_items: int | None = None) -> Iterator[Picture]:
         """The pictures of bbox (W, S, E, N), box by box: a box that fills a request is split in four."""
-        boxes, count = [tuple(bbox)], 0
-        while boxes:
-            box = boxes.pop()
+        def query(box):
             images = self._box(box)
-            w, s, e, n = box
-            if len(images) >= self.per_request:
-                if e - w > MIN_SPAN_DEG and n - s > MIN_SPAN_DEG:
-                    cx, cy = (w + e) / 2, (s + n) / 2
-                    boxes += [(cx, cy, e, n), (w, cy, cx, n), (cx, s, e, cy), (w, s, cx, cy)]
-                    continue
-                warnings.warn(f"mapillary: {len(images)} images in a box {e - w:.1e} degrees across "
-                              f"({w},{s},{e},{n}): taken as answered, more may be there", stacklevel=2)
-            for image in images:
-                yield picture_of(image, self.size)
-                count += 1
-                if max_items is not None and count >= max_items:
-                    return
+            return images, len(images) >= self.per_request
+
+        images = search_boxes(bbox, query, "mapillary")
+        return (picture_of(image, self.size) for image in itertools.islice(images, max_items))
 
     def refresh(self, pic: Picture) -> str:
         """A fresh thumbnail URL for a picture whose URL expired (403)."""

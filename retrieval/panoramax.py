@@ -7,11 +7,12 @@ sequence), `providers` (the producer: its author) and `assets` hd/sd/thumb (the 
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Iterator
 
 from retrieval import GeolocError
-from retrieval.fetch import RETRY_STATUSES, Picture, Unreachable, _short
+from retrieval.fetch import RETRY_STATUSES, Picture, Unreachable, _short, search_boxes
 
 DEFAULT_API = "https://api.panoramax.xyz/api"  # the meta-catalogue of every Panoramax instance
 # The EXIF/XMP tags a camera states its direction in (what GeoVisio's reader, geopic-tag-reader, reads). A
@@ -19,7 +20,7 @@ DEFAULT_API = "https://api.panoramax.xyz/api"  # the meta-catalogue of every Pan
 # a guess, which we leave out (an empty heading) rather than train on.
 DIRECTION_TAGS = ("Exif.GPSInfo.GPSImgDirection", "Exif.GPSInfo.GPSTrack", "Xmp.GPano.PoseHeadingDegrees",
                   "Xmp.Camera.Yaw")
-PAGE = 100  # items per search page (GeoVisio serves up to 10000; 100 keeps each answer small)
+PER_REQUEST = 1000  # pictures asked in one search (GeoVisio answers up to 10000)
 
 
 def picture_of(item: dict, size: str) -> Picture:
@@ -60,9 +61,11 @@ def _licence_link(item: dict) -> str:
 
 
 def search(api: str, bbox: tuple[float, float, float, float], size: str, max_items: int | None,
-           session, timeout_s: float = 30.0) -> Iterator[Picture]:
-    """Every picture in bbox (W, S, E, N), page by page through pystac-client (which follows the API's
-    `next` links), up to max_items. session: retrieval.fetch.http_session (retries, backoff)."""
+           session, timeout_s: float = 30.0, per_request: int = PER_REQUEST) -> Iterator[Picture]:
+    """Every picture in bbox (W, S, E, N), up to max_items, through pystac-client, which follows the API's
+    `next` links. GeoVisio answers a search with the `limit` pictures nearest the box's centre and no next
+    link: a box whose answer is full that way is split in four until none is (retrieval.fetch.search_boxes).
+    session: retrieval.fetch.http_session (retries, backoff)."""
     import requests
     from pystac import STACError
     from pystac_client import Client
@@ -71,14 +74,20 @@ def search(api: str, bbox: tuple[float, float, float, float], size: str, max_ite
 
     stac_io = StacApiIO(timeout=timeout_s)
     stac_io.session = session  # our retries and backoff, and one connection pool
+
+    def query(box):
+        pages = list(client.search(bbox=list(box), limit=per_request).pages_as_dicts())
+        last = pages[-1] if pages else {}
+        full = len(last.get("features") or []) >= per_request and not any(
+            link.get("rel") == "next" for link in last.get("links") or [])
+        return [f for page in pages for f in page.get("features") or []], full
+
     try:
         client = Client.open(api.rstrip("/"), stac_io=stac_io)
         client.add_conforms_to("ITEM_SEARCH")  # some Panoramax instances do not declare it, and all serve /search
-        items = client.search(bbox=list(bbox), limit=PAGE, max_items=max_items).items_as_dicts()
-        for item in items:
-            if not item.get("assets"):  # a picture still being processed has no image yet
-                continue
-            yield picture_of(item, size)
+        # a picture still being processed has no image yet
+        items = (item for item in search_boxes(bbox, query, "panoramax") if item.get("assets"))
+        yield from (picture_of(item, size) for item in itertools.islice(items, max_items))
     except requests.RequestException as exc:
         raise Unreachable(f"{api}: {_short(exc)}") from None
     except APIError as exc:  # pystac-client's for a refusal, and for a connection that failed (no status)

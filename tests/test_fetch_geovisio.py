@@ -281,6 +281,16 @@ def test_fetch_from_geovisio(geovisio, tmp_path):
         side.setdefault(seq_of[row["sequence"]], set()).add(row["split"])
     assert all(len(s) == 1 for s in side.values()) and side["alice-1"] == side["alice-2"]
 
+    # GeoVisio answers a search with the `limit` nearest pictures and no next page: asked 5 at a time, the
+    # client splits the box until each answer has room to spare, and finds every picture
+    log_start = len((server.root / "api.log").read_text())
+    r = fetch(server.api, tmp_path / "small", "--per-request", "5", "--concurrency", "4")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "small" / "photos.csv").read_text() == (tmp_path / "city" / "photos.csv").read_text()
+    assert len(re.findall(r"(?:GET|POST) /api/search", (server.root / "api.log").read_text()[log_start:])) >= 9
+    first = fetch(server.api, tmp_path / "one", "--per-request", str(n_pics), "--concurrency", "4")
+    assert first.returncode == 0 and "photos of 26 pictures" in first.stdout  # one full answer: split, not cut
+
     # again: nothing to download
     r = fetch(server.api, tmp_path / "city", "--concurrency", "4")
     assert r.returncode == 0 and "0 fetched now" in r.stdout and f"{n_pics} by an earlier run" in r.stdout, r.stdout
