@@ -49,6 +49,13 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def test_fetching_loads_no_torch():
+    """A fetch is downloads and JPEGs: none of the training stack (seconds to import, and not needed)."""
+    code = ("import sys, retrieval.cli, retrieval.fetch_area, retrieval.panoramax, retrieval.mapillary, "
+            "retrieval.sequences, retrieval.splits; sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).returncode == 0
+
+
 # --- panoramas -------------------------------------------------------------------------------------
 
 def test_perspective_crop_looks_where_asked():

@@ -268,6 +268,8 @@ def test_fetch_from_geovisio(geovisio, tmp_path):
     assert [float(v["heading"]) for v in views] == [(30.0 + 45 * k) % 360 for k in range(8)]
     assert all(Image.open(tmp_path / "city" / v["path"]).size[0] == Image.open(tmp_path / "city" / v["path"]).size[1]
                for v in views)
+    check = geoloc("data", "check", str(tmp_path / "city" / "photos.csv"))
+    assert check.returncode == 0 and f"{n_pics - 1 + 8} good photos" in check.stdout, check.stdout + check.stderr
     attribution = (tmp_path / "city" / "ATTRIBUTION.txt").read_text()
     assert f"CC-BY-SA-4.0 ({n_pics} pictures): alice, bob, carol, dave" in attribution
 
