@@ -51,7 +51,6 @@ def data_check(
 ):
     """Check every row of a manifest: coordinates, duplicates, files, and that each image decodes."""
     from retrieval.manifests import read_manifest
-
     from retrieval.sequences import DUPLICATE_M, cross_split_duplicates, extra_columns
 
     m = read_manifest(manifest, skip_bad=skip_bad, check_images=True, check_far=True)
