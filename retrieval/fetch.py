@@ -421,23 +421,24 @@ def _plan(pictures: Iterable[Picture], done: dict, opts: Options) -> tuple[Summa
     """The search's pictures counted (without a position, without a heading, done before) and those to fetch."""
     summary, todo, seen = Summary(), [], set()
     try:
-        found = list(pictures)
+        for pic in pictures:  # the search goes on (box by box, page by page) only as far as we read
+            if opts.max_pictures is not None and summary.pictures >= opts.max_pictures:
+                break
+            if pic.source_id in seen:  # a picture on the border of two searched boxes
+                continue
+            seen.add(pic.source_id)
+            if pic.lat is None or pic.lon is None or not (math.isfinite(pic.lat) and math.isfinite(pic.lon)):
+                summary.no_position += 1
+                continue
+            summary.pictures += 1
+            summary.no_heading += pic.heading is None
+            if pic.source_id in done:
+                summary.already += 1
+            else:
+                todo.append(pic)
     except Unreachable as exc:
         raise GeolocError(f"{opts.source}: the search failed, the server does not answer ({exc}); "
                           "run the same command again later") from None
-    for pic in found:
-        if pic.source_id in seen:  # a picture on the border of two searched boxes
-            continue
-        seen.add(pic.source_id)
-        if pic.lat is None or pic.lon is None or not (math.isfinite(pic.lat) and math.isfinite(pic.lon)):
-            summary.no_position += 1
-            continue
-        summary.pictures += 1
-        summary.no_heading += pic.heading is None
-        if pic.source_id in done:
-            summary.already += 1
-        else:
-            todo.append(pic)
     if not summary.pictures:
         w, s, e, n = opts.bbox
         raise GeolocError(f"{opts.source}: {opts.api} has no picture with a position in the bbox {w},{s},{e},{n}"

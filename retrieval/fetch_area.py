@@ -41,8 +41,7 @@ def fetch_area(source: str, out: Path, bbox: str | None = None, place: str | Non
         api = api or panoramax.DEFAULT_API
         opts = Options(Path(out), source, api, box, size, pano_crops, fov, concurrency, max_pictures, retries=retries)
         session = http_session(concurrency, retries)
-        pictures = panoramax.search(api, box, size, max_pictures, session, opts.timeout_s,
-                                    per_request or panoramax.PER_REQUEST)
+        pictures = panoramax.search(api, box, size, session, opts.timeout_s, per_request or panoramax.PER_REQUEST)
         refresh, line = None, f"Photos: Panoramax, {api} (each under its own open licence)."
     elif source == "mapillary":
         from retrieval import mapillary
@@ -52,7 +51,7 @@ def fetch_area(source: str, out: Path, bbox: str | None = None, place: str | Non
         client = mapillary.Mapillary(api, token or os.environ.get(mapillary.TOKEN_ENV, ""), size,
                                      http_session(concurrency, retries), opts.timeout_s,
                                      per_request or mapillary.PER_REQUEST)
-        pictures, refresh = client.search(box, max_pictures), client.refresh
+        pictures, refresh = client.search(box), client.refresh
         line = f"Photos: Mapillary, {api}, under {mapillary.LICENCE} (https://creativecommons.org/licenses/by-sa/4.0/)."
     else:
         raise GeolocError(f"data fetch: source {source!r}: choose one of {', '.join(SOURCES)}")

@@ -10,7 +10,6 @@ requests only (never in a URL, a file or a message; the thumbnails are fetched w
 """
 from __future__ import annotations
 
-import itertools
 import math
 from datetime import datetime, timezone
 from typing import Iterator
@@ -78,14 +77,14 @@ class Mapillary:
             images += answer.get("data") or []
         return images
 
-    def search(self, bbox, max_items: int | None = None) -> Iterator[Picture]:
+    def search(self, bbox) -> Iterator[Picture]:
         """The pictures of bbox (W, S, E, N), box by box: a box that fills a request is split in four."""
         def query(box):
             images = self._box(box)
             return images, len(images) >= self.per_request
 
         images = search_boxes(bbox, query, "mapillary")
-        return (picture_of(image, self.size) for image in itertools.islice(images, max_items))
+        return (picture_of(image, self.size) for image in images)
 
     def refresh(self, pic: Picture) -> str:
         """A fresh thumbnail URL for a picture whose URL expired (403)."""

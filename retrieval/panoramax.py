@@ -7,7 +7,6 @@ sequence), `providers` (the producer: its author) and `assets` hd/sd/thumb (the 
 """
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Iterator
 
@@ -60,9 +59,9 @@ def _licence_link(item: dict) -> str:
                  if link.get("rel") == "license"), "")
 
 
-def search(api: str, bbox: tuple[float, float, float, float], size: str, max_items: int | None,
-           session, timeout_s: float = 30.0, per_request: int = PER_REQUEST) -> Iterator[Picture]:
-    """Every picture in bbox (W, S, E, N), up to max_items, through pystac-client, which follows the API's
+def search(api: str, bbox: tuple[float, float, float, float], size: str, session, timeout_s: float = 30.0,
+           per_request: int = PER_REQUEST) -> Iterator[Picture]:
+    """Every picture in bbox (W, S, E, N), as they come, through pystac-client, which follows the API's
     `next` links. GeoVisio answers a search with the `limit` pictures nearest the box's centre and no next
     link: a box whose answer is full that way is split in four until none is (retrieval.fetch.search_boxes).
     session: retrieval.fetch.http_session (retries, backoff)."""
@@ -87,7 +86,7 @@ def search(api: str, bbox: tuple[float, float, float, float], size: str, max_ite
         client.add_conforms_to("ITEM_SEARCH")  # some Panoramax instances do not declare it, and all serve /search
         # a picture still being processed has no image yet
         items = (item for item in search_boxes(bbox, query, "panoramax") if item.get("assets"))
-        yield from (picture_of(item, size) for item in itertools.islice(items, max_items))
+        yield from (picture_of(item, size) for item in items)
     except requests.RequestException as exc:
         raise Unreachable(f"{api}: {_short(exc)}") from None
     except APIError as exc:  # pystac-client's for a refusal, and for a connection that failed (no status)

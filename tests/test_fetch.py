@@ -121,6 +121,7 @@ class FakeMapillary:
         self.expired: set[str] = set()  # ids whose first URL answers 403
         self.corrupt: set[str] = set()  # ids whose image is cut short
         self.throttle = 0  # the next requests of /images answer 429 Retry-After: 1
+        self.throttle_images = 0  # the next image downloads answer 503 Retry-After: 1
         self.log: list[tuple[str, str]] = []
         self.auth: list[str] = []
         self.lock = threading.Lock()
@@ -195,6 +196,10 @@ class FakeMapillary:
             def image(self, i, sig):
                 if fake.delay_s:
                     time.sleep(fake.delay_s)
+                with fake.lock:
+                    if fake.throttle_images:
+                        fake.throttle_images -= 1
+                        return self.reply(503, b"busy", "text/plain", headers={"Retry-After": "1"})
                 if i in fake.expired and sig == 0:
                     return self.reply(403, b"URL signature expired", "text/plain")
                 blob = fake.blobs[i]
@@ -302,6 +307,14 @@ def test_mapillary_fetch(fake, tmp_path):
     assert got == Counter({"1007": 1}) and (s2.already, s2.fetched) == (12, 1)
     rows2 = read_rows(tmp_path / "city" / "photos.csv")
     assert [r for r in rows2 if r["source_id"] != "1007"] == rows
+
+
+def test_a_busy_image_server_is_waited_for(fake, tmp_path):
+    fake.throttle_images = 2
+    t0 = time.perf_counter()
+    s = fetch_mapillary(fake, tmp_path / "city", max_pictures=3, concurrency=1)
+    assert time.perf_counter() - t0 >= 2.0 and s.fetched == 3 and not s.failed  # Retry-After: 1, twice
+    assert sum(fake.downloads().values()) == 3 + 2
 
 
 def test_mapillary_refused_token(fake, tmp_path):
