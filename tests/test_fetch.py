@@ -515,3 +515,14 @@ def test_check_names_near_duplicates_across_splits(tmp_path):
     assert r.exit_code == 0, r.output
     assert "1 pairs of near-duplicate photos across splits (the same author, within 10 m and a minute): " \
            "rows 11 (train) and 12 (test)" in r.output
+
+
+def test_training_carves_validation_by_sequence(tmp_path):
+    """data.split_mode=sequence: a manifest without a split column is cut into whole sequences for training."""
+    from retrieval.sequences import extra_columns
+    from retrieval.splits import load_splits
+
+    splits = load_splits(fetched_manifest(tmp_path / "photos.csv"), 0.2, 0.2, mode="sequence")
+    seqs = {name: set(extra_columns(m)["sequence"]) for name, m in splits.items()}
+    assert set(seqs) == {"train", "val", "test"} and sum(len(m) for m in splits.values()) == 200
+    assert not (seqs["train"] & seqs["val"]) and not (seqs["train"] & seqs["test"]) and not (seqs["val"] & seqs["test"])
