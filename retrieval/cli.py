@@ -51,9 +51,16 @@ def data_check(
 ):
     """Check every row of a manifest: coordinates, duplicates, files, and that each image decodes."""
     from retrieval.manifests import read_manifest
+    from retrieval.sequences import DUPLICATE_M, cross_split_duplicates, extra_columns
 
     m = read_manifest(manifest, skip_bad=skip_bad, check_images=True, check_far=True)
     typer.echo(f"{manifest}: {len(m)} good photos" + (f", {m.skipped} bad rows skipped" if m.skipped else ""))
+    twins = cross_split_duplicates(m, extra_columns(m, ("author",)).get("author"))
+    if twins:  # a near-copy of a test photo in training answers the test for it
+        shown = ", ".join(f"rows {m.rows[i]} ({m.split[i]}) and {m.rows[j]} ({m.split[j]})" for i, j in twins[:5])
+        typer.echo(f"{manifest}: {len(twins)} pairs of near-duplicate photos across splits (the same author, within "
+                   f"{DUPLICATE_M:g} m and a minute): {shown}{', ...' if len(twins) > 5 else ''}; "
+                   "split with --mode sequence to keep them on one side")
 
 
 @data_app.command("split")
@@ -63,7 +70,8 @@ def data_split(
     mode: str = typer.Option("place", "--mode", help="place: every held-out photo has a training photo within "
                              "--radius-m, taken on an earlier day where the manifest has a date column (place "
                              "recognition: the embedding's question) | spatial: whole blocks, "
-                             "nothing within --gap-m (unseen streets) | random: the seed study's protocol."),
+                             "nothing within --gap-m (unseen streets) | random: the seed study's protocol | "
+                             "sequence: whole sequences, twin drives kept together (a fetched manifest)."),
     val: float = typer.Option(0.1, help="Fraction of photos for validation."),
     test: float = typer.Option(0.1, help="Fraction of photos for test."),
     radius_m: float = typer.Option(25.0, help="place: a training photo within this distance of each held-out one."),
@@ -73,19 +81,84 @@ def data_split(
 ):
     """Split a manifest into train/val/test (see --mode), so nothing is asked that the task does not ask."""
     from retrieval.manifests import read_manifest, write_manifest
+    from retrieval.sequences import extra_columns, keep_columns
     from retrieval.splits import split_counts, split_photos
 
     if block_m <= 0 or gap_m < 0 or radius_m <= 0:
         raise GeolocError(f"data split: --block-m ({block_m:g}) and --radius-m ({radius_m:g}) must be > 0 "
                           f"and --gap-m ({gap_m:g}) >= 0")
     m = read_manifest(manifest)
-    split = split_photos(mode, m.lat, m.lon, val, test, gap_m, block_m, radius_m, seed, m.date)
+    extra = extra_columns(m, ("sequence", "source", "source_id", "licence", "author"))  # a fetched manifest's
+    split = split_photos(mode, m.lat, m.lon, val, test, gap_m, block_m, radius_m, seed, m.date,
+                         extra.get("sequence"), extra.get("author"))
     counts = split_counts(split, str(manifest))
     keep = [i for i, s in enumerate(split) if s]
     m.split = list(split)
     write_manifest(out, m.subset(keep))
+    keep_columns(out, extra, keep)
     dropped = f", dropped {int((split == '').sum())} within {gap_m:g} m of train" if mode == "spatial" else ""
     typer.echo(f"wrote {out} ({mode}): " + ", ".join(f"{k} {v}" for k, v in counts.items()) + dropped)
+
+
+# --- data fetch ------------------------------------------------------------------------------------
+
+fetch_app = typer.Typer(help="Fetch an area's street-level photos from open imagery (Panoramax, Mapillary).",
+                        no_args_is_help=True)
+data_app.add_typer(fetch_app, name="fetch")
+BboxOption = typer.Option(None, "--bbox", help="The area: W,S,E,N in degrees.")
+PlaceOption = typer.Option(None, "--place", help="The area: a place name, geocoded by OpenStreetMap (internet).")
+FetchOutOption = typer.Option(..., "--out", help="Data folder: images/, photos.csv, ATTRIBUTION.txt, streets.graphml.")
+SizeOption = typer.Option("sd", "--size", help="thumb | sd | hd")
+MaxOption = typer.Option(None, "--max", help="At most this many pictures.")
+CropsOption = typer.Option(8, "--pano-crops", help="Views cut from each 360-degree panorama (0: keep it whole).")
+FovOption = typer.Option(90.0, "--fov", help="Field of view of a panorama's views, degrees.")
+ConcurrencyOption = typer.Option(8, "--concurrency", help="Downloads at a time.")
+StreetsOption = typer.Option(None, "--streets", help="OSM extract (.osm/.osm.bz2) for streets.graphml, offline "
+                             "(default: downloaded through OSMnx for the bbox).")
+NoStreetsOption = typer.Option(False, "--no-streets", help="Write no streets.graphml.")
+RetriesOption = typer.Option(5, "--retries", help="Retries of a request on a connection error, 429 or 5xx.")
+
+
+def _fetch(source: str, out: Path, concurrency: int, **kw) -> None:
+    from retrieval.fetch_area import describe, fetch_area
+
+    summary = fetch_area(source, out, concurrency=concurrency, progress=sys.stderr.isatty(), **kw)
+    typer.echo(describe(out, summary, concurrency))
+
+
+@fetch_app.command("panoramax")
+def data_fetch_panoramax(
+    out: Path = FetchOutOption, bbox: Optional[str] = BboxOption, place: Optional[str] = PlaceOption,
+    api: Optional[str] = typer.Option(None, "--api", help="A Panoramax/GeoVisio or STAC API (default: the "
+                                      "Panoramax meta-catalogue, https://api.panoramax.xyz/api)."),
+    size: str = SizeOption, max_pictures: Optional[int] = MaxOption, pano_crops: int = CropsOption,
+    fov: float = FovOption, concurrency: int = ConcurrencyOption, streets: Optional[Path] = StreetsOption,
+    no_streets: bool = NoStreetsOption, retries: int = RetriesOption,
+    per_request: int = typer.Option(1000, "--per-request", help="Pictures asked in one search: a box whose answer "
+                                    "is full without a next page (GeoVisio's way) is split in four."),
+):
+    """Panoramax pictures of an area (a STAC search), with a manifest, ATTRIBUTION.txt and streets.graphml."""
+    _fetch("panoramax", out, concurrency, bbox=bbox, place=place, api=api, size=size, max_pictures=max_pictures,
+           pano_crops=pano_crops, fov=fov, streets=streets, no_streets=no_streets, retries=retries,
+           per_request=per_request)
+
+
+@fetch_app.command("mapillary")
+def data_fetch_mapillary(
+    out: Path = FetchOutOption, bbox: Optional[str] = BboxOption, place: Optional[str] = PlaceOption,
+    token: Optional[str] = typer.Option(None, "--token", help="Mapillary client token (default: $MAPILLARY_TOKEN); "
+                                        "never written anywhere."),
+    api: Optional[str] = typer.Option(None, "--api", help="Graph API base (default: https://graph.mapillary.com)."),
+    size: str = SizeOption, max_pictures: Optional[int] = MaxOption, pano_crops: int = CropsOption,
+    fov: float = FovOption, concurrency: int = ConcurrencyOption, streets: Optional[Path] = StreetsOption,
+    no_streets: bool = NoStreetsOption, retries: int = RetriesOption,
+    per_request: int = typer.Option(2000, "--per-request", help="The images search's cap on one answer: a box "
+                                    "that fills it is split in four."),
+):
+    """Mapillary pictures of an area (Graph API v4, CC BY-SA 4.0), with a manifest, ATTRIBUTION.txt and streets."""
+    _fetch("mapillary", out, concurrency, bbox=bbox, place=place, api=api, size=size, max_pictures=max_pictures,
+           pano_crops=pano_crops, fov=fov, streets=streets, no_streets=no_streets, retries=retries, token=token,
+           per_request=per_request)
 
 
 # --- synth -----------------------------------------------------------------------------------------

@@ -108,21 +108,28 @@ def place_split(lat, lon, val_fraction: float = 0.1, test_fraction: float = 0.1,
     return split.astype(str)
 
 
-SPLIT_MODES = ("place", "spatial", "random")
+SPLIT_MODES = ("place", "spatial", "random", "sequence")
 
 
 def split_photos(mode: str, lat, lon, val_fraction: float = 0.1, test_fraction: float = 0.1,
                  gap_m: float = 25.0, block_m: float = 250.0, radius_m: float = 25.0, seed: int = 0,
-                 date=None) -> np.ndarray:
+                 date=None, sequence=None, author=None) -> np.ndarray:
     """'train'/'val'/'test' ('' dropped) per photo by `mode`: place (place_split: every held-out photo
     has a training photo within radius_m, taken on an earlier day where dates are known), spatial
-    (spatial_split: unseen streets, nothing within gap_m) or random (random_split)."""
+    (spatial_split: unseen streets, nothing within gap_m), random (random_split) or sequence
+    (sequence_split: whole sequences, twins together; needs each photo's sequence, and its author)."""
     if mode == "place":
         return place_split(lat, lon, val_fraction, test_fraction, radius_m, seed, date)
     if mode == "spatial":
         return spatial_split(lat, lon, val_fraction, test_fraction, gap_m, block_m, seed)
     if mode == "random":
         return random_split(len(lat), val_fraction, test_fraction, seed)
+    if mode == "sequence":
+        if sequence is None:
+            raise GeolocError("split mode 'sequence' needs a sequence column (as `geoloc data fetch` writes)")
+        from retrieval.sequences import sequence_split
+
+        return sequence_split(lat, lon, date, sequence, author, val_fraction, test_fraction, seed)
     raise GeolocError(f"split mode {mode!r}: choose one of {', '.join(SPLIT_MODES)}")
 
 
@@ -163,8 +170,11 @@ def load_splits(data: str | Path, val_fraction: float = 0.1, test_fraction: floa
     if not want_val and carve_test == 0:
         out["train"] = pool
         return out
+    from retrieval.sequences import extra_columns
+
+    extra = extra_columns(pool) if mode == "sequence" else {}
     split = split_photos(mode, pool.lat, pool.lon, val_fraction if want_val else 0.0, carve_test,
-                         gap_m, block_m, radius_m, seed, pool.date)
+                         gap_m, block_m, radius_m, seed, pool.date, extra.get("sequence"), extra.get("author"))
     split_counts(split, str(data))
     for name in SPLITS:
         idx = np.flatnonzero(split == name)
