@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import os
 import pwd
 import random
@@ -371,3 +372,29 @@ def test_kill9_at_random_points(geovisio, tmp_path):
     for row in read_rows(out / "photos.csv"):
         Image.open(out / row["path"]).load()
     assert not list(out.rglob("*.tmp")) and not list((out / ".panoramas").glob("*"))
+
+
+def test_from_a_panoramax_server_to_a_located_photo(geovisio, tmp_path):
+    """The issue's end to end: fetched from the server, split by sequence, trained, indexed and asked,
+    all through geoloc's commands (a tiny network and budget: the path, not an accuracy)."""
+    server, _, _ = geovisio
+    city = tmp_path / "city"
+    assert fetch(server.api, city, "--concurrency", "4").returncode == 0
+    split = city / "split.csv"
+    r = geoloc("data", "split", str(city / "photos.csv"), "--out", str(split), "--mode", "sequence",
+               "--val", "0.2", "--test", "0.2")
+    assert r.returncode == 0, r.stderr
+    tiny = ["model.arch=resnet18", "model.weights=none", "model.embed_dim=16", "data.image_size=32", "data.resize=36",
+            "train.epochs=1", "train.max_steps_per_epoch=2", "train.precision=fp32", "embedding.positives=euclidean",
+            "embedding.places_per_batch=2", "embedding.photos_per_place=2", "train.batch_size=4",
+            "embedding.pos_radius_m=25", "index.place_mean_m=0"]
+    r = geoloc("train", "embedding", "--data", str(split), "--out", str(tmp_path / "run"),
+               *[a for s in tiny for a in ("--set", s)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert geoloc("index", "build", "--run", str(tmp_path / "run")).returncode == 0
+    rows = read_rows(split)
+    test = next(row for row in rows if row["split"] == "test")
+    r = geoloc("query", "--run", str(tmp_path / "run"), "--json", str(city / test["path"]))
+    assert r.returncode == 0, r.stderr[-2000:]
+    answer = json.loads(r.stdout)[0]
+    assert answer["neighbours"] and abs(answer["lat"] - CENTRE[0]) < 0.01 and abs(answer["lon"] - CENTRE[1]) < 0.01
