@@ -40,6 +40,7 @@ def main() -> None:
                 for x, y in pts:
                     ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks([2, 5, 10, 30], ["2", "5", "10", "30"])
         ax.set_xlabel(f"minutes of training on {city.title()} (wall time, validation included)")
         ax.set_title(f"{city.title()} render, 500 test views", fontsize=10)
