@@ -15,7 +15,6 @@ temporary name, then renamed), so a picture whose files are all there is never d
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
 import math
@@ -24,7 +23,6 @@ import re
 import time
 import warnings
 from collections import defaultdict
-from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ import numpy as np
 
 from retrieval import GeolocError, __version__
 from retrieval.files import atomic_write, atomic_write_json, atomic_write_text
+from retrieval.locks import folder_lock
 from retrieval.panorama import crop_offsets, crop_side, is_equirectangular, perspective_crop
 
 MANIFEST_COLUMNS = ("path", "lat", "lon", "heading", "date", "sequence", "source", "source_id", "licence", "author")
@@ -44,7 +43,6 @@ SIZES = ("thumb", "sd", "hd")
 SETTINGS_KEYS = ("source", "api", "bbox", "size", "pano_crops", "fov")
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 MAX_RETRY_AFTER_S = 120.0  # a server asking to wait longer is treated as down: run again later
-LOCK_FILE = ".lock"  # the run lock's file (retrieval.runs.lock_run_dir), so the two exclude each other
 
 
 @dataclass
@@ -284,28 +282,6 @@ def _save_jpeg(array: np.ndarray, path: Path) -> None:
 
 # --- the folder: lock, settings, state, manifest, attribution ---------------------------------------
 
-@contextmanager
-def folder_lock(out: Path):
-    """retrieval.runs.lock_run_dir's lock (the same DIR/.lock, flock'ed), held while the fetch runs: a second
-    fetch, or a training, into the same folder is refused. Taken here because retrieval.runs imports the
-    training stack (torch) and a fetch needs none of it. The kernel drops it however the process ends."""
-    if out.exists() and not out.is_dir():
-        raise GeolocError(f"{out}: exists and is not a folder; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK_FILE, "a+", encoding="utf-8") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise GeolocError(f"{out}: in use by {holder}; wait for it to end or choose another folder") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} (geoloc data fetch)\n")
-        f.flush()
-        yield
-
-
 def check_settings(opts: Options) -> None:
     """Record what this fetch asks; a resume that asks otherwise is refused, naming what differs (a folder
     where nothing was fetched yet takes the new settings)."""
@@ -392,7 +368,7 @@ def fetch(pictures: Iterable[Picture], opts: Options, source_line: str, refresh=
     time; pictures done by an earlier run are kept. streets() writes streets.graphml. A server that stops
     answering ends the fetch with GeolocError once the manifest of what was done is written."""
     opts.out = Path(opts.out)
-    with folder_lock(opts.out):
+    with folder_lock(opts.out, "data fetch"):  # a second fetch, or a training, into the folder is refused
         t0 = time.perf_counter()
         check_settings(opts)
         _clean_tmp(opts.out)
@@ -408,7 +384,7 @@ def fetch(pictures: Iterable[Picture], opts: Options, source_line: str, refresh=
                 raise GeolocError(f"{exc}; the photos are fetched ({opts.out / MANIFEST}): run again with "
                                   "--streets FILE.osm.bz2 (an extract of the area) or --no-streets") from None
             write_attribution(opts.out, source_line, done, True)
-        summary.seconds = time.perf_counter() - t0
+    summary.seconds = time.perf_counter() - t0
     if aborted is not None:
         left = len(todo) - summary.fetched - len(summary.failed)
         why = aborted if isinstance(aborted, GeolocError) else f"{opts.source}: the server stopped answering ({aborted})"

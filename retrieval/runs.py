@@ -6,13 +6,12 @@ in load_state_dict). Resuming may change only the budget: how many epochs, how l
 """
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import warnings
 from pathlib import Path
 
 from retrieval import GeolocError
+from retrieval.locks import LOCK_FILE, lock_run_dir  # noqa: F401 (the commands take the lock from here)
 from retrieval.config import Config, dump_yaml, load_config, to_dict
 from retrieval.files import STALE_TMP_S, atomic_write_text, command_line, remove_stale_tmp
 
@@ -114,31 +113,3 @@ def read_run_info(run_dir: str | Path) -> dict:
         raise GeolocError(f"{path}: not valid JSON ({exc})") from None
 
 
-LOCK_FILE = ".lock"
-_HELD: dict[str, object] = {}  # this process's open lock files, by folder: the kernel releases them at exit
-
-
-def lock_run_dir(run_dir: str | Path, command: str) -> None:
-    """Hold RUN/.lock for the rest of this process, so a second command writing into the same folder is
-    refused instead of mixing its checkpoints and log with this one's. The kernel drops the lock when the
-    process ends, however it ends (kill -9 too), so a lock file left by a dead process is free again."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise GeolocError(f"{run_dir}: exists and is not a folder; choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    key = str(run_dir.resolve())
-    if key in _HELD:
-        return
-    f = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise GeolocError(f"{run_dir}: in use by {holder}; wait for it to end or choose another folder") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} (geoloc {command})\n")
-    f.flush()
-    _HELD[key] = f

@@ -358,7 +358,7 @@ def test_resume_refuses_other_settings_and_a_second_fetch(fake, tmp_path):
     with pytest.raises(GeolocError, match=r"holds a fetch with other settings \(size 'sd' -> 'hd'\)"):
         fetch_mapillary(fake, out, size="hd")
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from retrieval.fetch import folder_lock\nwith folder_lock(Path(sys.argv[1])): "
+                               "from retrieval.locks import folder_lock\nwith folder_lock(Path(sys.argv[1]), 'data fetch'): "
                                "print('held', flush=True); time.sleep(60)", str(out)],
                               stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
