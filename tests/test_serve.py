@@ -3,6 +3,7 @@ requests), routes of several photos uploaded together, and, where a headless Chr
 real browser."""
 import dataclasses
 import io
+import json
 import os
 import re
 import shutil
@@ -458,3 +459,22 @@ def test_photos_dropped_together_draw_their_route(browser, server, walk, tmp_pat
     assert len(b.find_elements(By.CSS_SELECTOR, ".result .confidence")) == 4  # each photo's own answer too
     assert len(b.find_elements(By.CSS_SELECTOR, ".result .on-route")) == 4
     b.save_screenshot(str(shots / "route.png"))
+
+
+def test_a_real_server_shows_no_server_path(server, loc, test_view, walk):
+    """Issue 41 over HTTP: nothing a real `geoloc serve` answers names the server's folders (the neighbours'
+    paths, the map's street file, a route's error), and a route with an unreadable photo answers in JSON."""
+    url = server()
+    root = str(Path(loc.side.paths[0]).parent.parent)
+    r = http_post(url, "v.jpg", test_view.read_bytes())
+    nbs = r.json()[0]["neighbours"]
+    assert r.status_code == 200 and nbs and all(not n["path"].startswith("/") for n in nbs)
+    assert requests.get(f"{url}/thumb", params={"path": nbs[0]["path"]}, timeout=30).status_code == 200
+    geo = requests.get(f"{url}/api/map", timeout=30).json()
+    assert geo["source"] == "streets: streets.graphml"
+    files = [("photo", ("a.jpg", walk[0].read_bytes())), ("photo", ("b.jpg", walk[1].read_bytes())),
+             ("photo", ("bad.jpg", b"not an image"))]
+    r = requests.post(f"{url}/api/route", files=files, timeout=60)
+    body = r.json()
+    assert r.status_code == 415 and "bad.jpg" in body["error"] and body["type"] == "FeatureCollection"
+    assert root not in r.text and root not in json.dumps(geo)
