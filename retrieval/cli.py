@@ -395,7 +395,9 @@ def index_build_cmd(
     kind: Optional[str] = typer.Option(None, "--kind", help="flat (exact) | ivfpq | hnsw."),
     overrides: Optional[List[str]] = SetOption,
 ):
-    """Embed the training photos and save a FAISS index with its sidecar in RUN/index."""
+    """Embed the training photos and save a FAISS index with its sidecar in RUN/index. Under torchrun every
+    process embeds a share of the photos and rank 0 writes the index."""
+    from retrieval import distributed
     from retrieval.config import load_config
     from retrieval.run_index import build_run_index
     from retrieval.runs import lock_run_dir
@@ -410,16 +412,24 @@ def index_build_cmd(
 
         if run is not None or out is None or data is None:
             raise GeolocError("index build --backbone NAME needs --data PHOTOS and --out RUN (a new run), not --run")
-        lock_run_dir(out, "index build")
-        run, cfg = out, make_zero_shot_run(out, backbone, config, sets)
+        distributed.init()
+        if distributed.is_main():  # under torchrun rank 0 makes the run, the others read it
+            lock_run_dir(out, "index build")
+            cfg = make_zero_shot_run(out, backbone, config, sets)
+        distributed.barrier()
+        run, cfg = out, cfg if distributed.is_main() else load_config(out / "config.yaml", sets)
     else:
         if run is None or out is not None or config is not None:
             raise GeolocError("index build: give --run RUN (a trained run), or --backbone NAME --data PHOTOS --out RUN")
         if not (run / "config.yaml").is_file():
             raise GeolocError(f"{run}: not a run directory (no config.yaml)")
-        lock_run_dir(run, "index build")
+        distributed.init()
+        if distributed.is_main():
+            lock_run_dir(run, "index build")
         cfg = load_config(run / "config.yaml", sets)
     s = build_run_index(run, cfg)
+    if not distributed.is_main():
+        return
     _keep_rerank_setting(run, cfg)
     shards = f", {s['shards']} shards" if s["shards"] > 1 else ""
     typer.echo(f"indexed {s['photos']} photos{' (every photo of ' + str(data) + ')' if data else ''} ({s['kind']}, {s['dim']}-d{shards}) in {s['seconds']:.1f} s, "

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
+from retrieval import distributed
 from retrieval.config import Config
 from retrieval.files import atomic_write, atomic_write_json, create_npy
 from retrieval.index import (META_FILE, NpyRows, Sidecar, build_index, index_params, load_index, read_meta, save_index,
@@ -72,31 +73,41 @@ def embed_database(model, sha: str, db: Manifest, cfg: Config, folder: Path, chu
     """Embed db's photos into folder/embeddings.npy a chunk at a time, recording after each chunk the
     rows done (folder/embeddings.json). A killed build resumes after the last chunk it finished, and a
     rebuild with the same model, photos and preprocessing embeds nothing. Returns the file, the record
-    and how many photos this call embedded; on_chunk(rows_done) is called after each chunk is recorded."""
-    folder.mkdir(parents=True, exist_ok=True)
+    and how many photos this call embedded; on_chunk(rows_done) is called after each chunk is recorded.
+    Under torchrun each process embeds every world-th photo of a chunk and rank 0 alone writes."""
+    main = distributed.is_main()
     store, record = folder / EMBEDDINGS, folder / PROGRESS
     key = {"checkpoint_sha256": sha, "photos_sha256": photos_sha256(db), "photos": len(db),
            "dim": descriptor_dim(cfg.model), "resize": cfg.data.resize, "image_size": cfg.data.image_size,
            "precision": resolve_precision(cfg.train.precision)}
-    state = _resumable(record, key, store)
-    if state is None:
-        record.unlink(missing_ok=True)  # before the file it describes is replaced
-        create_npy(store, (len(db), descriptor_dim(cfg.model)))
-        state = {**key, "rows_done": 0, "embed_seconds": 0.0}
-        atomic_write_json(record, state)
-    first = state["rows_done"]
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        state = _resumable(record, key, store)
+        if state is None:
+            record.unlink(missing_ok=True)  # before the file it describes is replaced
+            create_npy(store, (len(db), descriptor_dim(cfg.model)))
+            state = {**key, "rows_done": 0, "embed_seconds": 0.0}
+            atomic_write_json(record, state)
+    state = distributed.gather_objects(state if main else None)[0]  # rank 0's record, for every rank
+    first, rank, world = state["rows_done"], distributed.rank(), distributed.world_size()
     with tqdm(total=len(db), initial=first, desc="embed database", unit="img") as bar:
-        for start in range(state["rows_done"], len(db), chunk):
+        for start in range(first, len(db), chunk):
             stop = min(len(db), start + chunk)
             t0 = time.perf_counter()
-            images = decode_images(db.subset(np.arange(start, stop)), cfg.data.resize, "decode")
-            emb = embed(model, images, cfg, "embed")
-            rows = open_memmap(store, mode="r+")  # mapped only while writing: its pages leave with it
-            rows[start:stop] = emb
-            rows.flush()
-            del rows, images
+            mine = np.arange(start, stop)[rank::world]
+            images = decode_images(db.subset(mine), cfg.data.resize, "decode") if len(mine) else []
+            emb = embed(model, images, cfg, "embed") if len(mine) else np.zeros((0, key["dim"]), np.float32)
+            parts = distributed.gather_objects(emb)
+            if main:
+                rows = open_memmap(store, mode="r+")  # mapped only while writing: its pages leave with it
+                for r, part in enumerate(parts):
+                    rows[start + r:stop:world] = part
+                rows.flush()
+                del rows
+            del images, parts
             state = {**state, "rows_done": stop, "embed_seconds": state["embed_seconds"] + time.perf_counter() - t0}
-            atomic_write_json(record, state)
+            if main:
+                atomic_write_json(record, state)
             bar.update(stop - start)
             if on_chunk is not None:
                 on_chunk(stop)
@@ -107,12 +118,15 @@ def build_run_index(run_dir: str | Path, cfg: Config, db: Manifest | None = None
                     on_chunk=None) -> dict:
     """Embed the database photos with the run's model (streamed to RUN/index/embeddings.npy, resumable:
     see embed_database) and save a FAISS index of them in RUN/index, built from that file chunk by chunk.
-    The embeddings stay, so rebuilding with other index settings embeds nothing again."""
+    The embeddings stay, so rebuilding with other index settings embeds nothing again. Under torchrun
+    every process embeds its share and rank 0 builds the index; the other ranks return {}."""
     run_dir = Path(run_dir)
     db = db if db is not None else database(cfg)
     model, sha = load_embedding_model(run_dir, cfg)
     t0 = time.perf_counter()
     store, state, embedded = embed_database(model, sha, db, cfg, run_dir / INDEX_DIR, chunk, on_chunk)
+    if not distributed.is_main():  # under torchrun rank 0 alone builds and writes the index
+        return {}
     rows, place_mean = indexed_rows(store, db, cfg, chunk)
     index = build_index(NpyRows(rows), seed=cfg.seed, **index_params(cfg.index))
     save_index(run_dir / INDEX_DIR, index, Sidecar(paths=[str(p) for p in db.paths], lat=db.lat, lon=db.lon,

@@ -118,3 +118,41 @@ def test_pretrain_runs_under_torchrun_unchanged(tmp_path):
     assert info["processes"] == 2 and info["train"]["train_images"] == 2 * 2 * 4
     card = __import__("json").loads((run / "model_card.json").read_text())
     assert [c["name"] for c in card["cities"]] == ["town1", "town2"] and (run / "best.pt").is_file()
+
+
+def test_index_build_under_torchrun_matches_one_process(tiny_data, tmp_path):
+    """Issue 39: two processes embed the database between them (each every other photo of a chunk), rank 0
+    writes it: the same embeddings and sidecar as one process, and a killed build resumes under torchrun."""
+    import json
+
+    from retrieval.run_index import EMBEDDINGS, PROGRESS
+    from tests.conftest import untrained_run
+
+    run = untrained_run(tmp_path / "run", tiny_data, index=False)
+    sets = ["train.precision=fp32"]
+    geoloc(["index", "build", "--run", str(run)], sets)
+    one = np.load(run / "index" / EMBEDDINGS)
+    side = json.loads((run / "index" / "index.json").read_text())
+    shutil_rmtree(run / "index")
+    stdout = geoloc(["index", "build", "--run", str(run)], sets, processes=2)
+    assert stdout.count("indexed ") == 1  # rank 0 reports
+    two = np.load(run / "index" / EMBEDDINGS)
+    assert two.shape == one.shape and np.allclose(one, two, atol=1e-5)
+    assert json.loads((run / "index" / "index.json").read_text())["arrays_sha256"] == side["arrays_sha256"]
+    # a build killed after its first chunk: the record says so and the rest of the rows are zeros
+    record = json.loads((run / "index" / PROGRESS).read_text())
+    rows = np.lib.format.open_memmap(run / "index" / EMBEDDINGS, mode="r+")
+    rows[40:] = 0
+    rows.flush()
+    del rows
+    (run / "index" / PROGRESS).write_text(json.dumps({**record, "rows_done": 40}))
+    (run / "index" / "index.json").unlink()
+    stdout = geoloc(["index", "build", "--run", str(run)], sets, processes=2)
+    assert f"{len(one) - 40} embedded now" in stdout
+    assert np.allclose(np.load(run / "index" / EMBEDDINGS), one, atol=1e-5)
+
+
+def shutil_rmtree(path):
+    import shutil
+
+    shutil.rmtree(path)
