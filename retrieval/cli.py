@@ -385,7 +385,8 @@ def train_embedding_cmd(
 
 @index_app.command("build")
 def index_build_cmd(
-    run: Optional[Path] = typer.Option(None, "--run", help="A trained embedding run."),
+    run: Optional[Path] = typer.Option(None, "--run", "--run-dir", help="A trained embedding run (under torchrun "
+                                       "spell it --run-dir: torchrun reads --run as its own --run-path)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Photos to index (default: the run's data)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="No training: index --data with this network "
                                            "as it is (efficientnet_lite0 and the other archs with ImageNet "

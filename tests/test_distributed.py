@@ -134,7 +134,7 @@ def test_index_build_under_torchrun_matches_one_process(tiny_data, tmp_path):
     one = np.load(run / "index" / EMBEDDINGS)
     side = json.loads((run / "index" / "index.json").read_text())
     shutil_rmtree(run / "index")
-    stdout = geoloc(["index", "build", "--run", str(run)], sets, processes=2)
+    stdout = geoloc(["index", "build", "--run-dir", str(run)], sets, processes=2)  # torchrun takes --run itself
     assert stdout.count("indexed ") == 1  # rank 0 reports
     two = np.load(run / "index" / EMBEDDINGS)
     assert two.shape == one.shape and np.allclose(one, two, atol=1e-5)
@@ -147,7 +147,7 @@ def test_index_build_under_torchrun_matches_one_process(tiny_data, tmp_path):
     del rows
     (run / "index" / PROGRESS).write_text(json.dumps({**record, "rows_done": 40}))
     (run / "index" / "index.json").unlink()
-    stdout = geoloc(["index", "build", "--run", str(run)], sets, processes=2)
+    stdout = geoloc(["index", "build", "--run-dir", str(run)], sets, processes=2)
     assert f"{len(one) - 40} embedded now" in stdout
     assert np.allclose(np.load(run / "index" / EMBEDDINGS), one, atol=1e-5)
 
