@@ -268,16 +268,18 @@ def run_benchmark(cfg: Config, out: str | Path) -> Path:
     return write_report(cfg, out, rows, runs, data, commands, notes)
 
 
-# The demo: the from-scratch CPU recipe (ResNet-18 at 48 px, AdamW + warmup/cosine over a time budget)
-# on a Street-View-like database of the procedural city, in about 10 minutes on a 2-core CPU. The
-# embedding gets most of the training time; the baselines' shorter budgets are in the report's table.
+# The demo: EfficientNet-Lite0 from ImageNet (its weights install with geoloc: no download), fine-tuned
+# with configs/finetune_cpu.yaml's recipe (frozen BatchNorm statistics, AdamW at 5e-4, 128 px, no projection
+# head) on a Street-View-like database of the procedural city, in about 8 minutes on a 2-core CPU. Against
+# the from-scratch ResNet-18 at 48 px it had before, the same budgets: embedding R@1 40.0% vs 23.0%, +17.0
+# [+9.5, +24.5], median 68 m vs 149 m; cells and regression level (RESULTS.md, session 22). The embedding
+# gets most of the training time; the baselines' shorter budgets are in the report's table.
 DEMO = {
     "name": "demo",
-    "model": {"arch": "resnet18", "weights": "none", "lock_factor": 0.0},
-    # lr 0.005 suits this short budget (0.002: 10.5% R@1 against 16.0%; 30-minute runs want 0.002).
-    # validate every 224 steps (about 90 s), not every pass of 112: each validation embeds the whole
-    # database (10-15 s of a 10-minute job)
-    "train": {"epochs": 1000, "batch_size": 64, "lr": 0.005, "warmup_steps": 20, "max_minutes": 5.0,
+    "model": {"arch": "efficientnet_lite0", "weights": "imagenet", "lock_factor": 0.0, "freeze_bn": True,
+              "embed_dim": 0},
+    # validate every 224 steps, not every pass of 112: each validation embeds the whole database
+    "train": {"epochs": 1000, "batch_size": 64, "lr": 0.0005, "warmup_steps": 20, "max_minutes": 5.0,
               "max_steps_per_epoch": 224},
     "data": {"num_workers": 0},
     # hue jitter and the perspective warp cost more per image than they return in a few minutes
@@ -287,10 +289,8 @@ DEMO = {
     # over 2 seeds (RESULTS.md, session 14)
     "cells": {"cell_size_m": 100.0, "border_spacing_m": 30.0, "label_smooth_m": 50.0},
     "bench": {"osm": "demo", "city_size_m": 800.0, "train_views": 1800, "headings": 4, "val_views": 200,
-              # 48 px crops of 55 px views downsampled from 73 px renders, not 64 px crops: 1.3x the images
-              # in the same minutes, and over 2 seeds +6.0 points R@1 (95% CI +0.5 to +11.5) on a CPU
-              # without native bf16; 40 px fell to 7.0% (RESULTS.md, session 11)
-              "test_views": 200, "image_size": 48, "render_size": 73,
+              # the weights' ImageNet sizes are far above 48 px; 128 px crops of 146 px renders, as finetune_cpu
+              "test_views": 200, "image_size": 128, "render_size": 146,
               "methods": {"cells_voronoi": ["cells.grid=voronoi", "train.max_minutes=1"],
                           "regression": ["train.max_minutes=1"],
                           "embedding_geodesic": ["embedding.positives=geodesic"]}},

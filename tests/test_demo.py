@@ -58,7 +58,7 @@ def test_demo_toy_end_to_end(tmp_path):
     report = (rep / "report.md").read_text()
     for m in ("cells_voronoi", "regression", "embedding_geodesic"):
         assert f"{m} reuses the trained run in {out / 'methods' / m}" in report
-    assert "train.lr 0.0042 here, 0.005 in the run" in report
+    assert "train.lr 0.0042 here, 0.0005 in the run" in report
 
 
 def test_render_size_below_the_resize_side_is_refused():
@@ -66,7 +66,7 @@ def test_render_size_below_the_resize_side_is_refused():
     from retrieval.config import load_config
     from retrieval.benchmark import DEMO, render_size
 
-    assert render_size(load_config(None, [], base=DEMO)) == 73
-    assert render_size(load_config(None, ["bench.render_size=0"], base=DEMO)) == 55  # 48 x 256/224
-    with pytest.raises(GeolocError, match=r"bench.render_size=40: below the 55 px"):
-        render_size(load_config(None, ["bench.render_size=40"], base=DEMO))
+    assert render_size(load_config(None, [], base=DEMO)) == 146
+    assert render_size(load_config(None, ["bench.render_size=0", "bench.image_size=48"], base=DEMO)) == 55  # 48 x 256/224
+    with pytest.raises(GeolocError, match=r"bench.render_size=100: below the 146 px"):
+        render_size(load_config(None, ["bench.render_size=100"], base=DEMO))

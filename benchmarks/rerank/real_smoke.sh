@@ -7,9 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 w=runs/rr_real; mkdir -p $w/data
-[ -f $w/lund.csv ] || .venv/bin/geoloc data import "$PWD/../shared/data/photos/lund" --format exif --out $w/lund.csv
-awk -F, 'NR == 1 || NR % 2 == 0' $w/lund.csv > $w/data/train.csv   # the 1st, 3rd, 5th ... photo: the database
-awk -F, 'NR == 1 || NR % 2 == 1' $w/lund.csv > $w/data/test.csv    # the 2nd, 4th ...: the queries
+# the manifest's paths are relative to its own folder: the split files go beside it
+[ -f $w/data/lund.csv ] || .venv/bin/geoloc data import "$PWD/../shared/data/photos/lund" --format exif --out $w/data/lund.csv
+awk -F, 'NR == 1 || NR % 2 == 0' $w/data/lund.csv > $w/data/train.csv   # the 1st, 3rd, 5th ... photo: the database
+awk -F, 'NR == 1 || NR % 2 == 1' $w/data/lund.csv > $w/data/test.csv    # the 2nd, 4th ...: the queries
 [ -f $w/run/index/index.json ] || .venv/bin/geoloc index build --backbone efficientnet_lite0 --data $w/data --out $w/run
 echo "== without the rerank"; .venv/bin/geoloc evaluate --run $w/run | tail -n 4
 .venv/bin/geoloc index build --run $w/run --set index.rerank=on --set rerank.k=10
