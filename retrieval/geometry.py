@@ -22,6 +22,7 @@ MIN_MATCHES = 12  # fewer ratio-test matches than this: no geometry is fitted, 0
 RERANK_MODES = ("off", "on", "auto")
 AUTO_KS = (10, 25, 50)  # candidates reranked, tried by auto
 AUTO_WEIGHTS = (0.25, 1.0, 4.0)  # inliers' weight against the similarity, tried by auto
+RERANK_RULES = 2  # bumped when the inlier count changes (2: one match per database feature)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,13 @@ def _ratio_matches(query, other, ratio: float, matcher=None) -> tuple[np.ndarray
         return empty, empty
     pairs = (matcher or _matcher()).knnMatch(d_q.astype(np.float32), d_o.astype(np.float32), k=2)
     good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < ratio * n.distance]
+    # one match per feature of the other photo, its closest: repeated facades send many query features to
+    # one window corner, and a geometry fitted through such a fan counts it many times over
+    best = {}
+    for m in good:
+        if m.trainIdx not in best or m.distance < best[m.trainIdx].distance:
+            best[m.trainIdx] = m
+    good = list(best.values())
     if len(good) < MIN_MATCHES:
         return empty, empty
     return xy_q[[m.queryIdx for m in good]], xy_o[[m.trainIdx for m in good]]

@@ -22,7 +22,7 @@ from retrieval import GeolocError  # noqa: E402
 from retrieval.config import load_run_config  # noqa: E402
 from retrieval.files import atomic_write, atomic_write_text  # noqa: E402
 from retrieval.geo import haversine_m  # noqa: E402
-from retrieval.geometry import matched_points  # noqa: E402
+from retrieval.geometry import inliers, matched_points  # noqa: E402
 from retrieval.index import load_index  # noqa: E402
 from retrieval.local_features import LOCAL_DIR, LocalStore, matching_image  # noqa: E402
 from retrieval.manifests import load_rgb  # noqa: E402
@@ -189,9 +189,12 @@ def save_predictions(run_dir: str | Path, n: int, seed: int = 0) -> Path:
                        out / name)
         written.add(name)
         if store is not None and nb:
-            truth = int(np.argmin(haversine_m(side.lat, side.lon, t_lat, t_lon)))
+            # of the database views nearest the truth (they may face anywhere), the one that matches best
+            near = np.argsort(haversine_m(side.lat, side.lon, t_lat, t_lon))[:8]
+            q = query_features(load_rgb(r["path"]), cfg)
+            truth = max(near, key=lambda j: inliers(q, store.features(int(j)), cfg.rerank.ratio))
             pairs = [("the answer's first neighbour", side.paths[nb[0]], store.features(nb[0])),
-                     ("the truth's nearest database view", side.paths[truth], store.features(truth))]
+                     ("the best-matching database view near the truth", side.paths[truth], store.features(truth))]
             matches_png(r["path"], pairs, cfg, out / name.replace(".png", "_matches.png"))
             written.add(name.replace(".png", "_matches.png"))
         items.append((s, name, r["path"], caption))

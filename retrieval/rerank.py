@@ -13,7 +13,7 @@ from tqdm import tqdm
 from retrieval import GeolocError
 from retrieval.config import Config
 from retrieval.files import atomic_write_json, matching_record
-from retrieval.geometry import AUTO_KS, OFF, Setting, choose, inlier_table, label, rescore
+from retrieval.geometry import AUTO_KS, OFF, RERANK_RULES, Setting, choose, inlier_table, label, rescore
 from retrieval.index import nearest_of
 from retrieval.inference import embed
 from retrieval.local_features import LOCAL_DIR, LocalStore, extract
@@ -50,7 +50,7 @@ def resolve_rerank(run_dir: Path, cfg: Config, model, side, store: LocalStore | 
         return Setting(cfg.rerank.k, cfg.rerank.weight), {}
     key = {"checkpoint_sha256": side.checkpoint_sha256, "place_mean": list(place_setting(cfg)),
            "features": {k: store.record.get(k) for k in ("photos_sha256", "size", "keypoints")},
-           "ratio": cfg.rerank.ratio}
+           "ratio": cfg.rerank.ratio, "rules": RERANK_RULES}
     path = Path(run_dir) / RERANK_FILE
     rec = matching_record(path, key, lambda r: isinstance(r.get("k"), int) and isinstance(r.get("weight"), float))
     if rec is None:
