@@ -118,10 +118,9 @@ def _grey(path: str, size: int) -> np.ndarray:
         return np.zeros((size // 2, size), np.uint8)
 
 
-def matches_png(query: str, pairs: list[tuple[str, str, tuple]], cfg, out: Path) -> Path:
-    """One row per (title, database photo, its stored features): the query and that photo side by side at
-    the matching size, the inlier matches drawn as lines between them."""
-    q = query_features(load_rgb(query), cfg)
+def matches_png(query: str, q: tuple, pairs: list[tuple[str, str, tuple]], cfg, out: Path) -> Path:
+    """One row per (title, database photo, its stored features): the query (its features q) and that photo
+    side by side at the matching size, the inlier matches drawn as lines between them."""
     fig, axes = plt.subplots(len(pairs), 1, figsize=(8, 3.2 * len(pairs)), squeeze=False)
     for ax, (title, path, feats) in zip(axes[:, 0], pairs):
         a, b = _grey(query, cfg.rerank.size), _grey(path, cfg.rerank.size)
@@ -195,7 +194,7 @@ def save_predictions(run_dir: str | Path, n: int, seed: int = 0) -> Path:
             truth = max(near, key=lambda j: inliers(q, store.features(int(j)), cfg.rerank.ratio))
             pairs = [("the answer's first neighbour", side.paths[nb[0]], store.features(nb[0])),
                      ("the best-matching database view near the truth", side.paths[truth], store.features(truth))]
-            matches_png(r["path"], pairs, cfg, out / name.replace(".png", "_matches.png"))
+            matches_png(r["path"], q, pairs, cfg, out / name.replace(".png", "_matches.png"))
             written.add(name.replace(".png", "_matches.png"))
         items.append((s, name, r["path"], caption))
     for old in out.glob("*.png"):

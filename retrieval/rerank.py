@@ -67,25 +67,29 @@ def _choose_on_validation(run_dir: Path, cfg: Config, model, side, store: LocalS
     n_train, paths = len(train), side.paths
     stored = Path(run_dir) / INDEX_DIR / EMBEDDINGS
     in_db = paths[:n_train] == [str(p) for p in train.paths]
-    val_rows = n_train + np.arange(len(val))
     val_in_db = in_db and paths[n_train:n_train + len(val)] == [str(p) for p in val.paths]
     if not in_db:  # the candidates' ids must be database rows, whose features the store holds
         raise GeolocError(f"{run_dir}: index.rerank=auto chooses on the validation views against the training "
                           "photos, but the index does not start with them; set index.rerank=on (rerank.k, "
                           "rerank.weight) or rebuild the index from the run's own data")
-    if stored.is_file():
-        db = np.asarray(np.load(stored, mmap_mode="r")[:n_train], dtype=np.float32)
+    # the database rows hold the training photos' embeddings and features, and the validation photos' too
+    # when they follow them (a run's own index): read, not computed again
+    rows = np.load(stored, mmap_mode="r") if stored.is_file() else None
+    if rows is not None:
+        db = np.asarray(rows[:n_train], dtype=np.float32)
     else:
         db = embed(model, decode_images(train, cfg.data.resize, "rerank: decode train"), cfg, "rerank: embed train")
     nb = place_neighbours(cfg, train)
     db = place_means(db, nb) if nb is not None else db
-    q = embed(model, decode_images(val, cfg.data.resize, "rerank: decode val"), cfg, "rerank: embed val")
+    if rows is not None and val_in_db:
+        q = np.asarray(rows[n_train:n_train + len(val)], dtype=np.float32)
+    else:
+        q = embed(model, decode_images(val, cfg.data.resize, "rerank: decode val"), cfg, "rerank: embed val")
     sims, ids = nearest_of(db, q, min(max(AUTO_KS), n_train))
     if val_in_db:
-        feats = [store.features(int(i)) for i in val_rows]
+        feats = [store.features(n_train + i) for i in range(len(val))]
     else:
-        feats = [extract(load_rgb(p, val.describe(i)), cfg.rerank.size, cfg.rerank.keypoints)
-                 for i, p in enumerate(val.paths)]
+        feats = [query_features(load_rgb(p, val.describe(i)), cfg) for i, p in enumerate(val.paths)]
     with tqdm(total=len(val), desc="rerank: match val", unit="img") as bar:
         inl = inlier_table(feats, ids, store.features, ids.shape[1], cfg.rerank.ratio, bar.update)
     best, recall = choose(sims, ids, inl, train.lat, train.lon, val.lat, val.lon, RADIUS_M)
