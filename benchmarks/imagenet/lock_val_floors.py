@@ -1,0 +1,14 @@
+"""Floors on the London render's 200 validation views, the lock sweep's scoring views (against the training
+photos): .venv/bin/python benchmarks/imagenet/lock_val_floors.py -> lock_val_floors.json"""
+import json
+from retrieval.config import load_run_config
+from retrieval.floors import floors
+from retrieval.manifests import concat_manifests
+from retrieval.splits import load_data
+cfg = load_run_config("runs/lock0.0_embedding_london")
+s = load_data(cfg)
+f = floors(cfg, s["train"], s["val"], start=True)
+out = {k: {m: v[m] for m in ("recall@1_25m", "median_error_m") if m in v} for k, v in f.items() if isinstance(v, dict)}
+with open("benchmarks/imagenet/lock_val_floors.json", "w") as f:
+    json.dump(out, f, indent=1)
+print(out)
