@@ -3,7 +3,6 @@ photos): .venv/bin/python benchmarks/imagenet/lock_val_floors.py -> lock_val_flo
 import json
 from retrieval.config import load_run_config
 from retrieval.floors import floors
-from retrieval.manifests import concat_manifests
 from retrieval.splits import load_data
 cfg = load_run_config("runs/lock0.0_embedding_london")
 s = load_data(cfg)
