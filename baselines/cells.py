@@ -17,19 +17,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from baselines.cell_answer import DECISION_RADII_CELLS, centroids, choose_radius, mass_choice, pairwise_m
-from baselines.grids import Grid, make_grid
-from retrieval import distributed
-from retrieval.checkpoints import load_trained, trained_checkpoint
+from retrieval.data.grids import Grid, make_grid
+from retrieval.learning import distributed
+from retrieval.learning.checkpoints import load_trained, trained_checkpoint
 from retrieval.config import Config
 from retrieval.files import atomic_write_json, matching_record, sha256_file
-from retrieval.inference import infer
-from retrieval.manifests import Manifest
+from retrieval.learning.inference import infer
+from retrieval.data.manifests import Manifest
 from retrieval.metrics import Predictions, cell_accuracy, error_metrics, errors_m, study_distance_m
-from retrieval.models import cell_classifier
-from retrieval.precision import resolve_precision
-from retrieval.splits import load_data
-from retrieval.train import fit, seed_everything
-from retrieval.transforms import decode_images, test_transform, train_loader
+from retrieval.learning.models import cell_classifier
+from retrieval.learning.precision import resolve_precision
+from retrieval.data.splits import load_data
+from retrieval.learning.train import fit, seed_everything
+from retrieval.learning.transforms import decode_images, test_transform, train_loader
 
 GRID_FILE = "grid.geojson"
 DECISION_FILE = "decision.json"

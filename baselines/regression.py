@@ -10,19 +10,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.grids import cell_classes_of
-from retrieval import GeolocError, distributed
-from retrieval.checkpoints import load_trained
+from retrieval.data.grids import cell_classes_of
+from retrieval import GeolocError
+from retrieval.learning import distributed
+from retrieval.learning.checkpoints import load_trained
 from retrieval.config import Config
-from retrieval.inference import infer
-from retrieval.manifests import Manifest
+from retrieval.learning.inference import infer
+from retrieval.data.manifests import Manifest
 from retrieval.metrics import Predictions, errors_m
-from retrieval.models import MIXTURE_COLUMNS, coordinate_regressor, mixture_nll
-from retrieval.precision import resolve_precision
-from retrieval.runs import read_run_info
-from retrieval.splits import load_data
-from retrieval.train import fit, seed_everything
-from retrieval.transforms import decode_images, test_transform, train_loader
+from retrieval.learning.models import MIXTURE_COLUMNS, coordinate_regressor, mixture_nll
+from retrieval.learning.precision import resolve_precision
+from retrieval.run import read_run_info
+from retrieval.data.splits import load_data
+from retrieval.learning.train import fit, seed_everything
+from retrieval.learning.transforms import decode_images, test_transform, train_loader
 
 
 def bbox_of(lat, lon) -> dict[str, float]:

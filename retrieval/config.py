@@ -12,23 +12,23 @@ from typing import Any
 import yaml
 
 from baselines.cell_answer import CENTROIDS, DECISIONS
-from baselines.grids import KINDS as GRID_KINDS
+from retrieval.data.grids import KINDS as GRID_KINDS
 from retrieval import GeolocError
 from retrieval.files import atomic_write_json, atomic_write_text, command_line, git_revision
-from retrieval.index import KINDS as INDEX_KINDS
-from retrieval.index import REFINES
-from retrieval.geometry import RERANK_MODES
-from retrieval.losses import LOSSES, MINERS
+from retrieval.answering.index import KINDS as INDEX_KINDS
+from retrieval.answering.index import REFINES
+from retrieval.answering.geometry import RERANK_MODES
+from retrieval.learning.losses import LOSSES, MINERS
 from retrieval.methods import METHODS
-from retrieval.mining import SUPERVISION
-from retrieval.backbones import ARCHS, HUB
-from retrieval.models import POOLINGS, descriptor_dim
-from retrieval.optim import OPTIMIZERS, SCHEDULES
-from retrieval.precision import PRECISIONS
-from retrieval.route import DISTANCES
-from retrieval.splits import SPLIT_MODES
-from retrieval.streets import NETWORK_TYPES, POSITIVES
-from retrieval.vote import VOTE_MODES
+from retrieval.learning.mining import SUPERVISION
+from retrieval.learning.backbones import ARCHS, HUB
+from retrieval.learning.models import POOLINGS, descriptor_dim
+from retrieval.learning.optim import OPTIMIZERS, SCHEDULES
+from retrieval.learning.precision import PRECISIONS
+from retrieval.answering.route import DISTANCES
+from retrieval.data.splits import SPLIT_MODES
+from retrieval.data.streets import NETWORK_TYPES, POSITIVES
+from retrieval.answering.vote import VOTE_MODES
 
 
 @dataclass
@@ -65,14 +65,14 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    # resnet18 | resnet34 | resnet50 | efficientnet_lite0/1/2 | hub (retrieval.backbones)
+    # resnet18 | resnet34 | resnet50 | efficientnet_lite0/1/2 | hub (retrieval.learning.backbones)
     arch: str = "resnet50"
     # imagenet | places365:<file> | <state-dict file> | <geoloc run folder> | hub:OWNER/REPO:ENTRY[k=v] | none
     weights: str = "imagenet"
     lock_factor: float = 0.0  # share of layers frozen (the study: 0.7 on pretrained weights)
     embed_dim: int = 512  # 0: no projection head, the pooled trunk features are the descriptor
     pooling: str = "gem"  # the embedding's: gem (learnable p) | avg (the trunk's own average)
-    freeze_bn: bool = False  # keep BatchNorm statistics fixed (see retrieval.models.freeze_batchnorm)
+    freeze_bn: bool = False  # keep BatchNorm statistics fixed (see retrieval.learning.models.freeze_batchnorm)
 
 
 @dataclass
@@ -87,7 +87,7 @@ class TrainConfig:
     lr_decay: float = 0.99
     warmup_steps: int = 50  # linear warmup from 0 (cosine)
     # > 0: stop after this much wall time, training and validation together (validation at most 15% of
-    # it: retrieval.train.VAL_SHARE); the cosine then runs over it
+    # it: retrieval.learning.train.VAL_SHARE); the cosine then runs over it
     max_minutes: float = 0.0
     precision: str = "bf16"  # bf16 | fp32
     # 0: a full pass over the data. The embedding draws its batches of places at random, so there it
@@ -170,7 +170,7 @@ class EmbeddingConfig:
     # run draws random batches until its first validation.
     hard_places: int = 0
     # > 0: this share of train.max_minutes trains a cells classifier after the embedding (RUN/cells),
-    # whose log p(cell | query) reranks the query's neighbours (retrieval.prior): the two models fail on
+    # whose log p(cell | query) reranks the query's neighbours (retrieval.answering.prior): the two models fail on
     # different photos (benchmarks/RESULTS.md). 0: the embedding alone.
     cell_prior_share: float = 0.0
     streets: str = ""  # .osm/.osm.bz2/.graphml file, or bbox:lon_min,lat_min,lon_max,lat_max / place:NAME (online)
@@ -201,20 +201,20 @@ class IndexConfig:
     cell_prior_candidates: int = 1000  # with a cells prior: nearest neighbours it reranks
     # > 0: each database descriptor is indexed as itself plus the mean of the database photos within this
     # many metres (straight line) facing within place_mean_heading_deg where headings are known
-    # (retrieval.places; also at validation). 0: every photo as embedded.
+    # (retrieval.answering.places; also at validation). 0: every photo as embedded.
     place_mean_m: float = 25.0
     place_mean_heading_deg: float = 45.0
-    # off | on | auto: reorder the first neighbours by local-feature matching (retrieval.geometry; settings:
+    # off | on | auto: reorder the first neighbours by local-feature matching (retrieval.answering.geometry; settings:
     # the rerank section); auto tries settings on the validation views and keeps off where none helps
     rerank: str = "off"
 
 
 @dataclass
 class RerankConfig:
-    """The geometric check (retrieval.geometry, retrieval.local_features)."""
+    """The geometric check (retrieval.answering.geometry, retrieval.answering.local_features)."""
     size: int = 480  # the longer side, in px, photos are matched at: from their files, not the model's input
     keypoints: int = 480  # per photo, strongest first: 480 x (128 + 4) bytes = 63 KB stored per database photo
-    k: int = 10  # index.rerank on: neighbours checked (auto tries 10, 25 and 50: retrieval.geometry.AUTO_KS)
+    k: int = 10  # index.rerank on: neighbours checked (auto tries 10, 25 and 50: retrieval.answering.geometry.AUTO_KS)
     weight: float = 1.0  # index.rerank on: score = similarity + weight * min(inliers, 100) / 100
     ratio: float = 0.8  # Lowe's ratio test
 
@@ -244,7 +244,7 @@ class BenchConfig:
 
 @dataclass
 class RouteConfig:
-    """Route decoding (retrieval.route): photos taken in order, located together along the streets."""
+    """Route decoding (retrieval.answering.route): photos taken in order, located together along the streets."""
     # candidates per photo: its nearest database photos (the single-photo vote uses index.k). On the London
     # render 30, 60 and 100 decoded 89.1%, 91.0% and 92.3% of route photos right (RESULTS.md, session 18)
     k: int = 100

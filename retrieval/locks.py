@@ -1,6 +1,6 @@
 """One writer per folder: RUN/.lock, flock'ed for as long as the process that holds it lives. Its own module,
 with nothing but the standard library, so that commands that need no training stack (`geoloc data fetch`)
-take the same lock as the ones that do (retrieval.runs)."""
+take the same lock as the ones that do (retrieval.run)."""
 from __future__ import annotations
 
 import fcntl

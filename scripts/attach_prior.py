@@ -5,7 +5,7 @@
 
 NEW_RUN is a copy of the embedding run (without its index and evaluation) with the cells run in
 NEW_RUN/cells and the prior's weight chosen on the embedding run's validation views, as a run trained
-with embedding.cell_prior_share has them (retrieval.prior). The two runs' training times add up: the
+with embedding.cell_prior_share has them (retrieval.answering.prior). The two runs' training times add up: the
 budget is the user's to account for (benchmarks/RESULTS.md says how each figure was made).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from retrieval import GeolocError
 from retrieval.config import load_run_config
-from retrieval.prior import PRIOR_DIR, choose_and_record_weight
+from retrieval.answering.prior import PRIOR_DIR, choose_and_record_weight
 
 SKIP = ("index", "metrics.json", "predictions.csv", "predictions.npz", PRIOR_DIR)
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.benchmark import method_config
+from retrieval.reports.benchmark import method_config
 from retrieval.config import load_config, prepare_run_dir
-from retrieval.embedding import train_embedding
-from retrieval.evaluate import evaluate_run
+from retrieval.methods.embedding import train_embedding
+from retrieval.reports.evaluate import evaluate_run
 from retrieval.files import atomic_write_json
 from retrieval.metrics import paired_bootstrap
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from baselines.grids import Grid
+from retrieval.data.grids import Grid
 from retrieval.config import load_run_config
 from retrieval.geo import haversine_m
 from retrieval.metrics import paired_bootstrap

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from retrieval.geo import LocalProjection
-from retrieval.streets import (StreetGraph, euclidean_neighbours, geodesic_neighbours, load_graph,
+from retrieval.data.streets import (StreetGraph, euclidean_neighbours, geodesic_neighbours, load_graph,
                                photos_along_streets, snap_photos, spliced_networkx_graph)
 
 SHARED_OSM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "osm"

@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from retrieval.index import build_index, search, set_search_params
+from retrieval.answering.index import build_index, search, set_search_params
 
 
 def photo_places(n: int, dim: int, rng: np.random.Generator, latent_dim: int = 32, noise: float = 0.7,

@@ -1,11 +1,11 @@
 """Index build: embedding-extraction throughput of the real build path against raw inference.
 
-Pipeline: `retrieval.run_index.embed_database`, what `build_run_index` runs before the FAISS build:
+Pipeline: `retrieval.answering.run_index.embed_database`, what `build_run_index` runs before the FAISS build:
 photos read from disk, decoded, resized, test transform, the model in eval mode (bf16 autocast,
 channels_last), rows written to RUN/index/embeddings.npy, progress recorded. Its record is deleted
 before each pass, so every pass embeds every photo; a pass is timed from the first decode to the last
 write. Raw: the same model object, batch size and precision on one batch of transformed images already
-in memory (the model call of `retrieval.inference.infer` alone). The machine may be shared, so raw batches
+in memory (the model call of `retrieval.learning.inference.infer` alone). The machine may be shared, so raw batches
 run before and after every pipeline pass; figures are medians, the first pass (oneDNN kernel builds,
 cold page cache) left out.
 
@@ -23,14 +23,14 @@ from pathlib import Path
 import torch
 
 from bench_train import demo_data
-from retrieval.checkpoints import save_checkpoint
+from retrieval.learning.checkpoints import save_checkpoint
 from retrieval.config import Config
-from retrieval.inference import embed, load_embedding_model
-from retrieval.manifests import load_rgb, read_manifest
-from retrieval.models import embedding_net
-from retrieval.precision import autocast, prepare_images, resolve_precision
-from retrieval.run_index import INDEX_DIR, PROGRESS, embed_database
-from retrieval.transforms import decode_images, one_thread, test_transform, to_cached
+from retrieval.learning.inference import embed, load_embedding_model
+from retrieval.data.manifests import load_rgb, read_manifest
+from retrieval.learning.models import embedding_net
+from retrieval.learning.precision import autocast, prepare_images, resolve_precision
+from retrieval.answering.run_index import INDEX_DIR, PROGRESS, embed_database
+from retrieval.learning.transforms import decode_images, one_thread, test_transform, to_cached
 
 
 def setup(work: Path, views: int, size: int, batch: int):

@@ -25,8 +25,8 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from bench_index import brute_force, median_time, photo_places, recall_at, rss_gib, single_query_ms
-from retrieval import index as index_module
-from retrieval.index import NpyRows, Sidecar, build_index, load_index, save_index, search, shards_of
+from retrieval.answering import index as index_module
+from retrieval.answering.index import NpyRows, Sidecar, build_index, load_index, save_index, search, shards_of
 
 
 def make_data(args) -> None:

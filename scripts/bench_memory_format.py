@@ -4,7 +4,7 @@ Each round times, for every input size and both memory formats, a few training s
 a loss, backward, AdamW step) and a few inference batches on random images, after 2 warm-up steps
 (oneDNN builds its kernels); a figure is the median step of its round. Rounds alternate the formats, so
 a drifting machine moves both alike. Precision is the project's own choice for this CPU
-(`retrieval.precision.resolve_precision`: bf16 where the CPU has it natively, else fp32) unless --precision
+(`retrieval.learning.precision.resolve_precision`: bf16 where the CPU has it natively, else fp32) unless --precision
 forces one (bf16 on a CPU without it: what the fallback to fp32 avoids).
 
     .venv/bin/python scripts/bench_memory_format.py --sizes 64 48 --rounds 2
@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from retrieval.models import embedding_net
-from retrieval.precision import autocast, resolve_precision
+from retrieval.learning.models import embedding_net
+from retrieval.learning.precision import autocast, resolve_precision
 
 
 def images_per_s(arch: str, size: int, channels_last: bool, train: bool, precision: str, batch: int,

@@ -23,9 +23,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ablation import top1_hits  # noqa: E402
 from retrieval.config import dump_yaml, load_run_config  # noqa: E402
-from retrieval.evaluate import evaluate_run  # noqa: E402
+from retrieval.reports.evaluate import evaluate_run  # noqa: E402
 from retrieval.metrics import paired_bootstrap  # noqa: E402
-from retrieval.run_index import EMBEDDINGS, INDEX_DIR, PROGRESS  # noqa: E402
+from retrieval.answering.run_index import EMBEDDINGS, INDEX_DIR, PROGRESS  # noqa: E402
 
 COPIED = ("best.pt", "last.pt", "run.json", "git.json", "log.csv")
 

@@ -1,7 +1,7 @@
 """Route decoding against single photos, on rendered camera walks (`geoloc synth render --routes`).
 
 Each walk of routes.csv is cut into windows of L photos taken every S-th photo (so one render at 10 m
-steps gives 10, 20, 30 m steps); each window is decoded on its own (retrieval.route.decode, as
+steps gives 10, 20, 30 m steps); each window is decoded on its own (retrieval.answering.route.decode, as
 Locator.locate_route does) with walking-distance (geodesic) and straight-line (euclidean) steps. Per
 (L, S): per-photo acc@25m and median error of the single-photo vote, of both decodes, the candidate-set
 ceiling (share of photos with one of their route.k candidates within 25 m), milliseconds of decoding
@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.api import Locator
+from retrieval.answering.locator import Locator
 from retrieval.config import load_config
 from retrieval.files import atomic_write_json
-from retrieval.manifests import read_manifest
+from retrieval.data.manifests import read_manifest
 from retrieval.metrics import errors_m, paired_bootstrap
-from retrieval.route import decode, read_route_list
-from retrieval.transforms import decode_images
-from retrieval.vote import vote
+from retrieval.answering.route import decode, read_route_list
+from retrieval.learning.transforms import decode_images
+from retrieval.answering.vote import vote
 
 HIT_M = 25.0
 

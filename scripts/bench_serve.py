@@ -31,11 +31,11 @@ import requests
 import torch
 from PIL import Image
 
-from retrieval.api import Locator
+from retrieval.answering.locator import Locator
 from retrieval.config import load_config, prepare_run_dir
-from retrieval.manifests import read_manifest
-from retrieval.models import embedding_net
-from retrieval.run_index import build_run_index
+from retrieval.data.manifests import read_manifest
+from retrieval.learning.models import embedding_net
+from retrieval.answering.run_index import build_run_index
 from retrieval.synth.cameras import render_dataset
 from retrieval.synth.city import write_demo_city
 

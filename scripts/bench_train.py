@@ -1,7 +1,7 @@
 """Is data loading the bottleneck? Training-loop throughput against raw model-step throughput.
 
 Raw: the same model (cell classifier, same lock factor), batch size and precision, stepping on one
-batch already in memory: forward, cross-entropy, backward, SGD step. Loop: `retrieval.train.fit` on the
+batch already in memory: forward, cross-entropy, backward, SGD step. Loop: `retrieval.learning.train.fit` on the
 cells task (images decoded once into the uint8 cache, augmentation per batch, DataLoader with
 `--workers` processes); a loop step is the time between two consecutive loss calls (data loading,
 forward, backward, optimiser step, logging), and the batch fetch inside it is timed on its own.
@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from baselines.cells import CellsTask
-from baselines.grids import make_grid
+from retrieval.data.grids import make_grid
 from retrieval.config import Config
-from retrieval.models import cell_classifier
-from retrieval.precision import prepare_images, prepare_model
-from retrieval.splits import load_data
+from retrieval.learning.models import cell_classifier
+from retrieval.learning.precision import prepare_images, prepare_model
+from retrieval.data.splits import load_data
 from retrieval.synth.cameras import render_dataset
 from retrieval.synth.city import write_demo_city
-from retrieval.train import fit, seed_everything
+from retrieval.learning.train import fit, seed_everything
 
 
 def demo_data(work: Path, n_train: int, size: int) -> Path:

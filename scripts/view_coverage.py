@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.geo import haversine_m
-from retrieval.manifests import read_manifest
+from retrieval.data.manifests import read_manifest
 
 
 def coverage(data: Path, radius_m: float, heading_deg: float) -> tuple[float, float]:

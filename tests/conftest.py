@@ -55,9 +55,9 @@ def untrained_run(out: Path, data: Path, k: int = 4, vote: str = "pool", index: 
     import torch
 
     from retrieval.config import load_config, prepare_run_dir
-    from retrieval.manifests import read_manifest
-    from retrieval.models import embedding_net
-    from retrieval.run_index import build_run_index
+    from retrieval.data.manifests import read_manifest
+    from retrieval.learning.models import embedding_net
+    from retrieval.answering.run_index import build_run_index
 
     cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.embed_dim=16", "data.resize=36",
                              "data.image_size=32", "train.precision=fp32", f"index.k={k}", f"index.vote={vote}",

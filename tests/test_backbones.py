@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from retrieval import GeolocError
-from retrieval.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_trunk, lite_weights_file, parse_hub
+from retrieval.learning.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_trunk, lite_weights_file, parse_hub
 from retrieval.config import load_config
-from retrieval.models import descriptor_dim, embedding_net
+from retrieval.learning.models import descriptor_dim, embedding_net
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 GEOLOC = [sys.executable, "-m", "retrieval.cli"]
@@ -106,7 +106,7 @@ def test_no_head_and_pooling_settings():
 
 def test_lite_trunk_fine_tunes_from_imagenet_with_a_lock_factor():
     """The seed's lock factor on a pretrained EfficientNet: the first layers keep ImageNet's weights."""
-    from retrieval.models import apply_lock_factor, parameterised_layers
+    from retrieval.learning.models import apply_lock_factor, parameterised_layers
 
     net = embedding_net("imagenet", 16, arch="efficientnet_lite0")
     frozen = apply_lock_factor(net, 0.7)
@@ -166,8 +166,8 @@ def test_index_build_arguments_are_checked(tmp_path):
 
 def test_start_knn_floor_is_the_starting_weights(tiny_data, tmp_path):
     """A run from pretrained weights is measured against where it started, beside random weights."""
-    from retrieval.floors import floors
-    from retrieval.manifests import read_manifest
+    from retrieval.reports.floors import floors
+    from retrieval.data.manifests import read_manifest
 
     torch.manual_seed(3)
     start = tmp_path / "start.pt"
@@ -234,8 +234,8 @@ def test_local_hub_model_zero_shot_run(tiny_data, tmp_path, hub_repo):
     answer = json.loads(geoloc("query", "--run", run, "--json", tiny_data / "images" / "test_00001.jpg").stdout)
     assert len(answer[0]["neighbours"]) == cfg.index.k
     # the index holds the hub model's own descriptors
-    from retrieval.manifests import read_manifest
-    from retrieval.transforms import decode_images, test_transform
+    from retrieval.data.manifests import read_manifest
+    from retrieval.learning.transforms import decode_images, test_transform
 
     sys.path.insert(0, str(hub_repo))
     try:

@@ -159,7 +159,7 @@ def test_data_check(tmp_path, make, skip_bad, status, expected):
 
 
 def test_bom_manifest_reads_every_column(tmp_path):
-    from retrieval.manifests import read_manifest
+    from retrieval.data.manifests import read_manifest
 
     m = read_manifest(write_csv(tmp_path / "m.csv", "path,lat,lon,heading",
                                 [(*r, 10 * i) for i, r in enumerate(london_photos(tmp_path, 3))], bom=True))
@@ -208,7 +208,7 @@ def test_import(tmp_path, fmt, name, exif, skip_bad, expected):
 
 
 def test_exif_position_is_read(tmp_path):
-    from retrieval.photo_import import read_exif_gps
+    from retrieval.data.photo_import import read_exif_gps
 
     lat, lon, _ = read_exif_gps(write_image(tmp_path / "a.jpg", exif=_gps(51.5138, -0.0984)))
     assert lat == pytest.approx(51.5138, abs=1e-5) and lon == pytest.approx(-0.0984, abs=1e-5)
@@ -218,7 +218,7 @@ def test_exif_position_is_read(tmp_path):
 
 def test_16_bit_grayscale_png_keeps_its_brightness(tmp_path):
     # "A 16-bit grayscale PNG is decoded as an all-white image (mean 255 instead of 97.7)"
-    from retrieval.manifests import load_rgb
+    from retrieval.data.manifests import load_rgb
 
     rng = np.random.default_rng(0)
     a = np.clip(rng.normal(97.7 * 257, 40 * 257, (48, 64)), 0, 65535).astype(np.uint16)
@@ -233,7 +233,7 @@ def test_16_bit_grayscale_png_keeps_its_brightness(tmp_path):
 
 def test_decompression_bomb_is_one_error_naming_the_file(tmp_path):
     # "... DecompressionBombError in ... training and query" (decoding goes through load_rgb)
-    from retrieval.manifests import load_rgb
+    from retrieval.data.manifests import load_rgb
 
     with pytest.raises(GeolocError, match=r"big\.png: cannot read image: image too large to decode"):
         load_rgb(bomb_png(tmp_path / "big.png"))
@@ -242,7 +242,7 @@ def test_decompression_bomb_is_one_error_naming_the_file(tmp_path):
 def test_skip_bad_in_training_skips_corrupt_images(tmp_path):
     # "data.skip_bad=true in training skips 5 bad rows and then stops on a corrupt image"
     from retrieval.config import load_config
-    from retrieval.splits import load_data
+    from retrieval.data.splits import load_data
 
     rows = london_photos(tmp_path, 12)
     (tmp_path / "03.jpg").write_bytes((tmp_path / "03.jpg").read_bytes()[:200])  # truncated
@@ -276,7 +276,7 @@ def query_run(tmp_path_factory):
     ((600, 60), None),
 ], ids=["1x1", "3000x1", "600x60"])
 def test_query_refuses_tiny_and_warns_on_slivers(query_run, tmp_path, size, error):
-    from retrieval.api import Locator
+    from retrieval.answering.locator import Locator
 
     image = write_image(tmp_path / "q.png", size=size)
     (a,) = Locator.load(query_run).locate([image])
@@ -359,7 +359,7 @@ def test_clipped_extract_renders(clipped_london):
 
 def test_clipped_extract_gives_a_street_graph(clipped_london):
     # "... and --streets with 'Some edges missing nodes, possibly due to input data clipping issue'"
-    from retrieval.streets import load_graph
+    from retrieval.data.streets import load_graph
 
     with pytest.warns(UserWarning, match=r"clipped\.osm: clipped extract: dropped \d+ reference\(s\)"):
         g = load_graph(clipped_london)
@@ -394,7 +394,7 @@ def test_an_extract_with_a_one_node_way_renders(tmp_path):
 
 def test_photos_all_off_the_streets_are_named_not_blamed_on_pos_radius(tmp_path):
     # "When every row is swapped, training blames pos_radius_m"
-    from retrieval.streets import load_graph, photo_distances, photos_along_streets
+    from retrieval.data.streets import load_graph, photo_distances, photos_along_streets
     from retrieval.synth.city import write_demo_city
 
     osm = write_demo_city(tmp_path / "city.osm", seed=0, size_m=400)
@@ -406,8 +406,8 @@ def test_photos_all_off_the_streets_are_named_not_blamed_on_pos_radius(tmp_path)
 
 def test_photo_off_the_streets_is_named_by_its_row(tmp_path):
     # "training then warns about 'photos #60' (an index, not the file or row)"
-    from retrieval.manifests import read_manifest
-    from retrieval.streets import load_graph, photo_distances, photos_along_streets
+    from retrieval.data.manifests import read_manifest
+    from retrieval.data.streets import load_graph, photo_distances, photos_along_streets
     from retrieval.synth.city import write_demo_city
 
     osm = write_demo_city(tmp_path / "city.osm", seed=0, size_m=400)
@@ -423,7 +423,7 @@ def test_photo_off_the_streets_is_named_by_its_row(tmp_path):
 
 def test_split_without_training_photos_is_an_error():
     # "data split ... exits 0 with 'train 0, val 3, test 29'" (the helper data split calls)
-    from retrieval.splits import split_counts
+    from retrieval.data.splits import split_counts
 
     assert split_counts(np.array(["train", "val", "", "test"]), "m.csv") == {"train": 1, "val": 1, "test": 1}
     with pytest.raises(GeolocError, match=r"m\.csv: the split leaves no training photos \(train 0, val 3, test 29"):
@@ -467,7 +467,7 @@ import json, sys
 import numpy as np
 import faiss, torch
 from retrieval import GeolocError
-from retrieval.checkpoints import save_checkpoint
+from retrieval.learning.checkpoints import save_checkpoint
 from retrieval.files import atomic_write, create_npy
 out, seen = sys.argv[1], {}
 index = faiss.IndexFlatIP(64)
@@ -557,7 +557,7 @@ def test_refused_resume_lists_the_differences_and_changes_no_file(run_dir, args,
 
 def test_resume_may_change_the_budget(run_dir):
     from retrieval.config import load_config
-    from retrieval.runs import check_resume, record_resume
+    from retrieval.run import check_resume, record_resume
 
     same_data = f"data.train={run_dir.parent / 'data' / '.'}"  # the same folder, spelt otherwise
     cfg = load_config(run_dir / "config.yaml", ["train.epochs=5", "train.max_minutes=3", same_data])
@@ -645,7 +645,7 @@ def test_demo_query_hint_works_as_printed(tmp_path):
     # "After make demo, the demo prints `geoloc query --run ...`, and geoloc is not on the PATH"
     import shlex
 
-    from retrieval.benchmark import demo_query_hint
+    from retrieval.reports.benchmark import demo_query_hint
 
     (tmp_path / "methods" / "embedding_geodesic").mkdir(parents=True)
     (tmp_path / "data").mkdir()
@@ -665,7 +665,7 @@ def test_demo_query_hint_works_as_printed(tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from retrieval.runs import lock_run_dir
+from retrieval.run import lock_run_dir
 lock_run_dir(sys.argv[1], "train embedding")
 print("locked", flush=True)
 time.sleep(120)
@@ -767,7 +767,7 @@ def test_synth_sheet_zero(tmp_path, option):
 
 def test_index_build_with_a_manifest_indexes_every_photo(query_run, tmp_path):
     # "given a single manifest and no test set, it carves a test fraction out of it"
-    from retrieval.index import load_index
+    from retrieval.answering.index import load_index
 
     rows = london_photos(tmp_path, 20, size=(40, 40))
     write_csv(tmp_path / "all.csv", "path,lat,lon", rows)

@@ -9,13 +9,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from baselines.cell_answer import DECISION_RADII_CELLS, mass_choice
-from baselines.grids import Grid
+from retrieval.data.grids import Grid
 from baselines.regression import scale, unscale
 from retrieval import GeolocError
 from retrieval.cli import app
 from retrieval.config import load_config, load_run_config
 from retrieval.geo import haversine_m
-from retrieval.splits import load_data
+from retrieval.data.splits import load_data
 
 FAST = ["--set", "model.weights=none", "--set", "data.image_size=32", "--set", "data.resize=36",
         "--set", "train.batch_size=8", "--set", "train.max_steps_per_epoch=2", "--set", "train.precision=fp32",
@@ -188,7 +188,7 @@ def test_regression_cell_loss_adds_a_cross_entropy_over_the_cells(city, tmp_path
     import torch
     import torch.nn.functional as F
 
-    from baselines.grids import cell_classes_of, make_grid
+    from retrieval.data.grids import cell_classes_of, make_grid
     from baselines.regression import RegressionTask
 
     sets = [s for s in FAST if s != "--set"] + ["model.lock_factor=0", "regression.cell_loss_weight=0.3",
@@ -235,7 +235,7 @@ def test_regression_with_a_mixture_head_trains_by_likelihood_and_predicts_inside
     import torch
 
     from baselines.regression import RegressionTask
-    from retrieval.models import mixture_nll
+    from retrieval.learning.models import mixture_nll
 
     sets = [s for s in FAST if s != "--set"] + ["model.lock_factor=0", "regression.components=4"]
     cfg = load_config(None, [*sets, f"data.train={city / 'train.csv'}"])
@@ -276,7 +276,7 @@ def test_cells_label_smoothing_trains_on_the_distance_labels(city):
     import torch.nn.functional as F
 
     from baselines.cells import CellsTask, distance_labels
-    from baselines.grids import make_grid
+    from retrieval.data.grids import make_grid
 
     sets = [s for s in FAST if s != "--set"] + ["model.lock_factor=0", "cells.label_smooth_m=80",
                                                  "cells.cell_size_m=300", "cells.border_spacing_m=0"]
@@ -317,7 +317,7 @@ def test_mass_choice_takes_the_neighbourhood_with_the_most_probability():
 
 
 def test_a_benchmark_report_shows_the_most_probable_cell_beside_the_chosen_answer():
-    from retrieval.benchmark import argmax_row
+    from retrieval.reports.benchmark import argmax_row
 
     metrics = {"median_error_m": 455.0, "backbone": "resnet18 64px, cell with most probability within 360 m",
                "answer": "cell with most probability within 360 m", "decision": {"radius_m": 360.0},

@@ -7,9 +7,9 @@ from pyproj import Transformer
 
 from retrieval import GeolocError
 from retrieval.geo import LocalProjection, haversine_m
-from retrieval.manifests import load_rgb, read_manifest, write_manifest
-from retrieval.photo_import import import_photos, parse_vpr_name, read_exif_gps
-from retrieval.splits import load_splits, spatial_split
+from retrieval.data.manifests import load_rgb, read_manifest, write_manifest
+from retrieval.data.photo_import import import_photos, parse_vpr_name, read_exif_gps
+from retrieval.data.splits import load_splits, spatial_split
 from tests.conftest import write_image
 
 
@@ -86,7 +86,7 @@ def test_capture_dates_come_from_exif_and_survive_a_manifest_round_trip(tmp_path
 
 
 def test_parse_date_accepts_iso_and_exif_and_names_what_it_wants():
-    from retrieval.manifests import parse_date
+    from retrieval.data.manifests import parse_date
 
     want = np.datetime64("2024-05-01T14:03:07")
     assert parse_date("2024-05-01T14:03:07") == parse_date("2024:05:01 14:03:07") == want
@@ -214,7 +214,7 @@ def _grid_photos(n_side=40, step_m=10.0):
 
 
 def test_place_split_holds_out_only_photos_with_a_training_photo_near():
-    from retrieval.splits import place_split, split_photos
+    from retrieval.data.splits import place_split, split_photos
 
     lat, lon = _grid_photos(n_side=20, step_m=20.0)  # a 20 m grid: neighbours at 20 m, diagonals at 28 m
     split = place_split(lat, lon, val_fraction=0.1, test_fraction=0.2, radius_m=25.0, seed=1)
@@ -230,7 +230,7 @@ def test_place_split_holds_out_only_photos_with_a_training_photo_near():
 
 
 def test_place_split_by_date_holds_out_later_visits_of_earlier_places():
-    from retrieval.splits import place_split
+    from retrieval.data.splits import place_split
 
     # two visits to the same 20 m grid: 2022 (photos 0..99) and 2024 (100..199, 2 m off), plus a few undated
     lat, lon = _grid_photos(n_side=10, step_m=20.0)
@@ -251,7 +251,7 @@ def test_place_split_by_date_holds_out_later_visits_of_earlier_places():
 
 
 def test_random_split_draws_the_requested_counts():
-    from retrieval.splits import random_split, split_photos
+    from retrieval.data.splits import random_split, split_photos
 
     split = random_split(50, 0.1, 0.2, seed=0)
     assert (split == "val").sum() == 5 and (split == "test").sum() == 10 and (split == "train").sum() == 35

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from retrieval.config import load_run_config
-from retrieval.report import COLUMNS
+from retrieval.reports.report import COLUMNS
 from tests.conftest import REPO
 
 TOY = ["bench.city_size_m=500", "bench.train_views=48", "bench.test_views=8", "bench.image_size=32",
@@ -64,7 +64,7 @@ def test_demo_toy_end_to_end(tmp_path):
 def test_render_size_below_the_resize_side_is_refused():
     from retrieval import GeolocError
     from retrieval.config import load_config
-    from retrieval.benchmark import DEMO, render_size
+    from retrieval.reports.benchmark import DEMO, render_size
 
     assert render_size(load_config(None, [], base=DEMO)) == 146
     assert render_size(load_config(None, ["bench.render_size=0", "bench.image_size=48"], base=DEMO)) == 55  # 48 x 256/224

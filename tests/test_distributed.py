@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.mining import PlaceBatchSampler
-from retrieval.streets import euclidean_neighbours
+from retrieval.learning.mining import PlaceBatchSampler
+from retrieval.data.streets import euclidean_neighbours
 from tests.conftest import REPO
 
 # fp32, no augmentation and fixed BatchNorm statistics make one step a deterministic function of the
@@ -125,7 +125,7 @@ def test_index_build_under_torchrun_matches_one_process(tiny_data, tmp_path):
     writes it: the same embeddings and sidecar as one process, and a killed build resumes under torchrun."""
     import json
 
-    from retrieval.run_index import EMBEDDINGS, PROGRESS
+    from retrieval.answering.run_index import EMBEDDINGS, PROGRESS
     from tests.conftest import untrained_run
 
     run = untrained_run(tmp_path / "run", tiny_data, index=False)

@@ -10,13 +10,13 @@ import torch
 
 from retrieval import GeolocError
 from retrieval.config import load_config, prepare_run_dir
-from retrieval.api import Locator
-from retrieval.embedding import train_embedding
-from retrieval.evaluate import evaluate_run
+from retrieval.answering.locator import Locator
+from retrieval.methods.embedding import train_embedding
+from retrieval.reports.evaluate import evaluate_run
 from retrieval.geo import haversine_m
-from retrieval.manifests import read_manifest
-from retrieval.run_index import build_run_index
-from retrieval.vote import VOTE_MODES
+from retrieval.data.manifests import read_manifest
+from retrieval.answering.run_index import build_run_index
+from retrieval.answering.vote import VOTE_MODES
 from tests.conftest import REPO
 
 TINY = ["model.weights=none", "model.lock_factor=0", "train.epochs=1", "train.max_steps_per_epoch=2",
@@ -101,8 +101,8 @@ def test_mismatched_index_is_refused(trained, tiny_data, tmp_path):
 @pytest.mark.parametrize("positives, within, spared", [("geodesic", 60.0, True), ("geodesic", 0.0, False),
                                                          ("euclidean", 60.0, False)])
 def test_never_negative_rule_reaches_the_miner(tiny_data, positives, within, spared):
-    from retrieval.embedding import EmbeddingTask
-    from retrieval.streets import euclidean_neighbours
+    from retrieval.methods.embedding import EmbeddingTask
+    from retrieval.data.streets import euclidean_neighbours
 
     cfg = load_config(None, [*TINY, f"data.train={tiny_data}", f"embedding.positives={positives}",
                              f"embedding.never_negative_within_m={within}"])
@@ -119,7 +119,7 @@ def test_never_negative_rule_reaches_the_miner(tiny_data, positives, within, spa
 
 
 def test_memory_mines_earlier_batches_in_the_task(tiny_data):
-    from retrieval.embedding import EmbeddingTask
+    from retrieval.methods.embedding import EmbeddingTask
 
     cfg = load_config(None, [*TINY, f"data.train={tiny_data}", "embedding.memory_size=6"])
     task = EmbeddingTask(cfg, {"train": read_manifest(tiny_data / "train.csv")})
@@ -132,9 +132,9 @@ def test_memory_mines_earlier_batches_in_the_task(tiny_data):
 
 
 def test_cell_loss_trains_a_classifier_over_the_cells_grid(tiny_data, tmp_path):
-    from baselines.grids import make_grid
-    from retrieval.checkpoints import load_checkpoint
-    from retrieval.embedding import EmbeddingTask
+    from retrieval.data.grids import make_grid
+    from retrieval.learning.checkpoints import load_checkpoint
+    from retrieval.methods.embedding import EmbeddingTask
 
     cfg = load_config(None, [*TINY, f"data.train={tiny_data}", "embedding.cell_loss_weight=0.5",
                              "cells.cell_size_m=200", "cells.border_spacing_m=0"])
@@ -164,8 +164,8 @@ def test_cell_loss_trains_a_classifier_over_the_cells_grid(tiny_data, tmp_path):
 
 
 def test_cell_heading_bins_split_each_cell_by_the_way_the_camera_faces(tiny_data):
-    from baselines.grids import make_grid
-    from retrieval.embedding import EmbeddingTask
+    from retrieval.data.grids import make_grid
+    from retrieval.methods.embedding import EmbeddingTask
 
     cfg = load_config(None, [*TINY, f"data.train={tiny_data}", "embedding.cell_loss_weight=0.1",
                              "embedding.cell_heading_bins=4", "cells.cell_size_m=200", "cells.border_spacing_m=0"])
@@ -186,8 +186,8 @@ def test_cell_heading_bins_split_each_cell_by_the_way_the_camera_faces(tiny_data
 
 
 def test_hard_batches_take_their_look_alikes_from_each_validation(tiny_data):
-    from retrieval.embedding import EmbeddingTask
-    from retrieval.inference import embed
+    from retrieval.methods.embedding import EmbeddingTask
+    from retrieval.learning.inference import embed
 
     cfg = load_config(None, [*TINY, f"data.train={tiny_data}", "embedding.hard_places=2"])
     train = read_manifest(tiny_data / "train.csv")

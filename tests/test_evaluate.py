@@ -8,8 +8,8 @@ from conftest import write_image
 
 from retrieval import GeolocError
 from retrieval.config import Config, prepare_run_dir
-from retrieval import evaluate
-from retrieval.evaluate import evaluate_run
+from retrieval.reports import evaluate
+from retrieval.reports.evaluate import evaluate_run
 from retrieval.files import atomic_write_json
 from retrieval.geo import EARTH_RADIUS_M, haversine_m
 from retrieval.metrics import Predictions, cell_accuracy, study_distance_m

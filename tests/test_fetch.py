@@ -51,15 +51,15 @@ def read_rows(path: Path) -> list[dict]:
 
 def test_fetching_loads_no_torch():
     """A fetch is downloads and JPEGs: none of the training stack (seconds to import, and not needed)."""
-    code = ("import sys, retrieval.cli, retrieval.fetch_area, retrieval.panoramax, retrieval.mapillary, "
-            "retrieval.sequences, retrieval.splits; sys.exit('torch' in sys.modules)")
+    code = ("import sys, retrieval.cli, retrieval.data.fetch_area, retrieval.data.panoramax, retrieval.data.mapillary, "
+            "retrieval.data.sequences, retrieval.data.splits; sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).returncode == 0
 
 
 # --- panoramas -------------------------------------------------------------------------------------
 
 def test_perspective_crop_looks_where_asked():
-    from retrieval.panorama import crop_offsets, is_equirectangular, perspective_crop
+    from retrieval.data.panorama import crop_offsets, is_equirectangular, perspective_crop
 
     pano = np.asarray(Image.open(io.BytesIO(jpeg_bytes((720, 360), equirect=True))))
     assert is_equirectangular(720, 360) and not is_equirectangular(640, 360)
@@ -77,7 +77,7 @@ def test_perspective_crop_looks_where_asked():
 
 def test_stac_item_to_picture():
     """A Panoramax item as GeoVisio writes it (web/items.py); the heading only where the camera gave one."""
-    from retrieval.panoramax import picture_of
+    from retrieval.data.panoramax import picture_of
 
     item = {"id": "p1", "collection": "s1", "geometry": {"type": "Point", "coordinates": [2.35, 48.85]},
             "providers": [{"name": "Default account", "roles": ["producer"]}, {"name": "alice", "roles": ["producer"]}],
@@ -101,7 +101,7 @@ def test_stac_item_to_picture():
 # --- the state file --------------------------------------------------------------------------------
 
 def test_state_drops_a_line_cut_by_a_kill(tmp_path):
-    from retrieval.fetch import read_state
+    from retrieval.data.fetch import read_state
 
     path = tmp_path / "fetch-state.jsonl"
     path.write_text(json.dumps({"id": "a", "rows": [{"path": "images/a.jpg"}]}) + "\n" + '{"id": "b", "ro')
@@ -254,7 +254,7 @@ def fake():
 
 
 def fetch_mapillary(fake, out: Path, **kw):
-    from retrieval.fetch_area import fetch_area
+    from retrieval.data.fetch_area import fetch_area
 
     args = dict(bbox=BBOX, api=fake.api, token=TOKEN, no_streets=True, per_request=4, concurrency=4, retries=2,
                 progress=False)
@@ -262,7 +262,7 @@ def fetch_mapillary(fake, out: Path, **kw):
 
 
 def test_mapillary_fetch(fake, tmp_path):
-    from retrieval.fetch import MANIFEST_COLUMNS
+    from retrieval.data.fetch import MANIFEST_COLUMNS
 
     fake.expired.add("1005")
     fake.corrupt.add("1007")
@@ -318,7 +318,7 @@ def test_a_busy_image_server_is_waited_for(fake, tmp_path):
 
 
 def test_mapillary_refused_token(fake, tmp_path):
-    from retrieval.fetch_area import fetch_area
+    from retrieval.data.fetch_area import fetch_area
 
     with pytest.raises(GeolocError, match="the token was refused") as err:
         fetch_area("mapillary", tmp_path / "x", bbox=BBOX, api=fake.api, token="MLY|wrong-token", no_streets=True,
@@ -388,8 +388,8 @@ def test_streets_from_an_extract(fake, tmp_path):
     fake photos' area is not needed: a bbox over the demo city's centre and photos elsewhere work alike)."""
     import bz2
 
-    from retrieval.fetch_area import write_streets
-    from retrieval.streets import load_graph
+    from retrieval.data.fetch_area import write_streets
+    from retrieval.data.streets import load_graph
     from retrieval.synth.city import CENTRE as DEMO, write_demo_city
 
     osm = write_demo_city(tmp_path / "city.osm", seed=1, size_m=600)
@@ -519,8 +519,8 @@ def test_check_names_near_duplicates_across_splits(tmp_path):
 
 def test_training_carves_validation_by_sequence(tmp_path):
     """data.split_mode=sequence: a manifest without a split column is cut into whole sequences for training."""
-    from retrieval.sequences import extra_columns
-    from retrieval.splits import load_splits
+    from retrieval.data.sequences import extra_columns
+    from retrieval.data.splits import load_splits
 
     splits = load_splits(fetched_manifest(tmp_path / "photos.csv"), 0.2, 0.2, mode="sequence")
     seqs = {name: set(extra_columns(m)["sequence"]) for name, m in splits.items()}

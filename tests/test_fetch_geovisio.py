@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.manifests import parse_date
+from retrieval.data.manifests import parse_date
 from tests.conftest import REPO
 from tests.test_fetch import geoloc, jpeg_bytes, read_rows
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.floors import constant_guess, knn_floor, oracle, thumbnails
+from retrieval.reports.floors import constant_guess, knn_floor, oracle, thumbnails
 
 M_PER_DEG = 2 * math.pi * 6_371_008.8 / 360  # one degree of a great circle, metres
 

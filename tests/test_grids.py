@@ -4,7 +4,7 @@ import shapely
 from scipy.spatial.distance import pdist
 from shapely.geometry import Polygon
 
-from baselines.grids import Grid, build_grid, square_grid, voronoi_grid
+from retrieval.data.grids import Grid, build_grid, square_grid, voronoi_grid
 from retrieval import GeolocError
 from retrieval.config import load_config
 

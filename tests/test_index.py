@@ -5,8 +5,8 @@ import pytest
 
 from retrieval import GeolocError
 from retrieval.config import IndexConfig
-import retrieval.index as index_module
-from retrieval.index import (ARRAYS_FILE, INDEX_FILE, META_FILE, NpyRows, Sidecar, build_index, empty_index, fill,
+import retrieval.answering.index as index_module
+from retrieval.answering.index import (ARRAYS_FILE, INDEX_FILE, META_FILE, NpyRows, Sidecar, build_index, empty_index, fill,
                              index_params, load_index, save_index, search, set_search_params, sha256_file,
                              shards_of)
 

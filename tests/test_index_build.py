@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-import retrieval.run_index as run_index
-from retrieval.checkpoints import save_checkpoint
+import retrieval.answering.run_index as run_index
+from retrieval.learning.checkpoints import save_checkpoint
 from retrieval.config import Config
-from retrieval.run_index import EMBEDDINGS, INDEX_DIR, PLACE_EMBEDDINGS, PROGRESS, build_run_index
-from retrieval.index import load_index, search
-from retrieval.manifests import read_manifest
-from retrieval.models import embedding_net
+from retrieval.answering.run_index import EMBEDDINGS, INDEX_DIR, PLACE_EMBEDDINGS, PROGRESS, build_run_index
+from retrieval.answering.index import load_index, search
+from retrieval.data.manifests import read_manifest
+from retrieval.learning.models import embedding_net
 from tests.conftest import write_image
 
 N, CHUNK = 20, 8
@@ -104,7 +104,7 @@ def test_a_rebuild_reuses_the_embeddings_only_for_the_same_model_and_photos(tmp_
 
 
 def test_the_index_holds_each_photo_plus_the_mean_of_its_place(tmp_path, photos):
-    from retrieval.places import same_place
+    from retrieval.answering.places import same_place
 
     run, cfg = make_run(tmp_path / "run", place_mean_m=25.0)
     build_run_index(run, cfg, photos, chunk=CHUNK)

@@ -7,10 +7,10 @@ import torch
 from retrieval import GeolocError
 from retrieval.config import EmbeddingConfig, load_config
 from retrieval.geo import LocalProjection, heading_gap_deg
-from retrieval.losses import make_loss, make_miner
-from retrieval.mining import (GeodesicPairMiner, GeodesicTripletMiner, GroundRules, PhotoMemory, PlaceBatchSampler,
+from retrieval.learning.losses import make_loss, make_miner
+from retrieval.learning.mining import (GeodesicPairMiner, GeodesicTripletMiner, GroundRules, PhotoMemory, PlaceBatchSampler,
                               batch_distances, informative_pairs, positive_candidates, resolve_supervision)
-from retrieval.streets import euclidean_neighbours
+from retrieval.data.streets import euclidean_neighbours
 
 POS, NEG = 50.0, 250.0
 
@@ -240,7 +240,7 @@ def test_a_gradient_step_with_a_memory_pulls_positives_together(city):
 
 
 def test_unknown_losses_and_miners_are_refused_when_the_config_loads():
-    # the factory's lists (retrieval.losses) are what config validation reads
+    # the factory's lists (retrieval.learning.losses) are what config validation reads
     with pytest.raises(GeolocError, match="embedding.loss='arcface': choose one of triplet, multi_similarity, contrastive"):
         load_config(None, ["embedding.loss=arcface"])
     with pytest.raises(GeolocError, match="with embedding.loss=triplet choose one of semihard, hard, all, hardest"):
@@ -361,7 +361,7 @@ def test_hard_batches_bring_the_look_alike_places_beyond_the_negative_radius():
 
 
 def test_nearest_photos_match_a_brute_force_sort():
-    from retrieval.embedding import nearest_photos
+    from retrieval.methods.embedding import nearest_photos
 
     emb = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)

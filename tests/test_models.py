@@ -8,8 +8,8 @@ from torch import nn
 from torchvision.models import resnet18, resnet50
 
 from retrieval import GeolocError
-from retrieval.backbones import build_trunk
-from retrieval.models import (
+from retrieval.learning.backbones import build_trunk
+from retrieval.learning.models import (
     GeM, apply_lock_factor, cell_classifier, coordinate_regressor, embedding_net, parameterised_layers,
 )
 
@@ -182,7 +182,7 @@ def test_gem_matches_hand_computed_means():
 
 
 def test_gem_matches_its_formula_and_survives_huge_activations():
-    from retrieval.models import GeM
+    from retrieval.learning.models import GeM
 
     gem = GeM(p=3.0)
     x = torch.rand(2, 5, 3, 4) + 0.1
@@ -195,7 +195,7 @@ def test_gem_matches_its_formula_and_survives_huge_activations():
 
 
 def test_mixture_likelihood_by_hand_and_the_answer_is_the_likeliest_components_mean():
-    from retrieval.models import mixture_nll, split_mixture
+    from retrieval.learning.models import mixture_nll, split_mixture
 
     # two components, equal weights, means (0, 0) and (1, 1), sigma 1; target (0, 0):
     # log N = -|y - mu|^2 / 2 - 2 log sigma = 0 and -1, so NLL = -ln(0.5 + 0.5 e^-1) = 0.37989

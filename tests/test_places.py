@@ -1,10 +1,10 @@
-"""Place means of database descriptors (retrieval.places), by hand, and in the index build."""
+"""Place means of database descriptors (retrieval.answering.places), by hand, and in the index build."""
 import numpy as np
 import pytest
 
 from retrieval.config import load_config
 from retrieval.geo import LocalProjection
-from retrieval.places import place_means, same_place
+from retrieval.answering.places import place_means, same_place
 
 LAT0, LON0 = 51.5, -0.1
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from retrieval import GeolocError
-from retrieval.cities import city_of_photos, read_cities
+from retrieval.data.cities import city_of_photos, read_cities
 from retrieval.config import load_config
-from retrieval.embedding import ground_distances
+from retrieval.methods.embedding import ground_distances
 from retrieval.geo import haversine_m
-from retrieval.manifests import read_manifest
-from retrieval.models import embedding_net
-from retrieval.pretrain import PRETRAIN, pretrain
+from retrieval.data.manifests import read_manifest
+from retrieval.learning.models import embedding_net
+from retrieval.methods.pretrain import PRETRAIN, pretrain
 from retrieval.synth.city import write_demo_city
 
 TINY = ["model.embed_dim=16", "data.image_size=32", "data.resize=36", "train.epochs=1", "train.max_steps_per_epoch=2",
@@ -56,7 +56,7 @@ def test_distances_stay_within_each_city(pretrained):
 
 
 def test_zero_shot_on_a_city_it_never_saw(pretrained):
-    from retrieval.evaluate import evaluate_run
+    from retrieval.reports.evaluate import evaluate_run
     from retrieval.synth.cameras import render_dataset
 
     root, _ = pretrained
@@ -106,7 +106,7 @@ def test_a_rerun_with_other_render_settings_is_refused(pretrained):
 
 
 def test_pretrain_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
-    import retrieval.pretrain as pre
+    import retrieval.methods.pretrain as pre
 
     def too_wide(osm, *a, **kw):
         raise GeolocError("scene: the extract spans 15000 x 900 m; clip it to a city centre under 12 km across")

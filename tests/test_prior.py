@@ -8,7 +8,7 @@ import pytest
 
 from retrieval import GeolocError
 from retrieval.config import load_config, prepare_run_dir
-from retrieval.prior import PRIOR_DIR, PRIOR_FILE, WEIGHTS, budgets, choose_weight, rerank, top_candidates
+from retrieval.answering.prior import PRIOR_DIR, PRIOR_FILE, WEIGHTS, budgets, choose_weight, rerank, top_candidates
 from tests.test_embedding import TINY
 
 LOGP = np.log([[0.1, 0.9]])  # one query: class 0 unlikely, class 1 likely
@@ -64,10 +64,10 @@ def test_budgets_split_the_minutes_and_the_config_refuses_a_share_without_them()
 
 
 def test_a_run_with_a_prior_trains_both_networks_evaluates_and_answers(tiny_data, tmp_path):
-    from retrieval.api import Locator
-    from retrieval.evaluate import evaluate_run
-    from retrieval.manifests import read_manifest
-    from retrieval.prior import train_embedding_and_prior
+    from retrieval.answering.locator import Locator
+    from retrieval.reports.evaluate import evaluate_run
+    from retrieval.data.manifests import read_manifest
+    from retrieval.answering.prior import train_embedding_and_prior
 
     # epochs=1 ends each network's training long before its share of the 10 minutes
     cfg = load_config(None, [*TINY, f"data.train={tiny_data}", "train.max_minutes=10",

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.benchmark import recall_curve
-from retrieval.report import (COLUMNS, error_cdf_png, learning_png, map_png, markdown_table, neighbourhood_matrix,
+from retrieval.reports.benchmark import recall_curve
+from retrieval.reports.report import (COLUMNS, error_cdf_png, learning_png, map_png, markdown_table, neighbourhood_matrix,
                               neighbourhoods_html, report_md, terminal_table)
 
 

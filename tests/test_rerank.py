@@ -9,9 +9,9 @@ from PIL import Image
 
 from retrieval import GeolocError
 from retrieval.config import load_config
-from retrieval.geometry import INLIER_CAP, OFF, Setting, candidate_settings, choose, inliers, matched_points, rescore
-from retrieval.local_features import LocalStore, extract, extract_database, matching_image
-from retrieval.manifests import read_manifest
+from retrieval.answering.geometry import INLIER_CAP, OFF, Setting, candidate_settings, choose, inliers, matched_points, rescore
+from retrieval.answering.local_features import LocalStore, extract, extract_database, matching_image
+from retrieval.data.manifests import read_manifest
 
 from conftest import untrained_run
 
@@ -86,7 +86,7 @@ def views(tmp_path_factory):
 
 
 def test_database_features_are_compact_and_resume_after_a_kill(views, tmp_path, monkeypatch):
-    import retrieval.local_features as lf
+    import retrieval.answering.local_features as lf
 
     db = read_manifest(views / "train.csv")
     rr = load_config(None).rerank
@@ -116,9 +116,9 @@ def test_database_features_are_compact_and_resume_after_a_kill(views, tmp_path, 
 
 
 def test_a_run_answers_with_the_rerank(views, tmp_path):
-    from retrieval.api import Locator
+    from retrieval.answering.locator import Locator
     from retrieval.config import dump_yaml
-    from retrieval.run_index import build_local_features
+    from retrieval.answering.run_index import build_local_features
 
     run = untrained_run(tmp_path / "run", views, k=4)
     cfg = load_config(run / "config.yaml", ["index.rerank=on", "rerank.k=30", "rerank.weight=4"])
@@ -157,7 +157,7 @@ def test_a_run_answers_with_the_rerank(views, tmp_path):
 
 def test_auto_chooses_on_validation_and_evaluation_reports_both(views, tmp_path):
     from retrieval.config import dump_yaml
-    from retrieval.evaluate import evaluate_run
+    from retrieval.reports.evaluate import evaluate_run
 
     run = untrained_run(tmp_path / "run", views, k=4, index=False)
     cfg = load_config(run / "config.yaml", ["index.rerank=auto"])

@@ -18,10 +18,10 @@ from shapely.geometry import LineString
 from retrieval import GeolocError
 from retrieval.config import load_config, prepare_run_dir
 from retrieval.geo import LocalProjection, haversine_m
-from retrieval.manifests import read_manifest
-from retrieval.route import (StreetWalks, decode, expected_steps, follow_scores, order_photos, posteriors,
+from retrieval.data.manifests import read_manifest
+from retrieval.answering.route import (StreetWalks, decode, expected_steps, follow_scores, order_photos, posteriors,
                              read_route_list, viterbi)
-from retrieval.streets import StreetGraph, snap_photos, spliced_networkx_graph
+from retrieval.data.streets import StreetGraph, snap_photos, spliced_networkx_graph
 from tests.conftest import REPO
 
 ORIGIN = LocalProjection(51.5138, -0.0984)
@@ -320,8 +320,8 @@ def noise(path, seed):
 def run(tmp_path_factory):
     import osmnx as ox
 
-    from retrieval.models import embedding_net
-    from retrieval.run_index import build_run_index
+    from retrieval.learning.models import embedding_net
+    from retrieval.answering.run_index import build_run_index
 
     root = tmp_path_factory.mktemp("route_run")
     rows = ["path,lat,lon"]
@@ -347,7 +347,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loc(run):
-    from retrieval.api import Locator
+    from retrieval.answering.locator import Locator
 
     return Locator.load(run / "run")
 
@@ -366,7 +366,7 @@ def assert_on_its_copy(pt, i):
 
 
 def test_a_walk_is_located_along_the_street_beside_its_single_answers(run, loc, tmp_path):
-    from retrieval.route_map import write_route
+    from retrieval.reports.route_map import write_route
 
     walk = copies(run, "walk", range(3, 11), [f"q{n}.png" for n in range(1, 9)])
     r = loc.locate_route(walk)
@@ -451,7 +451,7 @@ def test_a_map_of_many_segments_names_them_in_its_title_not_a_legend(run, loc, t
     """60 routes in one CSV drew a 61-entry legend over the map."""
     from matplotlib.axes import Axes
 
-    from retrieval.route_map import MAX_LEGEND, route_png
+    from retrieval.reports.route_map import MAX_LEGEND, route_png
 
     r = loc.locate_route(copies(run, "many", range(3, 7), [f"m{n}.png" for n in range(4)]))
     legends, titles = [], []
@@ -468,7 +468,7 @@ def test_a_map_of_many_segments_names_them_in_its_title_not_a_legend(run, loc, t
 
 def test_a_jump_the_route_kept_is_named():
     """Three photos at one corner and three at the far one, kept on one route: the note says so and why."""
-    from retrieval.route import kept_jumps
+    from retrieval.answering.route import kept_jumps
 
     lat, lon = latlon([(x, 0) for x in (0, 10, 20, 1000, 1010, 1020)])
     step, spread = np.full(5, 15.0), np.full(5, 10.0)

@@ -6,7 +6,7 @@ from shapely.geometry import LineString
 
 from retrieval import GeolocError
 from retrieval.geo import LocalProjection
-from retrieval.streets import (StreetGraph, euclidean_neighbours, geodesic_neighbours, load_graph, photo_distances,
+from retrieval.data.streets import (StreetGraph, euclidean_neighbours, geodesic_neighbours, load_graph, photo_distances,
                                photos_along_streets, snap_photos, spliced_networkx_graph)
 from tests.conftest import SHARED_DATA
 

@@ -162,7 +162,7 @@ def test_training_cameras_follow_spacing(small_world):
 
 
 def test_render_dataset_is_deterministic_parallel_and_resumes(small_city, tmp_path):
-    from retrieval.splits import load_splits
+    from retrieval.data.splits import load_splits
 
     path, _ = small_city
     a = render_dataset(path, tmp_path / "a", n_train=10, n_test=4, size=32, seed=2, workers=2)
@@ -259,7 +259,7 @@ def _way_ids(G) -> set:
 
 
 def test_renderer_and_street_graph_take_the_same_ways_for_streets(small_city, tmp_path):
-    from retrieval.streets import load_graph
+    from retrieval.data.streets import load_graph
 
     path, city = small_city
     assert _way_ids(city.graph) == _way_ids(load_graph(path).graph)
@@ -299,7 +299,7 @@ def test_real_extract_renders(shared_data, tmp_path):
     info = render_dataset(osm, tmp_path / "mc", n_train=6, n_test=2, size=32, seed=0, workers=1,
                           write_graph=False)
     assert info["train"] == 6 and info["test"] == 2
-    from retrieval.manifests import read_manifest
+    from retrieval.data.manifests import read_manifest
 
     m = read_manifest(tmp_path / "mc" / "train.csv", check_images=True)
     # Inside Monaco's extract (its ways reach a little past the core box).

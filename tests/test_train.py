@@ -9,14 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval import GeolocError
-from retrieval.checkpoints import load_checkpoint
+from retrieval.learning.checkpoints import load_checkpoint
 from retrieval.config import Config
-from retrieval.inference import infer
-from retrieval.optim import lr_factor
-from retrieval.precision import bf16_supported
-from retrieval.train import fit, rng_state, set_rng_state
-from retrieval.transforms import test_transform as eval_transform
-from retrieval.transforms import train_loader
+from retrieval.learning.inference import infer
+from retrieval.learning.optim import lr_factor
+from retrieval.learning.precision import bf16_supported
+from retrieval.learning.train import fit, rng_state, set_rng_state
+from retrieval.learning.transforms import test_transform as eval_transform
+from retrieval.learning.transforms import train_loader
 
 N_CLASSES = 4
 

@@ -2,8 +2,8 @@
 photos): .venv/bin/python benchmarks/imagenet/lock_val_floors.py -> lock_val_floors.json"""
 import json
 from retrieval.config import load_run_config
-from retrieval.floors import floors
-from retrieval.splits import load_data
+from retrieval.reports.floors import floors
+from retrieval.data.splits import load_data
 cfg = load_run_config("runs/lock0.0_embedding_london")
 s = load_data(cfg)
 f = floors(cfg, s["train"], s["val"], start=True)

@@ -15,15 +15,15 @@ from scipy.special import logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from bench_route import windows  # noqa: E402
-from retrieval.api import Locator  # noqa: E402
+from retrieval.answering.locator import Locator  # noqa: E402
 from retrieval.config import load_config  # noqa: E402
 from retrieval.geo import haversine_m  # noqa: E402
-from retrieval.manifests import read_manifest  # noqa: E402
+from retrieval.data.manifests import read_manifest  # noqa: E402
 from retrieval.metrics import errors_m  # noqa: E402
-from retrieval.route import (decode, expected_steps, follow_scores, posteriors, read_route_list,  # noqa: E402
+from retrieval.answering.route import (decode, expected_steps, follow_scores, posteriors, read_route_list,  # noqa: E402
                              viterbi)
-from retrieval.transforms import decode_images  # noqa: E402
-from retrieval.vote import vote  # noqa: E402
+from retrieval.learning.transforms import decode_images  # noqa: E402
+from retrieval.answering.vote import vote  # noqa: E402
 
 run, routes, cache = (Path(a) for a in sys.argv[1:4])
 cfg = load_config(run / "config.yaml", [])

@@ -6,10 +6,10 @@ import sys
 
 import numpy as np
 
-from retrieval.index import load_index
-from retrieval.manifests import read_manifest
+from retrieval.answering.index import load_index
+from retrieval.data.manifests import read_manifest
 from retrieval.metrics import errors_m
-from retrieval.vote import vote, vote_weights, weighted_centre
+from retrieval.answering.vote import vote, vote_weights, weighted_centre
 
 
 def summary(e: np.ndarray) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from retrieval import GeolocError
 from retrieval.files import atomic_write, atomic_write_json, atomic_write_text, command_line, git_revision
-from retrieval.manifests import Manifest, write_manifest
+from retrieval.data.manifests import Manifest, write_manifest
 from retrieval.synth.osm import load_city
 from retrieval.synth.randomize import knob_rng, randomize_camera, randomize_look
 from retrieval.synth.render import (

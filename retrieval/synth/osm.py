@@ -74,7 +74,7 @@ NOT_STREETS = frozenset({"abandoned", "bus_stop", "construction", "elevator", "n
 
 def is_street(tags) -> bool:
     """Is an OSM way with these tags a street? The one rule for the renderer's streets (check_osm_xml)
-    and for the street graph (retrieval.streets): a highway=* way, not an area (area=yes: the outline of
+    and for the street graph (retrieval.data.streets): a highway=* way, not an area (area=yes: the outline of
     a pedestrian square is no street) and not of a kind in NOT_STREETS. tags: the way's tags, or an
     OSMnx edge's attributes (which carry its way's highway and area tags)."""
     highway = tags.get("highway")

@@ -1,4 +1,4 @@
-"""Camera walks along the streets, to test route decoding (retrieval.route) on: photos a few metres apart
+"""Camera walks along the streets, to test route decoding (retrieval.answering.route) on: photos a few metres apart
 in order, facing along the street give or take a few degrees, going on as straight as the streets allow
 at a junction or, now and then, turning, with capture times at a walking pace. They are drawn from a
 random stream of their own, so adding routes to a render changes none of its database or test views.

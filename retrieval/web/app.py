@@ -24,9 +24,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from retrieval import GeolocError
-from retrieval.api import Locator
-from retrieval.manifests import load_rgb
-from retrieval.route import NAT, Route, name_key
+from retrieval.answering.locator import Locator
+from retrieval.data.manifests import load_rgb
+from retrieval.answering.route import NAT, Route, name_key
 from retrieval.web.city_map import city_geojson
 from retrieval.web.page import page_html
 from retrieval.web.uploads import MAX_PIXELS, Upload, UploadError, read_upload, with_truth

@@ -10,7 +10,7 @@ import numpy as np
 
 from retrieval import GeolocError
 from retrieval.config import Config
-from retrieval.streets import GRAPH_SUFFIXES, lonlat_lines
+from retrieval.data.streets import GRAPH_SUFFIXES, lonlat_lines
 
 MAX_DOTS = 5000  # database positions drawn when there is no street graph: enough to show the city's shape
 

@@ -1,0 +1,113 @@
+"""A run's geometric rerank (index.rerank): the setting it answers with, chosen once per checkpoint and
+database on the validation views (RUN/rerank.json) for auto, and the check of queries' neighbours against
+the database's local features (RUN/index/local, written by `geoloc index build`). The pure parts are
+retrieval.answering.geometry; the features, retrieval.answering.local_features."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from retrieval import GeolocError
+from retrieval.config import Config
+from retrieval.files import atomic_write_json, matching_record
+from retrieval.answering.geometry import AUTO_KS, OFF, RERANK_RULES, Setting, choose, inlier_table, label, rescore
+from retrieval.answering.index import nearest_of
+from retrieval.learning.inference import embed
+from retrieval.answering.local_features import LOCAL_DIR, LocalStore, extract
+from retrieval.data.manifests import load_rgb
+from retrieval.answering.places import place_means, place_neighbours
+from retrieval.answering.run_index import EMBEDDINGS, INDEX_DIR, place_setting
+from retrieval.data.splits import load_data
+from retrieval.learning.transforms import decode_images
+
+RERANK_FILE = "rerank.json"
+RADIUS_M = 25.0  # auto keeps the setting with the best R@1 within this distance on the validation views
+
+
+def local_store(run_dir: Path, cfg: Config) -> LocalStore | None:
+    """The database's local features, when the run reranks; a one-line error says how to make them."""
+    if cfg.index.rerank == "off":
+        return None
+    folder = Path(run_dir) / INDEX_DIR / LOCAL_DIR
+    if not folder.is_dir():
+        raise GeolocError(f"{run_dir}: index.rerank={cfg.index.rerank} needs the database's local features "
+                          f"({folder} is missing): run geoloc index build --run {run_dir} --set "
+                          f"index.rerank={cfg.index.rerank}")
+    return LocalStore(folder)
+
+
+def resolve_rerank(run_dir: Path, cfg: Config, model, side, store: LocalStore | None) -> tuple[Setting, dict]:
+    """index.rerank off / on (rerank.k, rerank.weight) / auto: the setting with the best R@1 within 25 m on
+    the validation views (searched against the training photos, as the vote is chosen), kept in
+    RUN/rerank.json for this checkpoint and these features."""
+    mode = cfg.index.rerank
+    if mode == "off" or store is None:
+        return OFF, {}
+    if mode == "on":
+        return Setting(cfg.rerank.k, cfg.rerank.weight), {}
+    key = {"checkpoint_sha256": side.checkpoint_sha256, "place_mean": list(place_setting(cfg)),
+           "features": {k: store.record.get(k) for k in ("photos_sha256", "size", "keypoints")},
+           "ratio": cfg.rerank.ratio, "rules": RERANK_RULES}
+    path = Path(run_dir) / RERANK_FILE
+    rec = matching_record(path, key, lambda r: isinstance(r.get("k"), int) and isinstance(r.get("weight"), float))
+    if rec is None:
+        rec = {**key, **_choose_on_validation(run_dir, cfg, model, side, store)}
+        atomic_write_json(path, rec)
+    return Setting(rec["k"], rec["weight"]), rec
+
+
+def _choose_on_validation(run_dir: Path, cfg: Config, model, side, store: LocalStore) -> dict:
+    splits = load_data(cfg)
+    train, val = splits["train"], splits.get("val")
+    if val is None or len(val) == 0:
+        return {"k": 0, "weight": 0.0, "why": "no validation views: the rerank stays off"}
+    n_train, paths = len(train), side.paths
+    stored = Path(run_dir) / INDEX_DIR / EMBEDDINGS
+    in_db = paths[:n_train] == [str(p) for p in train.paths]
+    val_in_db = in_db and paths[n_train:n_train + len(val)] == [str(p) for p in val.paths]
+    if not in_db:  # the candidates' ids must be database rows, whose features the store holds
+        raise GeolocError(f"{run_dir}: index.rerank=auto chooses on the validation views against the training "
+                          "photos, but the index does not start with them; set index.rerank=on (rerank.k, "
+                          "rerank.weight) or rebuild the index from the run's own data")
+    # the database rows hold the training photos' embeddings and features, and the validation photos' too
+    # when they follow them (a run's own index): read, not computed again
+    rows = np.load(stored, mmap_mode="r") if stored.is_file() else None
+    if rows is not None:
+        db = np.asarray(rows[:n_train], dtype=np.float32)
+    else:
+        db = embed(model, decode_images(train, cfg.data.resize, "rerank: decode train"), cfg, "rerank: embed train")
+    nb = place_neighbours(cfg, train)
+    db = place_means(db, nb) if nb is not None else db
+    if rows is not None and val_in_db:
+        q = np.asarray(rows[n_train:n_train + len(val)], dtype=np.float32)
+    else:
+        q = embed(model, decode_images(val, cfg.data.resize, "rerank: decode val"), cfg, "rerank: embed val")
+    sims, ids = nearest_of(db, q, min(max(AUTO_KS), n_train))
+    if val_in_db:
+        feats = [store.features(n_train + i) for i in range(len(val))]
+    else:
+        feats = [query_features(load_rgb(p, val.describe(i)), cfg) for i, p in enumerate(val.paths)]
+    with tqdm(total=len(val), desc="rerank: match val", unit="img") as bar:
+        inl = inlier_table(feats, ids, store.features, ids.shape[1], cfg.rerank.ratio, bar.update)
+    best, recall = choose(sims, ids, inl, train.lat, train.lon, val.lat, val.lon, RADIUS_M)
+    tqdm.write(f"rerank: {label(best)} on {len(val)} validation views (R@1 within 25 m: "
+               + ", ".join(f"{s} {r:.1%}" for s, r in recall.items()) + ")")
+    return {"k": best.k, "weight": float(best.weight), "val_recall@1_25m": recall, "val_views": len(val)}
+
+
+def query_features(image: Image.Image, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """A query photo's local features, taken as the database's were (rerank.size, rerank.keypoints)."""
+    return extract(image, cfg.rerank.size, cfg.rerank.keypoints)
+
+
+def check(setting: Setting, store: LocalStore | None, cfg: Config, sims: np.ndarray, ids: np.ndarray,
+          feats: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, ids, inliers) of queries' neighbours after the geometric check (retrieval.answering.geometry.rescore);
+    inliers -1 where a neighbour was not checked. feats: each query's query_features."""
+    if setting.off or store is None:
+        return sims, ids, np.full(ids.shape, -1, np.int32)
+    inl = inlier_table(feats, ids, store.features, setting.k, cfg.rerank.ratio)
+    return rescore(sims, ids, inl, setting)
