@@ -6,8 +6,6 @@ import numpy as np
 
 from retrieval.metrics import errors_m
 
-DECISIONS = ("auto", "argmax")
-CENTROIDS = ("photos", "polygon")
 DECISION_RADII_CELLS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)  # cells.decision auto's candidates, in cell sizes
 
 

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from baselines.cell_answer import DECISION_RADII_CELLS, centroids, choose_radius, mass_choice, pairwise_m
 from retrieval.data.grids import Grid, make_grid
 from retrieval.learning import distributed
-from retrieval.learning.checkpoints import load_trained, trained_checkpoint
+from retrieval.learning.checkpoints import load_trained
+from retrieval.run import Run, trained_checkpoint
 from retrieval.config import Config
 from retrieval.files import atomic_write_json, matching_record, sha256_file
 from retrieval.learning.inference import infer
@@ -31,8 +32,6 @@ from retrieval.data.splits import load_data
 from retrieval.learning.train import fit, seed_everything
 from retrieval.learning.transforms import decode_images, test_transform, train_loader
 
-GRID_FILE = "grid.geojson"
-DECISION_FILE = "decision.json"
 
 
 def cell_table(grid: Grid, train: Manifest) -> dict[str, list]:
@@ -142,11 +141,11 @@ def train_cells(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     distributed.init()  # before the task, whose sampler takes this process's rank
     run_dir = Path(run_dir)
     splits = load_data(cfg)
-    grid = Grid.load(run_dir / GRID_FILE)[0] if resume else make_grid(cfg, splits["train"])
+    grid = Grid.load(run_dir / Run.GRID)[0] if resume else make_grid(cfg, splits["train"])
     seed_everything(cfg.seed)
     task = CellsTask(cfg, splits, grid)
     if distributed.is_main():
-        grid.save(run_dir / GRID_FILE, task.table)
+        grid.save(run_dir / Run.GRID, task.table)
     info = task.info()
     tqdm.write(f"{info['n_cells']} {grid.kind} cells, {info['empty_cells']} without training photos; "
                f"images per cell min {info['images_per_cell']['min']}, median "
@@ -167,7 +166,7 @@ def resolve_decision(run_dir: Path, cfg: Config, model, grid: Grid, table: dict[
     views once per checkpoint and kept in RUN/decision.json."""
     if cfg.cells.decision == "argmax":
         return {"decision": "argmax", "radius_m": 0.0}
-    path = Path(run_dir) / DECISION_FILE
+    path = Path(run_dir) / Run.DECISION
     key = {"decision": cfg.cells.decision, "checkpoint_sha256": sha256_file(trained_checkpoint(run_dir)),
            "centroid": cfg.cells.centroid}
     rec = matching_record(path, key, lambda r: isinstance(r.get("radius_m"), (int, float)))
@@ -190,7 +189,7 @@ def resolve_decision(run_dir: Path, cfg: Config, model, grid: Grid, table: dict[
 
 def load_classifier(run_dir: Path, cfg: Config) -> tuple[torch.nn.Module, Grid, dict[str, list]]:
     """A trained cells run's classifier (best.pt, else last.pt), grid and cell table."""
-    grid, props = Grid.load(Path(run_dir) / GRID_FILE)
+    grid, props = Grid.load(Path(run_dir) / Run.GRID)
     table = {k: [p.get(k) for p in props] for k in ("n_train", "class", "photo_lat", "photo_lon",
                                                      "poly_lat", "poly_lon")}
     model = cell_classifier("none", len(_cell_of_class(table)), arch=cfg.model.arch)

@@ -11,24 +11,11 @@ from typing import Any
 
 import yaml
 
-from baselines.cell_answer import CENTROIDS, DECISIONS
-from retrieval.data.grids import KINDS as GRID_KINDS
 from retrieval import GeolocError
-from retrieval.files import atomic_write_json, atomic_write_text, command_line, git_revision
-from retrieval.answering.index import KINDS as INDEX_KINDS
-from retrieval.answering.index import REFINES
-from retrieval.answering.geometry import RERANK_MODES
-from retrieval.learning.losses import LOSSES, MINERS
-from retrieval.methods import METHODS
-from retrieval.learning.mining import SUPERVISION
-from retrieval.learning.backbones import ARCHS, HUB
-from retrieval.learning.models import POOLINGS, descriptor_dim
-from retrieval.learning.optim import OPTIMIZERS, SCHEDULES
-from retrieval.learning.precision import PRECISIONS
-from retrieval.answering.route import DISTANCES
-from retrieval.data.splits import SPLIT_MODES
-from retrieval.data.streets import NETWORK_TYPES, POSITIVES
-from retrieval.answering.vote import VOTE_MODES
+from retrieval.choices import (ARCHS, BACKBONE_FEATURES, CENTROIDS, DECISIONS, DISTANCES, GRID_KINDS, HUB,
+                               INDEX_KINDS, LOSSES, METHODS, MINERS, NETWORK_TYPES, OPTIMIZERS, POOLINGS,
+                               POSITIVES, PRECISIONS, REFINES, RERANK_MODES, SCHEDULES, SPLIT_MODES,
+                               SUPERVISION, VOTE_MODES)
 
 
 @dataclass
@@ -344,10 +331,10 @@ def _merge(base: dict, update: dict, where: str = "config") -> dict:
 
 # --- validation: every setting checked once, when the config loads ----------------------------------
 
-# Each list of choices is declared by the module that owns it.
+# The lists live in retrieval.choices, where the modules that implement them read them too.
 CHOICES = {
     "data.split_mode": SPLIT_MODES,
-    "model.arch": tuple(ARCHS),
+    "model.arch": ARCHS,
     "model.pooling": POOLINGS,
     "train.optimizer": OPTIMIZERS,
     "train.schedule": SCHEDULES,
@@ -360,7 +347,7 @@ CHOICES = {
     "embedding.loss": LOSSES,
     "embedding.network_type": NETWORK_TYPES,
     "index.kind": INDEX_KINDS,
-    "index.refine": tuple(REFINES),
+    "index.refine": REFINES,
     "index.vote": ("auto", *VOTE_MODES),
     "index.rerank": RERANK_MODES,
     "route.distance": DISTANCES,
@@ -412,6 +399,15 @@ RANGES = {
     "rerank.size": (32, 4096, True, True), "rerank.keypoints": (8, 32767, True, True), "rerank.k": (1, None, True, True),
     "rerank.weight": (0, None, False, True), "rerank.ratio": (0, 1, False, False),
 }
+
+
+def descriptor_dim(model_cfg: ModelConfig) -> int:
+    """The embedding's width: model.embed_dim, or with 0 (no projection head) the trunk's features."""
+    if model_cfg.embed_dim:
+        return model_cfg.embed_dim
+    if model_cfg.arch == HUB:
+        raise GeolocError("model.arch=hub: the descriptor size is the hub model's (measured when the run is made)")
+    return BACKBONE_FEATURES[model_cfg.arch]
 
 
 def _get(cfg: "Config", key: str) -> Any:
@@ -508,20 +504,3 @@ def to_dict(cfg: Config) -> dict:
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def prepare_run_dir(run_dir: str | Path, cfg: Config) -> Path:
-    """Create the run directory and record what produced it: resolved config, command line, git revision."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    atomic_write_text(run_dir / "command.txt", command_line() + "\n")
-    atomic_write_json(run_dir / "git.json", git_revision())
-    return run_dir
-
-
-def load_run_config(run_dir: str | Path) -> Config:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise GeolocError(f"{run_dir}: not a run directory (no config.yaml)")
-    return load_config(path)

@@ -2,14 +2,10 @@
 preallocated .npy files, stale temporary files, run logs and records, and what produced a run."""
 from __future__ import annotations
 
-import csv
 import errno
 import hashlib
 import json
 import os
-import shlex
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -144,15 +140,6 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def read_log(path: str | Path, upto_epoch: int | None = None) -> list[dict]:
-    """A run's log.csv as one dict of strings per epoch (up to `upto_epoch`); [] when there is none."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return [r for r in csv.DictReader(f) if upto_epoch is None or int(r["epoch"]) <= upto_epoch]
-
-
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
@@ -171,23 +158,3 @@ def matching_record(path: str | Path, key: dict, valid: Callable[[dict], bool]) 
     if isinstance(rec, dict) and all(rec.get(f) == v for f, v in key.items()) and valid(rec):
         return rec
     return None
-
-
-def git_revision(cwd: str | Path | None = None) -> dict:
-    """The commit of the code that produced a run, and whether the tree had local changes."""
-    cwd = Path(cwd or Path(__file__).resolve().parent)
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    rev = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"revision": rev, "dirty": bool(status) if status is not None else None}
-
-
-def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.data.grids import Grid
-from retrieval.config import load_run_config
+from retrieval.run import load_run_config
 from retrieval.geo import haversine_m
 from retrieval.metrics import paired_bootstrap
 

@@ -29,7 +29,8 @@ from retrieval.learning.inference import embed, load_embedding_model
 from retrieval.data.manifests import load_rgb, read_manifest
 from retrieval.learning.models import embedding_net
 from retrieval.learning.precision import autocast, prepare_images, resolve_precision
-from retrieval.answering.run_index import INDEX_DIR, PROGRESS, embed_database
+from retrieval.answering.run_index import PROGRESS, embed_database
+from retrieval.run import Run
 from retrieval.learning.transforms import decode_images, one_thread, test_transform, to_cached
 
 
@@ -64,7 +65,7 @@ def bench(args, size: int) -> dict:
                 raw.append(time.perf_counter() - t)
 
     passes: list[float] = []
-    folder = run / INDEX_DIR
+    folder = run / Run.INDEX_DIR
     for i in range(args.passes + 1):
         raw_batches(args.raw_batches)
         (folder / PROGRESS).unlink(missing_ok=True)

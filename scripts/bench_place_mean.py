@@ -22,10 +22,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ablation import top1_hits  # noqa: E402
-from retrieval.config import dump_yaml, load_run_config  # noqa: E402
+from retrieval.config import dump_yaml  # noqa: E402
+from retrieval.run import Run, load_run_config
 from retrieval.reports.evaluate import evaluate_run  # noqa: E402
 from retrieval.metrics import paired_bootstrap  # noqa: E402
-from retrieval.answering.run_index import EMBEDDINGS, INDEX_DIR, PROGRESS  # noqa: E402
+from retrieval.answering.run_index import EMBEDDINGS, PROGRESS  # noqa: E402
 
 COPIED = ("best.pt", "last.pt", "run.json", "git.json", "log.csv")
 
@@ -39,10 +40,10 @@ def copy_run(run: Path, dest: Path, radius_m: float, heading_deg: float) -> Path
     cfg = load_run_config(run)
     cfg.index.place_mean_m, cfg.index.place_mean_heading_deg = radius_m, heading_deg
     (dest / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-    if (run / INDEX_DIR / EMBEDDINGS).is_file() and not (dest / INDEX_DIR / EMBEDDINGS).is_file():
-        (dest / INDEX_DIR).mkdir(exist_ok=True)
+    if (run / Run.INDEX_DIR / EMBEDDINGS).is_file() and not (dest / Run.INDEX_DIR / EMBEDDINGS).is_file():
+        (dest / Run.INDEX_DIR).mkdir(exist_ok=True)
         for name in (EMBEDDINGS, PROGRESS):
-            shutil.copy2(run / INDEX_DIR / name, dest / INDEX_DIR / name)
+            shutil.copy2(run / Run.INDEX_DIR / name, dest / Run.INDEX_DIR / name)
     return dest
 
 

@@ -28,12 +28,13 @@ import numpy as np
 
 from bench_index import median_time  # scripts/ is on sys.path when run as a script
 from retrieval.answering.locator import Locator
-from retrieval.config import load_config, load_run_config, prepare_run_dir
+from retrieval.config import load_config
+from retrieval.run import Run, load_run_config, prepare_run_dir
 from retrieval.methods.embedding import train_embedding
 from retrieval.answering.index import build_index
 from retrieval.learning.inference import embed
 from retrieval.data.manifests import load_rgb
-from retrieval.answering.run_index import INDEX_DIR, ensure_index, indexed_file
+from retrieval.answering.run_index import ensure_index, indexed_file
 from retrieval.data.splits import load_data
 from retrieval.synth.cameras import render_dataset
 from retrieval.synth.city import write_demo_city
@@ -102,7 +103,7 @@ def search_vs_numpy(run: Path, cfg, files: list[Path], repeats: int) -> dict:
     loc = Locator.load(run)
     k = cfg.index.k
     q = embed(loc.model, [to_cached(load_rgb(p), cfg.data.resize) for p in files], cfg)
-    x, index = np.load(indexed_file(run / INDEX_DIR)), loc.index
+    x, index = np.load(indexed_file(run / Run.INDEX_DIR)), loc.index
     if cfg.index.kind != "flat":
         index = build_index(x, progress=False)
     f_s, f_i = index.search(q, k)

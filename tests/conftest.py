@@ -54,7 +54,8 @@ def untrained_run(out: Path, data: Path, k: int = 4, vote: str = "pool", index: 
     index over every photo of DATA's train.csv (or the manifest): enough to query in a second."""
     import torch
 
-    from retrieval.config import load_config, prepare_run_dir
+    from retrieval.config import load_config
+    from retrieval.run import prepare_run_dir
     from retrieval.data.manifests import read_manifest
     from retrieval.learning.models import embedding_net
     from retrieval.answering.run_index import build_run_index

@@ -7,7 +7,7 @@ from PIL import Image
 
 from retrieval import GeolocError
 from retrieval.answering.locator import Locator
-from retrieval.config import load_run_config
+from retrieval.run import load_run_config
 from retrieval.learning.inference import embed, load_embedding_model
 from retrieval.data.manifests import Manifest, read_manifest
 from retrieval.answering.places import place_means, place_neighbours
@@ -127,7 +127,8 @@ def test_k_sets_how_many_neighbours_vote(run, loc):
 
 
 def test_the_locator_says_it_needs_an_embedding_run(tmp_path):
-    from retrieval.config import load_config, prepare_run_dir
+    from retrieval.config import load_config
+    from retrieval.run import prepare_run_dir
 
     run = tmp_path / "cells_run"
     prepare_run_dir(run, load_config(None, ["model.weights=none"]))

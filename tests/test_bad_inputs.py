@@ -466,7 +466,6 @@ FULL_DISK_SCRIPT = """
 import json, sys
 import numpy as np
 import faiss, torch
-from retrieval import GeolocError
 from retrieval.learning.checkpoints import save_checkpoint
 from retrieval.files import atomic_write, create_npy
 out, seen = sys.argv[1], {}
@@ -516,7 +515,8 @@ def test_embeddings_file_is_allocated_not_sparse(tmp_path):
 @pytest.fixture
 def run_dir(tmp_path):
     """An embedding run directory as training leaves it (the checkpoint itself is never opened here)."""
-    from retrieval.config import load_config, prepare_run_dir
+    from retrieval.config import load_config
+    from retrieval.run import prepare_run_dir
 
     data = tmp_path / "data"
     data.mkdir()
@@ -579,7 +579,6 @@ def test_resume_of_nothing_changes_no_file(run_dir):
 
 KILLED_WRITER = """
 import sys, time
-from retrieval.files import atomic_write
 def write(p):
     p.write_bytes(b"half a checkpoint")
     print("writing", flush=True)

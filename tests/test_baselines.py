@@ -13,7 +13,8 @@ from retrieval.data.grids import Grid
 from baselines.regression import scale, unscale
 from retrieval import GeolocError
 from retrieval.cli import app
-from retrieval.config import load_config, load_run_config
+from retrieval.config import load_config
+from retrieval.run import load_run_config
 from retrieval.geo import haversine_m
 from retrieval.data.splits import load_data
 

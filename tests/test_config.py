@@ -2,7 +2,8 @@ import pytest
 import yaml
 
 from retrieval import GeolocError
-from retrieval.config import load_config, load_run_config, parse_override, prepare_run_dir
+from retrieval.config import load_config, parse_override
+from retrieval.run import load_run_config, prepare_run_dir
 
 
 def test_yaml_and_overrides(tmp_path):

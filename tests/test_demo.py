@@ -6,7 +6,7 @@ import sys
 import pytest
 from PIL import Image
 
-from retrieval.config import load_run_config
+from retrieval.run import load_run_config
 from retrieval.reports.report import COLUMNS
 from tests.conftest import REPO
 

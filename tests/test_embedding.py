@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from retrieval import GeolocError
-from retrieval.config import load_config, prepare_run_dir
+from retrieval.config import load_config
+from retrieval.run import prepare_run_dir
 from retrieval.answering.locator import Locator
 from retrieval.methods.embedding import train_embedding
 from retrieval.reports.evaluate import evaluate_run

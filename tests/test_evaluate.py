@@ -7,7 +7,8 @@ import pytest
 from conftest import write_image
 
 from retrieval import GeolocError
-from retrieval.config import Config, prepare_run_dir
+from retrieval.config import Config
+from retrieval.run import prepare_run_dir
 from retrieval.reports import evaluate
 from retrieval.reports.evaluate import evaluate_run
 from retrieval.files import atomic_write_json

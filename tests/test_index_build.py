@@ -8,7 +8,8 @@ import torch
 import retrieval.answering.run_index as run_index
 from retrieval.learning.checkpoints import save_checkpoint
 from retrieval.config import Config
-from retrieval.answering.run_index import EMBEDDINGS, INDEX_DIR, PLACE_EMBEDDINGS, PROGRESS, build_run_index
+from retrieval.answering.run_index import EMBEDDINGS, PLACE_EMBEDDINGS, PROGRESS, build_run_index
+from retrieval.run import Run
 from retrieval.answering.index import load_index, search
 from retrieval.data.manifests import read_manifest
 from retrieval.learning.models import embedding_net
@@ -70,16 +71,16 @@ def test_a_killed_build_resumes_after_its_last_chunk(tmp_path, photos, counted):
     counted.clear()
     with pytest.raises(Killed):
         build_run_index(killed, cfg, photos, chunk=CHUNK, on_chunk=kill_after_first)
-    assert json.loads((killed / INDEX_DIR / PROGRESS).read_text())["rows_done"] == CHUNK
-    assert not (killed / INDEX_DIR / "index.json").exists()
+    assert json.loads((killed / Run.INDEX_DIR / PROGRESS).read_text())["rows_done"] == CHUNK
+    assert not (killed / Run.INDEX_DIR / "index.json").exists()
     counted.clear()
     s = build_run_index(killed, cfg, photos, chunk=CHUNK)
     assert counted == [8, 4] and s["embedded"] == N - CHUNK  # the first chunk was not embedded again
 
-    a = np.load(whole / INDEX_DIR / EMBEDDINGS)
-    b = np.load(killed / INDEX_DIR / EMBEDDINGS)
+    a = np.load(whole / Run.INDEX_DIR / EMBEDDINGS)
+    b = np.load(killed / Run.INDEX_DIR / EMBEDDINGS)
     assert a.shape == (N, 64) and np.isfinite(a).all() and np.array_equal(a, b)
-    (ia, sa), (ib, sb) = load_index(whole / INDEX_DIR), load_index(killed / INDEX_DIR)
+    (ia, sa), (ib, sb) = load_index(whole / Run.INDEX_DIR), load_index(killed / Run.INDEX_DIR)
     assert sa.paths == sb.paths == [str(p) for p in photos.paths]
     assert np.array_equal(search(ia, a[:5], 5)[1], search(ib, a[:5], 5)[1])
     assert np.array_equal(search(ia, a[:5], 1)[1][:, 0], np.arange(5))
@@ -92,9 +93,9 @@ def test_a_rebuild_reuses_the_embeddings_only_for_the_same_model_and_photos(tmp_
     cfg.index.shard_size = 7  # other index settings: same embeddings
     s = build_run_index(run, cfg, photos, chunk=CHUNK)
     assert counted == [] and s["embedded"] == 0 and s["shards"] == 3
-    index, _ = load_index(run / INDEX_DIR)
+    index, _ = load_index(run / Run.INDEX_DIR)
     assert index.ntotal == N
-    assert sorted(p.name for p in (run / INDEX_DIR).glob("*.faiss")) == [f"index-00{i}.faiss" for i in range(3)]
+    assert sorted(p.name for p in (run / Run.INDEX_DIR).glob("*.faiss")) == [f"index-00{i}.faiss" for i in range(3)]
     make_run(run, seed=1)  # retrained: another checkpoint
     s = build_run_index(run, cfg, photos, chunk=CHUNK)
     assert counted == [8, 8, 4] and s["embedded"] == N
@@ -108,8 +109,8 @@ def test_the_index_holds_each_photo_plus_the_mean_of_its_place(tmp_path, photos)
 
     run, cfg = make_run(tmp_path / "run", place_mean_m=25.0)
     build_run_index(run, cfg, photos, chunk=CHUNK)
-    raw = np.load(run / INDEX_DIR / EMBEDDINGS)
-    index, side = load_index(run / INDEX_DIR)
+    raw = np.load(run / Run.INDEX_DIR / EMBEDDINGS)
+    index, side = load_index(run / Run.INDEX_DIR)
     # consecutive photos stand 13 m apart: each has the one or two next to it within 25 m
     nb = same_place(photos.lat, photos.lon, None, 25.0)
     assert sorted(set(np.diff(nb.indptr))) == [1, 2]
@@ -120,6 +121,6 @@ def test_the_index_holds_each_photo_plus_the_mean_of_its_place(tmp_path, photos)
 
     cfg.index.place_mean_m = 0.0  # off again: the embeddings as they are, and no stale file beside them
     build_run_index(run, cfg, photos, chunk=CHUNK)
-    index, side = load_index(run / INDEX_DIR)
+    index, side = load_index(run / Run.INDEX_DIR)
     assert np.array_equal(index.reconstruct_n(0, N), raw) and side.place_mean == {}
-    assert not (run / INDEX_DIR / PLACE_EMBEDDINGS).exists()
+    assert not (run / Run.INDEX_DIR / PLACE_EMBEDDINGS).exists()

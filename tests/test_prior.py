@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from retrieval import GeolocError
-from retrieval.config import load_config, prepare_run_dir
-from retrieval.answering.prior import PRIOR_DIR, PRIOR_FILE, WEIGHTS, budgets, choose_weight, rerank, top_candidates
+from retrieval.config import load_config
+from retrieval.run import Run, prepare_run_dir
+from retrieval.answering.prior import WEIGHTS, budgets, choose_weight, rerank, top_candidates
 from tests.test_embedding import TINY
 
 LOGP = np.log([[0.1, 0.9]])  # one query: class 0 unlikely, class 1 likely
@@ -76,10 +77,10 @@ def test_a_run_with_a_prior_trains_both_networks_evaluates_and_answers(tiny_data
     run = tmp_path / "emb"
     prepare_run_dir(run, cfg)
     summary = train_embedding_and_prior(cfg, run)
-    record = json.loads((run / PRIOR_DIR / PRIOR_FILE).read_text())
+    record = json.loads((run / Run.PRIOR_DIR / Run.PRIOR).read_text())
     assert record["weight"] in WEIGHTS and set(map(float, record["val_recall@1_25m"])) == set(WEIGHTS)
-    assert json.loads((run / PRIOR_DIR / "run.json").read_text())["kind"] == "cells"
-    assert json.loads((run / PRIOR_DIR / "config.yaml").read_text().split("max_minutes: ")[1].split()[0]) == 5.0
+    assert json.loads((run / Run.PRIOR_DIR / "run.json").read_text())["kind"] == "cells"
+    assert json.loads((run / Run.PRIOR_DIR / "config.yaml").read_text().split("max_minutes: ")[1].split()[0]) == 5.0
     train = json.loads((run / "run.json").read_text())["train"]
     assert train == summary and math.isclose(
         train["train_seconds"], train["embedding"]["train_seconds"] + train["cell_prior"]["train_seconds"],
@@ -92,6 +93,6 @@ def test_a_run_with_a_prior_trains_both_networks_evaluates_and_answers(tiny_data
     a = Locator.load(run).locate(read_manifest(tiny_data / "test.csv").paths[0], k=3)[0]
     assert len(a.neighbours) == 3 and np.isfinite([a.lat, a.lon]).all()
 
-    (run / PRIOR_DIR / PRIOR_FILE).unlink()  # as if killed while the prior trained
+    (run / Run.PRIOR_DIR / Run.PRIOR).unlink()  # as if killed while the prior trained
     with pytest.raises(GeolocError, match=r"cells prior was not trained to the end .*--resume"):
         evaluate_run(run, tiny_data)

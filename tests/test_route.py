@@ -16,7 +16,8 @@ from scipy.special import logsumexp
 from shapely.geometry import LineString
 
 from retrieval import GeolocError
-from retrieval.config import load_config, prepare_run_dir
+from retrieval.config import load_config
+from retrieval.run import prepare_run_dir
 from retrieval.geo import LocalProjection, haversine_m
 from retrieval.data.manifests import read_manifest
 from retrieval.answering.route import (StreetWalks, decode, expected_steps, follow_scores, order_photos, posteriors,

@@ -15,8 +15,7 @@ from retrieval.learning.inference import infer
 from retrieval.learning.optim import lr_factor
 from retrieval.learning.precision import bf16_supported
 from retrieval.learning.train import fit, rng_state, set_rng_state
-from retrieval.learning.transforms import test_transform as eval_transform
-from retrieval.learning.transforms import train_loader
+from retrieval.learning.transforms import test_transform as eval_transform, train_loader
 
 N_CLASSES = 4
 

@@ -19,7 +19,6 @@ from retrieval.geo import haversine_m
 
 INLIER_CAP = 100  # inliers beyond this add nothing: two views of one facade already agree
 MIN_MATCHES = 12  # fewer ratio-test matches than this: no geometry is fitted, 0 inliers
-RERANK_MODES = ("off", "on", "auto")
 AUTO_KS = (10, 25, 50)  # candidates reranked, tried by auto
 AUTO_WEIGHTS = (0.25, 1.0, 4.0)  # inliers' weight against the similarity, tried by auto
 RERANK_RULES = 2  # bumped when the inlier count changes (2: one match per database feature)

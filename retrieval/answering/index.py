@@ -21,15 +21,15 @@ import numpy as np
 from tqdm import tqdm
 
 from retrieval import GeolocError
+from retrieval.choices import INDEX_KINDS, REFINES
 from retrieval.files import STALE_TMP_S, atomic_write, atomic_write_json, remove_stale_tmp, sha256_file
 
 FORMAT_VERSION = 2  # 2: index files listed under "shards" (1 had a single index_sha256)
-KINDS = ("flat", "ivfpq", "hnsw")
 INDEX_FILE, ARRAYS_FILE, META_FILE = "index.faiss", "index.npz", "index.json"
 SHARD_FILE = re.compile(r"index(-\d{3})?\.faiss")
 ADD_CHUNK = 65536
 SEARCH_PARAMS = ("nprobe", "k_factor", "ef_search")
-REFINES = {"flat": ",RFlat", "sq8": ",Refine(SQ8)", "none": ""}
+REFINE_FACTORY = {"flat": ",RFlat", "sq8": ",Refine(SQ8)", "none": ""}  # index.refine -> faiss.index_factory's suffix
 # Shards searched in parallel, a thread each: one query then uses every core (FAISS searches one
 # query's lists on one thread), 1.8x faster with 4 shards of 1M photos; batches take as long either
 # way (benchmarks/RESULTS.md, "Chunked and sharded index build").
@@ -97,7 +97,7 @@ def empty_index(embeddings, kind: str = "flat", nlist: int = 1024, pq_m: int = 6
         index.hnsw.efConstruction = ef_construction
         return index
     if kind != "ivfpq":
-        raise GeolocError(f"index kind {kind!r}: expected one of {', '.join(KINDS)}")
+        raise GeolocError(f"index kind {kind!r}: expected one of {', '.join(INDEX_KINDS)}")
     if d % pq_m:
         raise GeolocError(f"ivfpq: pq_m {pq_m} must divide the embedding dimension {d}")
     if n < max(nlist, 2 ** pq_nbits):
@@ -105,7 +105,7 @@ def empty_index(embeddings, kind: str = "flat", nlist: int = 1024, pq_m: int = 6
                           f"centroids; use kind flat (exact, and fast at this size)")
     if refine not in REFINES:
         raise GeolocError(f"ivfpq refine {refine!r}: expected one of {', '.join(REFINES)}")
-    index = faiss.index_factory(d, f"IVF{nlist},PQ{pq_m}x{pq_nbits}{REFINES[refine]}", faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(d, f"IVF{nlist},PQ{pq_m}x{pq_nbits}{REFINE_FACTORY[refine]}", faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     ivf.cp.seed = seed
     # polysemous code ordering only helps Hamming-distance filtering, which search never uses, and

@@ -21,7 +21,6 @@ from retrieval import GeolocError
 from retrieval.files import atomic_write_json, create_npy
 from retrieval.data.manifests import Manifest, load_rgb
 
-LOCAL_DIR = "local"  # under RUN/index
 DESCRIPTORS, KEYPOINTS, COUNTS, PROGRESS = "descriptors.npy", "keypoints.npy", "counts.npy", "local.json"
 DESCRIPTOR_BYTES = 128  # SIFT's
 CHUNK = 256  # photos between two progress records: the most a killed extraction loses

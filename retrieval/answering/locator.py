@@ -20,7 +20,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from retrieval import GeolocError
-from retrieval.config import Config, load_run_config
+from retrieval.config import Config
+from retrieval.run import Run, load_run_config, read_run_info
 from retrieval.methods.embedding import street_source
 from retrieval.files import atomic_write_json, matching_record
 from retrieval.geo import haversine_m
@@ -33,8 +34,7 @@ from retrieval.answering.geometry import OFF, Setting
 from retrieval.answering.prior import CellPrior, check_complete, rerank
 from retrieval.answering.rerank import check, local_store, query_features, resolve_rerank
 from retrieval.answering.route import Route, StreetWalks, order_photos, read_route_list, route_of
-from retrieval.answering.run_index import EMBEDDINGS, INDEX_DIR, ensure_index, open_index, place_setting
-from retrieval.run import read_run_info
+from retrieval.answering.run_index import EMBEDDINGS, ensure_index, open_index, place_setting
 from retrieval.data.splits import load_data
 from retrieval.data.streets import load_graph
 from retrieval.learning.transforms import decode_images, to_cached
@@ -43,7 +43,6 @@ from retrieval.answering.vote import VOTE_MODES, VOTE_RULES, choose_mode, vote
 MIN_SIDE_PX = 32  # smaller images hold too little to locate: refused, not answered
 MAX_ASPECT = 4.0  # a panorama strip or a sliver: answered from its centre crop only, with a warning
 CHUNK = 256  # images decoded and embedded together by locate(): bounds the memory a large folder takes
-VOTE_FILE = "vote.json"
 
 
 @dataclass
@@ -146,7 +145,7 @@ def resolve_vote(run_dir: Path, cfg: Config, model, side) -> tuple[str, dict]:
     RUN/vote.json. The training photos' stored index rows are reused when the index holds them first."""
     if cfg.index.vote != "auto":
         return cfg.index.vote, {}
-    path, key = Path(run_dir) / VOTE_FILE, {"checkpoint_sha256": side.checkpoint_sha256,
+    path, key = Path(run_dir) / Run.VOTE, {"checkpoint_sha256": side.checkpoint_sha256,
                                            "place_mean": list(place_setting(cfg)), "k": cfg.index.k,
                                            "vote_radius_m": cfg.index.vote_radius_m, "rules": VOTE_RULES}
     rec = matching_record(path, key, lambda r: r.get("mode") in VOTE_MODES)
@@ -157,7 +156,7 @@ def resolve_vote(run_dir: Path, cfg: Config, model, side) -> tuple[str, dict]:
     if val is None or len(val) == 0:
         rec = {**key, "mode": "pool", "why": "no validation views: the default mode"}
     else:
-        stored = Path(run_dir) / INDEX_DIR / EMBEDDINGS
+        stored = Path(run_dir) / Run.INDEX_DIR / EMBEDDINGS
         if stored.is_file() and side.paths[:len(train)] == [str(p) for p in train.paths]:
             db = np.asarray(np.load(stored, mmap_mode="r")[:len(train)], dtype=np.float32)
         else:
@@ -193,7 +192,7 @@ class Locator:
         """A trained embedding run with its index (`geoloc index build`), the vote mode and the cells
         prior if it has one; cfg defaults to the run's config.yaml."""
         run_dir = Path(run_dir)
-        kind = read_run_info(run_dir).get("kind") if (run_dir / "run.json").is_file() else "embedding"
+        kind = read_run_info(run_dir).get("kind") if Run(run_dir).info_file.is_file() else "embedding"
         if kind != "embedding":
             raise GeolocError(f"{run_dir}: a {kind} run; the Locator (query, serve, routes) answers with an embedding "
                               "run: geoloc train embedding, or geoloc index build --backbone for one without training")

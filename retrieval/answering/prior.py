@@ -24,7 +24,8 @@ from tqdm import tqdm
 from baselines.cells import class_logits, class_of_cell, load_classifier, train_cells
 from retrieval import GeolocError
 from retrieval.learning import distributed
-from retrieval.config import Config, load_config, load_run_config, prepare_run_dir, to_dict
+from retrieval.config import Config, load_config, to_dict
+from retrieval.run import Run, load_run_config, prepare_run_dir
 from retrieval.methods.embedding import train_embedding
 from retrieval.files import atomic_write_json
 from retrieval.learning.inference import embed, load_embedding_model
@@ -33,7 +34,6 @@ from retrieval.learning.precision import prepare_model
 from retrieval.data.splits import load_data
 from retrieval.learning.transforms import decode_images
 
-PRIOR_DIR, PRIOR_FILE = "cells", "prior.json"
 WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 DEFAULT_WEIGHT = 0.05  # the best on London's validation views in session 6 (benchmarks/RESULTS.md)
 
@@ -91,10 +91,10 @@ class CellPrior:
     @classmethod
     def load(cls, run_dir: Path) -> "CellPrior | None":
         """The prior an embedding run trained, or None when it has none."""
-        folder = Path(run_dir) / PRIOR_DIR
-        if not (folder / PRIOR_FILE).is_file():
+        folder = Path(run_dir) / Run.PRIOR_DIR
+        if not (folder / Run.PRIOR).is_file():
             return None
-        return cls.from_folder(folder, json.loads((folder / PRIOR_FILE).read_text(encoding="utf-8"))["weight"])
+        return cls.from_folder(folder, json.loads((folder / Run.PRIOR).read_text(encoding="utf-8"))["weight"])
 
     def classes(self, lat, lon) -> np.ndarray:
         return self.class_of_cell[self.grid.assign(np.asarray(lat), np.asarray(lon))]
@@ -115,9 +115,9 @@ def top_candidates(q: np.ndarray, db: np.ndarray, n: int) -> tuple[np.ndarray, n
 def train_prior(cfg: Config, run_dir: Path, resume: bool) -> dict:
     """Train the cells classifier in RUN/cells with the share of the budget, then choose the weight on
     the validation views."""
-    folder = Path(run_dir) / PRIOR_DIR
+    folder = Path(run_dir) / Run.PRIOR_DIR
     cells_cfg = budgets(cfg)[1]
-    resume = resume and (folder / "last.pt").is_file()
+    resume = resume and Run(folder).last.is_file()
     prepare_run_dir(folder, cells_cfg)
     summary = train_cells(cells_cfg, folder, resume)
     return {**summary, "weight": choose_and_record_weight(cfg, Path(run_dir))}
@@ -126,7 +126,7 @@ def train_prior(cfg: Config, run_dir: Path, resume: bool) -> dict:
 def choose_and_record_weight(cfg: Config, run_dir: Path) -> float:
     """Choose the prior's weight on the validation views (database: the training photos, as in the
     embedding's own validation) and write it to RUN/cells/prior.json."""
-    folder = run_dir / PRIOR_DIR
+    folder = run_dir / Run.PRIOR_DIR
     splits = load_data(cfg)
     train, val = splits["train"], splits.get("val")
     record = {"weight": DEFAULT_WEIGHT, "chosen_on": "default (no validation views)", "val_recall@1_25m": {}}
@@ -140,7 +140,7 @@ def choose_and_record_weight(cfg: Config, run_dir: Path) -> float:
         weight, recall = choose_weight(sims, ids, prior.log_probs(val_images), prior.classes(train.lat, train.lon),
                                        train.lat, train.lon, val.lat, val.lon)
         record = {"weight": weight, "chosen_on": f"{len(val)} validation views", "val_recall@1_25m": recall}
-    atomic_write_json(folder / PRIOR_FILE, record)
+    atomic_write_json(folder / Run.PRIOR, record)
     return record["weight"]
 
 
@@ -153,16 +153,16 @@ def record_in_run(run_dir: Path, summary: dict, cells: dict) -> dict:
              "train_images_per_s": round(images / seconds, 3) if seconds else None,
              "embedding": {k: summary[k] for k in ("train_seconds", "train_images", "train_images_per_s")},
              "cell_prior": cells}
-    info = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
-    atomic_write_json(Path(run_dir) / "run.json", {**info, "train": total})
+    info = json.loads(Run(run_dir).info_file.read_text(encoding="utf-8"))
+    atomic_write_json(Run(run_dir).info_file, {**info, "train": total})
     return total
 
 
 def check_complete(run_dir: Path, cfg: Config) -> None:
     """Raise when a run was configured with a prior whose training has not finished."""
-    if cfg.embedding.cell_prior_share > 0 and not (Path(run_dir) / PRIOR_DIR / PRIOR_FILE).is_file():
+    if cfg.embedding.cell_prior_share > 0 and not (Path(run_dir) / Run.PRIOR_DIR / Run.PRIOR).is_file():
         raise GeolocError(f"{run_dir}: embedding.cell_prior_share={cfg.embedding.cell_prior_share:g} but the "
-                          f"cells prior was not trained to the end ({PRIOR_DIR}/{PRIOR_FILE} missing); "
+                          f"cells prior was not trained to the end ({Run.PRIOR_DIR}/{Run.PRIOR} missing); "
                           "resume the training with --resume")
 
 
@@ -176,5 +176,5 @@ def train_embedding_and_prior(cfg: Config, run_dir: str | Path, resume: bool = F
         raise GeolocError("embedding.cell_prior_share: one process only (the cells prior trains after the "
                           "embedding, on rank 0's data)")
     summary = train_embedding(budgets(cfg)[0], run_dir, resume)
-    tqdm.write(f"== cells prior: {cfg.embedding.cell_prior_share:g} of the budget, in {Path(run_dir) / PRIOR_DIR}")
+    tqdm.write(f"== cells prior: {cfg.embedding.cell_prior_share:g} of the budget, in {Path(run_dir) / Run.PRIOR_DIR}")
     return record_in_run(Path(run_dir), summary, train_prior(cfg, Path(run_dir), resume))

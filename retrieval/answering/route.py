@@ -39,7 +39,6 @@ from retrieval.data.streets import Snap, StreetGraph, photo_graph, snap_photos
 
 # `p` below is the config's route section (retrieval.config.RouteConfig), read by attribute: the config
 # imports this module's choices, so this module does not import the config.
-DISTANCES = ("geodesic", "euclidean")  # route.distance: walking distance along the streets, or straight line
 NAT = np.datetime64("NaT", "s")
 
 

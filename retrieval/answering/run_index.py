@@ -14,20 +14,19 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from retrieval.learning import distributed
-from retrieval.config import Config
+from retrieval.config import Config, descriptor_dim
 from retrieval.files import atomic_write, atomic_write_json, create_npy
 from retrieval.answering.index import (META_FILE, NpyRows, Sidecar, build_index, index_params, load_index, read_meta, save_index,
                              shards_of)
 from retrieval.learning.inference import embed, load_embedding_model
-from retrieval.answering.local_features import LOCAL_DIR, extract_database
+from retrieval.answering.local_features import extract_database
+from retrieval.run import Run
 from retrieval.data.manifests import Manifest, concat_manifests
-from retrieval.learning.models import descriptor_dim
 from retrieval.answering.places import place_means, place_neighbours
 from retrieval.learning.precision import resolve_precision
 from retrieval.data.splits import load_data
 from retrieval.learning.transforms import decode_images
 
-INDEX_DIR = "index"
 EMBEDDINGS, PROGRESS = "embeddings.npy", "embeddings.json"
 PLACE_EMBEDDINGS = "place_embeddings.npy"  # what the index holds when index.place_mean_m > 0
 # Photos decoded and embedded between two progress records: the most a killed build loses, and the
@@ -124,12 +123,12 @@ def build_run_index(run_dir: str | Path, cfg: Config, db: Manifest | None = None
     db = db if db is not None else database(cfg)
     model, sha = load_embedding_model(run_dir, cfg)
     t0 = time.perf_counter()
-    store, state, embedded = embed_database(model, sha, db, cfg, run_dir / INDEX_DIR, chunk, on_chunk)
+    store, state, embedded = embed_database(model, sha, db, cfg, run_dir / Run.INDEX_DIR, chunk, on_chunk)
     if not distributed.is_main():  # under torchrun rank 0 alone builds and writes the index
         return {}
     rows, place_mean = indexed_rows(store, db, cfg, chunk)
     index = build_index(NpyRows(rows), seed=cfg.seed, **index_params(cfg.index))
-    save_index(run_dir / INDEX_DIR, index, Sidecar(paths=[str(p) for p in db.paths], lat=db.lat, lon=db.lon,
+    save_index(run_dir / Run.INDEX_DIR, index, Sidecar(paths=[str(p) for p in db.paths], lat=db.lat, lon=db.lon,
                                                    dim=descriptor_dim(cfg.model), checkpoint_sha256=sha, kind=cfg.index.kind,
                                                    place_mean=place_mean))
     local = build_local_features(run_dir, cfg, db)
@@ -143,7 +142,7 @@ def build_local_features(run_dir: str | Path, cfg: Config, db: Manifest | None =
     if cfg.index.rerank == "off":
         return {}
     db = db if db is not None else database(cfg)
-    rec = extract_database(db, photos_sha256(db), cfg.rerank, Path(run_dir) / INDEX_DIR / LOCAL_DIR)
+    rec = extract_database(db, photos_sha256(db), cfg.rerank, Path(run_dir) / Run.INDEX_DIR / Run.LOCAL_DIR)
     return {"local_bytes_per_photo": rec["bytes_per_photo"], "local_ms_per_photo": rec["ms_per_photo"]}
 
 
@@ -187,7 +186,7 @@ def indexed_file(folder: Path) -> Path:
 def open_index(run_dir: Path, cfg: Config):
     """Model, index and sidecar of a run, checked to belong together."""
     model, sha = load_embedding_model(run_dir, cfg)
-    index, side = load_index(Path(run_dir) / INDEX_DIR, expected_checkpoint_hash=sha,
+    index, side = load_index(Path(run_dir) / Run.INDEX_DIR, expected_checkpoint_hash=sha,
                              expected_dim=descriptor_dim(cfg.model))
     return model, index, side
 
@@ -196,7 +195,7 @@ def ensure_index(run_dir: str | Path, cfg: Config) -> None:
     """Build RUN/index when it is missing or holds other place means than cfg asks for (the stored
     embeddings are reused, so only the place means are recomputed), and the local features index.rerank
     asks for."""
-    folder = Path(run_dir) / INDEX_DIR
+    folder = Path(run_dir) / Run.INDEX_DIR
     if not (folder / META_FILE).is_file():
         build_run_index(run_dir, cfg)
         return

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from retrieval import GeolocError
+from retrieval.choices import VOTE_MODES
 from retrieval.geo import haversine_m
 from retrieval.metrics import errors_m
 
-VOTE_MODES = ("pool", "top1", "weighted_mean")
 VOTE_RULES = 2  # bumped when a mode's answer changes (2: weighted_mean moves to its nearest neighbour)
 
 

@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from retrieval import GeolocError
+from retrieval.run import Run
 
 app = typer.Typer(help="Locate street-level photos within a city.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -253,7 +254,8 @@ def _train_setup(kind: str, data: Optional[Path], config: Optional[Path], out: O
     import time
 
     from retrieval.learning import distributed
-    from retrieval.config import load_config, prepare_run_dir
+    from retrieval.config import load_config
+    from retrieval.run import prepare_run_dir
     from retrieval.run import check_resume, clean_stale_tmp, lock_run_dir, record_resume
     from retrieval.learning.train import check_run_dir
 
@@ -262,7 +264,7 @@ def _train_setup(kind: str, data: Optional[Path], config: Optional[Path], out: O
     if resume:
         if out is None:
             raise GeolocError("--resume needs --out RUN (the run directory to continue)")
-        cfg = load_config(out / "config.yaml", overrides)
+        cfg = load_config(Run(out).config_file, overrides)
     else:
         cfg = load_config(config, overrides, base={"name": kind})
     if data is not None:
@@ -418,16 +420,16 @@ def index_build_cmd(
             lock_run_dir(out, "index build")
             cfg = make_zero_shot_run(out, backbone, config, sets)
         distributed.barrier()
-        run, cfg = out, cfg if distributed.is_main() else load_config(out / "config.yaml", sets)
+        run, cfg = out, cfg if distributed.is_main() else load_config(Run(out).config_file, sets)
     else:
         if run is None or out is not None or config is not None:
             raise GeolocError("index build: give --run RUN (a trained run), or --backbone NAME --data PHOTOS --out RUN")
-        if not (run / "config.yaml").is_file():
+        if not Run(run).config_file.is_file():
             raise GeolocError(f"{run}: not a run directory (no config.yaml)")
         distributed.init()
         if distributed.is_main():
             lock_run_dir(run, "index build")
-        cfg = load_config(run / "config.yaml", sets)
+        cfg = load_config(Run(run).config_file, sets)
     s = build_run_index(run, cfg)
     if not distributed.is_main():
         return
@@ -446,10 +448,10 @@ def _keep_rerank_setting(run: Path, cfg) -> None:
     from retrieval.config import dump_yaml, load_config
     from retrieval.files import atomic_write_text
 
-    own = load_config(run / "config.yaml")
+    own = load_config(Run(run).config_file)
     if (own.index.rerank, own.rerank) != (cfg.index.rerank, cfg.rerank):
         own.index.rerank, own.rerank = cfg.index.rerank, cfg.rerank
-        atomic_write_text(run / "config.yaml", dump_yaml(own))
+        atomic_write_text(Run(run).config_file, dump_yaml(own))
 
 
 def _answer_text(a) -> str:
@@ -521,10 +523,10 @@ def _query_route(images, run: Path, k, as_json: bool, route: bool, out: Path, st
 
     if not route:
         raise GeolocError("--streets, --distance and --set apply to --route only")
-    if not (run / "config.yaml").is_file():
+    if not Run(run).config_file.is_file():
         raise GeolocError(f"{run}: not a run directory (no config.yaml)")
     extra = ([f"route.distance={distance}"] if distance else []) + ([f"index.k={k}"] if k else [])
-    loc = Locator.load(run, load_config(run / "config.yaml", [*(overrides or []), *extra]))
+    loc = Locator.load(run, load_config(Run(run).config_file, [*(overrides or []), *extra]))
     r = loc.locate_route(images[0] if len(images) == 1 and images[0].suffix.lower() == ".csv" else images,
                          streets=streets)
     geojson, png = write_route(r, out, loc.side.lat, loc.side.lon)
@@ -595,7 +597,7 @@ def pretrain_cmd(
     if views < 10 or not 1 <= headings <= 36:
         raise GeolocError(f"pretrain: --views {views} (at least 10) and --headings {headings} (1 to 36)")
     distributed.init()
-    own = out / "config.yaml"  # resuming reads the run's own settings, as `train --resume` does
+    own = Run(out).config_file  # resuming reads the run's own settings, as `train --resume` does
     cfg = load_config(own if resume and own.is_file() else config, overrides, base=PRETRAIN)
     if distributed.is_main():
         lock_run_dir(out, "pretrain")

@@ -22,7 +22,6 @@ from retrieval import GeolocError
 from retrieval.files import atomic_write_json
 from retrieval.geo import LocalProjection, bounding_polygon
 
-KINDS = ("square", "voronoi")
 
 
 def _map_coords(geom: BaseGeometry, fn) -> BaseGeometry:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval import GeolocError
+from retrieval.choices import SPLIT_MODES
 from retrieval.data.manifests import SPLITS, Manifest, read_manifest
 
 
@@ -108,7 +109,6 @@ def place_split(lat, lon, val_fraction: float = 0.1, test_fraction: float = 0.1,
     return split.astype(str)
 
 
-SPLIT_MODES = ("place", "spatial", "random", "sequence")
 
 
 def split_photos(mode: str, lat, lon, val_fraction: float = 0.1, test_fraction: float = 0.1,

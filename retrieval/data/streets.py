@@ -23,11 +23,9 @@ from tqdm import tqdm
 
 from retrieval import GeolocError
 from retrieval.geo import LocalProjection, haversine_m, utm_crs
-from retrieval.synth.osm import clipped_message, is_street, sort_merged_attributes, write_without_dangling
+from retrieval.data.osm_xml import clipped_message, is_street, sort_merged_attributes, write_without_dangling
 
 # OSMnx network types, for downloaded graphs (a local OSM file keeps every street whatever the type)
-NETWORK_TYPES = ("walk", "all", "drive", "bike", "all_public", "drive_service")
-POSITIVES = ("geodesic", "euclidean")  # embedding.positives: walking distance, or the straight-line ablation
 GRAPH_SUFFIXES = (".osm", ".osm.bz2", ".xml", ".graphml")
 
 
@@ -169,7 +167,7 @@ def _graph_from_xml(path: Path) -> nx.MultiDiGraph:
 
 def _streets_only(G: nx.MultiDiGraph, path: Path) -> nx.MultiDiGraph:
     """graph_from_xml turns every OSM way into edges, buildings and coastlines included: keep the streets
-    (by the renderer's rule, retrieval.synth.osm.is_street)."""
+    (by the renderer's rule, retrieval.data.osm_xml.is_street)."""
     import osmnx as ox
 
     G.remove_edges_from([(u, v, k) for u, v, k, d in G.edges(keys=True, data=True) if not is_street(d)])

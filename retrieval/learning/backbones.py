@@ -26,19 +26,19 @@ import yaml
 from torch import nn
 
 from retrieval import GeolocError
-from retrieval.learning.checkpoints import load_tensors, trained_checkpoint
+from retrieval.choices import ARCHS, BACKBONE_FEATURES, HUB
+from retrieval.learning.checkpoints import load_tensors
+from retrieval.run import trained_checkpoint
 
 # Every backbone's input is normalised with these (retrieval.learning.transforms); a trunk whose weights expect
 # another normalisation converts from them (EfficientNetLite).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-HUB = "hub"  # model.arch of a torch.hub descriptor network (model.weights names it)
 
 
 @dataclass(frozen=True)
 class Backbone:
     make: Callable[[], nn.Module]  # the trunk with random weights
-    features: int  # width of its pooled output
     imagenet: Callable[[], dict]  # its ImageNet weights, in the trunk's own names
     input_size: int  # the side its ImageNet weights were trained at
 
@@ -125,21 +125,20 @@ def _lite_imagenet(variant: int) -> Callable[[], dict]:
 
 
 BACKBONES: dict[str, Backbone] = {
-    "resnet18": Backbone(lambda: _resnet("resnet18"), 512, _resnet_imagenet("resnet18", "ResNet18_Weights"), 224),
-    "resnet34": Backbone(lambda: _resnet("resnet34"), 512, _resnet_imagenet("resnet34", "ResNet34_Weights"), 224),
-    "resnet50": Backbone(lambda: _resnet("resnet50"), 2048, _resnet_imagenet("resnet50", "ResNet50_Weights"), 224),
-    "efficientnet_lite0": Backbone(lambda: EfficientNetLite(0), 1280, _lite_imagenet(0), 224),
-    "efficientnet_lite1": Backbone(lambda: EfficientNetLite(1), 1280, _lite_imagenet(1), 240),
-    "efficientnet_lite2": Backbone(lambda: EfficientNetLite(2), 1280, _lite_imagenet(2), 260),
+    "resnet18": Backbone(lambda: _resnet("resnet18"), _resnet_imagenet("resnet18", "ResNet18_Weights"), 224),
+    "resnet34": Backbone(lambda: _resnet("resnet34"), _resnet_imagenet("resnet34", "ResNet34_Weights"), 224),
+    "resnet50": Backbone(lambda: _resnet("resnet50"), _resnet_imagenet("resnet50", "ResNet50_Weights"), 224),
+    "efficientnet_lite0": Backbone(lambda: EfficientNetLite(0), _lite_imagenet(0), 224),
+    "efficientnet_lite1": Backbone(lambda: EfficientNetLite(1), _lite_imagenet(1), 240),
+    "efficientnet_lite2": Backbone(lambda: EfficientNetLite(2), _lite_imagenet(2), 260),
 }
-ARCHS = (*BACKBONES, HUB)
 
 
 def features(arch: str) -> int:
     """Width of the trunk's pooled output."""
     if arch == HUB:
         raise GeolocError("model.arch=hub: the descriptor size is the hub model's (measured when the run is made)")
-    return BACKBONES[arch].features
+    return BACKBONE_FEATURES[arch]
 
 
 # --- weights from files and runs ---------------------------------------------------------------------

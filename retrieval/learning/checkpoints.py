@@ -6,12 +6,7 @@ from pathlib import Path
 
 from retrieval import GeolocError
 from retrieval.files import atomic_write
-
-
-def trained_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint a trained run answers with: best.pt, else last.pt."""
-    run_dir = Path(run_dir)
-    return run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
+from retrieval.run import trained_checkpoint
 
 
 def load_trained(model, run_dir: str | Path) -> dict:

@@ -6,10 +6,6 @@ from pytorch_metric_learning import losses
 
 from retrieval.learning.mining import GeodesicPairMiner, GeodesicTripletMiner, GroundRules
 
-# loss -> the miners it takes (triplet strategies, or pml's informative-pair rule for pair losses)
-MINERS = {"triplet": ("semihard", "hard", "all", "hardest"),
-          "multi_similarity": ("multi_similarity", "all"), "contrastive": ("multi_similarity", "all")}
-LOSSES = tuple(MINERS)
 
 
 def make_loss(cfg) -> losses.BaseMetricLossFunction:

@@ -20,7 +20,6 @@ from pytorch_metric_learning import distances
 from retrieval import GeolocError
 from retrieval.geo import heading_gap_deg
 
-SUPERVISION = ("auto", "heading", "weak", "radius")
 
 
 def kept_photos(dist: sp.csr_matrix) -> np.ndarray:

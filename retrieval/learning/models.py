@@ -16,15 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from retrieval import GeolocError
-from retrieval.learning.backbones import HUB, build_trunk, features, output_width, read_state_dict
-from retrieval.learning.checkpoints import trained_checkpoint
+from retrieval.choices import HUB
+from retrieval.learning.backbones import build_trunk, features, output_width, read_state_dict
+from retrieval.run import trained_checkpoint
 
-POOLINGS = ("gem", "avg")  # model.pooling: the embedding's; the baselines keep the backbone's average
-
-
-def descriptor_dim(model_cfg) -> int:
-    """The embedding's width: model.embed_dim, or with 0 (no projection head) the trunk's features."""
-    return model_cfg.embed_dim or features(model_cfg.arch)
 
 
 

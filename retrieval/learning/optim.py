@@ -5,8 +5,6 @@ import math
 
 import torch
 
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "exponential")
 
 
 def make_optimizer(params: list, t) -> torch.optim.Optimizer:

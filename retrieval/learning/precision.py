@@ -7,7 +7,6 @@ import warnings
 import torch
 from torch import nn
 
-PRECISIONS = ("bf16", "fp32")
 
 
 def bf16_supported() -> bool:

@@ -31,10 +31,11 @@ from retrieval import GeolocError
 from retrieval.learning import distributed
 from retrieval.learning.checkpoints import load_checkpoint, save_checkpoint
 from retrieval.config import Config, TrainConfig
-from retrieval.files import atomic_write, atomic_write_json, read_log
+from retrieval.files import atomic_write, atomic_write_json
 from retrieval.learning.models import freeze_batchnorm
 from retrieval.learning.optim import lr_factor, make_optimizer
 from retrieval.learning.precision import autocast, prepare_images, prepare_model, resolve_precision
+from retrieval.run import Run
 
 
 class Task(Protocol):
@@ -110,7 +111,7 @@ def _tensorboard(run_dir: Path):
 
 def check_run_dir(run_dir: str | Path, resume: bool) -> None:
     """Refuse to start over a trained run (its checkpoints would be overwritten) or to resume nothing."""
-    last = Path(run_dir) / "last.pt"
+    last = Run(run_dir).last
     if resume and not last.is_file():
         raise GeolocError(f"{run_dir}: nothing to resume (no last.pt)")
     if not resume and last.exists():
@@ -157,7 +158,7 @@ def _resume(task: Task, model: nn.Module, opt: torch.optim.Optimizer, cfg: Confi
     if not resume:
         seed_everything(cfg.seed + distributed.rank())
         return 0, None, 0, 0, []
-    last = run_dir / "last.pt"
+    last = Run(run_dir).last
     state = load_checkpoint(last)
     if state.get("kind") != task.kind:
         raise GeolocError(f"{last}: a {state.get('kind')} checkpoint, cannot resume a {task.kind} run")
@@ -170,8 +171,7 @@ def _resume(task: Task, model: nn.Module, opt: torch.optim.Optimizer, cfg: Confi
         extra.load_state_dict(state["extra"])
     opt.load_state_dict(state["optimizer"])
     _restore_rng(state, cfg, state["epoch"])
-    return state["epoch"], state["best"], state["best_epoch"], state["step"], read_log(run_dir / "log.csv",
-                                                                                        state["epoch"])
+    return state["epoch"], state["best"], state["best_epoch"], state["step"], Run(run_dir).log_rows(state["epoch"])
 
 
 @dataclass
@@ -306,7 +306,7 @@ def _setup(task: Task, cfg: Config, run_dir: Path, resume: bool) -> "_Epochs":
     info = {"kind": task.kind, "metric": task.metric, "maximize": task.maximize, "precision": precision,
             "processes": world, **task.info()}
     if main:
-        atomic_write_json(run_dir / "run.json", info)
+        atomic_write_json(Run(run_dir).info_file, info)
     steps = len(task.train_loader) if hasattr(task.train_loader, "__len__") else None  # for the bar
     if t.max_steps_per_epoch:
         steps = min(steps or t.max_steps_per_epoch, t.max_steps_per_epoch)
@@ -358,7 +358,7 @@ def _end_of_epoch(e: "_Epochs", epoch: int, figures: dict, tb, validate: bool = 
     rngs = distributed.gather_objects(rng_state())
     if not e.main:
         return val_s
-    _write_log(e.run_dir / "log.csv", e.rows)
+    _write_log(Run(e.run_dir).log, e.rows)
     if tb is not None:
         for k, v in row.items():
             if k != "epoch":
@@ -370,8 +370,8 @@ def _end_of_epoch(e: "_Epochs", epoch: int, figures: dict, tb, validate: bool = 
     if extra is not None:
         state["extra"] = extra.state_dict()
     if improved:
-        save_checkpoint(e.run_dir / "best.pt", state)
-    save_checkpoint(e.run_dir / "last.pt", state)
+        save_checkpoint(Run(e.run_dir).best, state)
+    save_checkpoint(Run(e.run_dir).last, state)
     tqdm.write(f"epoch {epoch}/{e.t.epochs}: train_loss {row['train_loss']:.4f}"
                + "".join(f", {k} {v:.4g}" for k, v in val.items())
                + ("" if validate else ", validation skipped (budget)")
@@ -420,6 +420,6 @@ def fit(task: Task, cfg: Config, run_dir: str | Path, resume: bool = False) -> d
         tqdm.write(f"time: {summary['train_seconds']:.0f} s training, {summary['val_seconds']:.0f} s validating "
                    f"({summary['validations']} of {summary['epochs']} epochs)")
     if e.main:
-        atomic_write_json(run_dir / "run.json", {**e.info, "train": summary})
+        atomic_write_json(Run(run_dir).info_file, {**e.info, "train": summary})
     distributed.barrier()  # no rank returns (and maybe reads the run) before rank 0 has written it
     return summary

@@ -19,7 +19,7 @@ from retrieval.data.grids import cell_classes_of
 from retrieval import GeolocError
 from retrieval.learning import distributed
 from retrieval.data.cities import CITIES_FILE, city_of_photos, read_cities
-from retrieval.config import Config
+from retrieval.config import Config, descriptor_dim
 from retrieval.reports.floors import knn_floor
 from retrieval.answering.index import nearest_of
 from retrieval.learning.inference import embed
@@ -28,7 +28,7 @@ from retrieval.data.manifests import Manifest
 from retrieval.metrics import errors_m
 from retrieval.learning.mining import (GroundRules, PhotoMemory, PlaceBatchSampler, kept_photos, positive_candidates,
                               resolve_supervision)
-from retrieval.learning.models import descriptor_dim, embedding_net
+from retrieval.learning.models import embedding_net
 from retrieval.answering.places import place_means, place_neighbours
 from retrieval.data.splits import load_data
 from retrieval.data.streets import euclidean_neighbours, photo_distances

@@ -24,11 +24,11 @@ from retrieval import GeolocError
 
 from retrieval.learning import distributed
 from retrieval.data.cities import write_cities
-from retrieval.config import Config, prepare_run_dir
+from retrieval.config import Config
+from retrieval.run import check_resume, command_line, git_revision, prepare_run_dir, record_resume
 from retrieval.methods.embedding import train_embedding
-from retrieval.files import atomic_write_json, atomic_write_text, command_line, git_revision
+from retrieval.files import atomic_write_json, atomic_write_text
 from retrieval.data.manifests import concat_manifests, read_manifest, write_manifest
-from retrieval.run import check_resume, record_resume
 from retrieval.synth.cameras import render_dataset
 from retrieval.learning.train import check_run_dir
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from retrieval import GeolocError
-from retrieval.learning.backbones import BACKBONES, HUB, output_width
+from retrieval.choices import HUB
+from retrieval.learning.backbones import BACKBONES, output_width
 from retrieval.learning.checkpoints import save_checkpoint
-from retrieval.config import Config, load_config, load_run_config, prepare_run_dir
+from retrieval.config import Config, load_config
+from retrieval.run import Run, config_changes, load_run_config, prepare_run_dir, read_run_info
 from retrieval.files import atomic_write_json
 from retrieval.learning.models import embedding_net
 from retrieval.learning.precision import resolve_precision
-from retrieval.run import config_changes, read_run_info
 
 # The measured choice for an ImageNet trunk used as it is (benchmarks/RESULTS.md, "ImageNet, zero-shot").
 ZERO_SHOT_POOLING = "gem"
@@ -39,14 +40,14 @@ def make_zero_shot_run(run_dir: Path, backbone: str, config: Path | None, overri
     same zero-shot run is reused (its index build resumes); any other run there is refused. Returns the
     run's config."""
     cfg = load_config(config, [*zero_shot_settings(backbone), *overrides], base={"name": "zero_shot"})
-    if (run_dir / "config.yaml").is_file() or (run_dir / "best.pt").exists():
+    if Run(run_dir).config_file.is_file() or Run(run_dir).best.exists():
         return _same_run(run_dir, cfg)
     model = embedding_net(cfg.model.weights, cfg.model.embed_dim, 0.0, cfg.model.arch, cfg.model.pooling)
     if cfg.model.arch == HUB:  # its descriptor size, so the config alone says what the index holds
         cfg.model.embed_dim = output_width(model.trunk, cfg.data.image_size)
     prepare_run_dir(run_dir, cfg)
-    save_checkpoint(run_dir / "best.pt", {"kind": "embedding", "model": model.state_dict(), "epoch": 0})
-    atomic_write_json(run_dir / "run.json", {"kind": "embedding", "zero_shot": True, "backbone": backbone,
+    save_checkpoint(Run(run_dir).best, {"kind": "embedding", "model": model.state_dict(), "epoch": 0})
+    atomic_write_json(Run(run_dir).info_file, {"kind": "embedding", "zero_shot": True, "backbone": backbone,
                                              "precision": resolve_precision(cfg.train.precision),
                                              "train": {"epochs": 0, "train_seconds": 0.0, "train_images": 0}})
     return cfg

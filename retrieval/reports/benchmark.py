@@ -19,18 +19,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from baselines.cells import GRID_FILE
+from retrieval.run import Run, command_line, config_changes, load_run_config, prepare_run_dir
 from retrieval import GeolocError
-from retrieval.config import Config, dump_yaml, load_config, load_run_config, prepare_run_dir, to_dict
+from retrieval.config import Config, dump_yaml, load_config, to_dict
 from retrieval.reports.evaluate import evaluate_run
-from retrieval.files import atomic_write_text, command_line, read_log
+from retrieval.files import atomic_write_text
 from retrieval.methods import method_kind, trainer
 from retrieval.learning.backbones import build_trunk
-from retrieval.reports.prediction_images import PAGE, PREDICTIONS_DIR, save_predictions
-from retrieval.answering.prior import PRIOR_DIR, PRIOR_FILE
+from retrieval.reports.prediction_images import PAGE, save_predictions
 from retrieval.reports.report import (error_cdf_png, floor_rows, learning_png, map_png, neighbourhoods_html, report_md,
                               terminal_table, versus_floors)
-from retrieval.run import config_changes
 from retrieval.data.streets import lonlat_lines
 from retrieval.synth.cameras import render_dataset
 from retrieval.synth.city import write_demo_city
@@ -116,8 +114,8 @@ OTHER_METHODS_SETTINGS = {"cells": ("bench.", "embedding.", "regression.", "inde
 def train_method(name: str, mcfg: Config, run: Path) -> str:
     """Train the method unless its run already finished; returns a note when a finished run was trained
     with other settings than this benchmark gives it (a run copied in, or the config edited since)."""
-    info_path = run / "run.json"
-    prior_done = mcfg.embedding.cell_prior_share == 0 or (run / PRIOR_DIR / PRIOR_FILE).is_file()
+    info_path = Run(run).info_file
+    prior_done = mcfg.embedding.cell_prior_share == 0 or (run / Run.PRIOR_DIR / Run.PRIOR).is_file()
     if info_path.is_file() and "train" in json.loads(info_path.read_text(encoding="utf-8")) and prior_done:
         changes = {k: v for k, v in config_changes(mcfg, load_run_config(run)).items()
                    if not k.startswith(OTHER_METHODS_SETTINGS[method_kind(name)])}
@@ -127,7 +125,7 @@ def train_method(name: str, mcfg: Config, run: Path) -> str:
                 + "; ".join(f"{k} {a!r} here, {b!r} in the run" for k, (a, b) in changes.items()))
         tqdm.write(f"== warning: {note}")
         return note
-    resume = (run / "last.pt").is_file()
+    resume = Run(run).last.is_file()
     prepare_run_dir(run, mcfg)
     tqdm.write(f"== {name}: {'resuming' if resume else 'training'} in {run}")
     trainer(name)(mcfg, run, resume)
@@ -135,7 +133,7 @@ def train_method(name: str, mcfg: Config, run: Path) -> str:
 
 
 def evaluate_method(run: Path, data: Path) -> dict:
-    path = run / "metrics.json"
+    path = Run(run).metrics
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     return evaluate_run(run, data)
@@ -150,7 +148,7 @@ def street_lines(data: Path) -> list[np.ndarray]:
 
 
 def _predictions(run: Path) -> dict[str, np.ndarray]:
-    with (run / "predictions.csv").open(newline="", encoding="utf-8") as f:
+    with Run(run).predictions_csv.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return {k: np.array([float(r[k]) for r in rows]) for k in
             ("true_lat", "true_lon", "pred_lat", "pred_lon", "error_m")}
@@ -158,16 +156,16 @@ def _predictions(run: Path) -> dict[str, np.ndarray]:
 
 def _cells_page(run: Path, lines: list[np.ndarray], out: Path, attribution: str) -> Path | None:
     """The study's neighbourhood plot from a cells run: its grid and per-photo class probabilities."""
-    if not (run / GRID_FILE).is_file() or not (run / "predictions.npz").is_file():
+    if not (run / Run.GRID).is_file() or not Run(run).predictions_npz.is_file():
         return None
-    grid = json.loads((run / GRID_FILE).read_text(encoding="utf-8"))
+    grid = json.loads((run / Run.GRID).read_text(encoding="utf-8"))
     polygons = []
     for f in grid["features"]:
         g = f["geometry"]
         ring = g["coordinates"][0] if g["type"] == "Polygon" else max(
             (p[0] for p in g["coordinates"]), key=len)
         polygons.append(np.asarray(ring))
-    with np.load(run / "predictions.npz") as z:
+    with np.load(Run(run).predictions_npz) as z:
         probs_class, class_cells, true_cell = z["probabilities"], z["class_cells"], z["true_cell"]
     probs = np.zeros((len(probs_class), len(polygons)), dtype=np.float32)
     probs[:, class_cells] = probs_class
@@ -178,7 +176,7 @@ def _cells_page(run: Path, lines: list[np.ndarray], out: Path, attribution: str)
 def recall_curve(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
     """(training images seen, validation R@1 within 25 m) after each epoch of a run's log.csv; None
     for runs that log no recall (the baselines) or have no log."""
-    rows = read_log(run / "log.csv")
+    rows = Run(run).log_rows()
     seen = np.cumsum([float(r["images"]) for r in rows])  # every epoch's images, validated or not
     kept = [i for i, r in enumerate(rows) if r.get("val_recall@1_25m")]
     if not kept:
@@ -204,9 +202,9 @@ def write_report(cfg: Config, out: Path, rows: list[dict], runs: dict[str, Path]
     page = _cells_page(cells_runs[0], lines, rep, attribution) if cells_runs else None
     floors = rows[0]["floors"]
     pages = [f"Prediction images of {n}: the worst, the best and a random sample of its test photos beside the "
-             f"database photos they were matched with ([{n}/{PREDICTIONS_DIR}]"
-             f"({os.path.relpath(r / PREDICTIONS_DIR / PAGE, rep)}))."
-             for n, r in runs.items() if (r / PREDICTIONS_DIR / PAGE).is_file()]
+             f"database photos they were matched with ([{n}/{Run.PREDICTIONS_DIR}]"
+             f"({os.path.relpath(r / Run.PREDICTIONS_DIR / PAGE, rep)}))."
+             for n, r in runs.items() if (r / Run.PREDICTIONS_DIR / PAGE).is_file()]
     curves = {n: c for n, c in ((n, recall_curve(r)) for n, r in runs.items()) if c is not None}
     if curves:
         learning_png(curves, floors, rep / "learning.png")
@@ -250,9 +248,9 @@ def run_benchmark(cfg: Config, out: str | Path) -> Path:
         mcfg = method_config(cfg, overrides, data)
         reused.append(train_method(name, mcfg, run))
         metrics = evaluate_method(run, data)
-        page = run / PREDICTIONS_DIR / PAGE
+        page = run / Run.PREDICTIONS_DIR / PAGE
         if method_kind(name) == "embedding" and (not page.is_file() or page.stat().st_mtime
-                                                 < (run / "predictions.csv").stat().st_mtime):
+                                                 < Run(run).predictions_csv.stat().st_mtime):
             save_predictions(run, PREDICTION_IMAGES)
         rows.append({"method": name, **metrics})
         runs[name] = run

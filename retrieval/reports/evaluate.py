@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from retrieval import GeolocError
-from retrieval.learning.checkpoints import load_checkpoint, trained_checkpoint
-from retrieval.config import load_run_config
+from retrieval.learning.checkpoints import load_checkpoint
+from retrieval.run import Run, load_run_config, read_run_info, trained_checkpoint
 from retrieval.files import atomic_write, atomic_write_json
 from retrieval.reports.floors import floors
 from retrieval.data.manifests import concat_manifests
 from retrieval.methods import predictor
 from retrieval.metrics import Predictions, error_metrics, errors_m
-from retrieval.run import read_run_info
 from retrieval.data.splits import load_data
 
 
@@ -68,12 +67,12 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> dict:
                "train_seconds": train.get("train_seconds"), "train_images_per_s": train.get("train_images_per_s"),
                "floors": floors(cfg, concat_manifests([splits[s] for s in ("train", "val") if s in splits]), test,
                                  start=not info.get("zero_shot"))}
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    _write_predictions_csv(run_dir / "predictions.csv", test, pred, err)
+    atomic_write_json(Run(run_dir).metrics, metrics)
+    _write_predictions_csv(Run(run_dir).predictions_csv, test, pred, err)
     if pred.arrays:
         def write_npz(tmp: Path) -> None:
             with tmp.open("wb") as f:  # a file object: np.savez would append .npz to a path
                 np.savez_compressed(f, paths=np.array([str(x) for x in test.paths]), **pred.arrays)
 
-        atomic_write(run_dir / "predictions.npz", write_npz)
+        atomic_write(Run(run_dir).predictions_npz, write_npz)
     return metrics

@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from retrieval import GeolocError
-from retrieval.learning.backbones import HUB
+from retrieval.choices import HUB
 from retrieval.geo import LocalProjection, heading_gap_deg
 from retrieval.learning.inference import embed
 from retrieval.metrics import error_metrics, errors_m, recall_at_n

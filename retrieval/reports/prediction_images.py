@@ -19,17 +19,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from retrieval import GeolocError  # noqa: E402
-from retrieval.config import load_run_config  # noqa: E402
+from retrieval.run import Run, load_run_config
 from retrieval.files import atomic_write, atomic_write_text  # noqa: E402
 from retrieval.geo import haversine_m  # noqa: E402
 from retrieval.answering.geometry import inliers, matched_points  # noqa: E402
 from retrieval.answering.index import load_index  # noqa: E402
-from retrieval.answering.local_features import LOCAL_DIR, LocalStore, matching_image  # noqa: E402
+from retrieval.answering.local_features import LocalStore, matching_image  # noqa: E402
 from retrieval.data.manifests import load_rgb  # noqa: E402
 from retrieval.answering.rerank import query_features  # noqa: E402
-from retrieval.answering.run_index import INDEX_DIR  # noqa: E402
 
-PREDICTIONS_DIR = "predictions"
 PAGE = "index.html"
 NEAR_M = 25.0  # the recall radius: a neighbour this close to the truth shows the right place
 GREEN, RED = "#2e7d32", "#c62828"
@@ -139,7 +137,7 @@ def matches_png(query: str, q: tuple, pairs: list[tuple[str, str, tuple]], cfg, 
 
 def _read_predictions(run: Path) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """predictions.csv's rows and predictions.npz's neighbour ids and confidences, checked to match."""
-    csv_path, npz_path = run / "predictions.csv", run / "predictions.npz"
+    csv_path, npz_path = Run(run).predictions_csv, Run(run).predictions_npz
     for p in (csv_path, npz_path):
         if not p.is_file():
             raise GeolocError(f"{p}: missing; run `geoloc evaluate --run {run}` first")
@@ -165,12 +163,12 @@ def save_predictions(run_dir: str | Path, n: int, seed: int = 0) -> Path:
     rows, ids, conf = _read_predictions(run)
     cfg = load_run_config(run)
     k = cfg.index.k
-    _, side = load_index(run / INDEX_DIR)
+    _, side = load_index(run / Run.INDEX_DIR)
     if ids.size and ids.max() >= len(side.paths):
         raise GeolocError(f"{run / 'predictions.npz'}: neighbour ids beyond the {len(side.paths)} photos of "
-                          f"{run / INDEX_DIR}; run `geoloc evaluate --run {run}` again")
-    out = run / PREDICTIONS_DIR
-    local = run / INDEX_DIR / LOCAL_DIR
+                          f"{run / Run.INDEX_DIR}; run `geoloc evaluate --run {run}` again")
+    out = run / Run.PREDICTIONS_DIR
+    local = run / Run.INDEX_DIR / Run.LOCAL_DIR
     store = LocalStore(local) if cfg.index.rerank != "off" and local.is_dir() else None
     errors = np.array([float(r["error_m"]) for r in rows])
     shown = pick(errors, n, seed)
@@ -216,7 +214,7 @@ def _page(run: Path, items: list, n_test: int) -> str:
         parts.append(f"<h2>{html.escape(title)}</h2>")
         for s, name, path, caption in group:
             matches = name.replace(".png", "_matches.png")
-            extra = (f" <a href='{matches}'>matched local features</a>" if (run / PREDICTIONS_DIR / matches).is_file()
+            extra = (f" <a href='{matches}'>matched local features</a>" if (run / Run.PREDICTIONS_DIR / matches).is_file()
                      else "")
             parts.append(f"<figure><a href='{name}'><img src='{name}' alt='{html.escape(label)} {s.rank}'></a>"
                          f"<figcaption><b>{html.escape(label)} #{s.rank}</b> {html.escape(Path(path).name)}: "

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from retrieval import GeolocError
-from retrieval.files import atomic_write, atomic_write_json, atomic_write_text, command_line, git_revision
+from retrieval.files import atomic_write, atomic_write_json, atomic_write_text
+from retrieval.run import command_line, git_revision
 from retrieval.data.manifests import Manifest, write_manifest
 from retrieval.synth.osm import load_city
 from retrieval.synth.randomize import knob_rng, randomize_camera, randomize_look
