@@ -19,9 +19,9 @@ from tqdm import tqdm
 from baselines.cell_answer import DECISION_RADII_CELLS, centroids, choose_radius, mass_choice, pairwise_m
 from retrieval.data.grids import Grid, make_grid
 from retrieval.learning import distributed
-from retrieval.learning.checkpoints import load_trained
 from retrieval.run import Run, trained_checkpoint
 from retrieval.config import Config
+from retrieval.learning.cell_classifier import cells_of_classes, class_logits, class_of_cell, load_classifier
 from retrieval.files import atomic_write_json, matching_record, sha256_file
 from retrieval.learning.inference import infer
 from retrieval.data.manifests import Manifest
@@ -56,15 +56,6 @@ def cell_table(grid: Grid, train: Manifest) -> dict[str, list]:
     }
 
 
-def _cell_of_class(table: dict[str, list]) -> np.ndarray:
-    return np.array([c for c, k in enumerate(table["class"]) if k is not None], dtype=np.int64)
-
-
-def class_of_cell(table: dict[str, list]) -> np.ndarray:
-    """Each cell's class, -1 for cells without training photos."""
-    return np.array([-1 if k is None else k for k in table["class"]])
-
-
 def distance_labels(photo_xy: np.ndarray, class_xy: np.ndarray, smooth_m: float) -> np.ndarray:
     """(photos, classes) soft labels: softmax over classes of -distance(photo, class centroid) / smooth_m,
     metres in a planar projection."""
@@ -87,7 +78,7 @@ class CellsTask:
         train = splits["train"]
         self.cfg, self.grid = cfg, grid
         self.table = cell_table(grid, train)
-        self.cell_of_class = _cell_of_class(self.table)
+        self.cell_of_class = cells_of_classes(self.table)
         classes = class_of_cell(self.table)
         labels = torch.from_numpy(classes[grid.assign(train.lat, train.lon)])
         self.centroid_lat, self.centroid_lon = centroids(self.table, cfg.cells.centroid)
@@ -141,7 +132,7 @@ def train_cells(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     distributed.init()  # before the task, whose sampler takes this process's rank
     run_dir = Path(run_dir)
     splits = load_data(cfg)
-    grid = Grid.load(run_dir / Run.GRID)[0] if resume else make_grid(cfg, splits["train"])
+    grid = Grid.loadRun(run_dir).grid[0] if resume else make_grid(cfg, splits["train"])
     seed_everything(cfg.seed)
     task = CellsTask(cfg, splits, grid)
     if distributed.is_main():
@@ -156,7 +147,7 @@ def train_cells(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
 def class_centroids(cfg: Config, grid: Grid, table: dict[str, list]):
     """Per class: lat, lon of its centroid (cells.centroid) and x, y in the grid's projection."""
     lat, lon = centroids(table, cfg.cells.centroid)
-    c = _cell_of_class(table)
+    c = cells_of_classes(table)
     xy = np.stack(grid.projection.to_xy(lat[c], lon[c]), axis=1)
     return lat[c], lon[c], xy
 
@@ -187,24 +178,9 @@ def resolve_decision(run_dir: Path, cfg: Config, model, grid: Grid, table: dict[
     return rec
 
 
-def load_classifier(run_dir: Path, cfg: Config) -> tuple[torch.nn.Module, Grid, dict[str, list]]:
-    """A trained cells run's classifier (best.pt, else last.pt), grid and cell table."""
-    grid, props = Grid.load(Path(run_dir) / Run.GRID)
-    table = {k: [p.get(k) for p in props] for k in ("n_train", "class", "photo_lat", "photo_lon",
-                                                     "poly_lat", "poly_lon")}
-    model = cell_classifier("none", len(_cell_of_class(table)), arch=cfg.model.arch)
-    load_trained(model, run_dir)
-    return model, grid, table
-
-
-def class_logits(model: torch.nn.Module, images: list[torch.Tensor], cfg: Config, desc: str = "predict"):
-    return infer(model, images, test_transform(cfg.data), cfg.train.batch_size,
-                 resolve_precision(cfg.train.precision), desc=desc)
-
-
 def predict(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
     model, grid, table = load_classifier(run_dir, cfg)
-    cell_of_class = _cell_of_class(table)
+    cell_of_class = cells_of_classes(table)
     decision = resolve_decision(run_dir, cfg, model, grid, table)
     logits = class_logits(model, decode_images(test, cfg.data.resize, "decode test"), cfg)
     probs = torch.softmax(logits.float(), dim=1).numpy()

@@ -86,3 +86,13 @@ class Predictions:
     metrics: dict = field(default_factory=dict)  # method's own figures (cell accuracy, ...)
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # extra predictions.csv columns
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # saved to predictions.npz
+
+
+def knn_floor(db_feats: np.ndarray, q_feats: np.ndarray, db_lat, db_lon, q_lat, q_lon, k: int = 10) -> dict:
+    """Place each query at its most similar training photo (inner product); recall@1/5/10 within 25 m."""
+    sims = np.asarray(q_feats, np.float32) @ np.asarray(db_feats, np.float32).T
+    k = min(k, sims.shape[1])
+    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    nb = errors_m(np.asarray(db_lat)[ids], np.asarray(db_lon)[ids], np.asarray(q_lat)[:, None],
+                  np.asarray(q_lon)[:, None])
+    return {**error_metrics(nb[:, 0]), **recall_at_n(nb, (1, 5, 10), 25.0)}

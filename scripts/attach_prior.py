@@ -17,7 +17,7 @@ from pathlib import Path
 
 from retrieval import GeolocError
 from retrieval.run import Run, load_run_config
-from retrieval.answering.prior import choose_and_record_weight
+from retrieval.methods.cell_prior import choose_and_record_weight
 
 SKIP = ("index", "metrics.json", "predictions.csv", "predictions.npz", Run.PRIOR_DIR)
 
@@ -39,7 +39,7 @@ def main() -> None:
         raise GeolocError(f"--cells {a.cells}: trained on {cells_cfg.data.train}, the embedding on {emb_cfg.data.train}")
     shutil.copytree(a.embedding, a.out, ignore=lambda d, names: [n for n in names if Path(d) == a.embedding
                                                                  and n in SKIP])
-    shutil.copytree(a.cells, a.out / Run.PRIOR_DIR, ignore=lambda d, names: [n for n in names if n in SKIP[1:4]])
+    shutil.copytree(a.cells, Run(a.out).prior_run.path, ignore=lambda d, names: [n for n in names if n in SKIP[1:4]])
     weight = choose_and_record_weight(emb_cfg, a.out)
     print(json.dumps(json.loads((a.out / Run.PRIOR_DIR / "prior.json").read_text(encoding="utf-8")), indent=1))
     print(f"weight {weight:g}; now: geoloc evaluate --run {a.out} --data {emb_cfg.data.train}")

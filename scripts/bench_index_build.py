@@ -65,7 +65,7 @@ def bench(args, size: int) -> dict:
                 raw.append(time.perf_counter() - t)
 
     passes: list[float] = []
-    folder = run / Run.INDEX_DIR
+    folder = Run(run).index_dir
     for i in range(args.passes + 1):
         raw_batches(args.raw_batches)
         (folder / PROGRESS).unlink(missing_ok=True)

@@ -43,7 +43,7 @@ def copy_run(run: Path, dest: Path, radius_m: float, heading_deg: float) -> Path
     if (run / Run.INDEX_DIR / EMBEDDINGS).is_file() and not (dest / Run.INDEX_DIR / EMBEDDINGS).is_file():
         (dest / Run.INDEX_DIR).mkdir(exist_ok=True)
         for name in (EMBEDDINGS, PROGRESS):
-            shutil.copy2(run / Run.INDEX_DIR / name, dest / Run.INDEX_DIR / name)
+            shutil.copy2(run / Run.INDEX_DIR / name, Run(dest).index_dir / name)
     return dest
 
 

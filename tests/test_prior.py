@@ -9,7 +9,8 @@ import pytest
 from retrieval import GeolocError
 from retrieval.config import load_config
 from retrieval.run import Run, prepare_run_dir
-from retrieval.answering.prior import WEIGHTS, budgets, choose_weight, rerank, top_candidates
+from retrieval.answering.prior import rerank, top_candidates
+from retrieval.methods.cell_prior import WEIGHTS, budgets, choose_weight
 from tests.test_embedding import TINY
 
 LOGP = np.log([[0.1, 0.9]])  # one query: class 0 unlikely, class 1 likely
@@ -68,7 +69,7 @@ def test_a_run_with_a_prior_trains_both_networks_evaluates_and_answers(tiny_data
     from retrieval.answering.locator import Locator
     from retrieval.reports.evaluate import evaluate_run
     from retrieval.data.manifests import read_manifest
-    from retrieval.answering.prior import train_embedding_and_prior
+    from retrieval.methods import trainer
 
     # epochs=1 ends each network's training long before its share of the 10 minutes
     cfg = load_config(None, [*TINY, f"data.train={tiny_data}", "train.max_minutes=10",
@@ -76,8 +77,8 @@ def test_a_run_with_a_prior_trains_both_networks_evaluates_and_answers(tiny_data
                              "index.cell_prior_candidates=50"])
     run = tmp_path / "emb"
     prepare_run_dir(run, cfg)
-    summary = train_embedding_and_prior(cfg, run)
-    record = json.loads((run / Run.PRIOR_DIR / Run.PRIOR).read_text())
+    summary = trainer("embedding")(cfg, run)
+    record = json.loads(Run(run).prior.read_text())
     assert record["weight"] in WEIGHTS and set(map(float, record["val_recall@1_25m"])) == set(WEIGHTS)
     assert json.loads((run / Run.PRIOR_DIR / "run.json").read_text())["kind"] == "cells"
     assert json.loads((run / Run.PRIOR_DIR / "config.yaml").read_text().split("max_minutes: ")[1].split()[0]) == 5.0
@@ -93,6 +94,6 @@ def test_a_run_with_a_prior_trains_both_networks_evaluates_and_answers(tiny_data
     a = Locator.load(run).locate(read_manifest(tiny_data / "test.csv").paths[0], k=3)[0]
     assert len(a.neighbours) == 3 and np.isfinite([a.lat, a.lon]).all()
 
-    (run / Run.PRIOR_DIR / Run.PRIOR).unlink()  # as if killed while the prior trained
+    Run(run).prior.unlink()  # as if killed while the prior trained
     with pytest.raises(GeolocError, match=r"cells prior was not trained to the end .*--resume"):
         evaluate_run(run, tiny_data)

@@ -17,26 +17,23 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from retrieval import GeolocError
 from retrieval.config import Config
 from retrieval.run import Run, load_run_config, read_run_info
-from retrieval.methods.embedding import street_source
 from retrieval.files import atomic_write_json, matching_record
 from retrieval.geo import haversine_m
 from retrieval.answering.index import nearest_of, search
 from retrieval.learning.inference import embed
-from retrieval.data.manifests import IMAGE_SUFFIXES, Manifest, load_rgb
-from retrieval.metrics import Predictions, error_metrics, errors_m, recall_at_n
+from retrieval.data.manifests import IMAGE_SUFFIXES, load_rgb
 from retrieval.answering.places import place_means, place_neighbours
 from retrieval.answering.geometry import OFF, Setting
 from retrieval.answering.prior import CellPrior, check_complete, rerank
 from retrieval.answering.rerank import check, local_store, query_features, resolve_rerank
 from retrieval.answering.route import Route, StreetWalks, order_photos, read_route_list, route_of
-from retrieval.answering.run_index import EMBEDDINGS, ensure_index, open_index, place_setting
+from retrieval.answering.run_index import EMBEDDINGS, open_index, place_setting
 from retrieval.data.splits import load_data
-from retrieval.data.streets import load_graph
+from retrieval.data.streets import load_graph, street_source
 from retrieval.learning.transforms import decode_images, to_cached
 from retrieval.answering.vote import VOTE_MODES, VOTE_RULES, choose_mode, vote
 
@@ -145,7 +142,7 @@ def resolve_vote(run_dir: Path, cfg: Config, model, side) -> tuple[str, dict]:
     RUN/vote.json. The training photos' stored index rows are reused when the index holds them first."""
     if cfg.index.vote != "auto":
         return cfg.index.vote, {}
-    path, key = Path(run_dir) / Run.VOTE, {"checkpoint_sha256": side.checkpoint_sha256,
+    path, key = Run(run_dir).vote, {"checkpoint_sha256": side.checkpoint_sha256,
                                            "place_mean": list(place_setting(cfg)), "k": cfg.index.k,
                                            "vote_radius_m": cfg.index.vote_radius_m, "rules": VOTE_RULES}
     rec = matching_record(path, key, lambda r: r.get("mode") in VOTE_MODES)
@@ -156,7 +153,7 @@ def resolve_vote(run_dir: Path, cfg: Config, model, side) -> tuple[str, dict]:
     if val is None or len(val) == 0:
         rec = {**key, "mode": "pool", "why": "no validation views: the default mode"}
     else:
-        stored = Path(run_dir) / Run.INDEX_DIR / EMBEDDINGS
+        stored = Run(run_dir).index_dir / EMBEDDINGS
         if stored.is_file() and side.paths[:len(train)] == [str(p) for p in train.paths]:
             db = np.asarray(np.load(stored, mmap_mode="r")[:len(train)], dtype=np.float32)
         else:
@@ -327,61 +324,3 @@ class Locator:
 
 
 # --- evaluation of an embedding run ----------------------------------------------------------------
-
-def score_neighbours(sims, nb_lat, nb_lon, true_lat, true_lon, k: int, radius_m: float, headline: str):
-    """The headline vote's (lat, lon, confidence), the neighbours' distances to the truth, and the metrics
-    (recall@N within 25 m, every vote mode's errors) of queries whose positions are known. Neighbours
-    given as NaN (none found) do not vote and count as infinitely far."""
-    nb_dist = np.where(np.isnan(nb_lat), np.inf, errors_m(nb_lat, nb_lon, true_lat[:, None], true_lon[:, None]))
-    modes = {}
-    for mode in VOTE_MODES:
-        v = vote(nb_lat[:, :k], nb_lon[:, :k], sims[:, :k], mode, radius_m)
-        modes[mode] = (v.lat, v.lon, v.confidence)
-    lat, lon, conf = modes[headline]
-    metrics = {**recall_at_n(nb_dist, (1, 5, 10), 25.0), "vote": headline,
-               "vote_modes": {m: error_metrics(errors_m(a, b, true_lat, true_lon)) for m, (a, b, _) in modes.items()},
-               "median_confidence": float(np.median(conf))}
-    return (lat, lon, conf), nb_dist, metrics
-
-
-def predict_test(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
-    """The embedding method's predict (retrieval.methods): test-photo locations by each vote mode (the
-    chosen one is the headline) and recall@N within 25 m. With a cells prior the embedding alone's
-    figures stay in metrics["cell_prior"]["without"]."""
-    ensure_index(run_dir, cfg)
-    loc = Locator.load(run_dir, cfg)
-    images = decode_images(test, cfg.data.resize, "decode test")
-    n, i = max(cfg.index.k, 10), cfg.index
-
-    q = embed(loc.model, images, cfg, "embed test")
-    t0 = time.perf_counter()
-    feats = [] if loc.check.off else [query_features(load_rgb(p, test.describe(j)), cfg)
-                                      for j, p in enumerate(tqdm(test.paths, desc="test: local features", unit="img"))]
-    check_ms = [0.0 if loc.check.off else 1000 * (time.perf_counter() - t0)]  # off adds nothing, not noise
-
-    def scored(use_prior: bool, use_check: bool = True):
-        sims, ids = loc.ranked(q, images, max(n, loc.check.k), use_prior)
-        if use_check and not loc.check.off:
-            t1 = time.perf_counter()
-            sims, ids, _ = check(loc.check, loc.local, cfg, sims, ids, feats)
-            check_ms.append(1000 * (time.perf_counter() - t1))
-        sims, ids = sims[:, :n], ids[:, :n]
-        nb_lat, nb_lon = loc.positions(ids)
-        return sims, ids, score_neighbours(np.where(ids < 0, np.nan, sims), nb_lat, nb_lon, test.lat, test.lon,
-                                           i.k, i.vote_radius_m, loc.mode)
-
-    sims, ids, ((lat, lon, conf), nb_dist, metrics) = scored(True)
-    if loc.vote_record:
-        metrics["vote_choice"] = {k: loc.vote_record[k] for k in ("val_median_error_m", "val_views", "why")
-                                  if k in loc.vote_record}
-    if loc.prior is not None:
-        metrics["cell_prior"] = {"weight": loc.prior.weight, "without": scored(False)[2][2]}
-    if cfg.index.rerank != "off":
-        metrics["rerank"] = {"mode": cfg.index.rerank, "k": loc.check.k, "weight": loc.check.weight,
-                             **{k: v for k, v in loc.check_record.items() if k in ("val_recall@1_25m", "val_views", "why")},
-                             "ms_per_query": round(sum(check_ms[:2]) / max(len(test), 1), 2),
-                             "without": scored(True, False)[2][2]}
-    return Predictions(lat=lat, lon=lon, metrics=metrics,
-                       columns={"confidence": np.round(conf, 4), "top1_error_m": np.round(nb_dist[:, 0], 2)},
-                       arrays={"neighbour_ids": ids, "similarities": sims, "confidence": conf})
-

@@ -31,7 +31,7 @@ def local_store(run_dir: Path, cfg: Config) -> LocalStore | None:
     """The database's local features, when the run reranks; a one-line error says how to make them."""
     if cfg.index.rerank == "off":
         return None
-    folder = Path(run_dir) / Run.INDEX_DIR / Run.LOCAL_DIR
+    folder = Run(run_dir).local_dir
     if not folder.is_dir():
         raise GeolocError(f"{run_dir}: index.rerank={cfg.index.rerank} needs the database's local features "
                           f"({folder} is missing): run geoloc index build --run {run_dir} --set "
@@ -51,7 +51,7 @@ def resolve_rerank(run_dir: Path, cfg: Config, model, side, store: LocalStore | 
     key = {"checkpoint_sha256": side.checkpoint_sha256, "place_mean": list(place_setting(cfg)),
            "features": {k: store.record.get(k) for k in ("photos_sha256", "size", "keypoints")},
            "ratio": cfg.rerank.ratio, "rules": RERANK_RULES}
-    path = Path(run_dir) / Run.RERANK
+    path = Run(run_dir).rerank
     rec = matching_record(path, key, lambda r: isinstance(r.get("k"), int) and isinstance(r.get("weight"), float))
     if rec is None:
         rec = {**key, **_choose_on_validation(run_dir, cfg, model, side, store)}
@@ -65,7 +65,7 @@ def _choose_on_validation(run_dir: Path, cfg: Config, model, side, store: LocalS
     if val is None or len(val) == 0:
         return {"k": 0, "weight": 0.0, "why": "no validation views: the rerank stays off"}
     n_train, paths = len(train), side.paths
-    stored = Path(run_dir) / Run.INDEX_DIR / EMBEDDINGS
+    stored = Run(run_dir).index_dir / EMBEDDINGS
     in_db = paths[:n_train] == [str(p) for p in train.paths]
     val_in_db = in_db and paths[n_train:n_train + len(val)] == [str(p) for p in val.paths]
     if not in_db:  # the candidates' ids must be database rows, whose features the store holds

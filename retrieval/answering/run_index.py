@@ -123,7 +123,7 @@ def build_run_index(run_dir: str | Path, cfg: Config, db: Manifest | None = None
     db = db if db is not None else database(cfg)
     model, sha = load_embedding_model(run_dir, cfg)
     t0 = time.perf_counter()
-    store, state, embedded = embed_database(model, sha, db, cfg, run_dir / Run.INDEX_DIR, chunk, on_chunk)
+    store, state, embedded = embed_database(model, sha, db, cfg, Run(run_dir).index_dir, chunk, on_chunk)
     if not distributed.is_main():  # under torchrun rank 0 alone builds and writes the index
         return {}
     rows, place_mean = indexed_rows(store, db, cfg, chunk)
@@ -142,7 +142,7 @@ def build_local_features(run_dir: str | Path, cfg: Config, db: Manifest | None =
     if cfg.index.rerank == "off":
         return {}
     db = db if db is not None else database(cfg)
-    rec = extract_database(db, photos_sha256(db), cfg.rerank, Path(run_dir) / Run.INDEX_DIR / Run.LOCAL_DIR)
+    rec = extract_database(db, photos_sha256(db), cfg.rerank, Run(run_dir).local_dir)
     return {"local_bytes_per_photo": rec["bytes_per_photo"], "local_ms_per_photo": rec["ms_per_photo"]}
 
 
@@ -186,7 +186,7 @@ def indexed_file(folder: Path) -> Path:
 def open_index(run_dir: Path, cfg: Config):
     """Model, index and sidecar of a run, checked to belong together."""
     model, sha = load_embedding_model(run_dir, cfg)
-    index, side = load_index(Path(run_dir) / Run.INDEX_DIR, expected_checkpoint_hash=sha,
+    index, side = load_index(Run(run_dir).index_dir, expected_checkpoint_hash=sha,
                              expected_dim=descriptor_dim(cfg.model))
     return model, index, side
 
@@ -195,7 +195,7 @@ def ensure_index(run_dir: str | Path, cfg: Config) -> None:
     """Build RUN/index when it is missing or holds other place means than cfg asks for (the stored
     embeddings are reused, so only the place means are recomputed), and the local features index.rerank
     asks for."""
-    folder = Path(run_dir) / Run.INDEX_DIR
+    folder = Run(run_dir).index_dir
     if not (folder / META_FILE).is_file():
         build_run_index(run_dir, cfg)
         return

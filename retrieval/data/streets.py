@@ -373,3 +373,14 @@ def lonlat_lines(path: str | Path) -> list[np.ndarray]:
     lat, lon = g.projection.to_latlon(*np.concatenate(coords).T)
     ends = np.cumsum([len(c) for c in coords])[:-1]
     return [np.column_stack([a, b]) for a, b in zip(np.split(lon, ends), np.split(lat, ends))]
+
+
+def street_source(cfg) -> str:
+    """embedding.streets, else the street graph the renderer saved beside the data ("" if neither; a data
+    set of several cities has one per city instead: retrieval.data.cities)."""
+    if cfg.embedding.streets:
+        return cfg.embedding.streets
+    data = Path(cfg.data.train)
+    folder = data if data.is_dir() else data.parent
+    graph = folder / "streets.graphml"
+    return str(graph) if graph.is_file() else ""

@@ -1,32 +1,36 @@
-"""The methods a run can train and answer with: one registry, read by config validation, the CLI, the
-benchmark and evaluation.
-
-Each method names its train and predict functions as "module:function", imported when first used.
-Naming rather than importing them is what keeps the layers straight: every method's module imports
-the config, and the config validates bench.methods against these kinds, so the config cannot import
-the methods; it also keeps torch out of `geoloc --help` and of config parsing.
+"""The three methods a run can train and answer with, as real functions: the registry the CLI, the
+benchmark and evaluation call.
 
 train(cfg, run_dir, resume) -> summary dict; predict(run_dir, cfg, test manifest) -> metrics.Predictions.
+The embedding (this package) trains with its optional cells prior, which the cells baseline's trainer
+trains: this registry is the one place where retrieval reaches into baselines. Importing it loads the
+training stack; the settings (retrieval.config) read the methods' names from retrieval.choices instead.
 """
 from __future__ import annotations
 
-import importlib
+from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
+from baselines import cells, regression
 from retrieval import GeolocError
+from retrieval.choices import METHODS as KINDS
+from retrieval.methods import embedding
 
-METHODS: dict[str, tuple[str, str]] = {
-    "cells": ("baselines.cells:train_cells", "baselines.cells:predict"),
-    "regression": ("baselines.regression:train_regression", "baselines.regression:predict"),
-    # The embedding trains with its optional cells prior (retrieval.answering.prior) and answers through the Locator.
-    "embedding": ("retrieval.answering.prior:train_embedding_and_prior", "retrieval.answering.locator:predict_test"),
+
+@dataclass(frozen=True)
+class Method:
+    train: Callable  # (cfg, run_dir, resume) -> summary dict
+    predict: Callable  # (run_dir, cfg, test manifest) -> metrics.Predictions
+
+
+METHODS: dict[str, Method] = {
+    "cells": Method(cells.train_cells, cells.predict),
+    "regression": Method(regression.train_regression, regression.predict),
+    "embedding": Method(partial(embedding.train_embedding_and_prior, train_cells=cells.train_cells),
+                        embedding.predict_test),
 }
-
-
-def import_target(target: str):
-    """The object named by "package.module:name", imported on use."""
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
+assert tuple(METHODS) == KINDS, "retrieval.choices.METHODS and the registry name the same methods"
 
 
 def method_kind(name: str) -> str:
@@ -38,10 +42,10 @@ def method_kind(name: str) -> str:
 
 
 def trainer(kind: str) -> Callable:
-    return import_target(METHODS[method_kind(kind)][0])
+    return METHODS[method_kind(kind)].train
 
 
 def predictor(kind: str) -> Callable:
     if kind not in METHODS:
         raise GeolocError(f"run kind {kind!r} has no predictor (known: {', '.join(sorted(METHODS))})")
-    return import_target(METHODS[kind][1])
+    return METHODS[kind].predict

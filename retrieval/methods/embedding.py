@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,32 +21,26 @@ from retrieval import GeolocError
 from retrieval.learning import distributed
 from retrieval.data.cities import CITIES_FILE, city_of_photos, read_cities
 from retrieval.config import Config, descriptor_dim
-from retrieval.reports.floors import knn_floor
 from retrieval.answering.index import nearest_of
 from retrieval.learning.inference import embed
 from retrieval.learning.losses import make_loss, make_miner
-from retrieval.data.manifests import Manifest
-from retrieval.metrics import errors_m
+from retrieval.data.manifests import Manifest, load_rgb
+from retrieval.metrics import Predictions, error_metrics, errors_m, knn_floor, recall_at_n
 from retrieval.learning.mining import (GroundRules, PhotoMemory, PlaceBatchSampler, kept_photos, positive_candidates,
                               resolve_supervision)
 from retrieval.learning.models import embedding_net
 from retrieval.answering.places import place_means, place_neighbours
 from retrieval.data.splits import load_data
-from retrieval.data.streets import euclidean_neighbours, photo_distances
+from retrieval.data.streets import euclidean_neighbours, photo_distances, street_source
 from retrieval.learning.train import fit, seed_everything
 from retrieval.learning.transforms import CachedImages, decode_images, train_transform
+from retrieval.answering.locator import Locator
+from retrieval.answering.rerank import check, query_features
+from retrieval.answering.run_index import ensure_index
 from retrieval.answering.vote import vote
-
-
-def street_source(cfg: Config) -> str:
-    """embedding.streets, else the street graph the renderer saved beside the data ("" if neither; a data
-    set of several cities has one per city instead: retrieval.data.cities)."""
-    if cfg.embedding.streets:
-        return cfg.embedding.streets
-    data = Path(cfg.data.train)
-    folder = data if data.is_dir() else data.parent
-    graph = folder / "streets.graphml"
-    return str(graph) if graph.is_file() else ""
+from retrieval.choices import VOTE_MODES
+from retrieval.methods.cell_prior import budgets, record_in_run, train_prior
+from retrieval.run import Run
 
 
 def ground_distances(cfg: Config, train: Manifest) -> sp.csr_matrix:
@@ -191,3 +186,78 @@ def train_embedding(cfg: Config, run_dir: str | Path, resume: bool = False) -> d
                f"{cfg.embedding.photos_per_place} photos per epoch")
     return fit(task, cfg, run_dir, resume)
 
+
+def train_embedding_and_prior(cfg: Config, run_dir: str | Path, resume: bool = False, *,
+                              train_cells: Callable) -> dict:
+    """The embedding method's training (retrieval.methods): the embedding, then with
+    embedding.cell_prior_share > 0 the cells prior in that share of the budget, trained by train_cells
+    (the cells method's, handed over by the registry)."""
+    if cfg.embedding.cell_prior_share <= 0:
+        return train_embedding(cfg, run_dir, resume)
+    distributed.init()
+    if distributed.world_size() > 1:
+        raise GeolocError("embedding.cell_prior_share: one process only (the cells prior trains after the "
+                          "embedding, on rank 0's data)")
+    summary = train_embedding(budgets(cfg)[0], run_dir, resume)
+    tqdm.write(f"== cells prior: {cfg.embedding.cell_prior_share:g} of the budget, in {Run(run_dir).prior_run.path}")
+    return record_in_run(Path(run_dir), summary, train_prior(cfg, Path(run_dir), resume, train_cells))
+
+
+# --- test predictions ------------------------------------------------------------------------------
+
+def score_neighbours(sims, nb_lat, nb_lon, true_lat, true_lon, k: int, radius_m: float, headline: str):
+    """The headline vote's (lat, lon, confidence), the neighbours' distances to the truth, and the metrics
+    (recall@N within 25 m, every vote mode's errors) of queries whose positions are known. Neighbours
+    given as NaN (none found) do not vote and count as infinitely far."""
+    nb_dist = np.where(np.isnan(nb_lat), np.inf, errors_m(nb_lat, nb_lon, true_lat[:, None], true_lon[:, None]))
+    modes = {}
+    for mode in VOTE_MODES:
+        v = vote(nb_lat[:, :k], nb_lon[:, :k], sims[:, :k], mode, radius_m)
+        modes[mode] = (v.lat, v.lon, v.confidence)
+    lat, lon, conf = modes[headline]
+    metrics = {**recall_at_n(nb_dist, (1, 5, 10), 25.0), "vote": headline,
+               "vote_modes": {m: error_metrics(errors_m(a, b, true_lat, true_lon)) for m, (a, b, _) in modes.items()},
+               "median_confidence": float(np.median(conf))}
+    return (lat, lon, conf), nb_dist, metrics
+
+
+def predict_test(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
+    """The embedding method's predict (retrieval.methods): the Locator's test-photo locations by each vote mode (the
+    chosen one is the headline) and recall@N within 25 m. With a cells prior the embedding alone's
+    figures stay in metrics["cell_prior"]["without"]."""
+    ensure_index(run_dir, cfg)
+    loc = Locator.load(run_dir, cfg)
+    images = decode_images(test, cfg.data.resize, "decode test")
+    n, i = max(cfg.index.k, 10), cfg.index
+
+    q = embed(loc.model, images, cfg, "embed test")
+    t0 = time.perf_counter()
+    feats = [] if loc.check.off else [query_features(load_rgb(p, test.describe(j)), cfg)
+                                      for j, p in enumerate(tqdm(test.paths, desc="test: local features", unit="img"))]
+    check_ms = [0.0 if loc.check.off else 1000 * (time.perf_counter() - t0)]  # off adds nothing, not noise
+
+    def scored(use_prior: bool, use_check: bool = True):
+        sims, ids = loc.ranked(q, images, max(n, loc.check.k), use_prior)
+        if use_check and not loc.check.off:
+            t1 = time.perf_counter()
+            sims, ids, _ = check(loc.check, loc.local, cfg, sims, ids, feats)
+            check_ms.append(1000 * (time.perf_counter() - t1))
+        sims, ids = sims[:, :n], ids[:, :n]
+        nb_lat, nb_lon = loc.positions(ids)
+        return sims, ids, score_neighbours(np.where(ids < 0, np.nan, sims), nb_lat, nb_lon, test.lat, test.lon,
+                                           i.k, i.vote_radius_m, loc.mode)
+
+    sims, ids, ((lat, lon, conf), nb_dist, metrics) = scored(True)
+    if loc.vote_record:
+        metrics["vote_choice"] = {k: loc.vote_record[k] for k in ("val_median_error_m", "val_views", "why")
+                                  if k in loc.vote_record}
+    if loc.prior is not None:
+        metrics["cell_prior"] = {"weight": loc.prior.weight, "without": scored(False)[2][2]}
+    if cfg.index.rerank != "off":
+        metrics["rerank"] = {"mode": cfg.index.rerank, "k": loc.check.k, "weight": loc.check.weight,
+                             **{k: v for k, v in loc.check_record.items() if k in ("val_recall@1_25m", "val_views", "why")},
+                             "ms_per_query": round(sum(check_ms[:2]) / max(len(test), 1), 2),
+                             "without": scored(True, False)[2][2]}
+    return Predictions(lat=lat, lon=lon, metrics=metrics,
+                       columns={"confidence": np.round(conf, 4), "top1_error_m": np.round(nb_dist[:, 0], 2)},
+                       arrays={"neighbour_ids": ids, "similarities": sims, "confidence": conf})

@@ -115,7 +115,7 @@ def train_method(name: str, mcfg: Config, run: Path) -> str:
     """Train the method unless its run already finished; returns a note when a finished run was trained
     with other settings than this benchmark gives it (a run copied in, or the config edited since)."""
     info_path = Run(run).info_file
-    prior_done = mcfg.embedding.cell_prior_share == 0 or (run / Run.PRIOR_DIR / Run.PRIOR).is_file()
+    prior_done = mcfg.embedding.cell_prior_share == 0 or Run(run).prior.is_file()
     if info_path.is_file() and "train" in json.loads(info_path.read_text(encoding="utf-8")) and prior_done:
         changes = {k: v for k, v in config_changes(mcfg, load_run_config(run)).items()
                    if not k.startswith(OTHER_METHODS_SETTINGS[method_kind(name)])}
@@ -156,9 +156,9 @@ def _predictions(run: Path) -> dict[str, np.ndarray]:
 
 def _cells_page(run: Path, lines: list[np.ndarray], out: Path, attribution: str) -> Path | None:
     """The study's neighbourhood plot from a cells run: its grid and per-photo class probabilities."""
-    if not (run / Run.GRID).is_file() or not Run(run).predictions_npz.is_file():
+    if not Run(run).grid.is_file() or not Run(run).predictions_npz.is_file():
         return None
-    grid = json.loads((run / Run.GRID).read_text(encoding="utf-8"))
+    grid = json.loads(Run(run).grid.read_text(encoding="utf-8"))
     polygons = []
     for f in grid["features"]:
         g = f["geometry"]
@@ -203,8 +203,8 @@ def write_report(cfg: Config, out: Path, rows: list[dict], runs: dict[str, Path]
     floors = rows[0]["floors"]
     pages = [f"Prediction images of {n}: the worst, the best and a random sample of its test photos beside the "
              f"database photos they were matched with ([{n}/{Run.PREDICTIONS_DIR}]"
-             f"({os.path.relpath(r / Run.PREDICTIONS_DIR / PAGE, rep)}))."
-             for n, r in runs.items() if (r / Run.PREDICTIONS_DIR / PAGE).is_file()]
+             f"({os.path.relpath(Run(r).predictions_dir / PAGE, rep)}))."
+             for n, r in runs.items() if (Run(r).predictions_dir / PAGE).is_file()]
     curves = {n: c for n, c in ((n, recall_curve(r)) for n, r in runs.items()) if c is not None}
     if curves:
         learning_png(curves, floors, rep / "learning.png")
@@ -248,7 +248,7 @@ def run_benchmark(cfg: Config, out: str | Path) -> Path:
         mcfg = method_config(cfg, overrides, data)
         reused.append(train_method(name, mcfg, run))
         metrics = evaluate_method(run, data)
-        page = run / Run.PREDICTIONS_DIR / PAGE
+        page = Run(run).predictions_dir / PAGE
         if method_kind(name) == "embedding" and (not page.is_file() or page.stat().st_mtime
                                                  < Run(run).predictions_csv.stat().st_mtime):
             save_predictions(run, PREDICTION_IMAGES)

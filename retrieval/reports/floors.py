@@ -25,7 +25,7 @@ from retrieval import GeolocError
 from retrieval.choices import HUB
 from retrieval.geo import LocalProjection, heading_gap_deg
 from retrieval.learning.inference import embed
-from retrieval.metrics import error_metrics, errors_m, recall_at_n
+from retrieval.metrics import error_metrics, errors_m, knn_floor
 from retrieval.learning.models import embedding_net
 from retrieval.learning.precision import prepare_model
 from retrieval.answering.run_index import EMBED_CHUNK
@@ -39,16 +39,6 @@ def constant_guess(db_lat, db_lon, q_lat, q_lon) -> dict:
     lat, lon = np.full(len(q_lat), np.mean(db_lat)), np.full(len(q_lat), np.mean(db_lon))
     err = errors_m(lat, lon, q_lat, q_lon)
     return {**error_metrics(err), "recall@1_25m": float(np.mean(err <= RADIUS_M))}
-
-
-def knn_floor(db_feats: np.ndarray, q_feats: np.ndarray, db_lat, db_lon, q_lat, q_lon, k: int = 10) -> dict:
-    """Place each query at its most similar training photo (inner product); recall@1/5/10 within 25 m."""
-    sims = np.asarray(q_feats, np.float32) @ np.asarray(db_feats, np.float32).T
-    k = min(k, sims.shape[1])
-    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    nb = errors_m(np.asarray(db_lat)[ids], np.asarray(db_lon)[ids], np.asarray(q_lat)[:, None],
-                  np.asarray(q_lon)[:, None])
-    return {**error_metrics(nb[:, 0]), **recall_at_n(nb, (1, 5, 10), RADIUS_M)}
 
 
 def oracle(db_lat, db_lon, q_lat, q_lon, db_heading=None, q_heading=None) -> dict:

@@ -166,9 +166,9 @@ def save_predictions(run_dir: str | Path, n: int, seed: int = 0) -> Path:
     _, side = load_index(run / Run.INDEX_DIR)
     if ids.size and ids.max() >= len(side.paths):
         raise GeolocError(f"{run / 'predictions.npz'}: neighbour ids beyond the {len(side.paths)} photos of "
-                          f"{run / Run.INDEX_DIR}; run `geoloc evaluate --run {run}` again")
-    out = run / Run.PREDICTIONS_DIR
-    local = run / Run.INDEX_DIR / Run.LOCAL_DIR
+                          f"{Run(run).index_dir}; run `geoloc evaluate --run {run}` again")
+    out = Run(run).predictions_dir
+    local = Run(run).local_dir
     store = LocalStore(local) if cfg.index.rerank != "off" and local.is_dir() else None
     errors = np.array([float(r["error_m"]) for r in rows])
     shown = pick(errors, n, seed)
@@ -214,7 +214,7 @@ def _page(run: Path, items: list, n_test: int) -> str:
         parts.append(f"<h2>{html.escape(title)}</h2>")
         for s, name, path, caption in group:
             matches = name.replace(".png", "_matches.png")
-            extra = (f" <a href='{matches}'>matched local features</a>" if (run / Run.PREDICTIONS_DIR / matches).is_file()
+            extra = (f" <a href='{matches}'>matched local features</a>" if (Run(run).predictions_dir / matches).is_file()
                      else "")
             parts.append(f"<figure><a href='{name}'><img src='{name}' alt='{html.escape(label)} {s.rank}'></a>"
                          f"<figcaption><b>{html.escape(label)} #{s.rank}</b> {html.escape(Path(path).name)}: "
