@@ -136,3 +136,29 @@ def test_the_locator_says_it_needs_an_embedding_run(tmp_path):
     with pytest.raises(GeolocError, match=r"cells_run: a cells run; the Locator \(query, serve, routes\) answers with "
                                           "an embedding run"):
         Locator.load(run)
+
+
+def test_answering_reads_the_run_alone(tmp_path):
+    """index.vote=auto is chosen where the data is (choose=True: index build, evaluate) and kept in
+    RUN/vote.json; a Locator loaded later reads only the run, even with the data folder gone. Without a
+    record it answers with pool and says how to choose."""
+    import shutil
+    import warnings
+
+    root = tmp_path
+    rows = ["path,lat,lon"]
+    for i in range(12):
+        noise_image(root / "db" / f"{i:02d}.png", seed=i)
+        rows.append(f"{i:02d}.png,{51.5138 + 0.0004 * i:.6f},-0.0984")
+    (root / "db" / "train.csv").write_text("\n".join(rows) + "\n")
+    (root / "db" / "val.csv").write_text("path,lat,lon\n00.png,51.5138,-0.0984\n05.png,51.5158,-0.0984\n")
+    out = untrained_run(root / "run", root / "db", k=K, vote="auto")
+    with pytest.warns(UserWarning, match="no mode was chosen for this checkpoint"):
+        assert Locator.load(out).mode == "pool"
+    chosen = Locator.load(out, choose=True)
+    assert json.loads((out / "vote.json").read_text())["mode"] == chosen.mode
+    shutil.rmtree(root / "db")  # the run's data folder gone: answering needs only the run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = Locator.load(out)
+    assert again.mode == chosen.mode and len(again.side.paths) == 12

@@ -12,6 +12,7 @@ locate photos through a Locator.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -136,10 +137,11 @@ def _read(source: str, item) -> Image.Image:
 
 # --- the vote mode, chosen once per checkpoint -----------------------------------------------------
 
-def resolve_vote(run_dir: Path, cfg: Config, model, side) -> tuple[str, dict]:
+def resolve_vote(run_dir: Path, cfg: Config, model, side, choose: bool = True) -> tuple[str, dict]:
     """index.vote, or for auto the mode chosen on the validation views (searched against the training
     photos alone, with the index's place means) and its record; chosen once per checkpoint and kept in
-    RUN/vote.json. The training photos' stored index rows are reused when the index holds them first."""
+    RUN/vote.json. The training photos' stored index rows are reused when the index holds them first.
+    choose False (answering: the run alone, no data): without a record for this checkpoint, pool."""
     if cfg.index.vote != "auto":
         return cfg.index.vote, {}
     path, key = Run(run_dir).vote, {"checkpoint_sha256": side.checkpoint_sha256,
@@ -148,6 +150,10 @@ def resolve_vote(run_dir: Path, cfg: Config, model, side) -> tuple[str, dict]:
     rec = matching_record(path, key, lambda r: r.get("mode") in VOTE_MODES)
     if rec is not None:
         return rec["mode"], rec
+    if not choose:
+        warnings.warn(f"{run_dir}: index.vote=auto, but no mode was chosen for this checkpoint ({Run.VOTE}): "
+                      f"answering with pool; `geoloc index build --run {run_dir}` chooses it", stacklevel=3)
+        return "pool", {}
     splits = load_data(cfg)
     train, val = splits["train"], splits.get("val")
     if val is None or len(val) == 0:
@@ -185,9 +191,11 @@ class Locator:
     local: object = None  # retrieval.answering.local_features.LocalStore of the database, when it reranks
 
     @classmethod
-    def load(cls, run_dir: str | Path, cfg: Config | None = None) -> "Locator":
+    def load(cls, run_dir: str | Path, cfg: Config | None = None, choose: bool = False) -> "Locator":
         """A trained embedding run with its index (`geoloc index build`), the vote mode and the cells
-        prior if it has one; cfg defaults to the run's config.yaml."""
+        prior if it has one; cfg defaults to the run's config.yaml. Answering reads the run alone: the vote
+        mode and rerank setting that `auto` asks for were chosen on the validation views by `geoloc index
+        build` or `evaluate` (choose=True: choose them now where the run has no record, reading its data)."""
         run_dir = Path(run_dir)
         kind = read_run_info(run_dir).get("kind") if Run(run_dir).info_file.is_file() else "embedding"
         if kind != "embedding":
@@ -196,9 +204,9 @@ class Locator:
         cfg = cfg or load_run_config(run_dir)
         check_complete(run_dir, cfg)
         model, index, side = open_index(run_dir, cfg)
-        mode, record = resolve_vote(run_dir, cfg, model, side)
+        mode, record = resolve_vote(run_dir, cfg, model, side, choose)
         local = local_store(run_dir, cfg)
-        setting, how = resolve_rerank(run_dir, cfg, model, side, local)
+        setting, how = resolve_rerank(run_dir, cfg, model, side, local, choose)
         return cls(run_dir, cfg, model, index, side, mode, record, CellPrior.load(run_dir), setting, how, local)
 
     def neighbours(self, images: list, n: int, use_prior: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,7 @@ the database's local features (RUN/index/local, written by `geoloc index build`)
 retrieval.answering.geometry; the features, retrieval.answering.local_features."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,12 @@ def local_store(run_dir: Path, cfg: Config) -> LocalStore | None:
     return LocalStore(folder)
 
 
-def resolve_rerank(run_dir: Path, cfg: Config, model, side, store: LocalStore | None) -> tuple[Setting, dict]:
+def resolve_rerank(run_dir: Path, cfg: Config, model, side, store: LocalStore | None,
+                   choose: bool = True) -> tuple[Setting, dict]:
     """index.rerank off / on (rerank.k, rerank.weight) / auto: the setting with the best R@1 within 25 m on
     the validation views (searched against the training photos, as the vote is chosen), kept in
-    RUN/rerank.json for this checkpoint and these features."""
+    RUN/rerank.json for this checkpoint and these features. choose False (answering: the run alone):
+    without a record, off."""
     mode = cfg.index.rerank
     if mode == "off" or store is None:
         return OFF, {}
@@ -53,6 +56,10 @@ def resolve_rerank(run_dir: Path, cfg: Config, model, side, store: LocalStore | 
            "ratio": cfg.rerank.ratio, "rules": RERANK_RULES}
     path = Run(run_dir).rerank
     rec = matching_record(path, key, lambda r: isinstance(r.get("k"), int) and isinstance(r.get("weight"), float))
+    if rec is None and not choose:
+        warnings.warn(f"{run_dir}: index.rerank=auto, but no setting was chosen for this checkpoint ({Run.RERANK}): "
+                      f"answering without the rerank; `geoloc index build --run {run_dir}` chooses it", stacklevel=3)
+        return OFF, {}
     if rec is None:
         rec = {**key, **_choose_on_validation(run_dir, cfg, model, side, store)}
         atomic_write_json(path, rec)

@@ -89,11 +89,18 @@ def index_build_cmd(
     _keep_rerank_setting(run, cfg)
     shards = f", {s['shards']} shards" if s["shards"] > 1 else ""
     typer.echo(f"indexed {s['photos']} photos{' (every photo of ' + str(data) + ')' if data else ''} ({s['kind']}, {s['dim']}-d{shards}) in {s['seconds']:.1f} s, "
-               f"{s['embed_images_per_s']:.1f} img/s, {s['embedded']} embedded now: {run / 'index'}")
+               f"{s['embed_images_per_s']:.1f} img/s, {s['embedded']} embedded now: {Run(run).index_dir}")
     if "local_bytes_per_photo" in s:
         typer.echo(f"local features for index.rerank={cfg.index.rerank}: {s['local_bytes_per_photo'] / 1000:.1f} KB "
                    f"and {s['local_ms_per_photo']:.1f} ms per photo ({cfg.rerank.keypoints} keypoints at "
                    f"{cfg.rerank.size} px)")
+    if "auto" in (cfg.index.vote, cfg.index.rerank):  # chosen here, where the data is: answering reads the run alone
+        from retrieval.answering.geometry import label
+        from retrieval.answering.locator import Locator
+
+        loc = Locator.load(run, cfg, choose=True)
+        typer.echo(f"vote: {loc.mode}" + (f"; rerank: {label(loc.check)}" if cfg.index.rerank != "off" else "")
+                   + " (chosen on the validation views)")
 
 
 def _keep_rerank_setting(run: Path, cfg) -> None:

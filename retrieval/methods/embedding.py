@@ -226,7 +226,7 @@ def predict_test(run_dir: Path, cfg: Config, test: Manifest) -> Predictions:
     chosen one is the headline) and recall@N within 25 m. With a cells prior the embedding alone's
     figures stay in metrics["cell_prior"]["without"]."""
     ensure_index(run_dir, cfg)
-    loc = Locator.load(run_dir, cfg)
+    loc = Locator.load(run_dir, cfg, choose=True)
     images = decode_images(test, cfg.data.resize, "decode test")
     n, i = max(cfg.index.k, 10), cfg.index
 
