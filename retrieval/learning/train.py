@@ -310,8 +310,9 @@ def _setup(task: Task, cfg: Config, run_dir: Path, resume: bool) -> "_Epochs":
     steps = len(task.train_loader) if hasattr(task.train_loader, "__len__") else None  # for the bar
     if t.max_steps_per_epoch:
         steps = min(steps or t.max_steps_per_epoch, t.max_steps_per_epoch)
-    return _Epochs(task, model, stepped, opt, params, t, precision, dev, steps, t.epochs * (steps or 1), main, world,
-                   run_dir, info, start, best, best_epoch, step, rows)
+    return _Epochs(task=task, model=model, stepped=stepped, opt=opt, params=params, t=t, precision=precision,
+                   dev=dev, steps=steps, total_steps=t.epochs * (steps or 1), main=main, world=world, run_dir=run_dir,
+                   info=info, start=start, best=best, best_epoch=best_epoch, step=step, rows=rows)
 
 
 def _sampler_epoch(task: Task):
