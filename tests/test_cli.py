@@ -74,3 +74,29 @@ def test_help_and_data_commands_load_no_torch(tmp_path):
     for args in (["--help"], ["data", "--help"], ["data", "check", str(tmp_path / "m.csv")]):
         out = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True).stdout
         assert out.strip().splitlines()[-1] in ("torch loaded: False exit: 0", "torch loaded: False exit: None"), (args, out)
+
+
+def test_the_readme_command_table_lists_every_command():
+    """Every command the CLI has (walked from its click tree, without running anything) has a row."""
+    import typer.main
+
+    from retrieval.cli import app
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## Command line"):readme.index("## Configuration")]
+
+    def leaves(cmd, prefix):
+        subs = getattr(cmd, "commands", None)
+        if not subs:
+            return [prefix]
+        return [c for name, sub in subs.items() for c in leaves(sub, f"{prefix} {name}")]
+
+    commands = leaves(typer.main.get_command(app), "geoloc")
+    assert len(commands) >= 15, commands
+    spans = [row.split("`")[1].replace("\\|", "|").split() for row in table.splitlines() if row.startswith("| `geoloc")]
+    missing = []
+    for c in commands:  # a row may join alternatives: `geoloc train cells|regression|embedding`
+        *head, last = c.split()
+        if not any(s[:len(head)] == head and len(s) > len(head) and last in s[len(head)].split("|") for s in spans):
+            missing.append(c)
+    assert not missing, missing
