@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from retrieval import GeolocError
-from retrieval.answering.locator import Locator
+from retrieval.api import Locator
 from retrieval.run import load_run_config
 from retrieval.learning.inference import embed, load_embedding_model
 from retrieval.data.manifests import Manifest, read_manifest
