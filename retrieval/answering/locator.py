@@ -21,7 +21,7 @@ from PIL import Image
 
 from retrieval import GeolocError
 from retrieval.config import Config
-from retrieval.run import Run, load_run_config, read_run_info
+from retrieval.run import Run
 from retrieval.files import atomic_write_json, matching_record
 from retrieval.geo import haversine_m
 from retrieval.answering.index import nearest_of, search
@@ -178,7 +178,7 @@ def resolve_vote(run_dir: Path, cfg: Config, model, side, choose: bool = True) -
 
 @dataclass
 class Locator:
-    run_dir: Path
+    run: Run  # the run folder it answers with
     cfg: Config
     model: object
     index: object  # faiss.Index
@@ -196,18 +196,18 @@ class Locator:
         prior if it has one; cfg defaults to the run's config.yaml. Answering reads the run alone: the vote
         mode and rerank setting that `auto` asks for were chosen on the validation views by `geoloc index
         build` or `evaluate` (choose=True: choose them now where the run has no record, reading its data)."""
-        run_dir = Path(run_dir)
-        kind = read_run_info(run_dir).get("kind") if Run(run_dir).info_file.is_file() else "embedding"
+        run = Run(run_dir)
+        kind = run.info().get("kind") if run.info_file.is_file() else "embedding"
         if kind != "embedding":
-            raise GeolocError(f"{run_dir}: a {kind} run; the Locator (query, serve, routes) answers with an embedding "
+            raise GeolocError(f"{run}: a {kind} run; the Locator (query, serve, routes) answers with an embedding "
                               "run: geoloc train embedding, or geoloc index build --backbone for one without training")
-        cfg = cfg or load_run_config(run_dir)
-        check_complete(run_dir, cfg)
-        model, index, side = open_index(run_dir, cfg)
-        mode, record = resolve_vote(run_dir, cfg, model, side, choose)
-        local = local_store(run_dir, cfg)
-        setting, how = resolve_rerank(run_dir, cfg, model, side, local, choose)
-        return cls(run_dir, cfg, model, index, side, mode, record, CellPrior.load(run_dir), setting, how, local)
+        cfg = cfg or run.config()
+        check_complete(run, cfg)
+        model, index, side = open_index(run, cfg)
+        mode, record = resolve_vote(run, cfg, model, side, choose)
+        local = local_store(run, cfg)
+        setting, how = resolve_rerank(run, cfg, model, side, local, choose)
+        return cls(run, cfg, model, index, side, mode, record, CellPrior.load(run), setting, how, local)
 
     def neighbours(self, images: list, n: int, use_prior: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(queries, n) similarities and database ids of cached images' nearest photos, best first (id -1
@@ -320,7 +320,7 @@ class Locator:
         street_source), loaded once per Locator and street graph."""
         source = str(streets or street_source(self.cfg))
         if not source:
-            raise GeolocError(f"{self.run_dir}: route.distance=geodesic needs a street graph and the run has none "
+            raise GeolocError(f"{self.run}: route.distance=geodesic needs a street graph and the run has none "
                               "(no streets.graphml beside its data, no embedding.streets): pass --streets (an "
                               ".osm/.osm.bz2/.graphml file) or decode with straight-line steps (--distance euclidean)")
         key = (source, self.cfg.route.max_snap_m)

@@ -30,6 +30,7 @@ from retrieval.answering.route import NAT, Route, name_key
 from retrieval.web.city_map import city_geojson
 from retrieval.web.page import page_html
 from retrieval.web.uploads import MAX_PIXELS, Upload, UploadError, read_upload, with_truth
+from retrieval.run import Run
 
 MAX_UPLOAD_MB = 20.0  # one request's body, all its photos together
 MAX_WAITING = 64  # requests holding decoded photos while they wait for the model
@@ -154,7 +155,7 @@ class _Model:
                     r = self.loc.locate_route(photos, times=times)
             except GeolocError as exc:  # the server's setting, not the upload: e.g. geodesic steps without streets
                 tqdm.write(f"POST /api/route: {exc}")  # the whole message for the server's log; the page gets
-                public = str(exc).replace(str(self.loc.run_dir), Path(self.loc.run_dir).name)  # no server paths
+                public = str(exc).replace(str(self.loc.run), self.loc.run.name)  # no server paths
                 return _error(500, f"cannot decode a route: {public}")
         r = _as_uploaded(r, names, how)
         # The status says a photo failed (as /api/locate's); the body still holds the route, and says why.
@@ -180,7 +181,7 @@ def create_app(loc: Locator, city: dict, max_upload_mb: float = MAX_UPLOAD_MB, m
     names = public_names(loc.side.paths)
     model = _Model(loc, max_waiting, max_pixels, dict(zip(loc.side.paths, names)))
     row_of = {p: i for i, p in enumerate(names)}  # only the index's own photos are ever served
-    page = page_html({"run": Path(loc.run_dir).name, "photos": len(row_of), "k": loc.cfg.index.k,
+    page = page_html({"run": loc.run.name, "photos": len(row_of), "k": loc.cfg.index.k,
                       "vote": loc.mode, "vote_radius_m": loc.cfg.index.vote_radius_m,
                       "max_upload_bytes": app.config["MAX_CONTENT_LENGTH"]})
 
@@ -250,7 +251,7 @@ def make_http_server(app: Flask, host: str, port: int) -> BaseWSGIServer:
     return make_server(host, port, app, threaded=True)
 
 
-def load_app(run_dir: str | Path, **limits) -> Flask:
+def load_app(run: str | Path | Run, **limits) -> Flask:
     """The app for a trained embedding run: its Locator and its city map, both loaded once."""
-    loc = Locator.load(run_dir)
+    loc = Locator.load(run)
     return create_app(loc, city_geojson(loc.cfg, loc.side.lat, loc.side.lon), **limits)
