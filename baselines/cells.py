@@ -17,20 +17,20 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from baselines.cell_answer import DECISION_RADII_CELLS, centroids, choose_radius, mass_choice, pairwise_m
-from retrieval.data.grids import Grid, make_grid
-from retrieval.learning import distributed
-from retrieval.run import Run, trained_checkpoint
 from retrieval.config import Config
-from retrieval.learning.cell_classifier import cells_of_classes, class_logits, class_of_cell, load_classifier
-from retrieval.files import atomic_write_json, matching_record, sha256_file
-from retrieval.learning.inference import infer
+from retrieval.data.grids import Grid, make_grid
 from retrieval.data.manifests import Manifest
-from retrieval.metrics import Predictions, cell_accuracy, error_metrics, errors_m, study_distance_m
+from retrieval.data.splits import load_data
+from retrieval.files import atomic_write_json, matching_record, sha256_file
+from retrieval.learning import distributed
+from retrieval.learning.cell_classifier import cells_of_classes, class_logits, class_of_cell, load_classifier
+from retrieval.learning.inference import infer
 from retrieval.learning.models import cell_classifier
 from retrieval.learning.precision import resolve_precision
-from retrieval.data.splits import load_data
 from retrieval.learning.train import fit, seed_everything
 from retrieval.learning.transforms import decode_images, test_transform, train_loader
+from retrieval.metrics import Predictions, cell_accuracy, error_metrics, errors_m, study_distance_m
+from retrieval.run import Run, trained_checkpoint
 
 
 

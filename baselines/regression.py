@@ -10,20 +10,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from retrieval.data.grids import cell_classes_of
 from retrieval import GeolocError
+from retrieval.config import Config
+from retrieval.data.grids import cell_classes_of
+from retrieval.data.manifests import Manifest
+from retrieval.data.splits import load_data
 from retrieval.learning import distributed
 from retrieval.learning.checkpoints import load_trained
-from retrieval.config import Config
 from retrieval.learning.inference import infer
-from retrieval.data.manifests import Manifest
-from retrieval.metrics import Predictions, errors_m
 from retrieval.learning.models import MIXTURE_COLUMNS, coordinate_regressor, mixture_nll
 from retrieval.learning.precision import resolve_precision
-from retrieval.run import read_run_info
-from retrieval.data.splits import load_data
 from retrieval.learning.train import fit, seed_everything
 from retrieval.learning.transforms import decode_images, test_transform, train_loader
+from retrieval.metrics import Predictions, errors_m
+from retrieval.run import read_run_info
 
 
 def bbox_of(lat, lon) -> dict[str, float]:

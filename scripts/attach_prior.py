@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 
 from retrieval import GeolocError
-from retrieval.run import Run, load_run_config
 from retrieval.methods.cell_prior import choose_and_record_weight
+from retrieval.run import Run, load_run_config
 
 SKIP = ("index", "metrics.json", "predictions.csv", "predictions.npz", Run.PRIOR_DIR)
 

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.reports.benchmark import method_config
 from retrieval.config import load_config
-from retrieval.run import prepare_run_dir
-from retrieval.methods.embedding import train_embedding
-from retrieval.reports.evaluate import evaluate_run
 from retrieval.files import atomic_write_json
+from retrieval.methods.embedding import train_embedding
 from retrieval.metrics import paired_bootstrap
+from retrieval.reports.benchmark import method_config
+from retrieval.reports.evaluate import evaluate_run
+from retrieval.run import prepare_run_dir
 
 ARMS = ("geodesic", "euclidean")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.data.grids import Grid
-from retrieval.run import load_run_config
 from retrieval.geo import haversine_m
 from retrieval.metrics import paired_bootstrap
+from retrieval.run import load_run_config
 
 WITHIN_M = 325.0  # London's target: half the constant guess's 651 m
 

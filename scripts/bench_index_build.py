@@ -23,15 +23,15 @@ from pathlib import Path
 import torch
 
 from bench_train import demo_data
-from retrieval.learning.checkpoints import save_checkpoint
+from retrieval.answering.run_index import PROGRESS, embed_database
 from retrieval.config import Config
-from retrieval.learning.inference import embed, load_embedding_model
 from retrieval.data.manifests import load_rgb, read_manifest
+from retrieval.learning.checkpoints import save_checkpoint
+from retrieval.learning.inference import embed, load_embedding_model
 from retrieval.learning.models import embedding_net
 from retrieval.learning.precision import autocast, prepare_images, resolve_precision
-from retrieval.answering.run_index import PROGRESS, embed_database
-from retrieval.run import Run
 from retrieval.learning.transforms import decode_images, one_thread, test_transform, to_cached
+from retrieval.run import Run
 
 
 def setup(work: Path, views: int, size: int, batch: int):

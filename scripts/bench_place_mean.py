@@ -22,11 +22,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ablation import top1_hits  # noqa: E402
-from retrieval.config import dump_yaml  # noqa: E402
-from retrieval.run import Run, load_run_config
-from retrieval.reports.evaluate import evaluate_run  # noqa: E402
-from retrieval.metrics import paired_bootstrap  # noqa: E402
 from retrieval.answering.run_index import EMBEDDINGS, PROGRESS  # noqa: E402
+from retrieval.config import dump_yaml  # noqa: E402
+from retrieval.metrics import paired_bootstrap  # noqa: E402
+from retrieval.reports.evaluate import evaluate_run  # noqa: E402
+from retrieval.run import Run, load_run_config
 
 COPIED = ("best.pt", "last.pt", "run.json", "git.json", "log.csv")
 

@@ -27,18 +27,18 @@ import faiss
 import numpy as np
 
 from bench_index import median_time  # scripts/ is on sys.path when run as a script
-from retrieval.answering.locator import Locator
-from retrieval.config import load_config
-from retrieval.run import Run, load_run_config, prepare_run_dir
-from retrieval.methods.embedding import train_embedding
 from retrieval.answering.index import build_index
-from retrieval.learning.inference import embed
-from retrieval.data.manifests import load_rgb
+from retrieval.answering.locator import Locator
 from retrieval.answering.run_index import ensure_index, indexed_file
+from retrieval.config import load_config
+from retrieval.data.manifests import load_rgb
 from retrieval.data.splits import load_data
+from retrieval.learning.inference import embed
+from retrieval.learning.transforms import to_cached
+from retrieval.methods.embedding import train_embedding
+from retrieval.run import Run, load_run_config, prepare_run_dir
 from retrieval.synth.cameras import render_dataset
 from retrieval.synth.city import write_demo_city
-from retrieval.learning.transforms import to_cached
 
 
 def tiny_run(work: Path, size: int) -> Path:

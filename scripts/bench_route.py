@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.answering.locator import Locator
-from retrieval.config import load_config
-from retrieval.files import atomic_write_json
-from retrieval.data.manifests import read_manifest
-from retrieval.metrics import errors_m, paired_bootstrap
 from retrieval.answering.route import decode, read_route_list
-from retrieval.learning.transforms import decode_images
 from retrieval.answering.vote import vote
+from retrieval.config import load_config
+from retrieval.data.manifests import read_manifest
+from retrieval.files import atomic_write_json
+from retrieval.learning.transforms import decode_images
+from retrieval.metrics import errors_m, paired_bootstrap
 
 HIT_M = 25.0
 

@@ -32,11 +32,11 @@ import torch
 from PIL import Image
 
 from retrieval.answering.locator import Locator
+from retrieval.answering.run_index import build_run_index
 from retrieval.config import load_config
-from retrieval.run import prepare_run_dir
 from retrieval.data.manifests import read_manifest
 from retrieval.learning.models import embedding_net
-from retrieval.answering.run_index import build_run_index
+from retrieval.run import prepare_run_dir
 from retrieval.synth.cameras import render_dataset
 from retrieval.synth.city import write_demo_city
 

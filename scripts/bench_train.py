@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from baselines.cells import CellsTask
-from retrieval.data.grids import make_grid
 from retrieval.config import Config
+from retrieval.data.grids import make_grid
+from retrieval.data.splits import load_data
 from retrieval.learning.models import cell_classifier
 from retrieval.learning.precision import prepare_images, prepare_model
-from retrieval.data.splits import load_data
+from retrieval.learning.train import fit, seed_everything
 from retrieval.synth.cameras import render_dataset
 from retrieval.synth.city import write_demo_city
-from retrieval.learning.train import fit, seed_everything
 
 
 def demo_data(work: Path, n_train: int, size: int) -> Path:

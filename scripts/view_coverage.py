@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.geo import haversine_m
 from retrieval.data.manifests import read_manifest
+from retrieval.geo import haversine_m
 
 
 def coverage(data: Path, radius_m: float, heading_deg: float) -> tuple[float, float]:

@@ -6,12 +6,12 @@ import pytest
 from PIL import Image
 
 from retrieval import GeolocError
-from retrieval.api import Locator
-from retrieval.run import load_run_config
-from retrieval.learning.inference import embed, load_embedding_model
-from retrieval.data.manifests import Manifest, read_manifest
 from retrieval.answering.places import place_means, place_neighbours
+from retrieval.api import Locator
+from retrieval.data.manifests import Manifest, read_manifest
+from retrieval.learning.inference import embed, load_embedding_model
 from retrieval.learning.transforms import decode_images
+from retrieval.run import load_run_config
 from tests.conftest import untrained_run
 
 K = 4

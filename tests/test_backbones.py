@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from retrieval import GeolocError
-from retrieval.learning.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_trunk, lite_weights_file, parse_hub
 from retrieval.config import descriptor_dim, load_config
+from retrieval.learning.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_trunk, lite_weights_file, parse_hub
 from retrieval.learning.models import embedding_net
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"

@@ -466,8 +466,8 @@ FULL_DISK_SCRIPT = """
 import json, sys
 import numpy as np
 import faiss, torch
-from retrieval.learning.checkpoints import save_checkpoint
 from retrieval.files import atomic_write, create_npy
+from retrieval.learning.checkpoints import save_checkpoint
 out, seen = sys.argv[1], {}
 index = faiss.IndexFlatIP(64)
 index.add(np.ones((2000, 64), dtype=np.float32))

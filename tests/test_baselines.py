@@ -9,14 +9,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from baselines.cell_answer import DECISION_RADII_CELLS, mass_choice
-from retrieval.data.grids import Grid
 from baselines.regression import scale, unscale
 from retrieval import GeolocError
 from retrieval.cli import app
 from retrieval.config import load_config
-from retrieval.run import load_run_config
-from retrieval.geo import haversine_m
+from retrieval.data.grids import Grid
 from retrieval.data.splits import load_data
+from retrieval.geo import haversine_m
+from retrieval.run import load_run_config
 
 FAST = ["--set", "model.weights=none", "--set", "data.image_size=32", "--set", "data.resize=36",
         "--set", "train.batch_size=8", "--set", "train.max_steps_per_epoch=2", "--set", "train.precision=fp32",

@@ -6,10 +6,10 @@ from PIL import Image
 from pyproj import Transformer
 
 from retrieval import GeolocError
-from retrieval.geo import LocalProjection, haversine_m
 from retrieval.data.manifests import load_rgb, read_manifest, write_manifest
 from retrieval.data.photo_import import import_photos, parse_vpr_name, read_exif_gps
 from retrieval.data.splits import load_splits, spatial_split
+from retrieval.geo import LocalProjection, haversine_m
 from tests.conftest import write_image
 
 

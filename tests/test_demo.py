@@ -6,8 +6,8 @@ import sys
 import pytest
 from PIL import Image
 
-from retrieval.run import load_run_config
 from retrieval.reports.report import COLUMNS
+from retrieval.run import load_run_config
 from tests.conftest import REPO
 
 TOY = ["bench.city_size_m=500", "bench.train_views=48", "bench.test_views=8", "bench.image_size=32",

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.learning.mining import PlaceBatchSampler
 from retrieval.data.streets import euclidean_neighbours
+from retrieval.learning.mining import PlaceBatchSampler
 from tests.conftest import REPO
 
 # fp32, no augmentation and fixed BatchNorm statistics make one step a deterministic function of the

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from retrieval import GeolocError
-from retrieval.config import load_config
-from retrieval.run import prepare_run_dir
 from retrieval.answering.locator import Locator
-from retrieval.methods.embedding import train_embedding
-from retrieval.reports.evaluate import evaluate_run
-from retrieval.geo import haversine_m
-from retrieval.data.manifests import read_manifest
 from retrieval.answering.run_index import build_run_index
 from retrieval.answering.vote import VOTE_MODES
+from retrieval.config import load_config
+from retrieval.data.manifests import read_manifest
+from retrieval.geo import haversine_m
+from retrieval.methods.embedding import train_embedding
+from retrieval.reports.evaluate import evaluate_run
+from retrieval.run import prepare_run_dir
 from tests.conftest import REPO
 
 TINY = ["model.weights=none", "model.lock_factor=0", "train.epochs=1", "train.max_steps_per_epoch=2",

@@ -8,12 +8,12 @@ from conftest import write_image
 
 from retrieval import GeolocError
 from retrieval.config import Config
-from retrieval.run import prepare_run_dir
-from retrieval.reports import evaluate
-from retrieval.reports.evaluate import evaluate_run
 from retrieval.files import atomic_write_json
 from retrieval.geo import EARTH_RADIUS_M, haversine_m
 from retrieval.metrics import Predictions, cell_accuracy, study_distance_m
+from retrieval.reports import evaluate
+from retrieval.reports.evaluate import evaluate_run
+from retrieval.run import prepare_run_dir
 
 METRES_PER_DEG_LAT = EARTH_RADIUS_M * math.pi / 180  # along a meridian
 

@@ -4,9 +4,9 @@ import shapely
 from scipy.spatial.distance import pdist
 from shapely.geometry import Polygon
 
-from retrieval.data.grids import Grid, build_grid, square_grid, voronoi_grid
 from retrieval import GeolocError
 from retrieval.config import load_config
+from retrieval.data.grids import Grid, build_grid, square_grid, voronoi_grid
 
 # An L-shaped piece of the City of London (lon, lat): non-convex, so clipping matters.
 L_SHAPE = Polygon([(-0.114, 51.511), (-0.100, 51.511), (-0.100, 51.516), (-0.107, 51.516),

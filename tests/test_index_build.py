@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-import retrieval.answering.run_index as run_index
-from retrieval.learning.checkpoints import save_checkpoint
-from retrieval.config import Config
-from retrieval.answering.run_index import EMBEDDINGS, PLACE_EMBEDDINGS, PROGRESS, build_run_index
-from retrieval.run import Run
 from retrieval.answering.index import load_index, search
+import retrieval.answering.run_index as run_index
+from retrieval.answering.run_index import EMBEDDINGS, PLACE_EMBEDDINGS, PROGRESS, build_run_index
+from retrieval.config import Config
 from retrieval.data.manifests import read_manifest
+from retrieval.learning.checkpoints import save_checkpoint
 from retrieval.learning.models import embedding_net
+from retrieval.run import Run
 from tests.conftest import write_image
 
 N, CHUNK = 20, 8

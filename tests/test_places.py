@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
+from retrieval.answering.places import place_means, same_place
 from retrieval.config import load_config
 from retrieval.geo import LocalProjection
-from retrieval.answering.places import place_means, same_place
 
 LAT0, LON0 = 51.5, -0.1
 

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from retrieval import GeolocError
 from retrieval.cli import app
 from retrieval.config import load_config
-from retrieval.run import prepare_run_dir
 from retrieval.files import atomic_write_json
 from retrieval.reports.prediction_images import GREEN, NEAR_M, RED, pick, prediction_png, save_predictions
+from retrieval.run import prepare_run_dir
 from tests.conftest import untrained_run, write_image
 
 K = 4

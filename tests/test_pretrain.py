@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from retrieval import GeolocError
-from retrieval.data.cities import city_of_photos, read_cities
 from retrieval.config import load_config
-from retrieval.methods.embedding import ground_distances
-from retrieval.geo import haversine_m
+from retrieval.data.cities import city_of_photos, read_cities
 from retrieval.data.manifests import read_manifest
+from retrieval.geo import haversine_m
 from retrieval.learning.models import embedding_net
+from retrieval.methods.embedding import ground_distances
 from retrieval.methods.pretrain import PRETRAIN, pretrain
 from retrieval.synth.city import write_demo_city
 

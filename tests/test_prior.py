@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from retrieval import GeolocError
-from retrieval.config import load_config
-from retrieval.run import Run, prepare_run_dir
 from retrieval.answering.prior import rerank, top_candidates
+from retrieval.config import load_config
 from retrieval.methods.cell_prior import WEIGHTS, budgets, choose_weight
+from retrieval.run import Run, prepare_run_dir
 from tests.test_embedding import TINY
 
 LOGP = np.log([[0.1, 0.9]])  # one query: class 0 unlikely, class 1 likely

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from retrieval import GeolocError
-from retrieval.config import load_config
 from retrieval.answering.geometry import INLIER_CAP, OFF, Setting, candidate_settings, choose, inliers, matched_points, rescore
 from retrieval.answering.local_features import LocalStore, extract, extract_database, matching_image
+from retrieval.config import load_config
 from retrieval.data.manifests import read_manifest
 
 from conftest import untrained_run

@@ -22,8 +22,8 @@ from PIL.TiffImagePlugin import IFDRational
 from retrieval import GeolocError
 from retrieval.answering.locator import Locator
 from retrieval.config import load_config
-from retrieval.geo import haversine_m
 from retrieval.data.manifests import read_manifest
+from retrieval.geo import haversine_m
 from retrieval.web.app import create_app, load_app, make_http_server, public_names
 from retrieval.web.city_map import city_geojson
 from tests.conftest import SHARED_DATA, untrained_run

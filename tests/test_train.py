@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval import GeolocError
-from retrieval.learning.checkpoints import load_checkpoint
 from retrieval.config import Config
+from retrieval.learning.checkpoints import load_checkpoint
 from retrieval.learning.inference import infer
 from retrieval.learning.optim import lr_factor
 from retrieval.learning.precision import bf16_supported

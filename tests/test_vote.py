@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from retrieval import GeolocError
-from retrieval.geo import LocalProjection, haversine_m
 from retrieval.answering.vote import choose_mode, vote, vote_weights, weighted_centre
+from retrieval.geo import LocalProjection, haversine_m
 
 PROJ = LocalProjection(51.5138, -0.0984)
 X0, Y0 = PROJ.to_xy(51.5138, -0.0984)

@@ -22,8 +22,8 @@ from retrieval.data.manifests import read_manifest  # noqa: E402
 from retrieval.metrics import errors_m  # noqa: E402
 from retrieval.answering.route import (decode, expected_steps, follow_scores, posteriors, read_route_list,  # noqa: E402
                              viterbi)
-from retrieval.learning.transforms import decode_images  # noqa: E402
 from retrieval.answering.vote import vote  # noqa: E402
+from retrieval.learning.transforms import decode_images  # noqa: E402
 
 run, routes, cache = (Path(a) for a in sys.argv[1:4])
 cfg = load_config(run / "config.yaml", [])

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 
 from retrieval.answering.index import load_index
+from retrieval.answering.vote import vote, vote_weights, weighted_centre
 from retrieval.data.manifests import read_manifest
 from retrieval.metrics import errors_m
-from retrieval.answering.vote import vote, vote_weights, weighted_centre
 
 
 def summary(e: np.ndarray) -> str:

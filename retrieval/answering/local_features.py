@@ -18,8 +18,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from retrieval import GeolocError
-from retrieval.files import atomic_write_json, create_npy
 from retrieval.data.manifests import Manifest, load_rgb
+from retrieval.files import atomic_write_json, create_npy
 
 DESCRIPTORS, KEYPOINTS, COUNTS, PROGRESS = "descriptors.npy", "keypoints.npy", "counts.npy", "local.json"
 DESCRIPTOR_BYTES = 128  # SIFT's

@@ -20,23 +20,23 @@ import numpy as np
 from PIL import Image
 
 from retrieval import GeolocError
-from retrieval.config import Config
-from retrieval.run import Run
-from retrieval.files import atomic_write_json, matching_record
-from retrieval.geo import haversine_m
-from retrieval.answering.index import nearest_of, search
-from retrieval.learning.inference import embed
-from retrieval.data.manifests import IMAGE_SUFFIXES, load_rgb
-from retrieval.answering.places import place_means, place_neighbours
 from retrieval.answering.geometry import OFF, Setting
+from retrieval.answering.index import nearest_of, search
+from retrieval.answering.places import place_means, place_neighbours
 from retrieval.answering.prior import CellPrior, check_complete, rerank
 from retrieval.answering.rerank import check, local_store, query_features, resolve_rerank
 from retrieval.answering.route import Route, StreetWalks, order_photos, read_route_list, route_of
 from retrieval.answering.run_index import EMBEDDINGS, open_index, place_setting
+from retrieval.answering.vote import VOTE_MODES, VOTE_RULES, choose_mode, vote
+from retrieval.config import Config
+from retrieval.data.manifests import IMAGE_SUFFIXES, load_rgb
 from retrieval.data.splits import load_data
 from retrieval.data.streets import load_graph, street_source
+from retrieval.files import atomic_write_json, matching_record
+from retrieval.geo import haversine_m
+from retrieval.learning.inference import embed
 from retrieval.learning.transforms import decode_images, to_cached
-from retrieval.answering.vote import VOTE_MODES, VOTE_RULES, choose_mode, vote
+from retrieval.run import Run
 
 MIN_SIDE_PX = 32  # smaller images hold too little to locate: refused, not answered
 MAX_ASPECT = 4.0  # a panorama strip or a sliver: answered from its centre crop only, with a warning

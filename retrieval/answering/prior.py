@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrieval.learning.cell_classifier import class_logits, class_of_cell, load_classifier
 from retrieval import GeolocError
 from retrieval.config import Config
-from retrieval.run import Run, load_run_config
+from retrieval.learning.cell_classifier import class_logits, class_of_cell, load_classifier
 from retrieval.learning.precision import prepare_model
+from retrieval.run import Run, load_run_config
 
 
 

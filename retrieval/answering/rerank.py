@@ -12,18 +12,18 @@ from PIL import Image
 from tqdm import tqdm
 
 from retrieval import GeolocError
-from retrieval.config import Config
-from retrieval.files import atomic_write_json, matching_record
 from retrieval.answering.geometry import AUTO_KS, OFF, RERANK_RULES, Setting, choose, inlier_table, label, rescore
 from retrieval.answering.index import nearest_of
-from retrieval.learning.inference import embed
 from retrieval.answering.local_features import LocalStore, extract
-from retrieval.run import Run
-from retrieval.data.manifests import load_rgb
 from retrieval.answering.places import place_means, place_neighbours
 from retrieval.answering.run_index import EMBEDDINGS, place_setting
+from retrieval.config import Config
+from retrieval.data.manifests import load_rgb
 from retrieval.data.splits import load_data
+from retrieval.files import atomic_write_json, matching_record
+from retrieval.learning.inference import embed
 from retrieval.learning.transforms import decode_images
+from retrieval.run import Run
 
 RADIUS_M = 25.0  # auto keeps the setting with the best R@1 within this distance on the validation views
 

@@ -32,10 +32,10 @@ from scipy.special import logsumexp
 from shapely.ops import substring
 
 from retrieval import GeolocError
-from retrieval.geo import haversine_m
 from retrieval.data.manifests import parse_date
 from retrieval.data.photo_import import read_exif_date
 from retrieval.data.streets import Snap, StreetGraph, photo_graph, snap_photos
+from retrieval.geo import haversine_m
 
 # `p` below is the config's route section (retrieval.config.RouteConfig), read by attribute: the config
 # imports this module's choices, so this module does not import the config.

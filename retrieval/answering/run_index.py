@@ -18,14 +18,14 @@ from retrieval.config import Config, descriptor_dim
 from retrieval.files import atomic_write, atomic_write_json, create_npy
 from retrieval.answering.index import (META_FILE, NpyRows, Sidecar, build_index, index_params, load_index, read_meta, save_index,
                              shards_of)
-from retrieval.learning.inference import embed, load_embedding_model
 from retrieval.answering.local_features import extract_database
-from retrieval.run import Run
-from retrieval.data.manifests import Manifest, concat_manifests
 from retrieval.answering.places import place_means, place_neighbours
-from retrieval.learning.precision import resolve_precision
+from retrieval.data.manifests import Manifest, concat_manifests
 from retrieval.data.splits import load_data
+from retrieval.learning.inference import embed, load_embedding_model
+from retrieval.learning.precision import resolve_precision
 from retrieval.learning.transforms import decode_images
+from retrieval.run import Run
 
 EMBEDDINGS, PROGRESS = "embeddings.npy", "embeddings.json"
 PLACE_EMBEDDINGS = "place_embeddings.npy"  # what the index holds when index.place_mean_m > 0

@@ -30,9 +30,9 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from retrieval import GeolocError, __version__
+from retrieval.data.panorama import crop_offsets, crop_side, is_equirectangular, perspective_crop
 from retrieval.files import atomic_write, atomic_write_json, atomic_write_text
 from retrieval.locks import folder_lock
-from retrieval.data.panorama import crop_offsets, crop_side, is_equirectangular, perspective_crop
 
 MANIFEST_COLUMNS = ("path", "lat", "lon", "heading", "date", "sequence", "source", "source_id", "licence", "author")
 MANIFEST, STATE, SETTINGS, ATTRIBUTION = "photos.csv", "fetch-state.jsonl", "fetch.json", "ATTRIBUTION.txt"

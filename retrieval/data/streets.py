@@ -22,8 +22,8 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from retrieval import GeolocError
-from retrieval.geo import LocalProjection, haversine_m, utm_crs
 from retrieval.data.osm_xml import clipped_message, is_street, sort_merged_attributes, write_without_dangling
+from retrieval.geo import LocalProjection, haversine_m, utm_crs
 
 # OSMnx network types, for downloaded graphs (a local OSM file keeps every street whatever the type)
 GRAPH_SUFFIXES = (".osm", ".osm.bz2", ".xml", ".graphml")

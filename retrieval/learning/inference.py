@@ -12,13 +12,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from retrieval.learning.checkpoints import load_trained
-from retrieval.run import trained_checkpoint
-from retrieval.files import sha256_file
 from retrieval.choices import HUB
+from retrieval.files import sha256_file
+from retrieval.learning.checkpoints import load_trained
 from retrieval.learning.models import embedding_net
 from retrieval.learning.precision import autocast, prepare_images, prepare_model, resolve_precision
 from retrieval.learning.transforms import one_thread, test_transform
+from retrieval.run import trained_checkpoint
 
 
 def infer(model: nn.Module, images: list[torch.Tensor], transform, batch_size: int, precision: str,

@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 from retrieval import GeolocError
 
-from retrieval.learning import distributed
-from retrieval.learning.checkpoints import load_checkpoint, save_checkpoint
 from retrieval.config import Config, TrainConfig
 from retrieval.files import atomic_write, atomic_write_json
+from retrieval.learning import distributed
+from retrieval.learning.checkpoints import load_checkpoint, save_checkpoint
 from retrieval.learning.models import freeze_batchnorm
 from retrieval.learning.optim import lr_factor, make_optimizer
 from retrieval.learning.precision import autocast, prepare_images, prepare_model, resolve_precision

@@ -21,10 +21,10 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from retrieval.learning import distributed
-from retrieval.learning.backbones import IMAGENET_MEAN, IMAGENET_STD
 from retrieval.config import AugmentConfig, DataConfig
 from retrieval.data.manifests import Manifest, load_rgb
+from retrieval.learning import distributed
+from retrieval.learning.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 
 

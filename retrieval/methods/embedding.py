@@ -28,17 +28,17 @@ from retrieval.data.manifests import Manifest, load_rgb
 from retrieval.metrics import Predictions, error_metrics, errors_m, knn_floor, recall_at_n
 from retrieval.learning.mining import (GroundRules, PhotoMemory, PlaceBatchSampler, kept_photos, positive_candidates,
                               resolve_supervision)
-from retrieval.learning.models import embedding_net
-from retrieval.answering.places import place_means, place_neighbours
-from retrieval.data.splits import load_data
-from retrieval.data.streets import euclidean_neighbours, photo_distances, street_source
-from retrieval.learning.train import fit, seed_everything
-from retrieval.learning.transforms import CachedImages, decode_images, train_transform
 from retrieval.answering.locator import Locator
+from retrieval.answering.places import place_means, place_neighbours
 from retrieval.answering.rerank import check, query_features
 from retrieval.answering.run_index import ensure_index
 from retrieval.answering.vote import vote
 from retrieval.choices import VOTE_MODES
+from retrieval.data.splits import load_data
+from retrieval.data.streets import euclidean_neighbours, photo_distances, street_source
+from retrieval.learning.models import embedding_net
+from retrieval.learning.train import fit, seed_everything
+from retrieval.learning.transforms import CachedImages, decode_images, train_transform
 from retrieval.methods.cell_prior import budgets, record_in_run, train_prior
 from retrieval.run import Run
 

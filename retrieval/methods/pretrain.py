@@ -22,15 +22,15 @@ from tqdm import tqdm
 
 from retrieval import GeolocError
 
-from retrieval.learning import distributed
-from retrieval.data.cities import write_cities
 from retrieval.config import Config
-from retrieval.run import check_resume, command_line, git_revision, prepare_run_dir, record_resume
-from retrieval.methods.embedding import train_embedding
-from retrieval.files import atomic_write_json, atomic_write_text
+from retrieval.data.cities import write_cities
 from retrieval.data.manifests import concat_manifests, read_manifest, write_manifest
-from retrieval.synth.cameras import render_dataset
+from retrieval.files import atomic_write_json, atomic_write_text
+from retrieval.learning import distributed
 from retrieval.learning.train import check_run_dir
+from retrieval.methods.embedding import train_embedding
+from retrieval.run import check_resume, command_line, git_revision, prepare_run_dir, record_resume
+from retrieval.synth.cameras import render_dataset
 
 CARD_JSON, CARD_MD = "model_card.json", "MODEL_CARD.md"
 # The recipe that lifted real photos of an unseen city from a rendered-only model (issue 28): the scratch

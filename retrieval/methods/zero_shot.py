@@ -10,13 +10,13 @@ from pathlib import Path
 
 from retrieval import GeolocError
 from retrieval.choices import HUB
+from retrieval.config import Config, load_config
+from retrieval.files import atomic_write_json
 from retrieval.learning.backbones import BACKBONES, output_width
 from retrieval.learning.checkpoints import save_checkpoint
-from retrieval.config import Config, load_config
-from retrieval.run import Run, config_changes, load_run_config, prepare_run_dir, read_run_info
-from retrieval.files import atomic_write_json
 from retrieval.learning.models import embedding_net
 from retrieval.learning.precision import resolve_precision
+from retrieval.run import Run, config_changes, load_run_config, prepare_run_dir, read_run_info
 
 # The measured choice for an ImageNet trunk used as it is (benchmarks/RESULTS.md, "ImageNet, zero-shot").
 ZERO_SHOT_POOLING = "gem"

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from retrieval import GeolocError
-from retrieval.learning.checkpoints import load_checkpoint
-from retrieval.run import Run, load_run_config, read_run_info, trained_checkpoint
-from retrieval.files import atomic_write, atomic_write_json
-from retrieval.reports.floors import floors
 from retrieval.data.manifests import concat_manifests
+from retrieval.data.splits import load_data
+from retrieval.files import atomic_write, atomic_write_json
+from retrieval.learning.checkpoints import load_checkpoint
 from retrieval.methods import predictor
 from retrieval.metrics import Predictions, error_metrics, errors_m
-from retrieval.data.splits import load_data
+from retrieval.reports.floors import floors
+from retrieval.run import Run, load_run_config, read_run_info, trained_checkpoint
 
 
 def _write_predictions_csv(path: Path, test, pred: Predictions, err: np.ndarray) -> None:

@@ -22,14 +22,14 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from retrieval import GeolocError
+from retrieval.answering.run_index import EMBED_CHUNK
 from retrieval.choices import HUB
 from retrieval.geo import LocalProjection, heading_gap_deg
 from retrieval.learning.inference import embed
-from retrieval.metrics import error_metrics, errors_m, knn_floor
 from retrieval.learning.models import embedding_net
 from retrieval.learning.precision import prepare_model
-from retrieval.answering.run_index import EMBED_CHUNK
 from retrieval.learning.transforms import decode_images
+from retrieval.metrics import error_metrics, errors_m, knn_floor
 
 RADIUS_M, FACING_DEG, THUMB = 25.0, 45.0, 16
 

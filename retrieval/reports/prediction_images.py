@@ -19,14 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from retrieval import GeolocError  # noqa: E402
-from retrieval.run import Run, load_run_config
-from retrieval.files import atomic_write, atomic_write_text  # noqa: E402
-from retrieval.geo import haversine_m  # noqa: E402
 from retrieval.answering.geometry import inliers, matched_points  # noqa: E402
 from retrieval.answering.index import load_index  # noqa: E402
 from retrieval.answering.local_features import LocalStore, matching_image  # noqa: E402
-from retrieval.data.manifests import load_rgb  # noqa: E402
 from retrieval.answering.rerank import query_features  # noqa: E402
+from retrieval.data.manifests import load_rgb  # noqa: E402
+from retrieval.files import atomic_write, atomic_write_text  # noqa: E402
+from retrieval.geo import haversine_m  # noqa: E402
+from retrieval.run import Run, load_run_config
 
 PAGE = "index.html"
 NEAR_M = 25.0  # the recall radius: a neighbour this close to the truth shows the right place

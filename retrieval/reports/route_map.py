@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import shapely  # noqa: E402
 
-from retrieval.files import atomic_write, atomic_write_json  # noqa: E402
 from retrieval.answering.route import Route  # noqa: E402
+from retrieval.files import atomic_write, atomic_write_json  # noqa: E402
 
 MARGIN_M = 150.0  # streets drawn this far around the route (in degrees, roughly, below)
 MAX_LEGEND = 10  # segments named in the legend at most

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from retrieval import GeolocError
+from retrieval.data.manifests import load_rgb, read_manifest
 from retrieval.files import atomic_write
 from retrieval.geo import LocalProjection
-from retrieval.data.manifests import load_rgb, read_manifest
 
 
 def contact_sheet(data_dir: str | Path, out: str | Path, n: int = 24, cols: int = 6, split: str = "train",

@@ -25,12 +25,12 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from retrieval import GeolocError
 from retrieval.answering.locator import Locator
-from retrieval.data.manifests import load_rgb
 from retrieval.answering.route import NAT, Route, name_key
+from retrieval.data.manifests import load_rgb
+from retrieval.run import Run
 from retrieval.web.city_map import city_geojson
 from retrieval.web.page import page_html
 from retrieval.web.uploads import MAX_PIXELS, Upload, UploadError, read_upload, with_truth
-from retrieval.run import Run
 
 MAX_UPLOAD_MB = 20.0  # one request's body, all its photos together
 MAX_WAITING = 64  # requests holding decoded photos while they wait for the model

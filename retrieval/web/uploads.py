@@ -12,9 +12,9 @@ from PIL import Image, UnidentifiedImageError
 
 from retrieval import GeolocError
 from retrieval.answering.locator import check_shape
-from retrieval.geo import haversine_m
 from retrieval.data.manifests import IMAGE_ERRORS, image_problem, load_rgb
 from retrieval.data.photo_import import read_exif_date, read_exif_gps
+from retrieval.geo import haversine_m
 
 # A 50-megapixel photo decodes to 150 MB of RGB: larger ones are refused from their header, before any
 # pixel is decoded (PIL's own limit, 179 Mpx, lets a server take 0.5 GB per upload).
