@@ -53,6 +53,13 @@ class Run:
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
+    def __getattr__(self, attr: str):
+        # Everything else a folder path does (exists, mkdir, resolve, parent, ...): code that was handed a
+        # Path keeps working when handed the Run.
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(self.path, attr)
+
     def __str__(self) -> str:
         return str(self.path)
 
@@ -60,14 +67,10 @@ class Run:
         return f"Run({str(self.path)!r})"
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Run) and self.path == other.path
+        return self.path == (other.path if isinstance(other, Run) else other)
 
     def __hash__(self) -> int:
         return hash(self.path)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
     config_file = property(lambda self: self.path / Run.CONFIG)
     command_file = property(lambda self: self.path / Run.COMMAND)

@@ -29,7 +29,7 @@ def evaluate_cmd(
     if save_predictions < 0 or (save_predictions and read_run_info(run)["kind"] != "embedding"):
         raise GeolocError(f"--save-predictions {save_predictions}: draws N >= 1 photos of an embedding run "
                           "(only its answers have neighbour photos to show)")
-    m = evaluate_run(run, data)
+    m = evaluate_run(Run(run), data)
     extra = f", cell accuracy {m['cell_acc']:.1%}" if "cell_acc" in m else ""
     typer.echo(f"{run}: {m['n']} test photos, median error {m['median_error_m']:.1f} m, "
                f"acc@100m {m['acc@100m']:.1%}{extra}; wrote metrics.json, predictions.csv")
@@ -155,7 +155,7 @@ def query_cmd(
     if route or streets or distance or overrides:
         _query_route(images, run, k, as_json, route, route_out, streets, distance, overrides)
         return
-    answers = Locator.load(run).locate(images, k)
+    answers = Locator.load(Run(run)).locate(images, k)
     for a in answers:
         if a.warning:
             say(f"warning: {a.warning}")
@@ -186,7 +186,7 @@ def _query_route(images, run: Path, k, as_json: bool, route: bool, out: Path, st
     if not Run(run).config_file.is_file():
         raise GeolocError(f"{run}: not a run directory (no config.yaml)")
     extra = ([f"route.distance={distance}"] if distance else []) + ([f"index.k={k}"] if k else [])
-    loc = Locator.load(run, load_config(Run(run).config_file, [*(overrides or []), *extra]))
+    loc = Locator.load(Run(run), load_config(Run(run).config_file, [*(overrides or []), *extra]))
     r = loc.locate_route(images[0] if len(images) == 1 and images[0].suffix.lower() == ".csv" else images,
                          streets=streets)
     geojson, png = write_route(r, out, loc.side.lat, loc.side.lon)
@@ -223,7 +223,7 @@ def serve_cmd(
 
     if not 0 <= port <= 65535 or max_upload_mb <= 0:
         raise GeolocError(f"--port {port} must be 0-65535 and --max-upload-mb {max_upload_mb:g} > 0")
-    server = make_http_server(load_app(run, max_upload_mb=max_upload_mb), host, port)
+    server = make_http_server(load_app(Run(run), max_upload_mb=max_upload_mb), host, port)
     typer.echo(f"serving {run} on http://{host}:{server.server_port}/  (Ctrl-C to stop)")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: --host {host}: the page and the run's photos are open to other machines", file=sys.stderr)

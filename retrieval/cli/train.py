@@ -23,8 +23,7 @@ def _train_setup(kind: str, data: Optional[Path], config: Optional[Path], out: O
 
     from retrieval.learning import distributed
     from retrieval.config import load_config
-    from retrieval.run import prepare_run_dir
-    from retrieval.run import check_resume, clean_stale_tmp, lock_run_dir, record_resume
+    from retrieval.run import check_resume, clean_stale_tmp, record_resume
     from retrieval.learning.train import check_run_dir
 
     distributed.init()
@@ -38,18 +37,18 @@ def _train_setup(kind: str, data: Optional[Path], config: Optional[Path], out: O
     if data is not None:
         cfg.data.train = str(data)
     run_dir = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(distributed.gather_objects(str(run_dir))[0])  # rank 0's clock names it
+    run_dir = Run(distributed.gather_objects(str(run_dir))[0])  # rank 0's clock names it
     if run_dir.exists() and not run_dir.is_dir():
         raise GeolocError(f"{run_dir}: exists and is not a folder; choose another --out")
     check_run_dir(run_dir, resume)
     changes = check_resume(run_dir, kind, cfg) if resume else {}
     if distributed.is_main():
-        lock_run_dir(run_dir, f"train {kind}")  # before anything is written
+        run_dir.lock(f"train {kind}")  # before anything is written
         clean_stale_tmp(run_dir)
         if resume:
             record_resume(run_dir, cfg, changes)
         else:
-            prepare_run_dir(run_dir, cfg)
+            run_dir.prepare(cfg)
         typer.echo(f"run directory: {run_dir}" + (f" ({distributed.world_size()} processes)"
                                                   if distributed.world_size() > 1 else ""))
     return cfg, run_dir
