@@ -266,7 +266,11 @@ def query_run(tmp_path_factory):
     """An embedding run with an index over 12 photos: an untrained ResNet-18 is enough to query."""
     root = tmp_path_factory.mktemp("query")
     write_csv(root / "db" / "train.csv", "path,lat,lon", london_photos(root / "db", 12, size=(40, 40)))
-    return untrained_run(root / "run", root / "db", k=3, vote="auto")
+    run = untrained_run(root / "run", root / "db", k=3, vote="auto")
+    from retrieval.answering.locator import Locator
+
+    Locator.load(run, choose=True)  # as `geoloc index build` does: the vote chosen where the data is
+    return run
 
 
 @pytest.mark.parametrize("size, error", [
@@ -466,6 +470,7 @@ FULL_DISK_SCRIPT = """
 import json, sys
 import numpy as np
 import faiss, torch
+from retrieval import GeolocError
 from retrieval.files import atomic_write, create_npy
 from retrieval.learning.checkpoints import save_checkpoint
 out, seen = sys.argv[1], {}
@@ -579,6 +584,7 @@ def test_resume_of_nothing_changes_no_file(run_dir):
 
 KILLED_WRITER = """
 import sys, time
+from retrieval.files import atomic_write
 def write(p):
     p.write_bytes(b"half a checkpoint")
     print("writing", flush=True)

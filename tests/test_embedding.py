@@ -39,6 +39,7 @@ def trained(tiny_data, tmp_path_factory):
     # 90 photos would make 22 batches of 2 x 2 photos; the sampler draws exactly max_steps_per_epoch
     assert info["batches_per_epoch"] == 2
     build_run_index(run, cfg)
+    Locator.load(run, cfg, choose=True)  # as `geoloc index build` does
     return run, cfg
 
 
