@@ -172,3 +172,45 @@ def test_auto_chooses_on_validation_and_evaluation_reports_both(views, tmp_path)
         assert m["recall@1_25m"] == m["rerank"]["without"]["recall@1_25m"] and m["rerank"]["ms_per_query"] == 0
     else:
         assert m["rerank"]["ms_per_query"] > 0
+
+
+def test_the_vote_is_chosen_on_reranked_neighbours(views, tmp_path):
+    """index.vote=auto with the rerank on compares the modes on the validation views' reranked neighbours (as
+    the answers are), recorded with the setting; without the rerank the record is chosen again, without it."""
+    import numpy as np
+
+    from retrieval.answering.index import nearest_of
+    from retrieval.answering.locator import Locator
+    from retrieval.answering.places import place_means, place_neighbours
+    from retrieval.answering.rerank import check, validation_features
+    from retrieval.answering.run_index import build_local_features
+    from retrieval.answering.vote import choose_mode
+    from retrieval.config import dump_yaml
+    from retrieval.learning.inference import embed, load_embedding_model
+    from retrieval.learning.transforms import decode_images
+
+    run = untrained_run(tmp_path / "run", views, k=4, vote="auto")
+    cfg = load_config(run / "config.yaml", ["index.rerank=on", "rerank.k=10", "rerank.weight=4"])
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    build_local_features(run, cfg, read_manifest(views / "train.csv"))
+    loc = Locator.load(run, choose=True)
+    rec = json.loads((run / "vote.json").read_text())
+    assert rec["rerank"] == [10, 4.0] and rec["mode"] == loc.mode
+
+    train, val = read_manifest(views / "train.csv"), read_manifest(views / "val.csv")
+    model, _ = load_embedding_model(run, cfg)
+    db = embed(model, decode_images(train, cfg.data.resize), cfg)
+    nb = place_neighbours(cfg, train)
+    db = place_means(db, nb) if nb is not None else db  # as the index holds them
+    q = embed(model, decode_images(val, cfg.data.resize), cfg)
+    sims, ids = nearest_of(db, q, 10)
+    sims, ids, inl = check(loc.check, loc.local, cfg, sims, ids, validation_features(loc.local, loc.side, train, val, cfg))
+    assert (inl[:, :10] >= 0).all()
+    mode, medians = choose_mode(train.lat[ids[:, :4]], train.lon[ids[:, :4]], sims[:, :4], val.lat, val.lon,
+                                cfg.index.vote_radius_m)
+    assert mode == rec["mode"] and np.allclose([medians[m] for m in sorted(medians)],
+                                               [rec["val_median_error_m"][m] for m in sorted(medians)])
+
+    off = load_config(run / "config.yaml", ["index.rerank=off"])
+    Locator.load(run, off, choose=True)
+    assert "rerank" not in json.loads((run / "vote.json").read_text())

@@ -24,7 +24,7 @@ from retrieval.answering.geometry import OFF, Setting
 from retrieval.answering.index import nearest_of, search
 from retrieval.answering.places import place_means, place_neighbours
 from retrieval.answering.prior import CellPrior, check_complete, rerank
-from retrieval.answering.rerank import check, local_store, query_features, resolve_rerank
+from retrieval.answering.rerank import check, local_store, query_features, resolve_rerank, validation_features
 from retrieval.answering.route import Route, StreetWalks, order_photos, read_route_list, route_of
 from retrieval.answering.run_index import EMBEDDINGS, open_index, place_setting
 from retrieval.answering.vote import VOTE_MODES, VOTE_RULES, choose_mode, vote
@@ -137,16 +137,22 @@ def _read(source: str, item) -> Image.Image:
 
 # --- the vote mode, chosen once per checkpoint -----------------------------------------------------
 
-def resolve_vote(run_dir: Path, cfg: Config, model, side, choose: bool = True) -> tuple[str, dict]:
+def resolve_vote(run_dir: Path, cfg: Config, model, side, choose: bool = True, rerank_setting: Setting = OFF,
+                 store=None) -> tuple[str, dict]:
     """index.vote, or for auto the mode chosen on the validation views (searched against the training
     photos alone, with the index's place means) and its record; chosen once per checkpoint and kept in
     RUN/vote.json. The training photos' stored index rows are reused when the index holds them first.
-    choose False (answering: the run alone, no data): without a record for this checkpoint, pool."""
+    choose False (answering: the run alone, no data): without a record for this checkpoint, pool. With a
+    geometric rerank (rerank_setting, the database's local features in store) the validation views'
+    neighbours are reranked before the modes are compared, as the answers will be."""
     if cfg.index.vote != "auto":
         return cfg.index.vote, {}
     path, key = Run(run_dir).vote, {"checkpoint_sha256": side.checkpoint_sha256,
                                            "place_mean": list(place_setting(cfg)), "k": cfg.index.k,
                                            "vote_radius_m": cfg.index.vote_radius_m, "rules": VOTE_RULES}
+    reranked = not rerank_setting.off and store is not None
+    if reranked:  # a record chosen without the rerank (or with another setting) is chosen again
+        key["rerank"] = [rerank_setting.k, rerank_setting.weight]
     rec = matching_record(path, key, lambda r: r.get("mode") in VOTE_MODES)
     if rec is not None:
         return rec["mode"], rec
@@ -160,14 +166,19 @@ def resolve_vote(run_dir: Path, cfg: Config, model, side, choose: bool = True) -
         rec = {**key, "mode": "pool", "why": "no validation views: the default mode"}
     else:
         stored = Run(run_dir).index_dir / EMBEDDINGS
-        if stored.is_file() and side.paths[:len(train)] == [str(p) for p in train.paths]:
+        in_db = side.paths[:len(train)] == [str(p) for p in train.paths]
+        reranked = reranked and in_db  # the check reads database rows' features: the training photos' own
+        if stored.is_file() and in_db:
             db = np.asarray(np.load(stored, mmap_mode="r")[:len(train)], dtype=np.float32)
         else:
             db = embed(model, decode_images(train, cfg.data.resize, "vote: decode train"), cfg, "vote: embed train")
         nb = place_neighbours(cfg, train)
         db = place_means(db, nb) if nb is not None else db
         q = embed(model, decode_images(val, cfg.data.resize, "vote: decode val"), cfg, "vote: embed val")
-        sims, ids = nearest_of(db, q, cfg.index.k)
+        sims, ids = nearest_of(db, q, max(cfg.index.k, rerank_setting.k) if reranked else cfg.index.k)
+        if reranked:
+            sims, ids, _ = check(rerank_setting, store, cfg, sims, ids, validation_features(store, side, train, val, cfg))
+            sims, ids = sims[:, :cfg.index.k], ids[:, :cfg.index.k]
         mode, medians = choose_mode(train.lat[ids], train.lon[ids], sims, val.lat, val.lon, cfg.index.vote_radius_m)
         rec = {**key, "mode": mode, "val_median_error_m": medians, "val_views": len(val)}
     atomic_write_json(path, rec)
@@ -204,9 +215,9 @@ class Locator:
         cfg = cfg or run.config()
         check_complete(run, cfg)
         model, index, side = open_index(run, cfg)
-        mode, record = resolve_vote(run, cfg, model, side, choose)
         local = local_store(run, cfg)
         setting, how = resolve_rerank(run, cfg, model, side, local, choose)
+        mode, record = resolve_vote(run, cfg, model, side, choose, setting, local)  # the vote of reranked neighbours
         return cls(run, cfg, model, index, side, mode, record, CellPrior.load(run), setting, how, local)
 
     def neighbours(self, images: list, n: int, use_prior: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -93,16 +93,22 @@ def _choose_on_validation(run_dir: Path, cfg: Config, model, side, store: LocalS
     else:
         q = embed(model, decode_images(val, cfg.data.resize, "rerank: decode val"), cfg, "rerank: embed val")
     sims, ids = nearest_of(db, q, min(max(AUTO_KS), n_train))
-    if val_in_db:
-        feats = [store.features(n_train + i) for i in range(len(val))]
-    else:
-        feats = [query_features(load_rgb(p, val.describe(i)), cfg) for i, p in enumerate(val.paths)]
+    feats = validation_features(store, side, train, val, cfg)
     with tqdm(total=len(val), desc="rerank: match val", unit="img") as bar:
         inl = inlier_table(feats, ids, store.features, ids.shape[1], cfg.rerank.ratio, bar.update)
     best, recall = choose(sims, ids, inl, train.lat, train.lon, val.lat, val.lon, RADIUS_M)
     tqdm.write(f"rerank: {label(best)} on {len(val)} validation views (R@1 within 25 m: "
                + ", ".join(f"{s} {r:.1%}" for s, r in recall.items()) + ")")
     return {"k": best.k, "weight": float(best.weight), "val_recall@1_25m": recall, "val_views": len(val)}
+
+
+def validation_features(store: LocalStore, side, train, val, cfg: Config) -> list:
+    """The validation photos' local features: read from the store when the database holds them right after
+    the training photos (a run's own index), else extracted from their files."""
+    n = len(train)
+    if side.paths[n:n + len(val)] == [str(p) for p in val.paths]:
+        return [store.features(n + i) for i in range(len(val))]
+    return [query_features(load_rgb(p, val.describe(i)), cfg) for i, p in enumerate(val.paths)]
 
 
 def query_features(image: Image.Image, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
