@@ -213,4 +213,4 @@ def test_the_vote_is_chosen_on_reranked_neighbours(views, tmp_path):
 
     off = load_config(run / "config.yaml", ["index.rerank=off"])
     Locator.load(run, off, choose=True)
-    assert "rerank" not in json.loads((run / "vote.json").read_text())
+    assert json.loads((run / "vote.json").read_text())["rerank"] is None

@@ -151,8 +151,9 @@ def resolve_vote(run_dir: Path, cfg: Config, model, side, choose: bool = True, r
                                            "place_mean": list(place_setting(cfg)), "k": cfg.index.k,
                                            "vote_radius_m": cfg.index.vote_radius_m, "rules": VOTE_RULES}
     reranked = not rerank_setting.off and store is not None
-    if reranked:  # a record chosen without the rerank (or with another setting) is chosen again
-        key["rerank"] = [rerank_setting.k, rerank_setting.weight]
+    # a record chosen with another rerank setting, or with none, is chosen again (a record from before the
+    # rerank existed has no such field: it reads as none)
+    key["rerank"] = [rerank_setting.k, rerank_setting.weight] if reranked else None
     rec = matching_record(path, key, lambda r: r.get("mode") in VOTE_MODES)
     if rec is not None:
         return rec["mode"], rec
