@@ -103,18 +103,18 @@ def write_streets(out: Path, bbox: tuple[float, float, float, float], osm_file: 
     OSMnx (internet). Kept when it is already there (a resumed fetch)."""
     import osmnx as ox
 
-    from retrieval.data.streets import _download, _graph_from_xml, _streets_only
+    from retrieval.data.streets import download_graph, graph_from_xml, streets_only
 
     path = out / "streets.graphml"
     if path.is_file():
         return True
     w, s, e, n = bbox
     if osm_file is None:
-        G = _download(f"bbox:{w},{s},{e},{n}", "all")
+        G = download_graph(f"bbox:{w},{s},{e},{n}", "all")
     else:
         if not osm_file.is_file():
             raise GeolocError(f"--streets {osm_file}: file not found")
-        G = _streets_only(_graph_from_xml(osm_file), osm_file)
+        G = streets_only(graph_from_xml(osm_file), osm_file)
         try:
             G = ox.truncate.truncate_graph_bbox(G, (w, s, e, n), truncate_by_edge=True)
         except ValueError:  # "Found no graph nodes within the requested polygon"

@@ -92,7 +92,7 @@ def _min_csr(rows, cols, weights, n: int) -> sp.csr_matrix:
     return sp.csr_matrix((weights[first], (rows[first], cols[first])), shape=(n, n))
 
 
-def _download(source: str, network_type: str):
+def download_graph(source: str, network_type: str):
     import osmnx as ox
 
     kind, _, what = source.partition(":")
@@ -126,7 +126,7 @@ def load_graph(source: str | Path, network_type: str = "walk") -> StreetGraph:
 
     text = str(source)
     if text.startswith(("bbox:", "place:")):
-        return StreetGraph.from_networkx(_download(text, network_type))
+        return StreetGraph.from_networkx(download_graph(text, network_type))
     path = Path(source)
     if not path.name.lower().endswith(GRAPH_SUFFIXES):
         raise GeolocError(f"{path}: street graph must be {', '.join(GRAPH_SUFFIXES)}, 'bbox:...' or 'place:...'")
@@ -136,17 +136,17 @@ def load_graph(source: str | Path, network_type: str = "walk") -> StreetGraph:
         if path.suffix.lower() == ".graphml":
             G = ox.load_graphml(path)
         else:
-            G = _graph_from_xml(path)
+            G = graph_from_xml(path)
     except GeolocError:
         raise
     except Exception as exc:  # XML/bz2/graphml parsers raise many types for a damaged file
         raise GeolocError(f"{path}: cannot read street graph ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
     if path.suffix.lower() != ".graphml":
-        G = _streets_only(G, path)
+        G = streets_only(G, path)
     return StreetGraph.from_networkx(G)
 
 
-def _graph_from_xml(path: Path) -> nx.MultiDiGraph:
+def graph_from_xml(path: Path) -> nx.MultiDiGraph:
     """OSMnx's graph of an OSM XML file; an extract clipped at a bounding box (ways that run on to nodes
     outside it) is read without the missing nodes, with a warning that counts them."""
     import osmnx as ox
@@ -165,7 +165,7 @@ def _graph_from_xml(path: Path) -> nx.MultiDiGraph:
     return G
 
 
-def _streets_only(G: nx.MultiDiGraph, path: Path) -> nx.MultiDiGraph:
+def streets_only(G: nx.MultiDiGraph, path: Path) -> nx.MultiDiGraph:
     """graph_from_xml turns every OSM way into edges, buildings and coastlines included: keep the streets
     (by the renderer's rule, retrieval.data.osm_xml.is_street)."""
     import osmnx as ox
