@@ -401,13 +401,16 @@ RANGES = {
 }
 
 
+def trunk_features(arch: str) -> int:
+    """Width of a backbone's pooled output (retrieval.choices.BACKBONE_FEATURES)."""
+    if arch == HUB:
+        raise GeolocError("model.arch=hub: the descriptor size is the hub model's (measured when the run is made)")
+    return BACKBONE_FEATURES[arch]
+
+
 def descriptor_dim(model_cfg: ModelConfig) -> int:
     """The embedding's width: model.embed_dim, or with 0 (no projection head) the trunk's features."""
-    if model_cfg.embed_dim:
-        return model_cfg.embed_dim
-    if model_cfg.arch == HUB:
-        raise GeolocError("model.arch=hub: the descriptor size is the hub model's (measured when the run is made)")
-    return BACKBONE_FEATURES[model_cfg.arch]
+    return model_cfg.embed_dim or trunk_features(model_cfg.arch)
 
 
 def _get(cfg: "Config", key: str) -> Any:

@@ -1,6 +1,6 @@
 """The Python API: a trained embedding run loaded once and asked many times.
 
-    from retrieval.answering.locator import Locator
+    from retrieval.api import Locator
 
     loc = Locator.load("runs/demo/methods/embedding_geodesic")
     for a in loc.locate(["photo.jpg", "more_photos/"]):
@@ -22,11 +22,10 @@ from PIL import Image
 from retrieval import GeolocError
 from retrieval.answering.geometry import OFF, Setting
 from retrieval.answering.index import nearest_of, search
-from retrieval.answering.places import place_means, place_neighbours
 from retrieval.answering.prior import CellPrior, check_complete, rerank
 from retrieval.answering.rerank import check, local_store, query_features, resolve_rerank, validation_features
 from retrieval.answering.route import Route, StreetWalks, order_photos, read_route_list, route_of
-from retrieval.answering.run_index import EMBEDDINGS, open_index, place_setting
+from retrieval.answering.run_index import open_index, place_setting, training_database
 from retrieval.answering.vote import VOTE_MODES, VOTE_RULES, choose_mode, vote
 from retrieval.config import Config
 from retrieval.data.manifests import IMAGE_SUFFIXES, load_rgb
@@ -166,15 +165,9 @@ def resolve_vote(run_dir: Path, cfg: Config, model, side, choose: bool = True, r
     if val is None or len(val) == 0:
         rec = {**key, "mode": "pool", "why": "no validation views: the default mode"}
     else:
-        stored = Run(run_dir).index_dir / EMBEDDINGS
-        in_db = side.paths[:len(train)] == [str(p) for p in train.paths]
-        reranked = reranked and in_db  # the check reads database rows' features: the training photos' own
-        if stored.is_file() and in_db:
-            db = np.asarray(np.load(stored, mmap_mode="r")[:len(train)], dtype=np.float32)
-        else:
-            db = embed(model, decode_images(train, cfg.data.resize, "vote: decode train"), cfg, "vote: embed train")
-        nb = place_neighbours(cfg, train)
-        db = place_means(db, nb) if nb is not None else db
+        # the check reads database rows' features: the candidates must be the training photos' own rows
+        reranked = reranked and side.paths[:len(train)] == [str(p) for p in train.paths]
+        db = training_database(run_dir, cfg, model, side, train, "vote")
         q = embed(model, decode_images(val, cfg.data.resize, "vote: decode val"), cfg, "vote: embed val")
         sims, ids = nearest_of(db, q, max(cfg.index.k, rerank_setting.k) if reranked else cfg.index.k)
         if reranked:

@@ -15,8 +15,7 @@ from retrieval import GeolocError
 from retrieval.answering.geometry import AUTO_KS, OFF, RERANK_RULES, Setting, choose, inlier_table, label, rescore
 from retrieval.answering.index import nearest_of
 from retrieval.answering.local_features import LocalStore, extract
-from retrieval.answering.places import place_means, place_neighbours
-from retrieval.answering.run_index import EMBEDDINGS, place_setting
+from retrieval.answering.run_index import EMBEDDINGS, place_setting, training_database
 from retrieval.config import Config
 from retrieval.data.manifests import load_rgb
 from retrieval.data.splits import load_data
@@ -72,22 +71,17 @@ def _choose_on_validation(run_dir: Path, cfg: Config, model, side, store: LocalS
     if val is None or len(val) == 0:
         return {"k": 0, "weight": 0.0, "why": "no validation views: the rerank stays off"}
     n_train, paths = len(train), side.paths
-    stored = Run(run_dir).index_dir / EMBEDDINGS
     in_db = paths[:n_train] == [str(p) for p in train.paths]
     val_in_db = in_db and paths[n_train:n_train + len(val)] == [str(p) for p in val.paths]
     if not in_db:  # the candidates' ids must be database rows, whose features the store holds
         raise GeolocError(f"{run_dir}: index.rerank=auto chooses on the validation views against the training "
                           "photos, but the index does not start with them; set index.rerank=on (rerank.k, "
                           "rerank.weight) or rebuild the index from the run's own data")
-    # the database rows hold the training photos' embeddings and features, and the validation photos' too
-    # when they follow them (a run's own index): read, not computed again
+    db = training_database(run_dir, cfg, model, side, train, "rerank")
+    # the validation photos' rows too, when they follow the training photos' (a run's own index): read, not
+    # computed again
+    stored = Run(run_dir).index_dir / EMBEDDINGS
     rows = np.load(stored, mmap_mode="r") if stored.is_file() else None
-    if rows is not None:
-        db = np.asarray(rows[:n_train], dtype=np.float32)
-    else:
-        db = embed(model, decode_images(train, cfg.data.resize, "rerank: decode train"), cfg, "rerank: embed train")
-    nb = place_neighbours(cfg, train)
-    db = place_means(db, nb) if nb is not None else db
     if rows is not None and val_in_db:
         q = np.asarray(rows[n_train:n_train + len(val)], dtype=np.float32)
     else:

@@ -169,6 +169,19 @@ def indexed_rows(store: Path, db: Manifest, cfg: Config, chunk: int = EMBED_CHUN
                    "photos_with_neighbours": int((np.diff(nb.indptr) > 0).sum())}
 
 
+def training_database(run_dir, cfg: Config, model, side, train: Manifest, desc: str) -> np.ndarray:
+    """The training photos' descriptors as the index holds them (place means included), the database of the
+    choices made on the validation views (vote mode, rerank): read from RUN/index's stored rows when the
+    index starts with the training photos (a run's own index), else embedded."""
+    stored = Run(run_dir).index_dir / EMBEDDINGS
+    if stored.is_file() and side.paths[:len(train)] == [str(p) for p in train.paths]:
+        db = np.asarray(np.load(stored, mmap_mode="r")[:len(train)], dtype=np.float32)
+    else:
+        db = embed(model, decode_images(train, cfg.data.resize, f"{desc}: decode train"), cfg, f"{desc}: embed train")
+    nb = place_neighbours(cfg, train)
+    return place_means(db, nb) if nb is not None else db
+
+
 def place_setting(source) -> tuple:
     """(radius, heading tolerance) of place means, from a Config or an index's place_mean record; () if off."""
     if isinstance(source, dict):

@@ -26,7 +26,7 @@ import yaml
 from torch import nn
 
 from retrieval import GeolocError
-from retrieval.choices import ARCHS, BACKBONE_FEATURES, HUB
+from retrieval.choices import ARCHS, HUB
 from retrieval.learning.checkpoints import load_tensors
 from retrieval.run import trained_checkpoint
 
@@ -132,13 +132,6 @@ BACKBONES: dict[str, Backbone] = {
     "efficientnet_lite1": Backbone(lambda: EfficientNetLite(1), _lite_imagenet(1), 240),
     "efficientnet_lite2": Backbone(lambda: EfficientNetLite(2), _lite_imagenet(2), 260),
 }
-
-
-def features(arch: str) -> int:
-    """Width of the trunk's pooled output."""
-    if arch == HUB:
-        raise GeolocError("model.arch=hub: the descriptor size is the hub model's (measured when the run is made)")
-    return BACKBONE_FEATURES[arch]
 
 
 # --- weights from files and runs ---------------------------------------------------------------------

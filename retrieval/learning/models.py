@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from retrieval import GeolocError
 from retrieval.choices import HUB
-from retrieval.learning.backbones import build_trunk, features, output_width, read_state_dict
+from retrieval.config import trunk_features
+from retrieval.learning.backbones import build_trunk, output_width, read_state_dict
 from retrieval.run import trained_checkpoint
 
 
@@ -94,7 +95,7 @@ class L2Norm(nn.Module):
 def cell_classifier(weights: str, n_classes: int, lock_factor: float = 0.0,
                     arch: str = "resnet50") -> nn.Sequential:
     model = nn.Sequential(OrderedDict(trunk=build_trunk(weights, arch),
-                                      head=nn.Linear(features(arch), n_classes)))
+                                      head=nn.Linear(trunk_features(arch), n_classes)))
     apply_lock_factor(model, lock_factor)
     return model
 
@@ -150,7 +151,7 @@ def mixture_nll(raw: torch.Tensor, components: int, y: torch.Tensor) -> torch.Te
 
 def coordinate_regressor(weights: str, lock_factor: float = 0.0, hidden: int = 256,
                          arch: str = "resnet50", cell_classes: int = 0, components: int = 1) -> CoordinateRegressor:
-    model = CoordinateRegressor(build_trunk(weights, arch), features(arch), hidden, cell_classes, components)
+    model = CoordinateRegressor(build_trunk(weights, arch), trunk_features(arch), hidden, cell_classes, components)
     apply_lock_factor(model, lock_factor)
     return model
 
@@ -171,7 +172,7 @@ def embedding_net(weights: str, dim: int = 512, lock_factor: float = 0.0, arch: 
         if pooling == "gem":
             trunk.avgpool = GeM()
         if dim:
-            parts["head"] = nn.Linear(features(arch), dim)
+            parts["head"] = nn.Linear(trunk_features(arch), dim)
     parts["norm"] = L2Norm()
     model = nn.Sequential(parts)
     if weights and Path(weights).expanduser().is_dir():
