@@ -178,6 +178,8 @@ class FakeMapillary:
                         fake.throttle -= 1
                         return self.reply(429, b'{"error": {"message": "rate limited"}}', headers={"Retry-After": "1"})
                 w, s, e, n = (float(v) for v in q["bbox"].split(","))
+                if (e - w) * (n - s) > 0.01 + 1e-12:  # the real search's limit on a box (our wording)
+                    return self.reply(500, json.dumps({"error": {"message": "bbox area too large", "code": 1}}).encode())
                 inside = [i for i, im in sorted(fake.images.items())
                           if w <= im["_at"][0] < e and s <= im["_at"][1] < n]
                 inside = inside[: int(q["limit"])]  # the per-request cap
@@ -307,6 +309,17 @@ def test_mapillary_fetch(fake, tmp_path):
     assert got == Counter({"1007": 1}) and (s2.already, s2.fetched) == (12, 1)
     rows2 = read_rows(tmp_path / "city" / "photos.csv")
     assert [r for r in rows2 if r["source_id"] != "1007"] == rows
+
+
+def test_mapillary_asks_a_large_area_box_by_box(fake, tmp_path):
+    """The images search refuses a bbox over 0.01 square degrees: a city-sized area is asked as a grid."""
+    lon, lat = (float(v) for v in BBOX.split(",")[:2])
+    big = (lon - 0.14, lat - 0.04, lon + 0.16, lat + 0.06)  # 0.30 x 0.10 degrees
+    s = fetch_mapillary(fake, tmp_path / "city", bbox=",".join(map(str, big)), per_request=2000)
+    boxes = {tuple(float(v) for v in parse_qs(q)["bbox"][0].split(",")) for p, q in fake.log if p == "/images"}
+    assert all((e - w) * (n - s) <= 0.01 + 1e-12 for w, s, e, n in boxes)
+    assert sum((e - w) * (n - s) for w, s, e, n in boxes) == pytest.approx(0.30 * 0.10)  # they tile the area
+    assert s.pictures == 13 and not s.failed  # as in the small box: every image, none twice
 
 
 def test_a_busy_image_server_is_waited_for(fake, tmp_path):

@@ -160,11 +160,12 @@ def _body(r) -> str:
 MIN_SPAN_DEG = 1e-5  # about a metre: a box this small whose answer is still full is taken as it is
 
 
-def search_boxes(bbox, query: Callable, what: str) -> Iterator:
+def search_boxes(bbox, query: Callable, what: str, max_area_deg2: float | None = None) -> Iterator:
     """Every item query(box) answers in bbox, where query returns (items, full): an answer that reached the
-    API's cap on one answer (full) has its box split in four, until none does. An item on the line between
-    two boxes comes twice (fetch keeps the first)."""
-    boxes = [tuple(bbox)]
+    API's cap on one answer (full) has its box split in four, until none does. An API that refuses boxes
+    over an area is asked box by box of a grid within it (max_area_deg2). An item on the line between two
+    boxes comes twice (fetch keeps the first)."""
+    boxes = list(reversed(_grid(tuple(bbox), max_area_deg2)))  # popped from the end: the grid's order
     while boxes:
         box = boxes.pop()
         items, full = query(box)
@@ -177,6 +178,18 @@ def search_boxes(bbox, query: Callable, what: str) -> Iterator:
             warnings.warn(f"{what}: {len(items)} pictures in a box {e - w:.1e} degrees across ({w},{s},{e},{n}) "
                           "fill an answer: taken as answered, more may be there", stacklevel=2)
         yield from items
+
+
+def _grid(bbox, max_area_deg2: float | None) -> list[tuple]:
+    """bbox cut into equal boxes of at most max_area_deg2 each, row by row from the south-west."""
+    w, s, e, n = bbox
+    if not max_area_deg2 or (e - w) * (n - s) <= max_area_deg2:
+        return [bbox]
+    side = math.sqrt(max_area_deg2)
+    nx, ny = math.ceil((e - w) / side), math.ceil((n - s) / side)
+    xs = [w + (e - w) * i / nx for i in range(nx)] + [e]
+    ys = [s + (n - s) * j / ny for j in range(ny)] + [n]
+    return [(xs[i], ys[j], xs[i + 1], ys[j + 1]) for j in range(ny) for i in range(nx)]
 
 
 # --- one picture -----------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Mapillary (CC BY-SA 4.0, a free token) through its Graph API v4: the images of an area, each a Picture.
 
 `GET {api}/images?bbox=W,S,E,N&fields=...&limit=N` answers {"data": [image, ...]} (a `paging.next` link
-where it pages), at most `limit` images per request (2000): an area that fills a request is split in four
-until none does. An image carries `computed_geometry` (the position after structure from motion) and
+where it pages), at most `limit` images per request (2000), for a bbox of at most 0.01 square degrees: a
+larger area is asked box by box, and a box that fills a request is split in four until none does. An image carries `computed_geometry` (the position after structure from motion) and
 `geometry` (the GPS's), `computed_compass_angle`/`compass_angle`, `captured_at` (Unix milliseconds),
 `sequence`, `is_pano`, `creator.username` and thumbnail URLs that expire: a 403 on one asks
 `GET {api}/{id}?fields=thumb_..._url` for a fresh one. The token goes in the Authorization header of API
@@ -20,6 +20,7 @@ from retrieval.data.fetch import Picture, Skipped, get_json, search_boxes
 DEFAULT_API = "https://graph.mapillary.com"
 LICENCE = "CC-BY-SA-4.0"
 PER_REQUEST = 2000  # the images search's cap on one answer
+MAX_AREA_DEG2 = 0.01  # the images search refuses a larger bbox (square degrees)
 THUMBS = {"thumb": "thumb_256_url", "sd": "thumb_1024_url", "hd": "thumb_2048_url"}
 FIELDS = ("id", "computed_geometry", "geometry", "computed_compass_angle", "compass_angle", "captured_at",
           "sequence", "is_pano", "creator")
@@ -83,7 +84,7 @@ class Mapillary:
             images = self._box(box)
             return images, len(images) >= self.per_request
 
-        images = search_boxes(bbox, query, "mapillary")
+        images = search_boxes(bbox, query, "mapillary", MAX_AREA_DEG2)
         return (picture_of(image, self.size) for image in images)
 
     def refresh(self, pic: Picture) -> str:
