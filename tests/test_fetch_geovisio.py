@@ -375,22 +375,33 @@ def test_kill9_at_random_points(geovisio, tmp_path):
 
 
 def test_from_a_panoramax_server_to_a_located_photo(geovisio, tmp_path):
-    """The issue's end to end: fetched from the server, split by sequence, trained, indexed and asked,
-    all through geoloc's commands (a tiny network and budget: the path, not an accuracy)."""
+    """The issue's end to end: fetched from the server with the area's streets, split by sequence, trained
+    with geodesic positives on those streets, indexed and asked, all through geoloc's commands (a tiny
+    network and budget: the path, not an accuracy)."""
+    import bz2
+
+    from retrieval.synth.city import write_demo_city
+
     server, _, _ = geovisio
     city = tmp_path / "city"
-    assert fetch(server.api, city, "--concurrency", "4").returncode == 0
+    osm = write_demo_city(tmp_path / "streets.osm", seed=0, size_m=800)
+    (tmp_path / "streets.osm.bz2").write_bytes(bz2.compress(osm.read_bytes()))
+    r = geoloc("data", "fetch", "panoramax", "--api", server.api, "--bbox", BBOX, "--out", str(city), "--streets",
+               str(tmp_path / "streets.osm.bz2"), "--concurrency", "4")
+    assert r.returncode == 0 and (city / "streets.graphml").is_file(), r.stderr
     split = city / "split.csv"
     r = geoloc("data", "split", str(city / "photos.csv"), "--out", str(split), "--mode", "sequence",
                "--val", "0.2", "--test", "0.2")
     assert r.returncode == 0, r.stderr
     tiny = ["model.arch=resnet18", "model.weights=none", "model.embed_dim=16", "data.image_size=32", "data.resize=36",
-            "train.epochs=1", "train.max_steps_per_epoch=2", "train.precision=fp32", "embedding.positives=euclidean",
+            "train.epochs=1", "train.max_steps_per_epoch=2", "train.precision=fp32",
             "embedding.places_per_batch=2", "embedding.photos_per_place=2", "train.batch_size=4",
             "embedding.pos_radius_m=25", "index.place_mean_m=0"]
     r = geoloc("train", "embedding", "--data", str(split), "--out", str(tmp_path / "run"),
                *[a for s in tiny for a in ("--set", s)])
     assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["positives"] == "geodesic" and info["streets"] == str(city / "streets.graphml")  # found beside
     assert geoloc("index", "build", "--run", str(tmp_path / "run")).returncode == 0
     rows = read_rows(split)
     test = next(row for row in rows if row["split"] == "test")
@@ -398,3 +409,12 @@ def test_from_a_panoramax_server_to_a_located_photo(geovisio, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     answer = json.loads(r.stdout)[0]
     assert answer["neighbours"] and abs(answer["lat"] - CENTRE[0]) < 0.01 and abs(answer["lon"] - CENTRE[1]) < 0.01
+    # a held-out drive as a route, matched on the fetched streets
+    drive = [row for row in rows if row["sequence"] == test["sequence"]]
+    (city / "drive.csv").write_text("path,date\n" + "".join(f"{city / row['path']},{row['date']}\n" for row in drive))
+    r = geoloc("query", "--run", str(tmp_path / "run"), "--route", str(city / "drive.csv"), "--route-out",
+               str(tmp_path / "route.geojson"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    route = json.loads((tmp_path / "route.geojson").read_text())
+    assert sum(f["geometry"]["type"] == "Point" for f in route["features"]) == len(drive)
+    assert route["distance"] == "geodesic" and any(f["geometry"]["type"] == "LineString" for f in route["features"])
