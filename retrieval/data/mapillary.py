@@ -3,8 +3,9 @@
 `GET {api}/images?bbox=W,S,E,N&fields=...&limit=N` answers {"data": [image, ...]} (a `paging.next` link
 where it pages), at most `limit` images per request (2000), for a bbox of at most 0.01 square degrees: a
 larger area is asked box by box, and a box that fills a request is split in four until none does. An image
-carries `computed_geometry` (the position after structure from motion) and `geometry` (the GPS's), `computed_compass_angle`/`compass_angle`, `captured_at` (Unix milliseconds),
-`sequence`, `is_pano`, `creator.username` and thumbnail URLs that expire: a 403 on one asks
+carries `computed_geometry` (the position after structure from motion) and `geometry` (the GPS's),
+`computed_compass_angle`/`compass_angle`, `captured_at` (Unix milliseconds), `sequence`, `is_pano`,
+`creator.username` and thumbnail URLs that expire: a 403 on one asks
 `GET {api}/{id}?fields=thumb_..._url` for a fresh one. The token goes in the Authorization header of API
 requests only (never in a URL, a file or a message; the thumbnails are fetched without it).
 """
