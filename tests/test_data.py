@@ -197,6 +197,25 @@ def test_exif_orientation_is_applied(tmp_path):
     assert top[0] > 200 and bottom[0] < 50  # stored-left is displayed on top
 
 
+def test_a_large_jpeg_decodes_smaller_for_a_small_cache(tmp_path):
+    """min_side: the JPEG's DCT scaling, both sides kept at least min_side, upright, the same picture."""
+    from retrieval.learning.transforms import to_cached
+
+    ex = Image.Exif()
+    ex[0x0112] = 6
+    y, x = np.mgrid[0:800, 0:1600]
+    a = np.stack([x * 255 // 1600, y * 255 // 800, (x // 100 + y // 100) % 2 * 255], -1).astype(np.uint8)
+    Image.fromarray(a).save(tmp_path / "big.jpg", exif=ex, quality=95)
+    small = load_rgb(tmp_path / "big.jpg", min_side=90)
+    assert small.size == (100, 200)  # 1/8 of 800 x 1600 (upright): the shorter side still >= 90
+    full = load_rgb(tmp_path / "big.jpg")
+    assert full.size == (800, 1600)
+    diff = (to_cached(small, 90).float() - to_cached(full, 90).float()).abs()
+    assert to_cached(small, 90).shape == to_cached(full, 90).shape and diff.mean() < 3
+    cmyk = write_image(tmp_path / "c.jpg", color=(200, 100, 50), mode="CMYK", size=(400, 400))
+    assert load_rgb(cmyk, min_side=90).size == (100, 100) and load_rgb(cmyk, min_side=90).mode == "RGB"
+
+
 @pytest.mark.parametrize("mode,suffix", [("L", ".png"), ("RGBA", ".png"), ("CMYK", ".jpg"), ("P", ".png")])
 def test_any_mode_becomes_rgb(tmp_path, mode, suffix):
     p = write_image(tmp_path / f"x{suffix}", color=(200, 100, 50), mode=mode)

@@ -36,7 +36,7 @@ def to_cached(image: Image.Image, resize: int) -> torch.Tensor:
 def decode_images(manifest: Manifest, resize: int, desc: str = "decode") -> list[torch.Tensor]:
     """Every photo of the manifest decoded once (EXIF-upright RGB) and resized: a list of uint8 tensors."""
     def one(i: int) -> torch.Tensor:
-        return to_cached(load_rgb(manifest.paths[i], where=manifest.describe(i)), resize)
+        return to_cached(load_rgb(manifest.paths[i], where=manifest.describe(i), min_side=resize), resize)
 
     # PIL releases the GIL while decoding, so threads overlap JPEG work on both cores.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
