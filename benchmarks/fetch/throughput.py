@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import re
@@ -53,8 +54,6 @@ def pictures(width: int, height: int):
 
 def _resized(jpeg: bytes, width: int, height: int) -> bytes:
     """The test's 320 x 240 picture scaled to the benchmark's size, its EXIF kept."""
-    import io
-
     from PIL import Image
 
     im = Image.open(io.BytesIO(jpeg))
@@ -106,12 +105,16 @@ def resume_check(api: str, root: Path, clean: Path) -> dict:
                 leftover_tmp=len(list(out.rglob("*.tmp"))))
 
 
-def split_counts(city: Path, ids: dict[str, str]) -> dict:
-    split = city / "split.csv"
-    r = geoloc("data", "split", str(city / "photos.csv"), "--out", str(split), "--mode", "sequence", "--val", "0.2",
+def _split(city: Path, out: Path, mode: str) -> None:
+    r = geoloc("data", "split", str(city / "photos.csv"), "--out", str(out), "--mode", mode, "--val", "0.2",
                "--test", "0.2")
     if r.returncode != 0:
         raise RuntimeError(r.stderr)
+
+
+def split_counts(city: Path, ids: dict[str, str]) -> dict:
+    split = city / "split.csv"
+    _split(city, split, "sequence")
     with open(split, newline="") as f:
         rows = list(csv.DictReader(f))
     sides = {}
@@ -124,8 +127,7 @@ def split_counts(city: Path, ids: dict[str, str]) -> dict:
         side_of_seq.setdefault(row["sequence"], set()).add(row["split"])
     check = geoloc("data", "check", str(split))
     rand = city / "random.csv"  # the contrast: photos drawn one by one leave a drive's neighbours across splits
-    r = geoloc("data", "split", str(city / "photos.csv"), "--out", str(rand), "--mode", "random", "--val", "0.2",
-               "--test", "0.2")
+    _split(city, rand, "random")
     random_check = geoloc("data", "check", str(rand)).stdout.strip().splitlines()[-1]
     return dict(sides={k: {"photos": v["photos"], "sequences": len(v["sequences"])} for k, v in sorted(sides.items())},
                 sequences_on_one_side=all(len(s) == 1 for s in side_of_seq.values()),

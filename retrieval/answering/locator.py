@@ -25,7 +25,7 @@ from retrieval.answering.index import nearest_of, search
 from retrieval.answering.prior import CellPrior, check_complete, rerank
 from retrieval.answering.rerank import check, local_store, query_features, resolve_rerank, validation_features
 from retrieval.answering.route import Route, StreetWalks, order_photos, read_route_list, route_of
-from retrieval.answering.run_index import open_index, place_setting, training_database
+from retrieval.answering.run_index import holds, open_index, place_setting, training_database
 from retrieval.answering.vote import VOTE_MODES, VOTE_RULES, choose_mode, vote
 from retrieval.config import Config
 from retrieval.data.manifests import IMAGE_SUFFIXES, load_rgb
@@ -166,12 +166,13 @@ def resolve_vote(run_dir: Path, cfg: Config, model, side, choose: bool = True, r
         rec = {**key, "mode": "pool", "why": "no validation views: the default mode"}
     else:
         # the check reads database rows' features: the candidates must be the training photos' own rows
-        reranked = reranked and side.paths[:len(train)] == [str(p) for p in train.paths]
+        reranked = reranked and holds(side, train)
         db = training_database(run_dir, cfg, model, side, train, "vote")
         q = embed(model, decode_images(val, cfg.data.resize, "vote: decode val"), cfg, "vote: embed val")
         sims, ids = nearest_of(db, q, max(cfg.index.k, rerank_setting.k) if reranked else cfg.index.k)
         if reranked:
-            sims, ids, _ = check(rerank_setting, store, cfg, sims, ids, validation_features(store, side, train, val, cfg))
+            feats = validation_features(store, side, train, val, cfg)
+            sims, ids, _ = check(rerank_setting, store, cfg, sims, ids, feats)
             sims, ids = sims[:, :cfg.index.k], ids[:, :cfg.index.k]
         mode, medians = choose_mode(train.lat[ids], train.lon[ids], sims, val.lat, val.lon, cfg.index.vote_radius_m)
         rec = {**key, "mode": mode, "val_median_error_m": medians, "val_views": len(val)}

@@ -15,7 +15,7 @@ from retrieval import GeolocError
 from retrieval.answering.geometry import AUTO_KS, OFF, RERANK_RULES, Setting, choose, inlier_table, label, rescore
 from retrieval.answering.index import nearest_of
 from retrieval.answering.local_features import LocalStore, extract
-from retrieval.answering.run_index import EMBEDDINGS, place_setting, training_database
+from retrieval.answering.run_index import EMBEDDINGS, holds, place_setting, training_database
 from retrieval.config import Config
 from retrieval.data.manifests import load_rgb
 from retrieval.data.splits import load_data
@@ -70,10 +70,9 @@ def _choose_on_validation(run_dir: Path, cfg: Config, model, side, store: LocalS
     train, val = splits["train"], splits.get("val")
     if val is None or len(val) == 0:
         return {"k": 0, "weight": 0.0, "why": "no validation views: the rerank stays off"}
-    n_train, paths = len(train), side.paths
-    in_db = paths[:n_train] == [str(p) for p in train.paths]
-    val_in_db = in_db and paths[n_train:n_train + len(val)] == [str(p) for p in val.paths]
-    if not in_db:  # the candidates' ids must be database rows, whose features the store holds
+    n_train = len(train)
+    val_in_db = holds(side, val, n_train)
+    if not holds(side, train):  # the candidates' ids must be database rows, whose features the store holds
         raise GeolocError(f"{run_dir}: index.rerank=auto chooses on the validation views against the training "
                           "photos, but the index does not start with them; set index.rerank=on (rerank.k, "
                           "rerank.weight) or rebuild the index from the run's own data")
@@ -100,7 +99,7 @@ def validation_features(store: LocalStore, side, train, val, cfg: Config) -> lis
     """The validation photos' local features: read from the store when the database holds them right after
     the training photos (a run's own index), else extracted from their files."""
     n = len(train)
-    if side.paths[n:n + len(val)] == [str(p) for p in val.paths]:
+    if holds(side, val, n):
         return [store.features(n + i) for i in range(len(val))]
     return [query_features(load_rgb(p, val.describe(i)), cfg) for i, p in enumerate(val.paths)]
 

@@ -169,12 +169,18 @@ def indexed_rows(store: Path, db: Manifest, cfg: Config, chunk: int = EMBED_CHUN
                    "photos_with_neighbours": int((np.diff(nb.indptr) > 0).sum())}
 
 
+def holds(side, photos: Manifest, start: int = 0) -> bool:
+    """Whether the index's rows from `start` are these photos, in order (a run's own index holds the
+    training photos first, then the validation photos)."""
+    return side.paths[start:start + len(photos)] == [str(p) for p in photos.paths]
+
+
 def training_database(run_dir, cfg: Config, model, side, train: Manifest, desc: str) -> np.ndarray:
     """The training photos' descriptors as the index holds them (place means included), the database of the
     choices made on the validation views (vote mode, rerank): read from RUN/index's stored rows when the
     index starts with the training photos (a run's own index), else embedded."""
     stored = Run(run_dir).index_dir / EMBEDDINGS
-    if stored.is_file() and side.paths[:len(train)] == [str(p) for p in train.paths]:
+    if stored.is_file() and holds(side, train):
         db = np.asarray(np.load(stored, mmap_mode="r")[:len(train)], dtype=np.float32)
     else:
         db = embed(model, decode_images(train, cfg.data.resize, f"{desc}: decode train"), cfg, f"{desc}: embed train")
