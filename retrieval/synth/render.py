@@ -274,7 +274,9 @@ def _sky_gradient(up, look, out):
 # The loops per pixel and per grid cell call few functions and hand them plain arrays, not the
 # namedtuples: a call passes each array as several words, and an array taken out of a tuple or handed
 # to an inlined function has its reference counted. In the pixel loop either costs more than the work
-# (the first-hit search as three helpers made the renderer about 40% slower), so it stays inline.
+# (the first-hit search as three helpers made the renderer about 40% slower), so it stays inline; the whole
+# kernel cut into helpers of at most 80 lines renders the same bytes at half the speed
+# (benchmarks/render_split, RESULTS.md).
 
 @njit(cache=True, inline="always")
 def _walk_start(ox, oy, dx, dy, cell):
